@@ -1,0 +1,31 @@
+# Every target installs what it needs first (idempotent), so each works on a fresh machine.
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip --disable-pip-version-check
+STAMP = .make/installed
+DEMO_OUT ?= demo_out
+
+.PHONY: install demo test test-slow bench lint
+
+$(STAMP): pyproject.toml
+	# The CPU wheel of torch first: an unpinned torch would pull several GB of CUDA packages.
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[all,dev]"
+	@mkdir -p .make && touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PYTHON) -m flow3d.demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PIP) install -q "flow_matching" --no-deps || true
+	$(PYTHON) -m benchmarks.run_all
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check .
