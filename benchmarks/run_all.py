@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +21,10 @@ from flow3d.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "benchmarks.md"
+
+
+def stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def machine_line() -> str:
@@ -40,6 +45,18 @@ def machine_line() -> str:
     )
 
 
+MARK = "<!-- bench:{} -->"
+
+
+def previous_sections() -> dict[str, str]:
+    """Sections of the last results file, so a partial run keeps the others."""
+    if not RESULTS.exists():
+        return {}
+    text = RESULTS.read_text()
+    found = re.findall(r"<!-- bench:(\w+) -->\n(.*?)(?=<!-- bench:|\Z)", text, flags=re.S)
+    return {name: body.rstrip() + "\n" for name, body in found}
+
+
 def discover() -> list[Path]:
     here = ROOT / "benchmarks"
     return sorted(p for p in here.glob("*.py") if p.name.startswith(("bench_", "accuracy_")))
@@ -51,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per benchmark")
     args = parser.parse_args(argv)
     scripts = [p for p in discover() if args.only is None or p.stem in args.only]
-    sections = []
+    sections = previous_sections()
     failed = []
     for script in scripts:
         print(f"== {script.name}", flush=True)
@@ -65,18 +82,19 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             failed.append(script.name)
             print(proc.stderr[-4000:], file=sys.stderr)
-            sections.append(f"## {script.stem}\n\nFAILED (exit {proc.returncode}).\n")
+            sections[script.stem] = f"## {script.stem}\n\nFAILED (exit {proc.returncode}).\n"
             continue
-        sections.append(proc.stdout.strip() + f"\n\n_{script.name}: {took:.0f} s wall._\n")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        sections[script.stem] = (
+            proc.stdout.strip() + f"\n\n_{script.name}: {took:.0f} s wall, run {stamp()}._\n"
+        )
     header = (
         "# Benchmarks\n\n"
-        "Written by `make bench` (`python -m benchmarks.run_all`); do not edit by hand.\n\n"
-        f"- Date: {stamp}\n- Machine: {machine_line()}\n"
+        "Written by `make bench` (`python -m benchmarks.run_all`); do not edit by hand.\n"
+        "Each section states when it was run; all ran on this machine:\n\n"
+        f"- Machine: {machine_line()}\n- Last update: {stamp()}\n\n"
     )
-    if args.only is not None and RESULTS.exists():
-        header += f"- Partial run: {', '.join(args.only)}\n"
-    atomic_write_text(RESULTS, header + "\n" + "\n".join(sections))
+    body = "\n".join(MARK.format(name) + "\n" + text for name, text in sorted(sections.items()))
+    atomic_write_text(RESULTS, header + body)
     print(f"wrote {RESULTS}")
     return 1 if failed else 0
 
