@@ -1,0 +1,103 @@
+"""Node and edge feature embedders for the IPA trunk (FrameFlow / ReQFlow style).
+
+Node features: sinusoidal embeddings of the residue index and of the flow time ``t``.
+Edge features: relative-position one-hot (clipped), the pairwise CA distogram of the noisy
+frames and of the self-conditioning prediction, and the outer concatenation of node features.
+All features depend only on distances and indices, hence are SE(3)-invariant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer sinusoidal embedding of a real-valued tensor ``x [...]`` -> ``[..., dim]``.
+
+    ``emb_k = sin(x / P^{2k/dim})`` and ``cos(...)`` (Vaswani et al. 2017, Sec. 3.5).
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half
+    )  # [half]
+    args = x.float()[..., None] * freqs  # [..., half]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb.to(x.dtype if x.is_floating_point() else torch.float32)
+
+
+def rbf_distogram(pos: Tensor, num_bins: int, max_dist: float) -> Tensor:
+    """Soft distogram of pairwise distances: Gaussian RBFs on ``num_bins`` centres in
+    ``[0, max_dist]``. ``pos [B, L, 3]`` -> ``[B, L, L, num_bins]``."""
+    d = torch.linalg.vector_norm(pos[:, :, None, :] - pos[:, None, :, :], dim=-1)  # [B, L, L]
+    centres = torch.linspace(0.0, max_dist, num_bins, device=pos.device, dtype=pos.dtype)
+    width = max_dist / (num_bins - 1)
+    return torch.exp(-(((d[..., None] - centres) / width) ** 2))
+
+
+class NodeEmbedder(nn.Module):
+    """``(res_idx [B, L], t [B], mask [B, L]) -> node features [B, L, node_dim]``."""
+
+    def __init__(self, node_dim: int, index_dim: int = 128, time_dim: int = 128):
+        super().__init__()
+        self.index_dim, self.time_dim = index_dim, time_dim
+        self.proj = nn.Linear(index_dim + time_dim + 1, node_dim)
+
+    def forward(self, res_idx: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+        B, L = mask.shape
+        idx = sinusoidal_embedding(res_idx.float(), self.index_dim)  # [B, L, Di]
+        temb = sinusoidal_embedding(t.float() * 1000.0, self.time_dim)  # [B, Dt]
+        temb = temb[:, None, :].expand(B, L, -1)
+        feats = torch.cat([idx, temb.to(idx.dtype), mask[..., None].to(idx.dtype)], dim=-1)
+        return self.proj(feats.to(self.proj.weight.dtype)) * mask[..., None]
+
+
+class EdgeEmbedder(nn.Module):
+    """``(node [B, L, C], trans [B, L, 3], trans_sc [B, L, 3], res_idx, mask) -> [B, L, L, E]``.
+
+    Distances are in nanometres; the distogram spans 0-2 nm (0-20 A) like FrameFlow.
+    """
+
+    def __init__(
+        self,
+        node_dim: int,
+        edge_dim: int,
+        max_relpos: int = 32,
+        num_bins: int = 22,
+        max_dist: float = 2.0,
+    ):
+        super().__init__()
+        self.max_relpos, self.num_bins, self.max_dist = max_relpos, num_bins, max_dist
+        feat_in = edge_dim // 2
+        self.node_proj = nn.Linear(node_dim, feat_in)
+        n_rel = 2 * max_relpos + 1
+        in_dim = 2 * feat_in + n_rel + 2 * num_bins
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, edge_dim),
+            nn.ReLU(),
+            nn.Linear(edge_dim, edge_dim),
+            nn.ReLU(),
+            nn.Linear(edge_dim, edge_dim),
+            nn.LayerNorm(edge_dim),
+        )
+
+    def forward(
+        self, node: Tensor, trans: Tensor, trans_sc: Tensor, res_idx: Tensor, mask: Tensor
+    ) -> Tensor:
+        B, L, _ = node.shape
+        p = self.node_proj(node)  # [B, L, F]
+        cross = torch.cat(
+            [p[:, :, None, :].expand(B, L, L, -1), p[:, None, :, :].expand(B, L, L, -1)], dim=-1
+        )  # [B, L, L, 2F]
+        rel = (res_idx[:, :, None] - res_idx[:, None, :]).long()
+        rel = rel.clamp(-self.max_relpos, self.max_relpos) + self.max_relpos
+        rel_oh = nn.functional.one_hot(rel, 2 * self.max_relpos + 1).to(node.dtype)  # [B,L,L,R]
+        dist = rbf_distogram(trans.to(node.dtype), self.num_bins, self.max_dist)
+        dist_sc = rbf_distogram(trans_sc.to(node.dtype), self.num_bins, self.max_dist)
+        feats = torch.cat([cross, rel_oh, dist, dist_sc], dim=-1)
+        pair_mask = (mask[:, :, None] * mask[:, None, :])[..., None].to(node.dtype)
+        return self.mlp(feats) * pair_mask

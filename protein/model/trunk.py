@@ -1,0 +1,179 @@
+"""The ReQFlow / FrameFlow frame denoiser: an IPA trunk that predicts clean frames.
+
+Input: noisy frames ``(trans_t [B, L, 3] nm, quats_t [B, L, 4] wxyz)`` at flow time ``t``, a
+residue mask and (self-conditioning) the translations predicted on a previous pass. Output:
+the predicted clean frames ``(trans_1, quats_1)``. Each block is
+
+    s <- LN(s + IPA(s, z, T));  s <- s + Transformer(s);  s <- Transition(s)
+    T <- T o BackboneUpdate(s);  z <- EdgeTransition(s, z)   (not after the last block)
+
+(Yim et al. 2023 "FrameFlow", Yue et al. 2025 "ReQFlow"; IPA and the backbone update are
+AlphaFold2 Alg. 22 and 23). The flow velocity is derived from the prediction in
+:mod:`protein.flow`, so the network itself never divides by ``1 - t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from flow3d.core.so3 import quat_mul, quat_normalize, quat_to_rotmat
+from protein.model.embed import EdgeEmbedder, NodeEmbedder
+from protein.model.ipa import InvariantPointAttention
+
+
+@dataclass(frozen=True)
+class TrunkConfig:
+    """Sizes of the IPA trunk. ``base`` (ReQFlow): 6 blocks, node 256, edge 128, 8 heads,
+    8 query/key points, 12 value points, a 2-layer sequence transformer."""
+
+    num_blocks: int = 6
+    node_dim: int = 256
+    edge_dim: int = 128
+    ipa_head_dim: int = 128
+    num_heads: int = 8
+    num_qk_points: int = 8
+    num_v_points: int = 12
+    seq_layers: int = 2
+    seq_heads: int = 4
+    max_relpos: int = 32
+    dropout: float = 0.0
+
+
+class NodeTransition(nn.Module):
+    """Residual 3-layer MLP with LayerNorm (AlphaFold2 Alg. 23 line 9)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, s: Tensor) -> Tensor:
+        return self.norm(s + self.mlp(s))
+
+
+class EdgeTransition(nn.Module):
+    """Update pair features from the node features of both ends: ``z_ij <- LN(z_ij +
+    MLP([z_ij, p_i, p_j]))``."""
+
+    def __init__(self, node_dim: int, edge_dim: int):
+        super().__init__()
+        bias = node_dim // 2
+        self.node_proj = nn.Linear(node_dim, bias)
+        hidden = edge_dim + 2 * bias
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
+        self.out = nn.Linear(hidden, edge_dim)
+        self.norm = nn.LayerNorm(edge_dim)
+
+    def forward(self, s: Tensor, z: Tensor, mask: Tensor) -> Tensor:
+        B, L, _ = s.shape
+        p = self.node_proj(s)
+        feats = torch.cat(
+            [z, p[:, :, None, :].expand(B, L, L, -1), p[:, None, :, :].expand(B, L, L, -1)], -1
+        )
+        z = self.norm(z + self.out(self.mlp(feats)))
+        return z * (mask[:, :, None] * mask[:, None, :])[..., None]
+
+
+class BackboneUpdate(nn.Module):
+    """AlphaFold2 Alg. 23: ``(b, c, d, t) = Linear(s)``; the quaternion update is
+    ``normalise(1, b, c, d)`` and the translation update is in the local frame.
+    Zero-initialised, so an untrained trunk returns its input frames."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 6)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, s: Tensor, quats: Tensor, trans: Tensor, mask: Tensor):
+        upd = self.linear(s) * mask[..., None]  # [B, L, 6]
+        q_upd = torch.cat([torch.ones_like(upd[..., :1]), upd[..., :3]], dim=-1)
+        q_upd = quat_normalize(q_upd)
+        rots = quat_to_rotmat(quats)  # [B, L, 3, 3]
+        trans = trans + (rots @ upd[..., 3:, None])[..., 0]
+        quats = quat_normalize(quat_mul(quats, q_upd))
+        return quats, trans
+
+
+class IPATrunk(nn.Module):
+    """Predicts clean frames from noisy frames (see the module docstring)."""
+
+    def __init__(self, cfg: TrunkConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.node_embed = NodeEmbedder(cfg.node_dim)
+        self.edge_embed = EdgeEmbedder(cfg.node_dim, cfg.edge_dim, max_relpos=cfg.max_relpos)
+        self.blocks = nn.ModuleList()
+        for i in range(cfg.num_blocks):
+            layer = nn.TransformerEncoderLayer(
+                d_model=cfg.node_dim,
+                nhead=cfg.seq_heads,
+                dim_feedforward=cfg.node_dim,
+                dropout=cfg.dropout,
+                batch_first=True,
+                norm_first=False,
+            )
+            block = nn.ModuleDict(
+                {
+                    "ipa": InvariantPointAttention(
+                        cfg.node_dim,
+                        cfg.edge_dim,
+                        cfg.ipa_head_dim,
+                        cfg.num_heads,
+                        cfg.num_qk_points,
+                        cfg.num_v_points,
+                    ),
+                    "ipa_norm": nn.LayerNorm(cfg.node_dim),
+                    "seq": nn.TransformerEncoder(
+                        layer, cfg.seq_layers, enable_nested_tensor=False
+                    ),
+                    "seq_out": nn.Linear(cfg.node_dim, cfg.node_dim),
+                    "transition": NodeTransition(cfg.node_dim),
+                    "bb_update": BackboneUpdate(cfg.node_dim),
+                }
+            )
+            if i < cfg.num_blocks - 1:
+                block["edge_transition"] = EdgeTransition(cfg.node_dim, cfg.edge_dim)
+            self.blocks.append(block)
+
+    def forward(
+        self,
+        trans_t: Tensor,  # [B, L, 3] nm
+        quats_t: Tensor,  # [B, L, 4]
+        t: Tensor,  # [B] or 0-dim
+        mask: Tensor | None = None,  # [B, L]
+        res_idx: Tensor | None = None,  # [B, L]
+        trans_sc: Tensor | None = None,  # [B, L, 3] self-conditioning
+    ) -> dict[str, Tensor]:
+        B, L, _ = trans_t.shape
+        dtype = trans_t.dtype
+        if mask is None:
+            mask = torch.ones(B, L, device=trans_t.device, dtype=dtype)
+        mask = mask.to(dtype)
+        if res_idx is None:
+            res_idx = torch.arange(L, device=trans_t.device).expand(B, L)
+        if trans_sc is None:
+            trans_sc = torch.zeros_like(trans_t)
+        t = torch.as_tensor(t, device=trans_t.device, dtype=dtype)
+        t = t.expand(B) if t.dim() == 0 else t.reshape(B)
+
+        s = self.node_embed(res_idx, t, mask)  # [B, L, C]
+        z = self.edge_embed(s, trans_t, trans_sc, res_idx, mask)  # [B, L, L, E]
+        quats, trans = quats_t, trans_t
+        pad = mask < 0.5
+        for block in self.blocks:
+            rots = quat_to_rotmat(quats)
+            s = block["ipa_norm"](s + block["ipa"](s, z, rots, trans, mask))
+            seq = block["seq"](s, src_key_padding_mask=pad)
+            s = block["transition"](s + block["seq_out"](seq)) * mask[..., None]
+            quats, trans = block["bb_update"](s, quats, trans, mask)
+            if "edge_transition" in block:
+                z = block["edge_transition"](s, z, mask)
+        return {"trans": trans, "quats": quats, "node": s}
