@@ -1,0 +1,220 @@
+"""Checkpoints: a directory of safetensors + JSON + YAML, written atomically, never pickled.
+
+    <ckpt>/weights.safetensors        model state_dict
+    <ckpt>/ema.safetensors            EMA state_dict (what ``load_model`` samples with)
+    <ckpt>/train_state.safetensors    optimiser tensors (``opt/<param>/<name>``), RNG state
+    <ckpt>/train_state.json           step, optimiser param groups + scalar state, metrics
+    <ckpt>/recipe.yaml                the resolved recipe (every default filled in)
+
+The whole directory is built under a temporary name and renamed into place
+(:func:`flow3d.io.atomic_dir`), so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from flow3d.engine.config import Recipe, dump_recipe, recipe_from_dict
+from flow3d.engine.head import Head
+from flow3d.errors import DataError
+from flow3d.io import atomic_dir
+
+__all__ = [
+    "CHECKPOINT_FILES",
+    "LoadedModel",
+    "find_checkpoint",
+    "latest_checkpoint",
+    "load_model",
+    "optimizer_state_from_flat",
+    "optimizer_state_to_flat",
+    "read_checkpoint",
+    "write_checkpoint",
+]
+
+FORMAT_VERSION = 1
+CHECKPOINT_FILES = (
+    "weights.safetensors",
+    "ema.safetensors",
+    "train_state.safetensors",
+    "train_state.json",
+    "recipe.yaml",
+)
+
+
+def _tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage (tied weights); contiguous CPU copies are always safe.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+# ---- optimiser state without pickle --------------------------------------------------------
+def optimizer_state_to_flat(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into safetensors tensors and JSON-able metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, per_param in state["state"].items():
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"opt/{pid}/{name}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    groups = [
+        {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
+        for g in state["param_groups"]
+    ]
+    return _tensors(tensors), {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_state_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> dict:
+    """Inverse of :func:`optimizer_state_to_flat`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        m = re.fullmatch(r"opt/(\d+)/(.+)", key)
+        if m:
+            state.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    for pid, values in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    groups = [
+        {k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+# ---- write / read --------------------------------------------------------------------------
+def write_checkpoint(
+    path: str | Path,
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    ema_state: Mapping[str, torch.Tensor] | None,
+    recipe: Recipe,
+    step: int,
+    optimizer_state: Mapping[str, Any] | None = None,
+    extra_tensors: Mapping[str, torch.Tensor] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one checkpoint directory atomically; returns ``path``."""
+    path = Path(path)
+    train_tensors: dict[str, torch.Tensor] = dict(extra_tensors or {})
+    meta: dict[str, Any] = {"format": FORMAT_VERSION, "step": int(step), **(info or {})}
+    if optimizer_state is not None:
+        opt_tensors, meta["optimizer"] = optimizer_state_to_flat(optimizer_state)
+        train_tensors.update(opt_tensors)
+    with atomic_dir(path) as tmp:
+        save_file(_tensors(model_state), str(tmp / "weights.safetensors"))
+        save_file(_tensors(ema_state if ema_state is not None else model_state),
+                  str(tmp / "ema.safetensors"))
+        save_file(_tensors(train_tensors), str(tmp / "train_state.safetensors"))
+        (tmp / "train_state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        dump_recipe(recipe, tmp / "recipe.yaml")
+    return path
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return all((path / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory or a run directory (then its ``checkpoints/last``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if _is_checkpoint(path):
+        return path
+    latest = latest_checkpoint(path / "checkpoints") if path.is_dir() else None
+    if latest is None:
+        missing = [n for n in CHECKPOINT_FILES if not (path / n).is_file()]
+        raise DataError(f"{path}: not a flow3d checkpoint (missing {', '.join(missing)})")
+    return latest
+
+
+def read_train_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "train_state.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(path / "train_state.safetensors"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable train state ({e})") from None
+    return meta, tensors
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step under ``root`` (``last``, ``step_*``,
+    or a ``.last.old`` left by a crash during the final rename), or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    best: tuple[int, int, Path] | None = None
+    for child in root.iterdir():
+        if not child.is_dir() or child.name.endswith(".tmp") or not _is_checkpoint(child):
+            continue
+        try:
+            meta = json.loads((child / "train_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        rank = (int(meta.get("step", -1)), child.name == "last", child)
+        if best is None or rank[:2] > best[:2]:
+            best = rank
+    return None if best is None else best[2]
+
+
+def read_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[Recipe, dict, dict]:
+    """(recipe, weights, train meta) of a checkpoint directory."""
+    import yaml
+
+    path = find_checkpoint(path)
+    try:
+        raw = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(f"{path / 'recipe.yaml'}: unreadable recipe ({e})") from None
+    recipe = recipe_from_dict(raw, where=str(path / "recipe.yaml"))
+    weights_file = path / ("ema.safetensors" if ema else "weights.safetensors")
+    try:
+        weights = load_file(str(weights_file))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{weights_file}: unreadable weights ({e})") from None
+    meta, _ = read_train_state(path)
+    return recipe, weights, meta
+
+
+# ---- ready-to-sample model -----------------------------------------------------------------
+@dataclasses.dataclass
+class LoadedModel:
+    """A trained model with its head and recipe; ``sample`` delegates to ``head.sample``."""
+
+    model: nn.Module
+    head: Head
+    recipe: Recipe
+    path: Path | None = None
+    step: int = 0
+
+    def sample(self, num: int, seed: int = 0, **overrides: Any) -> Any:
+        with torch.no_grad():
+            return self.head.sample(self.model, num, seed=seed, **overrides)
+
+    def save_samples(self, samples: Any, out_dir: str | Path) -> list[Path]:
+        return self.head.save_samples(samples, Path(out_dir))
+
+
+def load_model(path: str | Path, ema: bool = True, device: str = "cpu") -> LoadedModel:
+    """Rebuild the head and network from a checkpoint directory and load its (EMA) weights."""
+    from flow3d.engine.heads import get_head
+
+    ckpt = find_checkpoint(path)
+    recipe, weights, meta = read_checkpoint(ckpt, ema=ema)
+    head = get_head(recipe.head, where=str(ckpt / "recipe.yaml"))(recipe)
+    model = head.build_model()
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise DataError(f"{ckpt}: weights do not match the recipe's model ({first})") from None
+    model.to(device).eval()
+    return LoadedModel(model=model, head=head, recipe=recipe, path=ckpt, step=meta.get("step", 0))
