@@ -1,0 +1,98 @@
+"""Backbone PDB / mmCIF writing: round trip through the parser, MODEL records, mkdssp."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from flow3d.errors import DataError
+from protein.data import parse_structure, shared_protein_dir
+from protein.pdbio import write_backbone, write_backbone_cif, write_backbone_pdb
+
+DATA = shared_protein_dir()
+needs_data = pytest.mark.skipif(DATA is None, reason="real data ../shared/data/proteins absent")
+
+
+def _real_chain():
+    return parse_structure(DATA / "ts50_pydssp" / "pdb" / "1ahsA.pdb").chains[0]
+
+
+@needs_data
+@pytest.mark.parametrize("suffix", [".pdb", ".cif"])
+@pytest.mark.parametrize("residue", ["GLY", "ALA"])
+def test_round_trip(tmp_path, suffix, residue):
+    chain = _real_chain()
+    path = write_backbone(tmp_path / f"design{suffix}", chain.coords, residue=residue)
+    back = parse_structure(path).chains[0]
+    assert len(back) == len(chain)
+    assert back.sequence == ("G" if residue == "GLY" else "A") * len(chain)
+    assert np.allclose(back.coords, chain.coords, atol=1e-3, equal_nan=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@needs_data
+def test_pdb_records_and_alanine_cb(tmp_path):
+    chain = _real_chain()
+    path = write_backbone_pdb(tmp_path / "a.pdb", torch.tensor(chain.coords), residue="ALA")
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("HEADER") and lines[1].startswith("CRYST1")
+    assert lines[-1] == "END"
+    atoms = [ln for ln in lines if ln.startswith("ATOM")]
+    assert all(len(ln) == 78 for ln in atoms)
+    cb = np.array([[float(ln[30:38]), float(ln[38:46]), float(ln[46:54])]
+                   for ln in atoms if ln[12:16] == " CB "])
+    assert len(cb) == len(chain)
+    assert np.allclose(np.linalg.norm(cb - chain.coords[:, 1], axis=-1), 1.527, atol=2e-3)
+
+
+def test_trajectory_as_models(tmp_path):
+    g = np.random.default_rng(0)
+    traj = g.normal(size=(3, 5, 4, 3)) * 5
+    path = write_backbone_pdb(tmp_path / "traj.pdb", traj)
+    text = path.read_text()
+    assert text.count("MODEL ") == 3 and text.count("ENDMDL") == 3
+    first = parse_structure(path, break_distance=np.inf).chains[0]
+    assert np.allclose(first.coords, traj[0], atol=1e-3)
+    cif = write_backbone_cif(tmp_path / "traj.cif", traj)
+    back = parse_structure(cif, break_distance=np.inf).chains[0]
+    assert np.allclose(back.coords, traj[0], atol=1e-3)
+
+
+def test_missing_oxygen_is_left_out(tmp_path):
+    atoms = np.random.default_rng(1).normal(size=(4, 4, 3)) * 5
+    atoms[2, 3] = np.nan
+    path = write_backbone_pdb(tmp_path / "o.pdb", atoms)
+    assert sum(ln[12:16] == " O  " for ln in path.read_text().splitlines()) == 3
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(DataError, match="bad.pdb"):
+        write_backbone_pdb(tmp_path / "bad.pdb", np.zeros((5, 3, 3)))
+    nan = np.zeros((5, 4, 3))
+    nan[1, 1] = np.nan
+    with pytest.raises(DataError, match="not finite"):
+        write_backbone_pdb(tmp_path / "nan.pdb", nan)
+    with pytest.raises(ValueError):
+        write_backbone_pdb(tmp_path / "x.pdb", np.zeros((5, 4, 3)), residue="TRP")
+    assert not (tmp_path / "bad.pdb").exists()
+
+
+@needs_data
+@pytest.mark.skipif(shutil.which("mkdssp") is None, reason="mkdssp (apt package dssp) absent")
+@pytest.mark.parametrize("suffix", [".pdb", ".cif"])
+def test_mkdssp_reads_our_files(tmp_path, suffix):
+    chain = _real_chain()
+    path = write_backbone(tmp_path / f"d{suffix}", chain.coords)
+    out = tmp_path / "d.dssp"
+    proc = subprocess.run(["mkdssp", "--output-format", "dssp", str(path), str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = out.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("  #  RESIDUE"))
+    ss = "".join(ln[16] for ln in lines[start + 1:] if ln[13] != "!")
+    assert len(ss) == len(chain)
+    assert "H" in ss or "E" in ss
