@@ -38,12 +38,14 @@ __all__ = [
     "Rigid",
     "backbone_from_frames",
     "ca_centre",
+    "complete_oxygens",
     "dihedral",
     "frames_from_backbone",
     "backbone_local_coords",
     "ideal_cb",
     "place_atom",
     "psi_from_frames",
+    "radius_of_gyration",
 ]
 
 ANG_TO_NM = 0.1
@@ -402,3 +404,31 @@ def ca_centre(ca: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     if mask is not None:
         centred = centred * mask.to(ca.dtype).unsqueeze(-1)
     return centred, centroid
+
+
+def complete_oxygens(atoms: Tensor) -> Tensor:
+    """Fill NaN O positions of real backbones ``[..., L, 4, 3]`` (angstrom) from the frames.
+
+    psi is measured on the real atoms (N(i+1) of the next residue; the last residue copies its
+    predecessor) and O is placed with ideal geometry; present O atoms are kept as they are.
+    """
+    n, ca, c, o = atoms.unbind(-2)
+    missing = ~torch.isfinite(o).all(-1)  # [..., L]
+    if not missing.any():
+        return atoms
+    rigid = frames_from_backbone(n, ca, c)
+    local = backbone_local_coords(rigid, n, c)
+    psi = psi_from_frames(rigid, local=local)
+    rebuilt = backbone_from_frames(rigid, psi, local=local)[..., 3, :]
+    o = torch.where(missing[..., None], rebuilt, o)
+    return torch.stack([n, ca, c, o], dim=-2)
+
+
+def radius_of_gyration(ca: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``sqrt(mean |x_i - mean x|^2)`` over (masked) CA positions ``[..., L, 3]`` -> ``[...]``."""
+    centred, _ = ca_centre(ca, mask)
+    sq = (centred**2).sum(-1)  # [..., L]
+    if mask is None:
+        return sq.mean(-1).sqrt()
+    m = mask.to(ca.dtype)
+    return ((sq * m).sum(-1) / m.sum(-1).clamp_min(1.0)).sqrt()
