@@ -1,0 +1,570 @@
+"""Evaluate backbone sets (generated designs or real chains) with the same metrics.
+
+Per structure: consecutive CA-CA distances (fraction within 3.80 +/- 0.20 A), clashes (CA
+pairs with ``|i - j| >= 2`` closer than 3.0 A; real chains have none), radius of gyration
+against the compact-globule law ``2.2 L^0.38`` A, DSSP 3-state fractions (pydssp by default;
+mkdssp on request or, with ``ss_method="auto"``, when installed), novelty (highest TM-score
+to a reference set, normalised by the design's length) and time per design (when a timings
+file is present).
+Per set: diversity (mean pairwise TM-score, the average of both normalisations) and the number
+of clusters at TM 0.5 (greedy: the structure with most neighbours at TM >= 0.5 becomes a
+centre and takes its neighbours, repeat; MaxCluster-like).
+
+Costs are bounded and stated in the summary: diversity uses at most ``max_diversity`` designs
+(random subset), novelty TM-aligns each design against at most ``max_reference`` references,
+those closest to it by a cheap descriptor (length within 0.5-2x, SS fractions, Rg ratio and a
+CA-distance histogram) — a prefilter that can miss the best match, so novelty is a lower bound
+on the true maximum TM-score.
+
+``run_eval`` writes ``designs.csv``, ``reference.csv`` (when a reference is given),
+``summary.json`` and PNG plots, atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flow3d.errors import DataError
+from flow3d.io import atomic_path, atomic_write_text
+from protein.data import find_structure_files, parse_structure
+from protein.data.filters import rg_scaling, secondary_structure, ss_fractions
+
+__all__ = [
+    "CA_CA_IDEAL",
+    "CA_CA_TOL",
+    "CLASH_DISTANCE",
+    "Structure",
+    "ca_ca_distances",
+    "count_clashes",
+    "evaluate_designs",
+    "load_structures",
+    "run_eval",
+    "structure_metrics",
+    "tm_score",
+]
+
+CA_CA_IDEAL = 3.80  # angstrom, trans peptide
+CA_CA_TOL = 0.20
+CLASH_DISTANCE = 3.0  # angstrom
+CLASH_MIN_SEPARATION = 2  # |i - j| >= 2: every non-adjacent pair
+TM_CLUSTER = 0.5
+TIMINGS_FILES = ("timings.json", "timings.csv")
+
+
+@dataclass
+class Structure:
+    """One backbone to evaluate: ``coords`` [L, 4, 3] angstrom (O may be NaN)."""
+
+    name: str
+    path: str
+    coords: np.ndarray
+    sequence: str
+    helix: float | None = None  # precomputed DSSP fractions (cache), else computed
+    strand: float | None = None
+    coil: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+
+# --- loading ------------------------------------------------------------------------------
+def _is_cache(path: Path) -> bool:
+    return path.is_dir() and (path / "meta.json").is_file() and (
+        path / "backbones.safetensors").is_file()
+
+
+def load_structures(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+) -> tuple[list[Structure], list[str]]:
+    """Structures from a directory of PDB/mmCIF files, a list of files, or a protein cache.
+
+    Every chain of a file is one structure; chains are not split at breaks (a broken design
+    must show up in the CA-CA metric). ``limit`` takes a seeded random subset. Returns the
+    structures and one-line reasons for unreadable files.
+    """
+    from protein.data.cache import load_cache
+
+    if isinstance(source, (str, os.PathLike)) and _is_cache(Path(source)):
+        cache = load_cache(source)
+        idx = np.arange(len(cache))
+        if limit is not None and limit < len(idx):
+            idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
+        out = []
+        for i in idx:
+            ch = cache[int(i)]
+            out.append(Structure(ch.name, ch.source, np.asarray(ch.coords), ch.sequence,
+                                 ch.stats.helix_fraction, ch.stats.strand_fraction,
+                                 ch.stats.coil_fraction))
+        return out, []
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or directory")
+        files = find_structure_files(path)
+        if not files:
+            raise DataError(f"{path}: no PDB/mmCIF files found")
+    else:
+        files = [Path(p) for p in source]
+    if limit is not None and limit < len(files):
+        pick = np.random.default_rng(seed).choice(len(files), limit, replace=False)
+        files = [files[i] for i in sorted(pick)]
+    structures, errors = [], []
+    for f in files:
+        try:
+            res = parse_structure(f, break_distance=math.inf)
+        except DataError as exc:
+            errors.append(str(exc))
+            continue
+        many = len(res.chains) > 1
+        for ch in res.chains:
+            name = ch.name if many else f.name.split(".")[0]
+            structures.append(Structure(name, str(f), ch.coords, ch.sequence))
+    if limit is not None and len(structures) > limit:
+        structures = structures[:limit]
+    return structures, errors
+
+
+def _read_timings(folder: Path) -> dict[str, float]:
+    """``timings.json`` ({name: seconds} or {"designs": {...}}) or ``timings.csv`` (name,seconds).
+
+    Names may be file names or stems; the stem is the key used.
+    """
+    for fname in TIMINGS_FILES:
+        path = folder / fname
+        if not path.is_file():
+            continue
+        try:
+            if fname.endswith(".json"):
+                data = json.loads(path.read_text())
+                data = data.get("designs", data) if isinstance(data, dict) else {}
+                items = data.items()
+            else:
+                rows = list(csv.reader(io.StringIO(path.read_text())))
+                items = [(r[0], r[1]) for r in rows[1:] if len(r) >= 2]
+            return {Path(str(k)).name.split(".")[0]: float(v) for k, v in items
+                    if isinstance(v, (int, float, str))}
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: cannot read timings ({exc})") from exc
+    return {}
+
+
+# --- per-structure metrics ------------------------------------------------------------------
+def ca_ca_distances(ca: np.ndarray) -> np.ndarray:
+    """Consecutive CA-CA distances ``[L - 1]``."""
+    return np.linalg.norm(np.diff(ca, axis=0), axis=-1)
+
+
+def count_clashes(ca: np.ndarray, threshold: float = CLASH_DISTANCE,
+                  min_separation: int = CLASH_MIN_SEPARATION) -> int:
+    """Number of CA pairs ``i < j`` with ``j - i >= min_separation`` closer than ``threshold``."""
+    d = np.linalg.norm(ca[:, None] - ca[None], axis=-1)  # [L, L]
+    i, j = np.triu_indices(len(ca), k=min_separation)
+    return int((d[i, j] < threshold).sum())
+
+
+def _mkdssp_ss(coords: np.ndarray) -> str:
+    """3-state SS from mkdssp run on a temporary poly-GLY PDB (H,G,I -> H; E,B -> E)."""
+    from protein.pdbio import write_backbone_pdb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pdb = write_backbone_pdb(Path(tmp) / "x.pdb", coords)
+        out = Path(tmp) / "x.dssp"
+        proc = subprocess.run(["mkdssp", "--output-format", "dssp", str(pdb), str(out)],
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0 or not out.is_file():
+            raise DataError(f"mkdssp failed: {proc.stderr.strip().splitlines()[:1]}")
+        lines = out.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("  #  RESIDUE"))
+    ss = "".join(ln[16] for ln in lines[start + 1:] if len(ln) > 16 and ln[13] != "!")
+    return "".join("H" if s in "HGI" else "E" if s in "EB" else "-" for s in ss)
+
+
+def resolve_ss_method(method: str) -> str:
+    if method == "auto":
+        return "mkdssp" if shutil.which("mkdssp") else "pydssp"
+    if method not in ("pydssp", "mkdssp"):
+        raise ValueError(f"ss_method must be auto, pydssp or mkdssp, got {method!r}")
+    if method == "mkdssp" and not shutil.which("mkdssp"):
+        raise DataError("mkdssp: not installed (apt-get install dssp), use ss_method='pydssp'")
+    return method
+
+
+def structure_metrics(s: Structure, ss_method: str = "pydssp") -> dict:
+    """CA-CA, clash, Rg and SS metrics of one structure (one CSV row)."""
+    ca = s.coords[:, 1].astype(np.float64)
+    d = ca_ca_distances(ca)
+    valid = np.abs(d - CA_CA_IDEAL) <= CA_CA_TOL
+    rg = float(np.sqrt(((ca - ca.mean(0)) ** 2).sum(-1).mean()))
+    if s.helix is not None and ss_method == "pydssp":
+        helix, strand, coil = s.helix, s.strand, s.coil
+    else:
+        ss = _mkdssp_ss(s.coords) if ss_method == "mkdssp" else secondary_structure(s.coords)
+        helix, strand, coil = ss_fractions(ss)
+    return {
+        "name": s.name,
+        "path": s.path,
+        "length": len(s),
+        "ca_ca_mean": float(d.mean()) if len(d) else float("nan"),
+        "ca_ca_max": float(d.max()) if len(d) else float("nan"),
+        "ca_ca_valid_fraction": float(valid.mean()) if len(d) else float("nan"),
+        "n_ca_ca_valid": int(valid.sum()),
+        "n_ca_ca": len(d),
+        "n_clashes": count_clashes(ca),
+        "rg": rg,
+        "rg_ratio": rg / float(rg_scaling(len(s))),
+        "helix": helix,
+        "strand": strand,
+        "coil": coil,
+        "helix_strand": helix + strand,
+        "ss_method": ss_method,
+    }
+
+
+# --- set metrics ------------------------------------------------------------------------------
+def tm_score(a: Structure, b: Structure) -> tuple[float, float]:
+    """TM-align of CA traces: (TM normalised by ``a``'s length, by ``b``'s length)."""
+    from tmtools import tm_align
+
+    ca_a = np.ascontiguousarray(a.coords[:, 1], dtype=np.float64)
+    ca_b = np.ascontiguousarray(b.coords[:, 1], dtype=np.float64)
+    res = tm_align(ca_a, ca_b, "A" * len(ca_a), "A" * len(ca_b))
+    return float(res.tm_norm_chain1), float(res.tm_norm_chain2)
+
+
+def greedy_clusters(sim: np.ndarray, threshold: float = TM_CLUSTER) -> list[list[int]]:
+    """Greedy centre clustering of a symmetric similarity matrix at ``threshold``."""
+    n = len(sim)
+    left = set(range(n))
+    adj = sim >= threshold
+    clusters = []
+    while left:
+        rest = sorted(left)
+        counts = adj[np.ix_(rest, rest)].sum(1)
+        centre = rest[int(np.argmax(counts))]
+        members = [j for j in rest if adj[centre, j]]
+        members = sorted(set(members) | {centre})
+        clusters.append(members)
+        left -= set(members)
+    return clusters
+
+
+def _diversity(structures: list[Structure], max_designs: int, rng, bar) -> dict:
+    idx = np.arange(len(structures))
+    if len(idx) > max_designs:
+        idx = np.sort(rng.choice(idx, max_designs, replace=False))
+    sub = [structures[i] for i in idx]
+    n = len(sub)
+    sim = np.eye(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            t1, t2 = tm_score(sub[i], sub[j])
+            sim[i, j] = sim[j, i] = 0.5 * (t1 + t2)
+            bar.update(1)
+    iu = np.triu_indices(n, k=1)
+    lengths = np.array([len(s) for s in sub])
+    same = lengths[iu[0]] == lengths[iu[1]]
+    by_length = {}
+    for L in sorted(set(lengths.tolist())):
+        k = np.nonzero(lengths == L)[0]
+        if len(k) > 1:
+            block = sim[np.ix_(k, k)]
+            by_length[str(L)] = {
+                "n": len(k),
+                "mean_pairwise_tm": float(block[np.triu_indices(len(k), 1)].mean()),
+                "n_clusters": len(greedy_clusters(block)),
+            }
+    return {
+        "n_used": n,
+        "mean_pairwise_tm": float(sim[iu].mean()) if n > 1 else float("nan"),
+        "mean_pairwise_tm_same_length": float(sim[iu][same].mean()) if same.any() else None,
+        "n_clusters": len(greedy_clusters(sim)),
+        "cluster_fraction": len(greedy_clusters(sim)) / n if n else float("nan"),
+        "by_length": by_length,
+    }
+
+
+def _descriptor(s: Structure, row: dict) -> np.ndarray:
+    """Cheap fold descriptor: SS fractions, Rg ratio, normalised CA-distance histogram."""
+    ca = s.coords[:, 1].astype(np.float64)
+    d = np.linalg.norm(ca[:, None] - ca[None], axis=-1)[np.triu_indices(len(ca), 1)]
+    hist = np.histogram(d, bins=np.arange(0.0, 42.0, 3.0))[0].astype(np.float64)
+    hist /= max(hist.sum(), 1.0)
+    return np.concatenate([[row["helix"], row["strand"], row["rg_ratio"]], 3.0 * hist])
+
+
+def _novelty(designs, design_rows, refs, ref_rows, max_reference, bar) -> list[tuple]:
+    ref_len = np.array([len(r) for r in refs])
+    ref_desc = np.stack([_descriptor(r, row) for r, row in zip(refs, ref_rows)])
+    out = []
+    for s, row in zip(designs, design_rows):
+        L = len(s)
+        window = np.nonzero((ref_len >= 0.5 * L) & (ref_len <= 2.0 * L))[0]
+        if len(window) == 0:
+            out.append((float("nan"), "", 0))
+            bar.update(max_reference)
+            continue
+        dist = np.linalg.norm(ref_desc[window] - _descriptor(s, row), axis=-1)
+        pick = window[np.argsort(dist, kind="stable")[:max_reference]]
+        best, best_name = -1.0, ""
+        for k in pick:
+            tm = tm_score(s, refs[k])[0]
+            if tm > best:
+                best, best_name = tm, refs[k].name
+        bar.update(max_reference)
+        out.append((best, best_name, len(pick)))
+    return out
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _set_summary(rows: list[dict]) -> dict:
+    n_valid = sum(r["n_ca_ca_valid"] for r in rows)
+    n_pairs = sum(r["n_ca_ca"] for r in rows)
+    return {
+        "n": len(rows),
+        "ca_ca_valid_fraction": n_valid / n_pairs if n_pairs else float("nan"),
+        "ca_ca_mean": _mean(rows, "ca_ca_mean"),
+        "clashes_per_structure": _mean(rows, "n_clashes"),
+        "rg_ratio_mean": _mean(rows, "rg_ratio"),
+        "helix": _mean(rows, "helix"),
+        "strand": _mean(rows, "strand"),
+        "coil": _mean(rows, "coil"),
+        "helix_strand": _mean(rows, "helix_strand"),
+    }
+
+
+def evaluate_designs(
+    designs: str | os.PathLike | Sequence[str | os.PathLike],
+    reference: str | os.PathLike | None = None,
+    *,
+    ss_method: str = "pydssp",
+    max_reference: int = 32,
+    max_diversity: int = 64,
+    reference_limit: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[list[dict], dict]:
+    """Metrics per design and a summary; the reference set (dir, files or cache) is optional.
+
+    Returns ``(rows, summary)``; ``summary["reference"]`` holds the same set metrics computed on
+    the reference (at most ``reference_limit`` chains, seeded subset) for a side-by-side view.
+    ``ss_method``: ``"pydssp"`` (default: fast, pure numpy, the same everywhere), ``"mkdssp"``
+    (the reference DSSP binary, ~0.25 s per structure) or ``"auto"`` (mkdssp when installed).
+    Designs and references always use the same method.
+    """
+    rows, summary, _ = _evaluate(designs, reference, ss_method=ss_method,
+                                 max_reference=max_reference, max_diversity=max_diversity,
+                                 reference_limit=reference_limit, seed=seed, progress=progress)
+    return rows, summary
+
+
+def _evaluate(designs, reference, *, ss_method, max_reference, max_diversity, reference_limit,
+              seed, progress):
+    """``evaluate_designs`` plus what the plots need: (rows, summary, extras)."""
+    from tqdm.auto import tqdm
+
+    method = resolve_ss_method(ss_method)
+    rng = np.random.default_rng(seed)
+    structures, errors = load_structures(designs)
+    if not structures:
+        raise DataError(f"{designs}: no readable design ({'; '.join(errors[:3])})")
+    refs, ref_errors, ref_rows = [], [], []
+    if reference is not None:
+        refs, ref_errors = load_structures(reference, limit=reference_limit, seed=seed)
+        if not refs:
+            raise DataError(f"{reference}: no readable reference structure")
+    n = min(len(structures), max_diversity)
+    work = len(structures) + len(refs) + n * (n - 1) // 2 + len(structures) * max_reference * (
+        1 if refs else 0)
+    with tqdm(total=work, desc="protein eval", unit="op", disable=not progress) as bar:
+        rows = []
+        for s in structures:
+            rows.append(structure_metrics(s, method))
+            bar.update(1)
+        for r in refs:
+            ref_rows.append(structure_metrics(r, method))
+            bar.update(1)
+        diversity = _diversity(structures, max_diversity, rng, bar)
+        if refs:
+            for row, (tm, name, k) in zip(rows, _novelty(structures, rows, refs, ref_rows,
+                                                         max_reference, bar)):
+                row["novelty_tm"], row["novelty_ref"], row["novelty_n_compared"] = tm, name, k
+    timings = {}
+    if isinstance(designs, (str, os.PathLike)) and Path(designs).is_dir():
+        timings = _read_timings(Path(designs))
+    for row in rows:
+        key = Path(row["path"]).name.split(".")[0]
+        row["time_s"] = timings.get(row["name"], timings.get(key))
+    summary = {
+        "designs": str(designs) if isinstance(designs, (str, os.PathLike)) else "files",
+        "ss_method": method,
+        **_set_summary(rows),
+        "diversity": diversity,
+        "by_length": {
+            str(L): _set_summary([r for r in rows if r["length"] == L])
+            for L in sorted({r["length"] for r in rows})
+        } if len({r["length"] for r in rows}) <= 20 else {},
+        "unreadable": errors,
+    }
+    times = [r["time_s"] for r in rows if r["time_s"] is not None]
+    summary["time_per_design_s"] = float(np.mean(times)) if times else None
+    if refs:
+        novelty = [r["novelty_tm"] for r in rows if np.isfinite(r["novelty_tm"])]
+        summary["novelty"] = {
+            "median_tm": float(np.median(novelty)) if novelty else float("nan"),
+            "mean_tm": float(np.mean(novelty)) if novelty else float("nan"),
+            "max_reference_per_design": max_reference,
+            "prefilter": "length 0.5-2x, nearest by SS/Rg/CA-distance-histogram descriptor",
+        }
+        summary["reference"] = {"source": str(reference), **_set_summary(ref_rows),
+                                "unreadable": ref_errors}
+    extras = {
+        "ref_rows": ref_rows,
+        "design_ca": np.concatenate([ca_ca_distances(s.coords[:, 1]) for s in structures]),
+        "ref_ca": np.concatenate([ca_ca_distances(r.coords[:, 1]) for r in refs])
+        if refs else np.array([]),
+    }
+    return rows, summary, extras
+
+
+# --- output ------------------------------------------------------------------------------
+CSV_COLUMNS = ("name", "path", "length", "ca_ca_mean", "ca_ca_max", "ca_ca_valid_fraction",
+               "n_clashes", "rg", "rg_ratio", "helix", "strand", "coil", "helix_strand",
+               "ss_method", "novelty_tm", "novelty_ref", "novelty_n_compared", "time_s")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v)
+                         for k, v in row.items() if k in CSV_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _savefig(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+
+
+def _plots(out_dir: Path, structures_rows: list[dict], ref_rows: list[dict],
+           design_ca: np.ndarray, ref_ca: np.ndarray) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    # CA-CA histogram
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins = np.linspace(2.5, 5.0, 51)
+    ax.hist(np.clip(design_ca, 2.5, 5.0), bins=bins, density=True, alpha=0.6, label="designs")
+    if len(ref_ca):
+        ax.hist(np.clip(ref_ca, 2.5, 5.0), bins=bins, density=True, alpha=0.5, label="reference")
+    ax.axvspan(CA_CA_IDEAL - CA_CA_TOL, CA_CA_IDEAL + CA_CA_TOL, color="grey", alpha=0.2)
+    ax.set_xlabel("consecutive CA-CA distance (A)")
+    ax.set_ylabel("density")
+    ax.legend()
+    _savefig(fig, out_dir / "ca_ca_hist.png")
+    plt.close(fig)
+    written.append("ca_ca_hist.png")
+    # Rg vs length
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if ref_rows:
+        ax.scatter([r["length"] for r in ref_rows], [r["rg"] for r in ref_rows], s=6,
+                   alpha=0.4, label="reference", color="grey")
+    ax.scatter([r["length"] for r in structures_rows], [r["rg"] for r in structures_rows],
+               s=10, alpha=0.8, label="designs")
+    lengths = [r["length"] for r in structures_rows + ref_rows]
+    grid = np.linspace(max(min(lengths), 10), max(lengths), 100)
+    if len(ref_rows) >= 5:
+        lr = np.log([r["length"] for r in ref_rows])
+        lg = np.log([r["rg"] for r in ref_rows])
+        b, a = np.polyfit(lr, lg, 1)
+        ax.plot(grid, np.exp(a) * grid**b, "k--", label=f"real trend {np.exp(a):.2f} L^{b:.2f}")
+    else:
+        ax.plot(grid, rg_scaling(grid), "k--", label="2.2 L^0.38")
+    ax.set_xlabel("length (residues)")
+    ax.set_ylabel("radius of gyration (A)")
+    ax.legend(fontsize=8)
+    _savefig(fig, out_dir / "rg_vs_length.png")
+    plt.close(fig)
+    written.append("rg_vs_length.png")
+    # SS fractions
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    keys = ("helix", "strand", "coil")
+    x = np.arange(3)
+    ax.bar(x - 0.2, [_mean(structures_rows, k) for k in keys], 0.4, label="designs")
+    if ref_rows:
+        ax.bar(x + 0.2, [_mean(ref_rows, k) for k in keys], 0.4, label="reference")
+    ax.set_xticks(x, keys)
+    ax.set_ylabel("mean fraction")
+    ax.legend()
+    _savefig(fig, out_dir / "ss_fractions.png")
+    plt.close(fig)
+    written.append("ss_fractions.png")
+    return written
+
+
+def run_eval(
+    design_dir: str | os.PathLike,
+    reference: str | os.PathLike | None,
+    out_dir: str | os.PathLike,
+    *,
+    ss_method: str = "pydssp",
+    max_reference: int = 32,
+    max_diversity: int = 64,
+    reference_limit: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Evaluate ``design_dir`` (against ``reference``) and write CSV, JSON and PNG plots.
+
+    Files in ``out_dir``: ``designs.csv``, ``reference.csv`` (with a reference),
+    ``summary.json``, ``ca_ca_hist.png``, ``rg_vs_length.png``, ``ss_fractions.png``.
+    Returns the summary.
+    """
+    out_dir = Path(out_dir)
+    rows, summary, extras = _evaluate(
+        design_dir, reference, ss_method=ss_method, max_reference=max_reference,
+        max_diversity=max_diversity, reference_limit=reference_limit, seed=seed,
+        progress=progress)
+    ref_rows = extras["ref_rows"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(out_dir / "designs.csv", rows)
+    if ref_rows:
+        _write_csv(out_dir / "reference.csv", ref_rows)
+    summary["plots"] = _plots(out_dir, rows, ref_rows, extras["design_ca"], extras["ref_ca"])
+    atomic_write_text(out_dir / "summary.json", json.dumps(_jsonable(summary), indent=1) + "\n")
+    return summary
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x

@@ -1,0 +1,137 @@
+"""Design evaluation metrics, on synthetic chains with known answers and on real chains."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from flow3d.errors import DataError
+from protein.data import find_structure_files, parse_structure, shared_protein_dir
+from protein.data.cache import build_cache
+from protein.data.filters import FilterConfig
+from protein.eval import (
+    ca_ca_distances,
+    count_clashes,
+    evaluate_designs,
+    greedy_clusters,
+    run_eval,
+)
+from protein.pdbio import write_backbone_pdb
+
+DATA = shared_protein_dir()
+needs_data = pytest.mark.skipif(DATA is None, reason="real data ../shared/data/proteins absent")
+
+
+def _line(n: int, spacing: float) -> np.ndarray:
+    """A straight backbone [n, 4, 3] with CA spacing ``spacing`` (N, C, O offset slightly)."""
+    ca = np.zeros((n, 3))
+    ca[:, 0] = np.arange(n) * spacing
+    offsets = np.array([[-0.5, 1.0, 0.0], [0, 0, 0], [0.5, 1.0, 0.0], [0.5, 2.0, 0.0]])
+    return ca[:, None] + offsets[None]
+
+
+def test_ca_ca_and_clashes_known_answers():
+    straight = _line(10, 3.8)[:, 1]
+    assert np.allclose(ca_ca_distances(straight), 3.8)
+    assert count_clashes(straight) == 0
+    squashed = _line(10, 1.0)[:, 1]
+    # pairs with |i-j| >= 2 and distance < 3: only |i-j| == 2 (2.0 A): 8 of them
+    assert count_clashes(squashed) == 8
+    assert count_clashes(squashed, min_separation=3) == 0  # |i-j| = 3 is exactly 3.0 A
+
+
+def test_greedy_clusters():
+    sim = np.eye(5)
+    sim[0, 1] = sim[1, 0] = sim[1, 2] = sim[2, 1] = 0.8  # 0-1-2 chain around centre 1
+    clusters = greedy_clusters(sim, 0.5)
+    assert sorted(map(sorted, clusters)) == [[0, 1, 2], [3], [4]]
+    assert len(greedy_clusters(np.ones((4, 4)))) == 1
+
+
+@pytest.fixture(scope="module")
+def design_dir(tmp_path_factory):
+    """Three real chains written as poly-GLY designs plus one squashed, clashing design."""
+    if DATA is None:
+        pytest.skip("real data ../shared/data/proteins absent")
+    out = tmp_path_factory.mktemp("designs")
+    files = find_structure_files(DATA / "kortemme_covariation")[:3]
+    for f in files:
+        chain = parse_structure(f).chains[0]
+        write_backbone_pdb(out / f"{f.name.split('.')[0]}.pdb", chain.coords)
+    write_backbone_pdb(out / "squashed.pdb", _line(60, 1.2))
+    (out / "timings.json").write_text(json.dumps({"squashed.pdb": 0.5}))
+    (out / "junk.pdb").write_text("not a protein\n")
+    return out, files
+
+
+@needs_data
+def test_evaluate_designs_real_and_broken(design_dir):
+    folder, files = design_dir
+    rows, summary = evaluate_designs(folder, files[:2], progress=False)
+    by_name = {r["name"]: r for r in rows}
+    assert len(rows) == 4 and any("junk.pdb" in e for e in summary["unreadable"])
+    bad = by_name["squashed"]
+    assert bad["ca_ca_valid_fraction"] == 0.0 and bad["n_clashes"] > 0
+    assert bad["time_s"] == 0.5 and summary["time_per_design_s"] == 0.5
+    real = [r for n, r in by_name.items() if n != "squashed"]
+    for r in real:
+        assert r["ca_ca_valid_fraction"] > 0.95 and r["n_clashes"] == 0
+        assert 0.3 < r["helix_strand"] <= 1.0
+        assert 0.8 < r["rg_ratio"] < 1.3
+    # the first two designs are copies of the references: novelty TM ~ 1
+    copied = by_name[files[0].name.split(".")[0]]
+    assert copied["novelty_tm"] > 0.99
+    assert summary["diversity"]["n_used"] == 4
+    assert 0.0 < summary["diversity"]["mean_pairwise_tm"] < 0.6
+    assert summary["reference"]["n"] == 2
+    assert summary["reference"]["ca_ca_valid_fraction"] > 0.95
+
+
+@needs_data
+def test_run_eval_writes_outputs_and_reads_cache(design_dir, tmp_path):
+    folder, files = design_dir
+    cache = tmp_path / "cache"
+    build_cache(files, cache, FilterConfig(min_len=40, max_coil_fraction=None, rg_quantile=None),
+                progress=False)
+    out = tmp_path / "eval"
+    summary = run_eval(folder, cache, out, progress=False, max_reference=2)
+    for name in ("designs.csv", "reference.csv", "summary.json", "ca_ca_hist.png",
+                 "rg_vs_length.png", "ss_fractions.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["n"] == summary["n"] == 4
+    assert on_disk["novelty"]["max_reference_per_design"] == 2
+    with open(out / "designs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {"ca_ca_valid_fraction", "novelty_tm"} <= set(rows[0])
+    # the cache itself can be evaluated as a design set (real data side by side)
+    rows, summary = evaluate_designs(cache, progress=False)
+    assert summary["n"] == 3 and "reference" not in summary
+
+
+@pytest.mark.skipif(shutil.which("mkdssp") is None, reason="mkdssp (apt package dssp) absent")
+@needs_data
+def test_mkdssp_and_pydssp_agree_roughly(design_dir):
+    folder, _ = design_dir
+    rows_p, _ = evaluate_designs(folder, progress=False, ss_method="pydssp", max_diversity=2)
+    rows_m, s_m = evaluate_designs(folder, progress=False, ss_method="mkdssp", max_diversity=2)
+    assert s_m["ss_method"] == "mkdssp"
+    for a, b in zip(rows_p, rows_m):
+        if a["name"] != "squashed":  # unphysical geometry: pydssp sees spurious H-bonds there
+            assert abs(a["helix_strand"] - b["helix_strand"]) < 0.15
+
+
+def test_eval_errors(tmp_path):
+    with pytest.raises(DataError, match="no PDB/mmCIF"):
+        evaluate_designs(tmp_path, progress=False)
+    with pytest.raises(DataError, match="no such file"):
+        evaluate_designs(tmp_path / "missing", progress=False)
+    (tmp_path / "bad.pdb").write_text("garbage\n")
+    with pytest.raises(DataError, match="no readable design"):
+        evaluate_designs(tmp_path, progress=False)
+    with pytest.raises(ValueError):
+        evaluate_designs(tmp_path, progress=False, ss_method="stride")
