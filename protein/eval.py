@@ -568,3 +568,60 @@ def _jsonable(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+# --- command-line glue (wired into `flow3d protein eval` by protein/cli.py) ------------------
+def add_eval_arguments(parser) -> None:
+    """Arguments of ``flow3d protein eval DIR [--reference DIR_OR_CACHE] ...``."""
+    parser.add_argument("designs", help="folder of PDB/mmCIF designs (or a protein cache)")
+    parser.add_argument("--reference", default=None,
+                        help="real structures to compare with: a folder of PDB/mmCIF or a cache")
+    parser.add_argument("--out", default=None, help="output folder (default: DESIGNS/eval)")
+    parser.add_argument("--ss-method", default="pydssp", choices=("pydssp", "mkdssp", "auto"))
+    parser.add_argument("--max-reference", type=int, default=32,
+                        help="references TM-aligned per design for novelty (prefiltered)")
+    parser.add_argument("--max-diversity", type=int, default=64,
+                        help="designs used for pairwise TM diversity (random subset)")
+    parser.add_argument("--reference-limit", type=int, default=None,
+                        help="random subset of the reference set (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def eval_from_args(args) -> tuple[dict, Path]:
+    """Run ``run_eval`` from parsed ``add_eval_arguments`` args; returns (summary, out_dir)."""
+    designs = Path(args.designs)
+    out = Path(args.out) if args.out else designs / "eval"
+    summary = run_eval(designs, args.reference, out, ss_method=args.ss_method,
+                       max_reference=args.max_reference, max_diversity=args.max_diversity,
+                       reference_limit=args.reference_limit, seed=args.seed,
+                       progress=not args.no_progress)
+    return summary, out
+
+
+def format_summary(summary: dict) -> str:
+    """A short human-readable table of the summary (designs next to the reference)."""
+    ref = summary.get("reference", {})
+    keys = (("structures", "n", "{:.0f}"),
+            ("CA-CA within 3.8+/-0.2 A", "ca_ca_valid_fraction", "{:.3f}"),
+            ("clashes per structure", "clashes_per_structure", "{:.2f}"),
+            ("Rg / (2.2 L^0.38)", "rg_ratio_mean", "{:.3f}"),
+            ("helix", "helix", "{:.3f}"), ("strand", "strand", "{:.3f}"),
+            ("helix + strand", "helix_strand", "{:.3f}"))
+
+    def fmt(d, k, f):
+        v = d.get(k)
+        return f.format(v) if isinstance(v, (int, float)) and np.isfinite(v) else "-"
+
+    lines = [f"{'metric':<28}{'designs':>10}{'reference':>11}"]
+    lines += [f"{label:<28}{fmt(summary, k, f):>10}{fmt(ref, k, f):>11}" for label, k, f in keys]
+    div = summary.get("diversity", {})
+    lines.append(f"{'mean pairwise TM':<28}{fmt(div, 'mean_pairwise_tm', '{:.3f}'):>10}")
+    lines.append(f"{'clusters at TM 0.5':<28}{fmt(div, 'n_clusters', '{:.0f}'):>10}")
+    if "novelty" in summary:
+        novelty = fmt(summary["novelty"], "median_tm", "{:.3f}")
+        lines.append(f"{'median novelty TM':<28}{novelty:>10}")
+    if summary.get("time_per_design_s") is not None:
+        lines.append(f"{'seconds per design':<28}{summary['time_per_design_s']:>10.3f}")
+    lines.append(f"(secondary structure: {summary.get('ss_method')})")
+    return "\n".join(lines)

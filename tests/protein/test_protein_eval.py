@@ -135,3 +135,20 @@ def test_eval_errors(tmp_path):
         evaluate_designs(tmp_path, progress=False)
     with pytest.raises(ValueError):
         evaluate_designs(tmp_path, progress=False, ss_method="stride")
+
+
+@needs_data
+def test_cli_glue(design_dir, tmp_path):
+    import argparse
+
+    from protein.eval import add_eval_arguments, eval_from_args, format_summary
+
+    folder, files = design_dir
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    args = parser.parse_args([str(folder), "--reference", str(files[0]), "--out",
+                              str(tmp_path / "ev"), "--max-reference", "1", "--no-progress"])
+    summary, out = eval_from_args(args)
+    assert out == tmp_path / "ev" and (out / "summary.json").is_file()
+    text = format_summary(summary)
+    assert "CA-CA" in text and "median novelty TM" in text and "seconds per design" in text
