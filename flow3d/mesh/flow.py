@@ -1,0 +1,169 @@
+"""Latent rectified-flow transformer over the SDF-VAE's M latent tokens.
+
+A DiT (Peebles & Xie 2023) without patching: each latent token ``[C]`` is one transformer
+token; the timestep (and, in class mode, the class) modulates every block through adaptive
+LayerNorm with zero-initialised gates (AdaLN-Zero); in image mode each block also
+cross-attends to the image tokens of :class:`~flow3d.mesh.image_encoder.ImageEncoder`
+(as TripoSG / PixArt do). The model predicts the velocity ``dx_t/dt`` of the rectified flow
+``x_t = t x_1 + (1 - t) x_0`` (``t = 0`` noise, ``t = 1`` data).
+
+Classifier-free guidance: :meth:`LatentFlow.null_context` gives the "no condition" context
+(learned null image tokens, or the extra null class); training replaces the condition by it
+with probability ``cond_drop``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from flow3d.mesh.image_encoder import ImageEncoder
+from flow3d.mesh.vae import Attention, mlp
+
+__all__ = ["LatentFlow", "timestep_embedding", "COND_MODES"]
+
+COND_MODES = ("none", "class", "image")
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of ``1000 t``: ``[B] -> [B, dim]`` (Vaswani et al. 2017)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    a = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([a.cos(), a.sin()], dim=-1)
+
+
+class DiTBlock(nn.Module):
+    """``x += g1 * SA(mod(LN x)); x += CA(LN x, ctx); x += g2 * MLP(mod(LN x))``."""
+
+    def __init__(self, dim: int, heads: int, cross: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn = Attention(dim, heads)
+        self.cross = cross
+        if cross:
+            self.norm_x = nn.LayerNorm(dim)
+            self.cross_attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = mlp(dim)
+        self.mod = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def forward(self, x: Tensor, c: Tensor, ctx: Tensor | None) -> Tensor:
+        s1, b1, g1, s2, b2, g2 = self.mod(nn.functional.silu(c))[:, None].chunk(6, dim=-1)
+        x = x + g1 * self.attn(self.norm1(x) * (1 + s1) + b1)
+        if self.cross:
+            x = x + self.cross_attn(self.norm_x(x), ctx)
+        return x + g2 * self.mlp(self.norm2(x) * (1 + s2) + b2)
+
+
+class LatentFlow(nn.Module):
+    """Velocity network ``v(x_t, t, ctx)`` with ``x_t: [B, M, C]`` latent tokens.
+
+    ``cond``: ``"none"`` (unconditional), ``"class"`` (``num_classes`` labels) or
+    ``"image"`` (a from-scratch :class:`ImageEncoder`). Latents are standardised with the
+    buffers ``latent_mean`` / ``latent_std`` (set from the training latents by the head):
+    the flow runs in standardised space; :meth:`to_latent` maps samples back.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 8,
+        width: int = 64,
+        heads: int = 4,
+        depth: int = 2,
+        cond: str = "image",
+        num_classes: int = 15,
+        image_resolution: int = 64,
+        image_channels: int = 32,
+        cond_drop: float = 0.1,
+    ):
+        super().__init__()
+        if cond not in COND_MODES:
+            raise ValueError(f"cond must be one of {COND_MODES}, got {cond!r}")
+        self.cond = cond
+        self.num_classes = num_classes
+        self.cond_drop = cond_drop
+        self.width = width
+        self.register_buffer("latent_mean", torch.zeros(()))
+        self.register_buffer("latent_std", torch.ones(()))
+        self.x_in = nn.Linear(latent_dim, width)
+        self.t_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        if cond == "class":
+            self.class_emb = nn.Embedding(num_classes + 1, width)  # last row: null class
+        if cond == "image":
+            self.image_encoder = ImageEncoder(width, image_resolution, image_channels)
+            n_tok = (image_resolution // 8) ** 2
+            self.null_tokens = nn.Parameter(torch.randn(1, n_tok, width) * 0.02)
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, cond != "none") for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False)
+        self.mod_out = nn.Linear(width, 2 * width)
+        self.x_out = nn.Linear(width, latent_dim)
+        for layer in (self.mod_out, self.x_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # ---- conditioning -----------------------------------------------------------------
+    def context(self, *, images: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
+        """Condition context: image tokens ``[B, T, W]`` or class embeddings ``[B, 1, W]``."""
+        if self.cond == "image":
+            if images is None:
+                raise ValueError("image-conditioned flow needs images")
+            return self.image_encoder(images)
+        if self.cond == "class":
+            if labels is None:
+                raise ValueError("class-conditioned flow needs labels")
+            if (labels < 0).any() or (labels >= self.num_classes).any():
+                raise ValueError(f"class labels must lie in [0, {self.num_classes})")
+            return self.class_emb(labels)[:, None]
+        raise ValueError("unconditional flow takes no condition")
+
+    def null_context(self, batch: int) -> Tensor | None:
+        """The "no condition" context used for classifier-free guidance."""
+        if self.cond == "image":
+            return self.null_tokens.expand(batch, -1, -1)
+        if self.cond == "class":
+            idx = torch.full((batch,), self.num_classes, device=self.class_emb.weight.device)
+            return self.class_emb(idx)[:, None]
+        return None
+
+    def drop_context(self, ctx: Tensor | None, generator: torch.Generator | None) -> Tensor | None:
+        """Replace each sample's context by the null one with probability ``cond_drop``."""
+        if ctx is None or self.cond_drop <= 0:
+            return ctx
+        u = torch.rand(ctx.shape[0], generator=generator, device=generator.device if generator
+                       else None).to(ctx.device)
+        keep = (u >= self.cond_drop)[:, None, None]
+        null = self.null_context(ctx.shape[0])
+        return torch.where(keep, ctx, null.to(ctx.dtype))
+
+    # ---- latent standardisation ---------------------------------------------------------
+    def from_latent(self, z: Tensor) -> Tensor:
+        return (z - self.latent_mean) / self.latent_std
+
+    def to_latent(self, x: Tensor) -> Tensor:
+        return x * self.latent_std + self.latent_mean
+
+    # ---- velocity ----------------------------------------------------------------------
+    def forward(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
+        """``v: [B, M, C]`` for ``x: [B, M, C]``, ``t`` 0-dim or ``[B]``, ``ctx`` from
+        :meth:`context` / :meth:`null_context` (``None`` when unconditional)."""
+        if x.ndim != 3:
+            raise ValueError(f"x must be [B, M, C], got {tuple(x.shape)}")
+        B = x.shape[0]
+        t = torch.as_tensor(t, dtype=torch.float32, device=x.device).reshape(-1).expand(B)
+        c = self.t_mlp(timestep_embedding(t, self.width))  # [B, W]
+        if self.cond == "class":
+            if ctx is None:
+                raise ValueError("class-conditioned flow needs a context")
+            c = c + ctx[:, 0]
+        elif self.cond == "image" and ctx is None:
+            raise ValueError("image-conditioned flow needs a context")
+        h = self.x_in(x)  # [B, M, W]
+        for block in self.blocks:
+            h = block(h, c, ctx)
+        shift, scale = self.mod_out(nn.functional.silu(c))[:, None].chunk(2, dim=-1)
+        return self.x_out(self.norm_out(h) * (1 + scale) + shift)
