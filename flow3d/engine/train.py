@@ -23,7 +23,7 @@ from flow3d.engine.config import Recipe
 from flow3d.engine.heads import get_head
 from flow3d.errors import ConfigError
 
-__all__ = ["checkpoint_root", "train"]
+__all__ = ["checkpoint_root", "is_rank_zero", "train"]
 
 
 def checkpoint_root(recipe: Recipe) -> Path:
@@ -51,6 +51,13 @@ def _resume_path(recipe: Recipe, resume: str | os.PathLike | None) -> Path | Non
     if str(resume) == "auto":
         return latest_checkpoint(checkpoint_root(recipe))
     return find_checkpoint(resume)
+
+
+def is_rank_zero() -> bool:
+    """True on the process that reports (rank 0, or the only process)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def train(recipe: Recipe, *, resume: str | os.PathLike | None = None) -> Path:
@@ -109,8 +116,10 @@ def train(recipe: Recipe, *, resume: str | os.PathLike | None = None) -> Path:
         default_root_dir=cfg.out_dir,
     )
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*IterableDataset.*|.*infinite.*")
+        # we log and seed ourselves; these Lightning hints do not apply
+        for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",
+                        ".*LeafSpec.*", ".*all_gather is deprecated.*"):
+            warnings.filterwarnings("ignore", pattern)
         torch.manual_seed(cfg.seed)
         trainer.fit(module)
     return root / "last"
