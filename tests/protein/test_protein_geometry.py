@@ -195,3 +195,22 @@ def test_round_trip_on_real_chains():
     assert n_err.mean() < 0.1 and n_err.max() < 0.5
     assert c_err.mean() < 0.02 and c_err.max() < 0.1
     assert o_err.median() < 0.15
+
+
+def test_backbone_gradients_finite_with_padding_and_degenerate_frames():
+    """The auxiliary atom loss backpropagates through backbone_from_frames: padding frames
+    (identity at the origin) and coincident frames must not produce NaN gradients."""
+    q = random_quat((2, 6), generator=torch.Generator().manual_seed(8))
+    t = torch.randn(2, 6, 3) * 5
+    q[1, 3:] = torch.tensor([1.0, 0, 0, 0])
+    t[1, 3:] = 0.0
+    q.requires_grad_()
+    t.requires_grad_()
+    mask = torch.ones(2, 6)
+    mask[1, 3:] = 0
+    (backbone_from_frames(Rigid(q, t), mask=mask) ** 2).sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(t.grad).all()
+    q2 = torch.tensor([1.0, 0, 0, 0]).repeat(1, 4, 1).requires_grad_()
+    t2 = torch.zeros(1, 4, 3, requires_grad=True)
+    (backbone_from_frames(Rigid(q2, t2)) ** 2).sum().backward()
+    assert torch.isfinite(q2.grad).all() and torch.isfinite(t2.grad).all()
