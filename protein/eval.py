@@ -359,6 +359,7 @@ def evaluate_designs(
     max_reference: int = 32,
     max_diversity: int = 64,
     reference_limit: int | None = None,
+    limit: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[list[dict], dict]:
@@ -366,29 +367,31 @@ def evaluate_designs(
 
     Returns ``(rows, summary)``; ``summary["reference"]`` holds the same set metrics computed on
     the reference (at most ``reference_limit`` chains, seeded subset) for a side-by-side view.
+    ``limit`` evaluates a seeded random subset of the designs (e.g. 50 chains of a cache).
     ``ss_method``: ``"pydssp"`` (default: fast, pure numpy, the same everywhere), ``"mkdssp"``
     (the reference DSSP binary, ~0.25 s per structure) or ``"auto"`` (mkdssp when installed).
     Designs and references always use the same method.
     """
     rows, summary, _ = _evaluate(designs, reference, ss_method=ss_method,
                                  max_reference=max_reference, max_diversity=max_diversity,
-                                 reference_limit=reference_limit, seed=seed, progress=progress)
+                                 reference_limit=reference_limit, limit=limit, seed=seed,
+                                 progress=progress)
     return rows, summary
 
 
 def _evaluate(designs, reference, *, ss_method, max_reference, max_diversity, reference_limit,
-              seed, progress):
+              limit, seed, progress):
     """``evaluate_designs`` plus what the plots need: (rows, summary, extras)."""
     from tqdm.auto import tqdm
 
     method = resolve_ss_method(ss_method)
     rng = np.random.default_rng(seed)
-    structures, errors = load_structures(designs)
+    structures, errors = load_structures(designs, limit=limit, seed=seed)
     if not structures:
         raise DataError(f"{designs}: no readable design ({'; '.join(errors[:3])})")
     refs, ref_errors, ref_rows = [], [], []
     if reference is not None:
-        refs, ref_errors = load_structures(reference, limit=reference_limit, seed=seed)
+        refs, ref_errors = load_structures(reference, limit=reference_limit, seed=seed + 1)
         if not refs:
             raise DataError(f"{reference}: no readable reference structure")
     n = min(len(structures), max_diversity)
@@ -534,6 +537,7 @@ def run_eval(
     max_reference: int = 32,
     max_diversity: int = 64,
     reference_limit: int | None = None,
+    limit: int | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -546,7 +550,7 @@ def run_eval(
     out_dir = Path(out_dir)
     rows, summary, extras = _evaluate(
         design_dir, reference, ss_method=ss_method, max_reference=max_reference,
-        max_diversity=max_diversity, reference_limit=reference_limit, seed=seed,
+        max_diversity=max_diversity, reference_limit=reference_limit, limit=limit, seed=seed,
         progress=progress)
     ref_rows = extras["ref_rows"]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -584,6 +588,8 @@ def add_eval_arguments(parser) -> None:
                         help="designs used for pairwise TM diversity (random subset)")
     parser.add_argument("--reference-limit", type=int, default=None,
                         help="random subset of the reference set (default: all)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="random subset of the designs (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -594,7 +600,7 @@ def eval_from_args(args) -> tuple[dict, Path]:
     out = Path(args.out) if args.out else designs / "eval"
     summary = run_eval(designs, args.reference, out, ss_method=args.ss_method,
                        max_reference=args.max_reference, max_diversity=args.max_diversity,
-                       reference_limit=args.reference_limit, seed=args.seed,
+                       reference_limit=args.reference_limit, limit=args.limit, seed=args.seed,
                        progress=not args.no_progress)
     return summary, out
 
