@@ -254,7 +254,8 @@ def solve(
             raise ValueError(
                 f"velocity returned shape {tuple(v.shape)}, expected {tuple(v_shape)}"
             )
-        return v
+        # a half-precision model output is widened so that stage sums are float32
+        return v if v.dtype == state_dtype else v.to(state_dtype)
 
     ctx = torch.enable_grad() if enable_grad else torch.no_grad()
     with ctx:

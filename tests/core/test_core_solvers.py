@@ -120,6 +120,17 @@ def test_float32_inversion_and_bf16_state_accumulates_in_float32():
     assert (res.x.float() - ref).abs().max() < 0.1
 
 
+def test_half_precision_velocity_on_so3_accumulates_in_float32():
+    g = torch.Generator().manual_seed(8)
+    q0 = so3.random_quat(16, generator=g)
+    omega = (2.0 * torch.randn(16, 3, generator=g)).bfloat16()
+    m = SO3Quaternion()
+    res = solve(lambda x, t: omega, q0, method="rk4", steps=50, manifold=m)
+    exact = so3.quat_mul(q0, so3.quat_exp(omega.float()))
+    assert res.x.dtype == torch.float32
+    assert m.dist(res.x, exact).max() < 1e-4  # bf16 stage sums would be off by ~1e-2
+
+
 def test_gaussian_flow_closed_form_endpoint():
     g = torch.Generator().manual_seed(2)
     A = torch.randn(3, 3, generator=g, dtype=F64)
