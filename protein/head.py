@@ -1,0 +1,335 @@
+"""The protein head: ReQFlow backbone generation plugged into the flow3d engine.
+
+Recipe sections (frozen dataclasses): ``model`` (:class:`ProteinModelConfig`, the IPA trunk
+sizes and the flow settings), ``data`` (:class:`ProteinDataConfig`, sources, filters, cache and
+the residues-squared batch budget) and ``sample`` (:class:`ProteinSampleConfig`, lengths,
+steps, solver and rotation schedule). Training items are frames from the protein-data cache;
+sampling integrates :class:`protein.flow.ProteinFlow` with the core solvers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flow3d.engine.head import Head
+from flow3d.errors import ConfigError, DataError
+from flow3d.io import atomic_write_text
+from protein.flow import ROT_SCHEDULES, FlowSettings, ProteinFlow
+from protein.model import IPATrunk, TrunkConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = "../shared/data/proteins"
+
+
+@dataclass(frozen=True)
+class ProteinModelConfig:
+    """IPA trunk sizes (defaults: ReQFlow's ``base``, 16.7M parameters) and flow settings."""
+
+    num_blocks: int = 6
+    node_dim: int = 256
+    edge_dim: int = 128
+    ipa_head_dim: int = 128
+    num_heads: int = 8
+    num_qk_points: int = 8
+    num_v_points: int = 12
+    seq_layers: int = 2
+    seq_heads: int = 4
+    max_relpos: int = 32
+    flow: FlowSettings = FlowSettings()
+
+    def trunk(self) -> TrunkConfig:
+        names = {f.name for f in dataclasses.fields(TrunkConfig)}
+        return TrunkConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+@dataclass(frozen=True)
+class ProteinDataConfig:
+    """Where training chains come from and how they are filtered and batched."""
+
+    sources: tuple[str, ...] = (DEFAULT_DATA,)
+    cache_dir: str = ".cache/protein"
+    min_len: int | None = 60  # null disables a filter
+    max_len: int | None = 256
+    max_coil_fraction: float | None = 0.5
+    rg_quantile: float | None = 0.96
+    dedup: bool = True
+    break_policy: str = "split"
+    max_residues_sq: int = 200_000  # per batch: sum of L^2 (ReQFlow-like length batching)
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class ProteinSampleConfig:
+    """Defaults of ``head.sample`` / ``flow3d protein design``."""
+
+    num: int = 8  # designs per length
+    lengths: tuple[int, ...] = (100,)
+    steps: int = 50
+    method: str = "euler"
+    rot_schedule: str = "exp"  # "exp" (ReQFlow/FrameFlow sampling) | "linear"
+    rot_rate: float = 10.0
+    batch_size: int = 16
+    residue: str = "GLY"  # "GLY" | "ALA" in written PDB files
+    format: str = "pdb"  # "pdb" | "cif"
+
+    def __post_init__(self):
+        if self.rot_schedule not in ROT_SCHEDULES:
+            raise ValueError(f"rot_schedule must be one of {ROT_SCHEDULES}")
+        if any(n < 2 for n in self.lengths):
+            raise ValueError("lengths must be at least 2 residues")
+        if self.format not in ("pdb", "cif"):
+            raise ValueError("format must be 'pdb' or 'cif'")
+
+
+@dataclass
+class Design:
+    """One generated backbone: ``atoms [L, 4, 3]`` (N, CA, C, O) in angstrom, frames in nm,
+    optional trajectory ``[T, L, 4, 3]`` (angstrom), wall-clock seconds per design."""
+
+    length: int
+    atoms: np.ndarray
+    trans: np.ndarray
+    quats: np.ndarray
+    seconds: float
+    seed: int
+    index: int
+    trajectory: np.ndarray | None = field(default=None)
+
+    @property
+    def name(self) -> str:
+        return f"len{self.length:03d}_{self.index:03d}"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A relative path as given if it exists from the working directory, else relative to
+    the project root (so recipes work from any directory)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    return PROJECT_ROOT / p
+
+
+def frames_to_atoms(trans_nm: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
+    """Frames (nm) -> backbone atoms ``[..., L, 4, 3]`` in angstrom (geometry's convention)."""
+    from protein.geometry import NM_TO_ANG, Rigid, backbone_from_frames
+
+    return backbone_from_frames(Rigid(quats, trans_nm * NM_TO_ANG))
+
+
+class ProteinHead(Head):
+    """ReQFlow backbones: IPA trunk, SE(3) frame flow, length-bucketed real data."""
+
+    name = "protein"
+    model_config = ProteinModelConfig
+    data_config = ProteinDataConfig
+    sample_config = ProteinSampleConfig
+
+    def __init__(self, recipe: Any):
+        super().__init__(recipe)
+        self.flow = ProteinFlow(recipe.model.flow)
+        self._time_sampler = None
+
+    # ---- model -----------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        return IPATrunk(self.recipe.model.trunk())
+
+    # ---- data ------------------------------------------------------------------------------
+    def cache_path(self) -> Path:
+        """The cache file for these sources and filters (a hash of both names it)."""
+        d = self.recipe.data
+        key = {k: v for k, v in dataclasses.asdict(d).items() if k not in ("workers",)}
+        key.pop("max_residues_sq")
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        return resolve_path(d.cache_dir) / f"proteins_{digest}"
+
+    def filters(self):
+        from protein.data.filters import FilterConfig
+
+        d = self.recipe.data
+        return FilterConfig(
+            min_len=d.min_len,
+            max_len=d.max_len,
+            max_coil_fraction=d.max_coil_fraction,
+            rg_quantile=d.rg_quantile,
+            dedup=d.dedup,
+        )
+
+    def build_cache(self, *, force: bool = False):
+        """Build (or reuse) the preprocessed cache; returns its path."""
+        from protein.data.cache import build_cache
+
+        path = self.cache_path()
+        if force or not _cache_exists(path):
+            sources = [resolve_path(s) for s in self.recipe.data.sources]
+            missing = [str(s) for s in sources if not s.exists()]
+            if missing:
+                raise DataError(f"{missing[0]}: protein data source not found")
+            build_cache(
+                sources,
+                path,
+                self.filters(),
+                workers=self.recipe.data.workers,
+                break_policy=self.recipe.data.break_policy,
+            )
+        return path
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        from protein.data.cache import load_cache
+        from protein.data.dataset import ProteinDataset
+
+        ds = ProteinDataset(load_cache(self.build_cache()))
+        if len(ds) == 0:
+            raise DataError(f"{self.cache_path()}: no chains passed the filters")
+        return ds
+
+    def collate(self, items: Sequence[Any]) -> Any:
+        from protein.data.dataset import collate_padded
+
+        return collate_padded(list(items))
+
+    def epoch_batches(self, dataset, rng: np.random.Generator, batch_size: int):
+        """Length-bucketed batches under the residues^2 budget, at most ``batch_size`` each."""
+        from protein.data.dataset import length_batches
+
+        lengths = _dataset_lengths(dataset)
+        batches = length_batches(lengths, rng, self.recipe.data.max_residues_sq)
+        out = []
+        for b in batches:
+            out.extend(b[i : i + batch_size] for i in range(0, len(b), batch_size))
+        return out
+
+    # ---- training --------------------------------------------------------------------------
+    def time_sampler(self):
+        if self._time_sampler is None:
+            from flow3d.core.time import build_time_sampler
+
+            ts = self.recipe.flow.time_sampler
+            kwargs = {
+                "uniform": {},
+                "logit_normal": {"mean": ts.mean, "std": ts.std},
+                "mode": {"scale": ts.scale},
+                "u_shaped": {"a": ts.a},
+            }.get(ts.name, {})
+            self._time_sampler = build_time_sampler(ts.name, **kwargs)
+        return self._time_sampler
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator):
+        B = batch["mask"].shape[0]
+        t = self.time_sampler().sample(B, generator=generator, device=batch["mask"].device)
+        return self.flow.loss(model, batch, t, generator)
+
+    # ---- sampling --------------------------------------------------------------------------
+    def sample(self, model: nn.Module, num: int | None = None, *, seed: int = 0, **overrides):
+        """``num`` designs per length in ``sample.lengths`` -> ``list[Design]``.
+
+        Overrides: any :class:`ProteinSampleConfig` field plus ``trajectory=True``.
+        """
+        trajectory = bool(overrides.pop("trajectory", False))
+        progress = overrides.pop("progress", None)
+        try:
+            cfg = dataclasses.replace(self.recipe.sample, **overrides)
+        except TypeError as e:
+            raise ConfigError(f"sample overrides: {e}") from None
+        except ValueError as e:
+            raise ConfigError(f"sample: {e}") from None
+        num = cfg.num if num is None else num
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        designs: list[Design] = []
+        try:
+            for length in cfg.lengths:
+                done = 0
+                while done < num:
+                    b = min(cfg.batch_size, num - done)
+                    # One generator per (seed, length, batch): designs do not depend on the
+                    # other lengths asked for in the same call.
+                    g = torch.Generator(device="cpu").manual_seed(
+                        int(seed) * 1_000_003 + length * 1009 + done
+                    )
+                    res = self.flow.sample(
+                        model, b, length, steps=cfg.steps, method=cfg.method,
+                        rot_schedule=cfg.rot_schedule, rot_rate=cfg.rot_rate, generator=g,
+                        trajectory=trajectory, device=device,
+                    )  # fmt: skip
+                    atoms = frames_to_atoms(res.trans, res.quats).float().cpu().numpy()
+                    traj = None
+                    if res.trajectory is not None:
+                        traj = torch.stack(
+                            [frames_to_atoms(tr, q) for tr, q in res.trajectory], dim=1
+                        ).float().cpu().numpy()  # [b, T, L, 4, 3]
+                    for i in range(b):
+                        designs.append(
+                            Design(
+                                length=length,
+                                atoms=atoms[i],
+                                trans=res.trans[i].cpu().numpy(),
+                                quats=res.quats[i].cpu().numpy(),
+                                seconds=res.seconds / b,
+                                seed=int(seed),
+                                index=done + i,
+                                trajectory=None if traj is None else traj[i],
+                            )
+                        )
+                    if progress is not None:
+                        progress(b)
+                    done += b
+        finally:
+            model.train(was_training)
+        return designs
+
+    def save_samples(self, samples: Sequence[Design], out_dir: Path, *, fmt: str | None = None):
+        """One PDB (or mmCIF) per design, ``timings.json`` (seconds per design, read by
+        ``flow3d protein eval``) and, for designs with a trajectory, ``<out>_trajectories/
+        <name>_traj.pdb`` with one MODEL record per solver step (t = 0 ... 1)."""
+        from protein.pdbio import write_backbone_cif, write_backbone_pdb
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fmt = fmt or self.recipe.sample.format
+        residue = self.recipe.sample.residue
+        paths: list[Path] = []
+        timings = {}
+        for d in samples:
+            header = f"FLOW3D DESIGN {d.name} SEED {d.seed}"
+            if fmt == "cif":
+                p = out_dir / f"{d.name}.cif"
+                write_backbone_cif(p, d.atoms, residue=residue, header=header)
+            else:
+                p = out_dir / f"{d.name}.pdb"
+                write_backbone_pdb(p, d.atoms, residue=residue, header=header)
+            paths.append(p)
+            timings[d.name] = d.seconds
+            if d.trajectory is not None:  # beside, not inside: eval reads every file in out_dir
+                tp = trajectory_dir(out_dir) / f"{d.name}_traj.pdb"
+                write_backbone_pdb(tp, d.trajectory, residue=residue, header=header)
+                paths.append(tp)
+        atomic_write_text(out_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
+        return paths
+
+
+def trajectory_dir(out_dir: Path) -> Path:
+    """Where ``save_samples`` writes trajectories: a sibling ``<out>_trajectories`` folder."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f"{out_dir.name}_trajectories"
+
+
+def _cache_exists(path: Path) -> bool:
+    return (path / "meta.json").is_file() and (path / "backbones.safetensors").is_file()
+
+
+def _dataset_lengths(dataset) -> list[int]:
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is not None:
+        return [int(x) for x in lengths]
+    return [int(dataset[i]["length"]) for i in range(len(dataset))]
