@@ -301,6 +301,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], *, where: str
         node: dict[str, Any] = raw
         for depth, part in enumerate(parts):
             here = ".".join(parts[: depth + 1])
+            node_type = _unwrap_optional(node_type)
             if isinstance(node_type, dict):
                 valid = list(node_type)
             elif dataclasses.is_dataclass(node_type):
@@ -322,6 +323,15 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], *, where: str
                     node[part] = child
                 node = child
     return raw
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    """``Foo | None`` -> ``Foo`` when ``Foo`` is a dataclass (so ``a.b.c`` can reach into it)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if len(inner) == 1:
+            return inner[0]
+    return tp
 
 
 def _deep_copy(x: Any) -> Any:

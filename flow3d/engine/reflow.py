@@ -9,7 +9,9 @@ it is set, returning :func:`reflow_dataset` from ``train_dataset``; its batches 
 ``x_0`` and ``x_1`` and its ``loss`` uses the given ``x_0`` instead of fresh noise. The head
 provides ``source(num, generator, device) -> x_0``, ``velocity_field(model) -> v(x, t)`` and
 ``sample_settings(**overrides)`` (with ``steps`` / ``method`` / ``shift``) for the teacher.
-The pairs are written once as safetensors shards (:mod:`flow3d.core.reflow`) and reused.
+The pairs are written once as safetensors shards (:mod:`flow3d.core.reflow`) and reused; the
+teacher is the checkpoint's own head and EMA weights, so any head with those three methods
+can be distilled.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 import torch
 
 from flow3d.errors import ConfigError
+
+MANIFEST = "manifest.json"  # flow3d.core.reflow.MANIFEST (not imported: keeps this module light)
 
 __all__ = ["ReflowConfig", "ensure_pairs", "reflow_dataset"]
 
@@ -35,44 +39,46 @@ class ReflowConfig:
     method: str = "midpoint"
     seed: int = 0
     batch_size: int = 4096  # teacher batch per solve
-    shard_size: int = 100000  # pairs per shard file
+    shard_size: int = 50000  # pairs per shard file
 
 
-def _generate(head, cfg: ReflowConfig, teacher: str, out: Path) -> None:
+def _generate(cfg: ReflowConfig, teacher: str, out: Path) -> None:
     from flow3d.core.reflow import generate_pairs
+    from flow3d.core.time import time_grid
     from flow3d.engine.checkpoint import load_model
 
     loaded = load_model(teacher, ema=True)
-    velocity = head.velocity_field(loaded.model)
     settings = loaded.head.sample_settings(steps=cfg.steps, method=cfg.method)
+    grid = time_grid(settings.steps, shift=getattr(settings, "shift", None))
 
-    def source(n: int, generator: torch.Generator) -> torch.Tensor:
-        return head.source(n, generator, None)
+    def noise(n: int, generator: torch.Generator) -> torch.Tensor:
+        return loaded.head.source(n, generator, None)
 
-    generate_pairs(
-        velocity,
-        source,
-        out,
-        num=cfg.num_pairs,
-        batch_size=cfg.batch_size,
-        method=settings.method,
-        steps=settings.steps,
-        seed=cfg.seed,
-        shard_size=cfg.shard_size,
-    )
+    with torch.no_grad():
+        generate_pairs(
+            loaded.head.velocity_field(loaded.model),
+            noise,
+            cfg.num_pairs,
+            out,
+            shard_size=cfg.shard_size,
+            batch_size=cfg.batch_size,
+            method=settings.method,
+            grid=grid,
+            seed=cfg.seed,
+        )
 
 
 def ensure_pairs(head, cfg: ReflowConfig, *, init_from: str | None = None) -> Path:
     """Generate the pairs under ``cfg.pairs_dir`` unless shards are already there."""
     out = Path(cfg.pairs_dir)
-    if not (out.is_dir() and any(out.glob("*.safetensors"))):
+    if not (out / MANIFEST).is_file():
         teacher = cfg.teacher or init_from
         if not teacher:
             raise ConfigError(
                 f"data.reflow: {out} holds no pairs and no teacher is set "
                 "(data.reflow.teacher or trainer.init_from)"
             )
-        _generate(head, cfg, teacher, out)
+        _generate(cfg, teacher, out)
     return out
 
 
