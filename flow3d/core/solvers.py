@@ -47,8 +47,14 @@ import torch
 from torch import Tensor
 
 from flow3d.core.manifolds import Euclidean, Manifold
+from flow3d.errors import ConfigError
 
-__all__ = ["METHOD_ORDER", "SOLVERS", "SolveResult", "solve"]
+__all__ = ["METHOD_ORDER", "SOLVERS", "SolveOptionError", "SolveResult", "solve"]
+
+
+class SolveOptionError(ConfigError, ValueError):
+    """A bad solver option (method, steps, grid, t0/t1): a ValueError for code, and a
+    one-line :class:`~flow3d.errors.ConfigError` when it came from a recipe or the CLI."""
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
 Hook = Callable[[Tensor, Tensor, int], Tensor]
@@ -162,24 +168,24 @@ def _stages_lie(f, x: Tensor, ts: Sequence[Tensor], h: float, tab: _Tableau, m: 
 def _make_grid(steps, grid, t0: float, t1: float) -> list[float] | None:
     """The fixed time grid as Python floats (None: adaptive without output grid)."""
     if steps is not None and grid is not None:
-        raise ValueError("give either steps or grid, not both")
+        raise SolveOptionError("give either steps or grid, not both")
     if grid is not None:
         g = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
         if g.ndim != 1 or len(g) < 2:
-            raise ValueError(f"grid must be 1-D with at least 2 times, got shape {tuple(g.shape)}")
+            raise SolveOptionError(f"grid must be 1-D with >= 2 times, got shape {tuple(g.shape)}")
         if not torch.isfinite(g).all():
-            raise ValueError("grid contains non-finite times")
+            raise SolveOptionError("grid contains non-finite times")
         d = g.diff()
         if not ((d > 0).all() or (d < 0).all()):
-            raise ValueError("grid must be strictly increasing or strictly decreasing")
+            raise SolveOptionError("grid must be strictly increasing or strictly decreasing")
         return g.tolist()
     if steps is None:
         return None
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        raise SolveOptionError(f"steps must be a positive integer, got {steps!r}")
     t0, t1 = float(t0), float(t1)
     if t0 == t1:
-        raise ValueError(f"t0 and t1 must differ, got {t0}")
+        raise SolveOptionError(f"t0 and t1 must differ, got {t0}")
     g = torch.linspace(t0, t1, int(steps) + 1, dtype=torch.float64)
     g[0], g[-1] = t0, t1
     return g.tolist()
@@ -229,7 +235,7 @@ def solve(
         max_steps: dopri5 gives up (RuntimeError) after this many step attempts.
     """
     if method not in SOLVERS:
-        raise ValueError(f"unknown solver {method!r}; choose one of {SOLVERS}")
+        raise SolveOptionError(f"unknown solver {method!r}; choose one of {SOLVERS}")
     if not isinstance(x_init, Tensor):
         raise TypeError(f"x_init must be a torch.Tensor, got {type(x_init).__name__}")
     lie = manifold is not None and not isinstance(manifold, Euclidean)
@@ -237,7 +243,7 @@ def solve(
         manifold.check_point(x_init, "x_init")
     times = _make_grid(steps, grid, t0, t1)
     if method != "dopri5" and times is None:
-        raise ValueError(f"method {method!r} needs steps or grid")
+        raise SolveOptionError(f"method {method!r} needs steps or grid")
 
     in_dtype = x_init.dtype
     state_dtype = torch.promote_types(in_dtype, torch.float32)
@@ -327,7 +333,7 @@ def _dopri5(f, x, out_grid, t0, t1, atol, rtol, m, hooks, traj, progress, max_st
         stops = out_grid[1:]
     else:
         if t0 == t1:
-            raise ValueError(f"t0 and t1 must differ, got {t0}")
+            raise SolveOptionError(f"t0 and t1 must differ, got {t0}")
         stops = [t1]
     direction = 1.0 if t1 > t0 else -1.0
     span = abs(t1 - t0)

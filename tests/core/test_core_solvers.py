@@ -11,6 +11,7 @@ from flow3d.core import so3
 from flow3d.core.analytic import GaussianFlow, GaussianMixtureFlow
 from flow3d.core.manifolds import Euclidean, Product, SO3Matrix, SO3Quaternion
 from flow3d.core.solvers import METHOD_ORDER, SOLVERS, solve
+from flow3d.errors import Flow3dError
 
 F64 = torch.float64
 NFES = [4, 8, 16, 32, 64, 128, 256]
@@ -281,6 +282,9 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="last dimension 4"):
         solve(v, x, steps=2, manifold=SO3Quaternion())
     assert set(SOLVERS) == set(METHOD_ORDER)
+    # option errors are also one-line user errors when they come from a recipe or the CLI
+    with pytest.raises(Flow3dError, match="either steps or grid"):
+        solve(v, x, steps=4, grid=[0.0, 1.0])
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "heun", "rk4"])
