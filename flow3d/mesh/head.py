@@ -1,0 +1,445 @@
+"""The mesh heads: :class:`MeshVAEHead` (SDF-VAE) and :class:`MeshFlowHead` (latent flow).
+
+Training is two-stage, as in TripoSG: ``flow3d train recipes/mesh/vae_tiny.yaml`` fits the
+SDF-VAE on the mesh cache of :mod:`flow3d.mesh.data`; then ``recipes/mesh/flow_image.yaml``
+(or ``flow_class.yaml``) names that checkpoint in ``data.vae``, encodes every training mesh once
+with the frozen VAE (mean latents, farthest-point queries; cached next to the mesh cache) and
+fits a rectified flow ``x_t = t x_1 + (1 - t) x_0`` on the standardised latents, conditioned
+on renders of the mesh (:func:`condition_images`) or on its CAPOD class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flow3d.engine.head import Head
+from flow3d.errors import ConfigError, DataError
+from flow3d.mesh.flow import COND_MODES, LatentFlow
+from flow3d.mesh.image_encoder import prepare_image
+from flow3d.mesh.vae import SDFVAE, VAELossWeights, vae_loss
+
+__all__ = [
+    "CONDITION_AZIMUTHS",
+    "CONDITION_ELEVATIONS",
+    "MeshDataConfig",
+    "MeshFlowDataConfig",
+    "MeshFlowHead",
+    "MeshFlowModelConfig",
+    "MeshFlowSampleConfig",
+    "MeshVAEHead",
+    "MeshVAEModelConfig",
+    "MeshVAESampleConfig",
+    "condition_images",
+]
+
+# The conditioning views of every training mesh: six azimuths, two elevations.
+CONDITION_AZIMUTHS = (30.0, 90.0, 150.0, 210.0, 270.0, 330.0)
+CONDITION_ELEVATIONS = (10.0, 30.0, 10.0, 30.0, 10.0, 30.0)
+
+
+def condition_images(
+    mesh, resolution: int = 64, azimuths=CONDITION_AZIMUTHS, elevations=CONDITION_ELEVATIONS,
+    render_size: int = 96,
+) -> Tensor:
+    """Renders of a normalised mesh prepared like a user's photo: ``[V, 1, R, R]``."""
+    from flow3d.mesh.render import render_views
+
+    images, _ = render_views(
+        mesh, len(azimuths), render_size, elevations=list(elevations),
+        azimuths=list(azimuths), backend="numpy",
+    )
+    return torch.stack([prepare_image(im, resolution) for im in images])
+
+
+# ---- recipe sections ------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MeshVAEModelConfig:
+    width: int = 64
+    heads: int = 4
+    latent_dim: int = 8
+    enc_layers: int = 1
+    dec_layers: int = 2
+    num_freqs: int = 6
+    num_latents: int = 64  # default M at inference
+    truncation: float = 0.1
+    query_sampling: str = "fps"
+    train_latents: tuple[int, ...] = (64, 64, 32, 128)  # M drawn per step: one set of weights
+    num_grad: int = 128  # points per shape for the normal and eikonal terms
+    loss: VAELossWeights = VAELossWeights()
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshDataConfig:
+    root: str = "../shared/data/meshes"
+    cache_dir: str = "runs/mesh_cache"
+    holdout_per_class: int = 2  # CAPOD meshes per class kept out of training
+    n_surface: int = 768  # encoder points per item
+    n_query: int = 1024  # SDF supervision points per item
+    cache_surface: int = 8192
+    cache_near: int = 16384
+    cache_volume: int = 8192
+    workers: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshVAESampleConfig:
+    """``sample`` reconstructs the first ``num`` meshes of ``split``."""
+
+    split: str = "heldout"
+    num_latents: int = 64
+    resolution: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshFlowModelConfig:
+    width: int = 64
+    heads: int = 4
+    depth: int = 2
+    cond: str = "image"  # "none" | "class" | "image"
+    num_classes: int = 15
+    image_resolution: int = 64
+    image_channels: int = 32
+    cond_drop: float = 0.1
+
+    def __post_init__(self):
+        if self.cond not in COND_MODES:
+            raise ValueError(f"cond must be one of {COND_MODES}, got {self.cond!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshFlowDataConfig(MeshDataConfig):
+    vae: str = "checkpoints/mesh/vae_tiny"  # frozen SDF-VAE checkpoint
+    num_latents: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshFlowSampleConfig:
+    steps: int = 50
+    method: str = "euler"
+    cfg: float = 5.0  # classifier-free guidance weight (0 = conditional)
+    shift: float | None = None
+    resolution: int = 128
+    faces: int = 50000
+    split: str = "heldout"  # meshes whose renders/classes condition `sample`
+
+
+# ---- helpers shared by both heads --------------------------------------------------------
+def _ensure_cache(d: MeshDataConfig) -> Path:
+    """Build the mesh cache of :mod:`flow3d.mesh.data` once (skipped when present)."""
+    from flow3d.mesh.data import build_mesh_cache, list_mesh_files
+
+    cache = Path(d.cache_dir)
+    if not any(cache.glob("*.safetensors")):
+        root = Path(d.root)
+        if not root.exists():
+            raise DataError(f"{root}: mesh folder not found (data.root)")
+        files = [f for f in list_mesh_files(root) if "edge_cases" not in f.parts]
+        build_mesh_cache(
+            files, cache, n_surface=d.cache_surface, n_near=d.cache_near,
+            n_volume=d.cache_volume, workers=d.workers, root=root,
+        )
+    return cache
+
+
+def _stack(items, key: str) -> Tensor:
+    return torch.stack([it[key] for it in items])
+
+
+# ---- the SDF-VAE head -------------------------------------------------------------------
+class MeshVAEHead(Head):
+    """Trains :class:`~flow3d.mesh.vae.SDFVAE` with :func:`~flow3d.mesh.vae.vae_loss`."""
+
+    name = "mesh_vae"
+    model_config = MeshVAEModelConfig
+    data_config = MeshDataConfig
+    sample_config = MeshVAESampleConfig
+
+    def build_model(self) -> SDFVAE:
+        m = self.recipe.model
+        return SDFVAE(
+            m.width, m.heads, m.latent_dim, m.enc_layers, m.dec_layers, m.num_freqs,
+            m.num_latents, m.truncation, m.query_sampling,
+        )
+
+    def prepare_data(self) -> None:
+        _ensure_cache(self.recipe.data)
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        from flow3d.mesh.data import MeshDataset
+
+        d = self.recipe.data
+        return MeshDataset(_ensure_cache(d), d.n_surface, d.n_query, split="train",
+                           holdout_per_class=d.holdout_per_class)
+
+    def collate(self, items):
+        keys = ("surface_points", "surface_normals", "query_points", "query_sdf")
+        batch = {k: _stack(items, k) for k in keys}
+        batch["class_id"] = torch.tensor([it["class_id"] for it in items])
+        return batch
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        m = self.recipe.model
+        pick = torch.randint(len(m.train_latents), (), generator=generator, device=generator.device)
+        return vae_loss(
+            model, batch["surface_points"], batch["surface_normals"], batch["query_points"],
+            batch["query_sdf"], generator=generator, weights=m.loss,
+            num_latents=m.train_latents[int(pick)], num_grad=m.num_grad,
+        )
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:
+        """Reconstructions (normalised coordinates) of the first ``num`` meshes of the split."""
+        from flow3d.mesh.data import MeshDataset
+        from flow3d.mesh.generate import decode_mesh
+
+        cfg = dataclasses.replace(self.recipe.sample, **overrides)
+        d = self.recipe.data
+        ds = MeshDataset(_ensure_cache(d), 4096, 16, split=cfg.split,
+                         holdout_per_class=d.holdout_per_class, seed=seed)
+        out = []
+        for i in range(min(num, len(ds))):
+            it = ds[i]
+            z, _, _ = model.encode(it["surface_points"][None], it["surface_normals"][None],
+                                   cfg.num_latents, sample=False)
+            out.append(decode_mesh(model, z, cfg.resolution))
+        return out
+
+    def save_samples(self, samples, out_dir: Path) -> list[Path]:
+        from flow3d.mesh.postprocess import export_mesh
+
+        return [export_mesh(m, Path(out_dir) / f"recon_{i:03d}.glb") for i, m in enumerate(samples)]
+
+
+# ---- the latent flow head --------------------------------------------------------------
+class _LatentItems(torch.utils.data.Dataset):
+    """(mesh, view) pairs: latents ``[M, C]``, one conditioning image, the class."""
+
+    def __init__(self, latents: Tensor, images: Tensor, labels: Tensor):
+        self.latents, self.images, self.labels = latents, images, labels  # [N,M,C] [N,V,1,R,R]
+        self.views = images.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.latents) * self.views
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        n, v = divmod(i, self.views)
+        return {"x_1": self.latents[n], "image": self.images[n, v], "label": self.labels[n]}
+
+
+def load_vae(path: str | Path) -> SDFVAE:
+    """The frozen SDF-VAE of a ``mesh_vae`` checkpoint."""
+    from flow3d.engine.checkpoint import load_model
+
+    try:
+        loaded = load_model(path)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: VAE checkpoint not found") from e
+    if loaded.recipe.head != "mesh_vae":
+        raise ConfigError(f"{path}: is a {loaded.recipe.head!r} checkpoint, not mesh_vae")
+    vae = loaded.model.eval()
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    return vae
+
+
+def encode_meshes(vae: SDFVAE, surface: Tensor, normals: Tensor, num_latents: int,
+                  batch: int = 8) -> Tensor:
+    """Mean latents ``[N, M, C]`` of surface clouds ``[N, P, 3]`` (deterministic FPS)."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(surface), batch):
+            out.append(vae.encode(surface[s : s + batch], normals[s : s + batch], num_latents,
+                                  sample=False, query_sampling="fps")[1])
+    return torch.cat(out)
+
+
+class MeshFlowHead(Head):
+    """Rectified flow on SDF-VAE latents, conditioned on an image, a class, or nothing."""
+
+    name = "mesh_flow"
+    model_config = MeshFlowModelConfig
+    data_config = MeshFlowDataConfig
+    sample_config = MeshFlowSampleConfig
+
+    def __init__(self, recipe: Any):
+        super().__init__(recipe)
+        self._vae: SDFVAE | None = None
+        self._stats: tuple[float, float] | None = None
+
+    def build_model(self) -> LatentFlow:
+        m = self.recipe.model
+        return LatentFlow(
+            self.vae.latent_dim if self._vae is not None else self._latent_dim(), m.width,
+            m.heads, m.depth, m.cond, m.num_classes, m.image_resolution, m.image_channels,
+            m.cond_drop,
+        )
+
+    def _latent_dim(self) -> int:
+        from flow3d.engine.checkpoint import read_checkpoint
+
+        try:
+            recipe, _, _ = read_checkpoint(self.recipe.data.vae)
+        except FileNotFoundError as e:
+            raise DataError(f"{self.recipe.data.vae}: VAE checkpoint not found (data.vae)") from e
+        return recipe.model.latent_dim
+
+    @property
+    def vae(self) -> SDFVAE:
+        if self._vae is None:
+            self._vae = load_vae(self.recipe.data.vae)
+        return self._vae
+
+    # ---- data ----------------------------------------------------------------------------
+    def _latent_cache(self) -> Path:
+        d = self.recipe.data
+        key = hashlib.sha1(f"{Path(d.vae).resolve()}:{d.num_latents}:{d.holdout_per_class}:"
+                           f"{self.recipe.model.image_resolution}".encode()).hexdigest()[:10]
+        return Path(d.cache_dir) / f"flow_latents_{key}.safetensors"
+
+    def prepare_data(self) -> None:
+        self.train_dataset()
+
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        from safetensors.torch import load_file, save_file
+
+        from flow3d.io import atomic_path
+
+        path = self._latent_cache()
+        if path.is_file():
+            t = load_file(str(path))
+        else:
+            t = self._encode_training_set()
+            with atomic_path(path) as tmp:
+                save_file(t, str(tmp))
+        self._stats = (float(t["latents"].mean()), float(t["latents"].std()))
+        return _LatentItems(t["latents"], t["images"], t["labels"])
+
+    def _encode_training_set(self) -> dict[str, Tensor]:
+        from flow3d.mesh.data import MeshDataset, load_mesh, normalize_mesh
+
+        d, m = self.recipe.data, self.recipe.model
+        ds = MeshDataset(_ensure_cache(d), 4096, 16, split="train",
+                         holdout_per_class=d.holdout_per_class)
+        items = [ds[i] for i in range(len(ds))]
+        latents = encode_meshes(self.vae, _stack(items, "surface_points"),
+                                _stack(items, "surface_normals"), d.num_latents)
+        images = []
+        for it in items:
+            mesh, _ = normalize_mesh(load_mesh(_source_path(ds, it["index"])))
+            images.append(condition_images(mesh, m.image_resolution))
+        return {"latents": latents.contiguous(), "images": torch.stack(images),
+                "labels": torch.tensor([it["class_id"] for it in items])}
+
+    # ---- training ----------------------------------------------------------------------
+    def _set_stats(self, model: LatentFlow) -> None:
+        if self._stats is not None:
+            mean, std = self._stats
+            model.latent_mean.fill_(mean)
+            model.latent_std.fill_(max(std, 1e-6))
+
+    def context(self, model: LatentFlow, batch: dict[str, Tensor]) -> Tensor | None:
+        if model.cond == "image":
+            return model.context(images=batch["image"])
+        if model.cond == "class":
+            labels = batch["label"]
+            if (labels < 0).any():
+                raise DataError("class-conditional training needs CAPOD meshes only "
+                                "(a mesh without a class is in the training set)")
+            return model.context(labels=labels)
+        return None
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        from flow3d.engine.flow import affine_path, flow_loss, time_sampler
+
+        with torch.no_grad():
+            self._set_stats(model)
+        x_1 = model.from_latent(batch["x_1"])  # [B, M, C] standardised
+        b = x_1.shape[0]
+        x_0 = torch.randn(x_1.shape, generator=generator, device=generator.device).to(x_1)
+        t = time_sampler(self.recipe.flow).sample(b, generator=generator, device=x_1.device)
+        ps = affine_path(self.recipe.flow).sample(x_0, x_1, t)
+        ctx = model.drop_context(self.context(model, batch), generator)
+        return {"loss": flow_loss(self.recipe.flow, model(ps.x_t, t, ctx), ps.dx_t, t)}
+
+    # ---- sampling ----------------------------------------------------------------------
+    def velocity(self, model: LatentFlow, ctx: Tensor | None, cfg_weight: float):
+        """``v(x, t)`` with the condition bound, wrapped in classifier-free guidance."""
+        def cond(x, t):
+            return model(x, t, ctx)
+
+        if ctx is None or cfg_weight == 0:
+            return cond
+        from flow3d.core.guidance import ClassifierFreeGuidance
+
+        null = model.null_context(ctx.shape[0])
+
+        def uncond(x, t):
+            return model(x, t, null)
+
+        return ClassifierFreeGuidance(cond, uncond, cfg_weight)
+
+    @torch.no_grad()
+    def sample_latents(self, model: LatentFlow, ctx: Tensor | None, num: int, *, seed: int = 0,
+                       **overrides: Any) -> Tensor:
+        """Integrate noise ``[num, M, C]`` to VAE latents (un-standardised)."""
+        from flow3d.core.solvers import solve
+        from flow3d.core.time import time_grid
+
+        cfg = dataclasses.replace(self.recipe.sample, **overrides)
+        g = torch.Generator().manual_seed(seed)
+        x_0 = torch.randn(num, self.recipe.data.num_latents, model.x_in.in_features, generator=g)
+        grid = time_grid(cfg.steps, shift=cfg.shift)
+        x_1 = solve(self.velocity(model, ctx, cfg.cfg), x_0, method=cfg.method, grid=grid).x
+        return model.to_latent(x_1)
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:
+        """Meshes for the first ``num`` held-out meshes' renders (image mode), classes
+        ``0, 1, ...`` (class mode) or plain noise (unconditional)."""
+        from flow3d.mesh.generate import decode_mesh
+
+        cfg = dataclasses.replace(self.recipe.sample, **overrides)
+        if model.cond == "image":
+            ctx = model.context(images=self.split_images(cfg.split)[:num])
+        elif model.cond == "class":
+            ctx = model.context(labels=torch.arange(num) % model.num_classes)
+        else:
+            ctx = None
+        num = num if ctx is None else ctx.shape[0]
+        z = self.sample_latents(model, ctx, num, seed=seed, **overrides)
+        return [decode_mesh(self.vae, z[i : i + 1], cfg.resolution, faces=cfg.faces)
+                for i in range(num)]
+
+    def split_images(self, split: str) -> Tensor:
+        """The first conditioning view of every mesh of a cache split: ``[N, 1, R, R]``."""
+        from flow3d.mesh.data import MeshDataset, load_mesh, normalize_mesh
+
+        d = self.recipe.data
+        ds = MeshDataset(_ensure_cache(d), 16, 16, split=split,
+                         holdout_per_class=d.holdout_per_class)
+        out = []
+        for i in range(len(ds)):
+            mesh, _ = normalize_mesh(load_mesh(_source_path(ds, i)))
+            out.append(condition_images(mesh, self.recipe.model.image_resolution,
+                                        CONDITION_AZIMUTHS[:1], CONDITION_ELEVATIONS[:1]))
+        return torch.cat(out)
+
+    def save_samples(self, samples, out_dir: Path) -> list[Path]:
+        from flow3d.mesh.postprocess import export_mesh
+
+        out = Path(out_dir)
+        return [export_mesh(m, out / f"sample_{i:03d}.glb") for i, m in enumerate(samples)]
+
+
+def _source_path(ds, index: int) -> Path:
+    """The original mesh file of a cached item (recorded in the cache metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(ds.files[index]), "np") as f:
+        return Path(f.metadata()["path"])

@@ -1,0 +1,129 @@
+"""`flow3d mesh ...`: user errors are one line with a non-zero exit; bundled checkpoints run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flow3d.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CKPT = ROOT / "checkpoints" / "mesh"
+DEMO_IMAGE = ROOT / "examples" / "mesh" / "capod_heldout_view.png"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("flow3d: error:"), err
+    return lines[0]
+
+
+def test_generate_missing_image(tmp_path, capsys):
+    code, _, err = run(["mesh", "generate", "--image", str(tmp_path / "nope.png"),
+                        "--out", str(tmp_path / "m.glb")], capsys)
+    assert code != 0
+    assert "nope.png" in one_line_error(err)
+    assert not (tmp_path / "m.glb").exists()
+
+
+def test_generate_bad_output_format_and_resolution(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    img.write_bytes(b"")
+    code, _, err = run(["mesh", "generate", "--image", str(img), "--out", str(tmp_path / "m.txt")],
+                       capsys)
+    assert code != 0 and "unsupported output format" in one_line_error(err)
+    code, _, err = run(["mesh", "generate", "--image", str(img), "--out", str(tmp_path / "m.glb"),
+                        "--resolution", "100"], capsys)
+    assert code != 0 and "--resolution" in one_line_error(err)
+
+
+def test_generate_needs_image_or_class(tmp_path, capsys):
+    code, _, err = run(["mesh", "generate", "--out", str(tmp_path / "m.glb")], capsys)
+    assert code != 0 and "--image" in one_line_error(err)
+
+
+def test_generate_unreadable_image(tmp_path, capsys):
+    if not (CKPT / "flow_image").exists():
+        pytest.skip("bundled checkpoints/mesh/flow_image not present")
+    img = tmp_path / "broken.png"
+    img.write_bytes(b"not a png at all")
+    code, _, err = run(["mesh", "generate", "--image", str(img), "--out", str(tmp_path / "m.glb")],
+                       capsys)
+    assert code != 0 and "broken.png" in one_line_error(err)
+
+
+@pytest.mark.parametrize("content", [b"", b"v 0 0 0\nv 1 0 0\n", b"f 1 2 3\n"])
+def test_reconstruct_bad_mesh(tmp_path, capsys, content):
+    bad = tmp_path / "bad.obj"
+    bad.write_bytes(content)
+    code, _, err = run(["mesh", "reconstruct", str(bad), "--out", str(tmp_path / "o.glb")], capsys)
+    assert code != 0
+    assert "bad.obj" in one_line_error(err)
+    assert not (tmp_path / "o.glb").exists()
+
+
+def test_eval_missing_mesh(tmp_path, capsys):
+    code, _, err = run(["mesh", "eval", str(tmp_path / "p.obj"), str(tmp_path / "g.obj")], capsys)
+    assert code != 0 and "p.obj" in one_line_error(err)
+
+
+def test_eval_identical_meshes(tmp_path, capsys):
+    trimesh = pytest.importorskip("trimesh")
+    path = tmp_path / "box.obj"
+    trimesh.creation.box((1.0, 2.0, 0.5)).export(path)
+    code, out, _ = run(["mesh", "eval", str(path), str(path), "--points", "5000",
+                        "--png", str(tmp_path / "t.png"), "--json", str(tmp_path / "m.json")],
+                       capsys)
+    assert code == 0
+    assert "fscore@0.02 | 1.00000" in out
+    assert (tmp_path / "t.png").stat().st_size > 0 and (tmp_path / "m.json").exists()
+
+
+def test_reconstruct_keeps_input_coordinates(tmp_path, capsys):
+    trimesh = pytest.importorskip("trimesh")
+    if not (CKPT / "vae_tiny").exists():
+        pytest.skip("bundled checkpoints/mesh/vae_tiny not present")
+    src = trimesh.creation.box((4.0, 2.0, 2.0))
+    src.apply_translation([10.0, -3.0, 1.0])
+    path = tmp_path / "box.ply"
+    src.export(path)
+    out = tmp_path / "recon.obj"
+    code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(out),
+                        "--resolution", "64"], capsys)
+    assert code == 0, err
+    rec = trimesh.load(out, force="mesh")
+    # same place and size as the input (within the tiny model's error)
+    np.testing.assert_allclose(rec.bounds.mean(0), src.bounds.mean(0), atol=0.4)
+    np.testing.assert_allclose(np.ptp(rec.bounds, 0), np.ptp(src.bounds, 0), atol=0.8)
+
+
+def test_generate_with_bundled_checkpoint(tmp_path, capsys):
+    if not (CKPT / "flow_image").exists() or not DEMO_IMAGE.exists():
+        pytest.skip("bundled checkpoints/mesh/flow_image or the example image not present")
+    trimesh = pytest.importorskip("trimesh")
+    out = tmp_path / "m.glb"
+    code, stdout, err = run(["mesh", "generate", "--image", str(DEMO_IMAGE), "--out", str(out),
+                             "--steps", "8", "--resolution", "64", "--faces", "3000"], capsys)
+    assert code == 0, err
+    mesh = trimesh.load(out, force="mesh")
+    assert 0 < len(mesh.faces) <= 3000
+    assert mesh.is_watertight
+    assert len(mesh.split(only_watertight=False)) == 1
