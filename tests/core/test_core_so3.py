@@ -190,3 +190,35 @@ def test_shape_errors_are_clear():
         so3.quat_mul(torch.zeros(3), torch.zeros(4))
     with pytest.raises(ValueError, match=r"\[..., 3, 3\]"):
         so3.rotmat_to_quat(torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (2, 3, 4)])
+def test_leading_shapes_are_preserved(shape):
+    g = torch.Generator().manual_seed(10)
+    q = so3.random_quat(shape, generator=g, dtype=F64)
+    v = torch.randn(*shape, 3, generator=g, dtype=F64)
+    assert q.shape == (*shape, 4)
+    assert so3.quat_exp(v).shape == (*shape, 4)
+    assert so3.quat_log(q).shape == (*shape, 3)
+    assert so3.quat_apply(q, v).shape == (*shape, 3)
+    assert so3.quat_to_rotmat(q).shape == (*shape, 3, 3)
+    assert so3.rotmat_to_quat(so3.quat_to_rotmat(q)).shape == (*shape, 4)
+    assert so3.quat_slerp(q, q, 0.5).shape == (*shape, 4)
+    assert so3.so3_jr_inv(v, v).shape == (*shape, 3)
+    assert so3.hat(v).shape == (*shape, 3, 3)
+
+
+def test_broadcasting_matches_explicit_expansion():
+    g = torch.Generator().manual_seed(11)
+    p = so3.random_quat((2, 1), generator=g, dtype=F64)
+    q = so3.random_quat((1, 3), generator=g, dtype=F64)
+    pq = so3.quat_mul(p, q)
+    assert pq.shape == (2, 3, 4)
+    assert torch.equal(pq, so3.quat_mul(p.expand(2, 3, 4), q.expand(2, 3, 4)))
+    v = torch.randn(5, 3, generator=g, dtype=F64)  # one rotation applied to many vectors
+    assert torch.allclose(so3.quat_apply(p[0, 0], v), (so3.quat_to_rotmat(p[0, 0]) @ v.T).T)
+    t = torch.tensor([[0.0], [1.0]], dtype=F64)  # per-row times broadcast over a [2, 3] batch
+    qt = so3.quat_slerp(p.expand(2, 3, 4), q.expand(2, 3, 4), t)
+    _same_rotation(qt[0], p.expand(2, 3, 4)[0], 1e-13)
+    _same_rotation(qt[1], q.expand(2, 3, 4)[1], 1e-13)
+    assert torch.allclose(so3.hat(v) @ v.unsqueeze(-1), torch.zeros(5, 3, 1, dtype=F64))
