@@ -313,19 +313,31 @@ def build_mesh_cache(
     n_surface // 4, 3] with target SDF, and the normalisation. Broken files are skipped with
     their reason (also written to ``cache_dir/report.json``). ``workers`` processes in parallel.
     """
-    import time
-
-    from tqdm import tqdm
-
     files = [Path(f) for f in files]
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if root is None and files:
         root = _common_root(files)
     jobs = [(f, root, cache_dir, n_surface, n_near, n_volume, seed) for f in files]
+    report = _run_jobs(_cache_one, jobs, workers, "mesh cache", progress)
+    _write_report(cache_dir / "report.json", report)
+    return report
+
+
+def _write_report(path: Path, report: CacheReport) -> None:
+    body = {"kept": report.kept, "skipped": report.skipped, "seconds": report.seconds}
+    atomic_write_text(path, json.dumps(body, indent=1))
+
+
+def _run_jobs(fn, jobs: list, workers: int, desc: str, progress: bool) -> CacheReport:
+    """Run ``fn(job) -> (path, mesh id or None, error)`` over jobs, in ``workers`` processes."""
+    import time
+
+    from tqdm import tqdm
+
     t0 = time.perf_counter()
     kept, skipped = [], {}
-    bar = tqdm(total=len(jobs), desc="mesh cache", unit="mesh", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=desc, unit="mesh", disable=not progress)
 
     def record(result) -> None:
         path, mid, err = result
@@ -336,18 +348,67 @@ def build_mesh_cache(
         bar.update()
 
     if workers > 1:
+        # spawn, not fork: forking a process that already runs torch threads can deadlock.
         with mp.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap_unordered(_cache_one, jobs):
+            for result in pool.imap_unordered(fn, jobs):
                 record(result)
     else:
         for job in jobs:
-            record(_cache_one(job))
+            record(fn(job))
     bar.close()
-    report = CacheReport(sorted(kept), skipped, time.perf_counter() - t0)
-    atomic_write_text(
-        cache_dir / "report.json",
-        json.dumps({"kept": report.kept, "skipped": skipped, "seconds": report.seconds}, indent=1),
-    )
+    return CacheReport(sorted(kept), skipped, time.perf_counter() - t0)
+
+
+def _views_one(args) -> tuple[str, str | None, str | None]:
+    """Worker: render one normalised mesh -> ``<mesh_id>.views.safetensors``."""
+    path, root, cache_dir, n_views, image_size, backend, seed = args
+    from safetensors.numpy import save_file
+
+    from flow3d.mesh.render import render_views
+
+    torch.set_num_threads(1)
+    try:
+        mid = mesh_id(path, root)
+        mesh, _ = normalize_mesh(load_mesh(path))
+        rng = np.random.default_rng(_seed_of(mid + "/views", seed))
+        images, cams = render_views(mesh, n_views, image_size, rng, backend=backend)
+        tensors = {
+            "images": images, "intrinsics": cams["intrinsics"], "extrinsics": cams["extrinsics"],
+            "elevations": cams["elevations"], "azimuths": cams["azimuths"],
+        }
+        meta = {"mesh_id": mid, "backend": cams["backend"], "path": str(path)}
+        with atomic_path(Path(cache_dir) / f"{mid}.views.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return str(path), mid, None
+    except DataError as e:
+        return str(path), None, str(e)
+
+
+def build_view_cache(
+    files,
+    cache_dir: str | Path,
+    *,
+    n_views: int = 8,
+    image_size: int = 128,
+    backend: str = "numpy",
+    workers: int = 1,
+    root: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> CacheReport:
+    """Conditioning images: ``n_views`` random shaded renders of each normalised mesh with their
+    cameras (in the normalised frame of the SDF cache), as ``<mesh_id>.views.safetensors``.
+
+    ``backend="numpy"`` by default: on this CPU the numpy rasteriser is ~10x faster than
+    pyrender over EGL's software renderer; ``"auto"``/``"pyrender"`` use OpenGL.
+    """
+    files = [Path(f) for f in files]
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    root = _common_root(files) if root is None and files else root
+    jobs = [(f, root, cache_dir, n_views, image_size, backend, seed) for f in files]
+    report = _run_jobs(_views_one, jobs, workers, "mesh views", progress)
+    _write_report(cache_dir / "views_report.json", report)
     return report
 
 
@@ -361,7 +422,9 @@ class MeshDataset(torch.utils.data.Dataset):
     """Items from a cache folder; each draws random subsets of its cached points.
 
     item: surface_points [n_surface, 3], surface_normals [n_surface, 3], query_points
-    [n_query, 3], query_sdf [n_query], class_id (int, -1 outside CAPOD), mesh_id (str), index.
+    [n_query, 3], query_sdf [n_query], class_id (int, -1 outside CAPOD), mesh_id (str), index;
+    when :func:`build_view_cache` has run: images uint8 [V, H, W, 3], intrinsics [V, 3, 3],
+    extrinsics [V, 4, 4] (world-to-camera, OpenCV axes, normalised frame).
     ``split``: "all", or "train" / "heldout" from :func:`capod_split` (non-CAPOD meshes are
     training meshes), or an explicit list of mesh ids. Subsets are drawn with a generator
     seeded by (seed, index, epoch) so items are reproducible; call ``set_epoch`` to vary them.
@@ -377,7 +440,9 @@ class MeshDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ):
         self.cache_dir = Path(cache_dir)
-        files = sorted(self.cache_dir.glob("*.safetensors"))
+        files = sorted(
+            f for f in self.cache_dir.glob("*.safetensors") if not f.stem.endswith(".views")
+        )
         if not files:
             raise DataError(f"{self.cache_dir}: no cached meshes (*.safetensors)")
         ids = [f.stem for f in files]
@@ -408,7 +473,11 @@ class MeshDataset(torch.utils.data.Dataset):
 
             with safe_open(str(self.files[i]), "np") as f:
                 meta = f.metadata()
-            self._cache[i] = (load_file(str(self.files[i])), meta)
+            tensors = load_file(str(self.files[i]))
+            views = self.files[i].with_name(self.files[i].stem + ".views.safetensors")
+            if views.is_file():
+                tensors.update({f"view_{k}": v for k, v in load_file(str(views)).items()})
+            self._cache[i] = (tensors, meta)
         return self._cache[i]
 
     def __getitem__(self, i: int) -> dict:
@@ -416,7 +485,7 @@ class MeshDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, i, self.epoch])
         s = rng.choice(len(t["surface_points"]), self.n_surface, replace=False)
         q = rng.choice(len(t["query_points"]), self.n_query, replace=False)
-        return {
+        item = {
             "surface_points": torch.from_numpy(t["surface_points"][s]),
             "surface_normals": torch.from_numpy(t["surface_normals"][s]),
             "query_points": torch.from_numpy(t["query_points"][q]),
@@ -425,6 +494,11 @@ class MeshDataset(torch.utils.data.Dataset):
             "mesh_id": meta["mesh_id"],
             "index": i,
         }
+        if "view_images" in t:  # all cached views; the model picks one per step
+            item["images"] = torch.from_numpy(t["view_images"])  # uint8 [V, H, W, 3]
+            item["intrinsics"] = torch.from_numpy(t["view_intrinsics"])  # [V, 3, 3]
+            item["extrinsics"] = torch.from_numpy(t["view_extrinsics"])  # [V, 4, 4]
+        return item
 
     def normalization(self, i: int) -> Normalization:
         t, _ = self._load(i)

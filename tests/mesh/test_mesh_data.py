@@ -167,7 +167,17 @@ def test_cache_and_dataset_round_trip(tmp_path):
     train = data.MeshDataset(tmp_path / "cache", 10, 10, split="train")
     assert [held[i]["mesh_id"] for i in range(len(held))] == ["capod__class13__m155"]
     assert len(train) == 2
+    views = data.build_view_cache(
+        files[:1], tmp_path / "cache", n_views=3, image_size=32, root=MESHES, progress=False
+    )
+    assert views.kept == ["capod__class13__m149"]
+    ds = data.MeshDataset(tmp_path / "cache", n_surface=100, n_query=200)
+    assert len(ds) == 3  # view files are not items
+    i = [ds[j]["mesh_id"] for j in range(3)].index("capod__class13__m149")
+    item = ds[i]
+    assert item["images"].shape == (3, 32, 32, 3) and item["images"].dtype == torch.uint8
+    assert item["extrinsics"].shape == (3, 4, 4) and (item["images"] < 200).any()
+    assert "images" not in ds[(i + 1) % 3]
     # the cached normalisation maps the cache back to the mesh's own coordinates
     mesh = data.load_mesh(capod / "class13" / "m149.obj")
-    i = [ds[j]["mesh_id"] for j in range(3)].index("capod__class13__m149")
     assert np.allclose(ds.normalization(i).invert(np.zeros(3)), mesh.bounds.mean(0), atol=1e-6)
