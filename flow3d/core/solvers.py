@@ -367,7 +367,7 @@ def _dopri5(f, x, out_grid, t0, t1, atol, rtol, m, hooks, traj, progress, max_st
     t = t0
     times = [t0]
     stop_i = 0
-    attempts = 0
+    attempts = accepted = 0
     with _progress_bar(progress, span, "dopri5") as bar:
         while stop_i < len(stops):
             t_stop = stops[stop_i]
@@ -389,14 +389,15 @@ def _dopri5(f, x, out_grid, t0, t1, atol, rtol, m, hooks, traj, progress, max_st
             attempts += 1
             if not math.isfinite(err_norm):
                 raise RuntimeError(f"dopri5: non-finite error estimate at t={t:.6g}")
-            if err_norm <= 1.0:
+            ok = err_norm <= 1.0
+            if ok:
                 t = t_stop if hit else t + hd
                 x, k1 = x_new, v_last
                 if hit:
                     stop_i += 1
                 if hooks:
                     for hook in hooks:
-                        out = hook(x, tt(t), len(times) - 1)
+                        out = hook(x, tt(t), accepted)
                         x = x if out is None else out
                     k1 = f(x, tt(t))  # the hook moved x: FSAL value is stale
                 if traj is not None and (out_grid is None or hit):
@@ -405,8 +406,10 @@ def _dopri5(f, x, out_grid, t0, t1, atol, rtol, m, hooks, traj, progress, max_st
                     times.append(t)
                 if bar is not None:
                     bar.update(step)
+                accepted += 1
             if attempts >= max_steps:
                 raise RuntimeError(f"dopri5: no convergence after {max_steps} step attempts")
             factor = 10.0 if err_norm == 0.0 else min(10.0, max(0.2, 0.9 * err_norm**-0.2))
-            h = step * factor
+            # a step shortened to land on a stop says little about the next one: keep h
+            h = max(h, step * factor) if (ok and hit) else step * factor
     return x, times

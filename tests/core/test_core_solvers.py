@@ -239,6 +239,10 @@ def test_hooks_run_after_every_step_and_can_replace_the_state():
     calls.clear()
     res = solve(flow, x0, method="dopri5", hooks=[clamp_first_coordinate])
     assert calls and calls[-1][0] == 1.0 and (res.x[:, 0] == 0).all()
+    assert [c[1] for c in calls] == list(range(len(calls)))  # one call per accepted step
+    calls.clear()
+    solve(flow, x0, method="dopri5", steps=4, hooks=[clamp_first_coordinate])
+    assert [c[1] for c in calls] == list(range(len(calls))) and len(calls) >= 4
 
 
 def test_no_grad_by_default_and_enable_grad():
