@@ -12,6 +12,7 @@ Convention: ``t = 0`` is the source (noise), ``t = 1`` is data, a model predicts
 - :mod:`~flow3d.core.likelihood`: log-density by the instantaneous change of variables
 - :mod:`~flow3d.core.guidance`, :mod:`~flow3d.core.editing`: training-free control
 - :mod:`~flow3d.core.reflow`: rectification pairs on disk
+- :mod:`~flow3d.core.analytic`: flows with closed-form velocity (ground truth for tests)
 
 Every public name is importable from here; submodules load on first use (PEP 562), so
 ``import flow3d.core`` costs only torch, and scipy/safetensors load only for the features
@@ -39,6 +40,20 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "quat_to_rotmat", "random_quat", "rotmat_to_axis_angle", "rotmat_to_quat",
     ),
     "manifolds": ("Euclidean", "Manifold", "Product", "SO3Matrix", "SO3Quaternion"),
+    "solvers": ("METHOD_ORDER", "SOLVERS", "SolveResult", "solve"),
+    "analytic": ("GaussianFlow", "GaussianMixtureFlow"),
+    "couplings": ("COUPLINGS", "independent_coupling", "ot_coupling", "ot_permutation"),
+    "conversions": (
+        "PREDICTIONS", "as_velocity", "convert_prediction", "from_sigma_model", "to_sigma_model",
+    ),
+    "likelihood": (
+        "LikelihoodResult", "divergence", "log_likelihood", "standard_normal_log_prob",
+    ),
+    "guidance": (
+        "ClassifierFreeGuidance", "FlowChef", "Inpainting", "OptimizerGuidance", "renoise",
+    ),
+    "editing": ("flowedit", "sdedit"),
+    "reflow": ("ReflowPairs", "generate_pairs"),
 }
 
 _WHERE: dict[str, str] = {name: mod for mod, names in _EXPORTS.items() for name in names}
