@@ -133,13 +133,17 @@ class ProteinFlow:
         self, model: nn.Module, batch: dict, t: Tensor, generator: torch.Generator
     ) -> dict[str, Tensor]:
         """FrameFlow/ReQFlow loss on a padded batch (``trans [B, L, 3]`` nm, ``quats``,
-        ``mask``, ``res_idx``); ``t [B]`` are the training times."""
+        ``mask``, ``res_idx``); ``t [B]`` are the training times. With ``trans_0``/``quats_0``
+        in the batch (reflow pairs) those are the source instead of fresh prior noise."""
         mask = batch["mask"].float()  # [B, L]
         trans_1 = masked_centre(batch["trans"].float(), mask)
         ident = torch.tensor([1.0, 0.0, 0.0, 0.0], device=mask.device)
         quats_1 = torch.where(mask[..., None] > 0, batch["quats"].float(), ident)
         res_idx = batch.get("res_idx")
         trans_0, quats_0 = self.prior(mask, generator)
+        if "trans_0" in batch:  # reflow: the teacher's coupling replaces fresh noise
+            trans_0 = masked_centre(batch["trans_0"].float(), mask)
+            quats_0 = torch.where(mask[..., None] > 0, batch["quats_0"].float(), ident)
         t = t.clamp(self.s.t_min, 1.0 - self.s.t_min)
         trans_t, quats_t, rot_vf_gt = self.interpolate(trans_0, quats_0, trans_1, quats_1, t)
 
@@ -195,7 +199,7 @@ class ProteinFlow:
     def velocity_fn(
         self,
         model: nn.Module,
-        mask: Tensor,
+        mask: Tensor | None = None,
         res_idx: Tensor | None = None,
         *,
         rot_schedule: str = "exp",
@@ -206,12 +210,13 @@ class ProteinFlow:
         """A ``velocity(x [B, L, 7|12], t) -> [B, L, 6]`` callable for the core solvers.
 
         Self-conditioning: the translations predicted at the previous evaluation are fed back
-        (held in the closure, so one velocity callable serves one solve).
+        (held in the closure; it resets when time does not increase, i.e. at a new solve).
+        ``mask [B, L]`` must match the batch the solver passes.
         """
         if rot_schedule not in ROT_SCHEDULES:
             raise ValueError(f"rot_schedule must be one of {ROT_SCHEDULES}, got {rot_schedule!r}")
         use_sc = self.s.self_condition if self_condition is None else self_condition
-        state = {"trans_sc": None}
+        state: dict = {"trans_sc": None, "t": None}
         flow = self
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
@@ -219,14 +224,21 @@ class ProteinFlow:
             trans_t, rot_t = flow.manifold.split_point(x)
             quats_t = points_to_quats(rot_t, flow.s.rot_path)
             t_b = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(B)
-            sc = state["trans_sc"] if use_sc else None
-            out = model(trans_t, quats_t, t_b, mask, res_idx, sc)
+            t_now = float(t_b[0])
+            sc = state["trans_sc"]
+            # a new solve (time went back, or another batch): forget the old prediction
+            if sc is None or sc.shape != trans_t.shape or t_now <= state["t"]:
+                sc = None
+            state["t"] = t_now
+            sc = sc if use_sc else None
+            m = mask if mask is not None else torch.ones_like(trans_t[..., 0])
+            out = model(trans_t, quats_t, t_b, m, res_idx, sc)
             state["trans_sc"] = out["trans"]
             one_minus_t = (1.0 - t_b).clamp_min(min_one_minus_t)[:, None, None]
-            v_trans = masked_centre((out["trans"] - trans_t) / one_minus_t, mask)
+            v_trans = masked_centre((out["trans"] - trans_t) / one_minus_t, m)
             log = flow.rot_vf(quats_t, out["quats"])  # [B, L, 3]
             v_rot = rot_rate * log if rot_schedule == "exp" else log / one_minus_t
-            return torch.cat([v_trans, v_rot * mask[..., None]], dim=-1)
+            return torch.cat([v_trans, v_rot * m[..., None]], dim=-1)
 
         return velocity
 

@@ -53,6 +53,22 @@ class ProteinModelConfig:
 
 
 @dataclass(frozen=True)
+class ProteinReflowConfig:
+    """Reflow (rectification, Liu et al. 2023): the teacher integrates prior noise to
+    backbones at each length; pairs whose backbone fails the CA-CA check are dropped."""
+
+    pairs_dir: str
+    teacher: str | None = None  # checkpoint; default: trainer.init_from
+    lengths: tuple[int, ...] = (60, 100, 150)
+    num_per_length: int = 64
+    steps: int = 100
+    method: str = "euler"
+    seed: int = 0
+    batch_size: int = 16
+    min_ca_valid: float = 0.9  # keep pairs with >= this fraction of CA-CA in 3.8 +/- 0.2 A
+
+
+@dataclass(frozen=True)
 class ProteinDataConfig:
     """Where training chains come from and how they are filtered and batched."""
 
@@ -66,6 +82,7 @@ class ProteinDataConfig:
     break_policy: str = "split"
     max_residues_sq: int = 200_000  # per batch: sum of L^2 (ReQFlow-like length batching)
     workers: int = 1
+    reflow: ProteinReflowConfig | None = None  # set: train on teacher pairs instead
 
 
 @dataclass(frozen=True)
@@ -147,8 +164,8 @@ class ProteinHead(Head):
     def cache_path(self) -> Path:
         """The cache file for these sources and filters (a hash of both names it)."""
         d = self.recipe.data
-        key = {k: v for k, v in dataclasses.asdict(d).items() if k not in ("workers",)}
-        key.pop("max_residues_sq")
+        skip = ("workers", "max_residues_sq", "reflow")
+        key = {k: v for k, v in dataclasses.asdict(d).items() if k not in skip}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         return resolve_path(d.cache_dir) / f"proteins_{digest}"
 
@@ -187,6 +204,9 @@ class ProteinHead(Head):
         from protein.data.cache import load_cache
         from protein.data.dataset import ProteinDataset
 
+        if self.recipe.data.reflow is not None:
+            return ReflowFrames(self.reflow_pairs(), self.recipe.model.flow.rot_path)
+
         ds = ProteinDataset(load_cache(self.build_cache()))
         if len(ds) == 0:
             raise DataError(f"{self.cache_path()}: no chains passed the filters")
@@ -195,7 +215,76 @@ class ProteinHead(Head):
     def collate(self, items: Sequence[Any]) -> Any:
         from protein.data.dataset import collate_padded
 
-        return collate_padded(list(items))
+        batch = collate_padded(list(items))
+        if "trans_0" in items[0]:  # reflow pairs: pad the sources like the targets
+            B, L = batch["mask"].shape
+            batch["trans_0"] = torch.zeros(B, L, 3)
+            batch["quats_0"] = torch.zeros(B, L, 4)
+            batch["quats_0"][..., 0] = 1.0
+            for k, it in enumerate(items):
+                n = int(it["length"])
+                batch["trans_0"][k, :n] = it["trans_0"]
+                batch["quats_0"][k, :n] = it["quats_0"]
+        return batch
+
+    # ---- reflow ----------------------------------------------------------------------------
+    def reflow_pairs(self) -> list[Path]:
+        """Generate (once) and filter the teacher's noise -> backbone pairs per length.
+
+        Each ``pairs_dir/len{L}`` holds safetensors shards (:func:`flow3d.core.reflow.
+        generate_pairs`, states ``[L, 7]``) and ``kept.json``: the indices whose teacher
+        backbone has at least ``min_ca_valid`` of its CA-CA distances in 3.8 +/- 0.2 A.
+        """
+        cfg = self.recipe.data.reflow
+        teacher = cfg.teacher or self.recipe.trainer.init_from
+        dirs = []
+        for length in cfg.lengths:
+            out = resolve_path(cfg.pairs_dir) / f"len{length:03d}"
+            if not (out / "kept.json").is_file():
+                if not teacher:
+                    raise ConfigError(
+                        f"data.reflow: {out} holds no pairs and no teacher is set "
+                        "(data.reflow.teacher or trainer.init_from)"
+                    )
+                self._generate_pairs(teacher, length, out)
+            dirs.append(out)
+        return dirs
+
+    def _generate_pairs(self, teacher: str, length: int, out: Path) -> None:
+        from flow3d.core.reflow import ReflowPairs, generate_pairs
+        from flow3d.engine.checkpoint import load_model
+        from protein.flow import points_to_quats, quats_to_points
+
+        cfg = self.recipe.data.reflow
+        loaded = load_model(resolve_path(teacher), ema=True)
+        flow: ProteinFlow = loaded.head.flow
+        sample = loaded.recipe.sample
+        velocity = flow.velocity_fn(
+            loaded.model, rot_schedule=sample.rot_schedule, rot_rate=sample.rot_rate
+        )
+
+        def noise(n: int, generator: torch.Generator) -> torch.Tensor:
+            trans, quats = flow.prior(torch.ones(n, length), generator)
+            return torch.cat([trans, quats_to_points(quats, flow.s.rot_path)], dim=-1)
+
+        with torch.no_grad():
+            generate_pairs(
+                velocity, noise, cfg.num_per_length, out, shard_size=cfg.num_per_length,
+                batch_size=cfg.batch_size, method=cfg.method, steps=cfg.steps,
+                seed=cfg.seed * 100_003 + length, manifold=flow.manifold,
+            )  # fmt: skip
+        pairs = ReflowPairs(out)
+        kept, fractions = [], []
+        for i in range(len(pairs)):
+            trans, rot = flow.manifold.split_point(pairs[i]["x_1"])
+            atoms = frames_to_atoms(trans, points_to_quats(rot, flow.s.rot_path))
+            frac = ca_ca_valid_fraction(atoms[:, 1])
+            fractions.append(frac)
+            if frac >= cfg.min_ca_valid:
+                kept.append(i)
+        info = {"kept": kept, "ca_valid_fraction": fractions, "min_ca_valid": cfg.min_ca_valid,
+                "teacher": str(teacher), "length": length}
+        atomic_write_text(out / "kept.json", json.dumps(info, indent=1) + "\n")
 
     def epoch_batches(self, dataset, rng: np.random.Generator, batch_size: int):
         """Length-bucketed batches under the residues^2 budget, at most ``batch_size`` each."""
@@ -316,6 +405,50 @@ class ProteinHead(Head):
                 paths.append(tp)
         atomic_write_text(out_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
         return paths
+
+
+def ca_ca_valid_fraction(ca: torch.Tensor, ideal: float = 3.80, tol: float = 0.20) -> float:
+    """Fraction of consecutive CA-CA distances (angstrom) within ``ideal +/- tol``."""
+    d = torch.linalg.vector_norm(ca[1:] - ca[:-1], dim=-1)
+    return float(((d - ideal).abs() <= tol).float().mean()) if len(d) else 1.0
+
+
+class ReflowFrames(torch.utils.data.Dataset):
+    """Kept reflow pairs of every length as protein items with a source: ``trans``/``quats``
+    (the teacher's backbone), ``trans_0``/``quats_0`` (its noise), ``res_idx``, ``seq``."""
+
+    def __init__(self, dirs: Sequence[Path], rot_path: str):
+        from flow3d.core.reflow import ReflowPairs
+        from protein.flow import ProteinFlow
+
+        self.flow = ProteinFlow(FlowSettings(rot_path=rot_path))
+        self.items: list[tuple[ReflowPairs, int]] = []
+        for d in dirs:
+            pairs = ReflowPairs(d)
+            kept = json.loads((Path(d) / "kept.json").read_text(encoding="utf-8"))["kept"]
+            self.items += [(pairs, int(i)) for i in kept]
+        if not self.items:
+            raise DataError(f"{dirs[0] if dirs else 'reflow'}: no reflow pair passed the check")
+        self.lengths = np.array([p[i]["x_0"].shape[0] for p, i in self.items])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict:
+        from protein.flow import points_to_quats
+
+        pairs, i = self.items[k]
+        pair = pairs[i]
+        t0, r0 = self.flow.manifold.split_point(pair["x_0"].float())
+        t1, r1 = self.flow.manifold.split_point(pair["x_1"].float())
+        n = t0.shape[0]
+        rot_path = self.flow.s.rot_path
+        return {
+            "trans": t1, "quats": points_to_quats(r1, rot_path),
+            "trans_0": t0, "quats_0": points_to_quats(r0, rot_path),
+            "res_idx": torch.arange(n), "seq": torch.zeros(n, dtype=torch.long), "length": n,
+            "name": f"reflow_{k}",
+        }  # fmt: skip
 
 
 def trajectory_dir(out_dir: Path) -> Path:

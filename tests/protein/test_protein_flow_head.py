@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from flow3d.engine.config import recipe_from_dict
-from protein.head import ProteinHead, trajectory_dir
+from flow3d.engine.config import from_dict, recipe_from_dict
+from protein.head import ProteinHead, ProteinReflowConfig, trajectory_dir
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "proteins"
 TS50 = DATA / "ts50_pydssp" / "pdb"
@@ -94,3 +95,42 @@ def test_protein_head_trains_with_engine_and_loads(tmp_path):
     designs = loaded.sample(1, seed=0, steps=2)
     assert len(designs) == 1 and designs[0].atoms.shape == (12, 4, 3)
     assert np.isfinite(designs[0].atoms).all()
+
+
+def test_protein_head_reflow_pairs_generated_filtered_and_trained_on(tmp_path):
+    from flow3d.engine.checkpoint import write_checkpoint
+    from flow3d.errors import DataError
+
+    base = _recipe(tmp_path)
+    torch.manual_seed(0)
+    state = ProteinHead(base).build_model().state_dict()
+    teacher = write_checkpoint(tmp_path / "teacher", model_state=state, ema_state=state,
+                               recipe=base, step=1)
+    reflow = {"pairs_dir": str(tmp_path / "pairs"), "teacher": str(teacher),
+              "lengths": [10, 13], "num_per_length": 3, "steps": 2, "batch_size": 2,
+              "min_ca_valid": 0.0}
+    recipe = base.replace(data=dataclasses.replace(base.data, reflow=from_dict(
+        ProteinReflowConfig, reflow)))
+    head = ProteinHead(recipe)
+    ds = head.train_dataset()
+    assert len(ds) == 6 and sorted(set(ds.lengths.tolist())) == [10, 13]
+    kept = json.loads((tmp_path / "pairs" / "len013" / "kept.json").read_text())
+    assert kept["kept"] == [0, 1, 2] and len(kept["ca_valid_fraction"]) == 3
+    batches = head.epoch_batches(ds, np.random.default_rng(0), batch_size=4)
+    batch = head.collate([ds[i] for i in batches[0]])
+    assert batch["trans_0"].shape == batch["trans"].shape
+    loss = head.loss(head.build_model(), batch, torch.Generator().manual_seed(0))["loss"]
+    assert torch.isfinite(loss)
+    # the pair's source is the noise the teacher integrated: t = 0 reproduces it exactly
+    item = ds[0]
+    flow = head.flow
+    t0 = torch.zeros(1)
+    tr, q, _ = flow.interpolate(item["trans_0"][None], item["quats_0"][None],
+                                item["trans"][None], item["quats"][None], t0)
+    torch.testing.assert_close(tr[0], item["trans_0"])
+    # a validity threshold nobody passes: a clear error, not an empty dataset
+    strict = dict(reflow, pairs_dir=str(tmp_path / "pairs2"), min_ca_valid=1.01)
+    recipe2 = base.replace(data=dataclasses.replace(base.data, reflow=from_dict(
+        ProteinReflowConfig, strict)))
+    with pytest.raises(DataError, match="no reflow pair"):
+        ProteinHead(recipe2).train_dataset()
