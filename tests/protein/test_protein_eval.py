@@ -71,7 +71,7 @@ def design_dir(tmp_path_factory):
 @needs_data
 def test_evaluate_designs_real_and_broken(design_dir):
     folder, files = design_dir
-    rows, summary = evaluate_designs(folder, files[:2], progress=False)
+    rows, summary = evaluate_designs(folder, files[:2], progress=False, max_reference=None)
     by_name = {r["name"]: r for r in rows}
     assert len(rows) == 4 and any("junk.pdb" in e for e in summary["unreadable"])
     bad = by_name["squashed"]
@@ -85,6 +85,9 @@ def test_evaluate_designs_real_and_broken(design_dir):
     # the first two designs are copies of the references: novelty TM ~ 1
     copied = by_name[files[0].name.split(".")[0]]
     assert copied["novelty_tm"] > 0.99
+    ref_len = [len(parse_structure(f).chains[0]) for f in files[:2]]
+    window = sum(0.5 * copied["length"] <= n <= 2 * copied["length"] for n in ref_len)
+    assert copied["novelty_n_compared"] == window
     assert summary["diversity"]["n_used"] == 4
     assert 0.0 < summary["diversity"]["mean_pairwise_tm"] < 0.6
     assert summary["reference"]["n"] == 2
