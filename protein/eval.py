@@ -81,11 +81,6 @@ class Structure:
 
 
 # --- loading ------------------------------------------------------------------------------
-def _is_cache(path: Path) -> bool:
-    return path.is_dir() and (path / "meta.json").is_file() and (
-        path / "backbones.safetensors").is_file()
-
-
 def load_structures(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     *,
@@ -98,9 +93,9 @@ def load_structures(
     must show up in the CA-CA metric). ``limit`` takes a seeded random subset. Returns the
     structures and one-line reasons for unreadable files.
     """
-    from protein.data.cache import load_cache
+    from protein.data.cache import is_cache, load_cache
 
-    if isinstance(source, (str, os.PathLike)) and _is_cache(Path(source)):
+    if isinstance(source, (str, os.PathLike)) and is_cache(source):
         cache = load_cache(source)
         idx = np.arange(len(cache))
         if limit is not None and limit < len(idx):

@@ -28,7 +28,9 @@ from protein.data.filters import ChainStats, FilterConfig, apply_filters, chain_
 from protein.data.parse import Chain, parse_structure, sequence_to_aatype
 from protein.geometry import complete_oxygens
 
-__all__ = ["CacheReport", "CachedChain", "ProteinCache", "build_cache", "load_cache"]
+__all__ = [
+    "CacheReport", "CachedChain", "ProteinCache", "build_cache", "is_cache", "load_cache",
+]
 
 CACHE_VERSION = 1
 ARRAYS_FILE = "backbones.safetensors"
@@ -167,6 +169,12 @@ def _write_cache(path: Path, chains: list[Chain], stats: list[ChainStats],
     with atomic_dir(path) as tmp:
         save_file(arrays, str(tmp / ARRAYS_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def is_cache(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a directory written by ``build_cache``."""
+    path = Path(path)
+    return (path / ARRAYS_FILE).is_file() and (path / META_FILE).is_file()
 
 
 class ProteinCache:
