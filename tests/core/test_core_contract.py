@@ -5,7 +5,8 @@ NFE counted, trajectory endpoints and times, the exact endpoint where one exists
 rejected, and forward-then-inverse returning the start. Every path (AffinePath with each
 scheduler, GeodesicPath on each manifold) is checked for shapes, endpoints, and that its
 ``dx_t`` really is the time derivative of its ``x_t``: integrating ``dx_t`` with each solver
-follows ``x_t``.
+follows ``x_t``; and each path's state-dependent conditional field is integrated by each solver
+with the expected convergence rate (bottom of the file).
 """
 
 import pytest
