@@ -104,3 +104,19 @@ def test_protein_model_ipa_invariance_and_gradients(shape):
     torch.testing.assert_close(out, out2, atol=1e-10, rtol=1e-10)
     out.square().sum().backward()
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_protein_model_recipes_build_and_base_is_reqflow_size():
+    from pathlib import Path
+
+    from flow3d.engine.config import load_recipe
+    from protein.head import ProteinHead
+
+    root = Path(__file__).resolve().parents[2] / "recipes" / "protein"
+    counts = {}
+    for name in ("tiny", "base", "reflow"):
+        recipe = load_recipe(root / f"{name}.yaml")
+        model = ProteinHead(recipe).build_model()
+        counts[name] = sum(p.numel() for p in model.parameters())
+    assert abs(counts["base"] - 16.7e6) / 16.7e6 < 0.02
+    assert counts["tiny"] == counts["reflow"] < 1e6  # reflow fine-tunes the tiny checkpoint
