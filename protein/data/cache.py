@@ -130,10 +130,21 @@ def build_cache(
     report.skipped.extend(reasons)
     if not kept:
         raise DataError(f"{cache_path}: no chain passed the filters ({len(chains)} parsed)")
-    report.kept = [chains[i].name for i in kept]
+    report.kept = _unique_names([chains[i].name for i in kept])
     _write_cache(Path(cache_path), [chains[i] for i in kept], [stats[i] for i in kept],
                  filters, report)
     return report
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Chain names are file-stem based; files of the same name in different folders get
+    ``~2``, ``~3`` ... so that every cached chain has its own name."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}~{seen[n]}")
+    return out
 
 
 def _write_cache(path: Path, chains: list[Chain], stats: list[ChainStats],
@@ -153,7 +164,7 @@ def _write_cache(path: Path, chains: list[Chain], stats: list[ChainStats],
     }
     meta = {
         "version": CACHE_VERSION,
-        "names": [c.name for c in chains],
+        "names": report.kept,
         "sources": [c.source for c in chains],
         "chain_ids": [c.chain_id for c in chains],
         "sequences": [c.sequence for c in chains],

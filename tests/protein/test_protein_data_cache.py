@@ -179,3 +179,10 @@ def test_length_batches_budget_and_coverage():
     e0, e1 = list(s), list(s)
     assert e0 != e1 and len(e0) == len(s)
     assert list(LengthBatchSampler(lengths, budget, seed=3)) == e0
+
+
+def test_cached_names_are_unique():
+    from protein.data.cache import _unique_names
+
+    assert _unique_names(["1tib_A", "x_B", "1tib_A", "1tib_A"]) == [
+        "1tib_A", "x_B", "1tib_A~2", "1tib_A~3"]
