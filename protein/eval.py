@@ -511,7 +511,8 @@ def _plots(out_dir: Path, structures_rows: list[dict], ref_rows: list[dict],
     fig, ax = plt.subplots(figsize=(5, 3.5))
     keys = ("helix", "strand", "coil")
     x = np.arange(3)
-    ax.bar(x - 0.2, [_mean(structures_rows, k) for k in keys], 0.4, label="designs")
+    shift = 0.2 if ref_rows else 0.0
+    ax.bar(x - shift, [_mean(structures_rows, k) for k in keys], 0.4, label="designs")
     if ref_rows:
         ax.bar(x + 0.2, [_mean(ref_rows, k) for k in keys], 0.4, label="reference")
     ax.set_xticks(x, keys)
