@@ -200,7 +200,7 @@ class MeshVAEHead(Head):
 
         cfg = dataclasses.replace(self.recipe.sample, **overrides)
         d = self.recipe.data
-        ds = MeshDataset(_ensure_cache(d), 4096, 16, split=cfg.split,
+        ds = MeshDataset(_ensure_cache(d), min(4096, d.cache_surface), 16, split=cfg.split,
                          holdout_per_class=d.holdout_per_class, seed=seed)
         out = []
         for i in range(min(num, len(ds))):
@@ -317,14 +317,19 @@ class MeshFlowHead(Head):
             t = self._encode_training_set()
             with atomic_path(path) as tmp:
                 save_file(t, str(tmp))
-        self._stats = (float(t["latents"].mean()), float(t["latents"].std()))
-        return _LatentItems(t["latents"], t["images"], t["labels"])
+        keep = t["labels"] >= 0 if self.recipe.model.cond == "class" else slice(None)
+        if self.recipe.model.cond == "class" and not keep.any():
+            raise DataError(f"{self.recipe.data.root}: no CAPOD (classN) meshes to train the "
+                            "class-conditional flow on")
+        latents, images, labels = t["latents"][keep], t["images"][keep], t["labels"][keep]
+        self._stats = (float(latents.mean()), float(latents.std()))
+        return _LatentItems(latents, images, labels)
 
     def _encode_training_set(self) -> dict[str, Tensor]:
         from flow3d.mesh.data import MeshDataset, load_mesh, normalize_mesh
 
         d, m = self.recipe.data, self.recipe.model
-        ds = MeshDataset(_ensure_cache(d), 4096, 16, split="train",
+        ds = MeshDataset(_ensure_cache(d), min(4096, d.cache_surface), 16, split="train",
                          holdout_per_class=d.holdout_per_class)
         items = [ds[i] for i in range(len(ds))]
         latents = encode_meshes(self.vae, _stack(items, "surface_points"),
