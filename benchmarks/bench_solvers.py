@@ -6,8 +6,10 @@ midpoint steps, both under ``torch.no_grad``, interleaved in one process; the me
 (``pip install flow_matching --no-deps``); when it is missing, torchdiffeq's fixed-grid
 ``odeint`` (which ``ODESolver`` calls) is measured instead and labelled so.
 
-The "model" column is the time of the same number of bare velocity calls: what a solver with
-zero overhead would take. ``python -m benchmarks.bench_solvers [--repeats 7] [--threads 1]``.
+The "bare model" column is the time of the same number of bare velocity calls: what a solver
+with zero overhead would take. Rows marked "identity" repeat the comparison with
+``v(x, t) = x`` (no compute), which isolates the per-step overhead of each solver.
+``python -m benchmarks.bench_solvers [--repeats 7] [--threads 1]``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ import torch
 from torch import nn
 
 from flow3d.core.solvers import solve
+
+
+class IdentityVelocity(nn.Module):
+    """``v(x, t) = x``: no compute, so the timing is pure solver overhead."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **extras) -> torch.Tensor:
+        self.calls += 1
+        return x
 
 
 class MLPVelocity(nn.Module):
@@ -68,6 +80,40 @@ def _time(fn, repeats: int) -> list[float]:
     return out
 
 
+def _compare(model, theirs, x, method: str, steps: int, repeats: int):
+    """(NFE ours, NFE theirs, median ours, median theirs, median bare, min ratio, max diff)."""
+    nfe = {"euler": 1, "midpoint": 2}[method] * steps
+
+    def ours():
+        return solve(model, x, method=method, steps=steps).x
+
+    def bare():
+        t = torch.tensor(0.5)
+        with torch.no_grad():
+            for _ in range(nfe):
+                model(x, t)
+
+    def other():
+        return theirs(x, method, steps)
+
+    for fn in (ours, other, bare):  # warm-up
+        fn()
+    model.calls = 0
+    ours()
+    nfe_ours = model.calls
+    model.calls = 0
+    other()
+    nfe_theirs = model.calls
+    diff = (ours() - other()).abs().max().item()
+    t_ours, t_theirs, t_bare = [], [], []
+    for _ in range(repeats):  # interleaved, so drifting machine load hits all three alike
+        t_ours += _time(ours, 1)
+        t_theirs += _time(other, 1)
+        t_bare += _time(bare, 1)
+    return (nfe_ours, nfe_theirs, statistics.median(t_ours), statistics.median(t_theirs),
+            statistics.median(t_bare), min(t_ours) / min(t_theirs), diff)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
@@ -77,55 +123,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = MLPVelocity().eval()
     x = torch.randn(args.batch, 2)
-    label, theirs = _theirs(model)
-
-    rows = []
-    for method, per_step in (("euler", 1), ("midpoint", 2)):
-        nfe = per_step * args.steps
-
-        def ours(method=method):
-            return solve(model, x, method=method, steps=args.steps).x
-
-        def bare(nfe=nfe):
-            t = torch.tensor(0.5)
-            with torch.no_grad():
-                for _ in range(nfe):
-                    model(x, t)
-
-        def other(method=method):
-            return theirs(x, method, args.steps)
-
-        for fn in (ours, other, bare):  # warm-up, and the NFE each one spends
-            model.calls = 0
-            fn()
-        model.calls = 0
-        ours()
-        nfe_ours = model.calls
-        model.calls = 0
-        other()
-        nfe_theirs = model.calls
-        diff = (ours() - other()).abs().max().item()
-        t_ours, t_theirs, t_bare = [], [], []
-        for _ in range(args.repeats):  # interleave so drifting machine load hits both
-            t_ours += _time(ours, 1)
-            t_theirs += _time(other, 1)
-            t_bare += _time(bare, 1)
-        m_ours, m_theirs = statistics.median(t_ours), statistics.median(t_theirs)
-        rows.append((method, nfe_ours, nfe_theirs, m_ours, m_theirs, statistics.median(t_bare),
-                     min(t_ours) / min(t_theirs), diff))  # fmt: skip
+    rows, label = [], ""
+    for model_name, model in (("MLP", MLPVelocity().eval()), ("identity", IdentityVelocity())):
+        label, theirs = _theirs(model)
+        for method in ("euler", "midpoint"):
+            result = _compare(model, theirs, x, method, args.steps, args.repeats)
+            rows.append((f"{method} ({model_name})", *result))
 
     print("## Solver overhead (bench_solvers)\n")
     print(f"Ours: `flow3d.core.solvers.solve`; theirs: {label}. 2-layer MLP velocity "
-          f"(width 512), batch {args.batch}, {args.steps} steps, median of {args.repeats} "
-          f"interleaved runs, {args.threads} CPU thread(s), no_grad.\n")  # fmt: skip
-    print("| method | NFE ours / theirs | ours (ms) | theirs (ms) | bare model (ms) "
+          f"(width 512) or identity velocity, batch {args.batch} x 2, {args.steps} steps, "
+          f"median of {args.repeats} interleaved runs, {args.threads} CPU thread(s), "
+          "no_grad.\n")  # fmt: skip
+    print("| method (velocity) | NFE ours / theirs | ours (ms) | theirs (ms) | bare model (ms) "
           "| ours / theirs (median) | ours / theirs (min) | max abs diff |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for method, n_o, n_t, m_o, m_t, m_b, r_min, diff in rows:
-        print(f"| {method} | {n_o} / {n_t} | {1e3 * m_o:.1f} | {1e3 * m_t:.1f} | "
-              f"{1e3 * m_b:.1f} | {m_o / m_t:.3f} | {r_min:.3f} | {diff:.1e} |")  # fmt: skip
+        print(f"| {method} | {n_o} / {n_t} | {1e3 * m_o:.2f} | {1e3 * m_t:.2f} | "
+              f"{1e3 * m_b:.2f} | {m_o / m_t:.3f} | {r_min:.3f} | {diff:.1e} |")  # fmt: skip
 
 
 if __name__ == "__main__":
