@@ -27,8 +27,11 @@ SdfFn = Callable[[torch.Tensor], torch.Tensor]
 
 # The 8 corners of a unit cell, and the 3^3 lattice of a cell split in two along each axis.
 _CORNERS = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.int64)
-_LATTICE3 = np.array(
-    [[i, j, k] for i in (0, 1, 2) for j in (0, 1, 2) for k in (0, 1, 2)], dtype=np.int64
+# Points of the half-step lattice of a cell that are not corners of the cell itself (19 of 27):
+# the corners are already known from the coarser level.
+_NEW_POINTS = np.array(
+    [[i, j, k] for i in (0, 1, 2) for j in (0, 1, 2) for k in (0, 1, 2) if 1 in (i, j, k)],
+    dtype=np.int64,
 )
 
 
@@ -56,6 +59,13 @@ class ExtractResult:
 def _keys(idx: np.ndarray, n: int) -> np.ndarray:
     """Linear keys of grid indices idx [M, 3] on an n^3 point grid -> [M] int64."""
     return (idx[:, 0] * n + idx[:, 1]) * n + idx[:, 2]
+
+
+def _unique(keys: np.ndarray) -> np.ndarray:
+    """Sorted unique int64 keys (sort-based: numpy 2's hash-based np.unique is ~50x slower
+    on millions of int64 keys)."""
+    s = np.sort(keys)
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
 
 
 def _unkey(keys: np.ndarray, n: int) -> np.ndarray:
@@ -97,7 +107,9 @@ class _PointStore:
         self.keys, self.vals = k[order], np.concatenate([self.vals, vals])[order]
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(self.keys, keys)
+        pos = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
+        if not np.array_equal(self.keys[pos], keys):
+            raise AssertionError("grid point looked up before it was evaluated")
         return self.vals[pos]
 
 
@@ -216,7 +228,7 @@ def _dilate(cells: np.ndarray, band: int, step: int, resolution: int) -> np.ndar
             c = cells.copy()
             c[:, axis] += d * step
             parts.append(c[(c[:, axis] >= 0) & (c[:, axis] <= hi)])
-        cells = _unkey(np.unique(_keys(np.concatenate(parts), n)), n)
+        cells = _unkey(_unique(_keys(np.concatenate(parts), n)), n)
     return cells
 
 
@@ -228,7 +240,7 @@ def extract_hierarchical(
     band: int = 1,
     bounds: float = 1.0,
     chunk: int = 262_144,
-    max_batch_points: int = 4_000_000,
+    max_batch_points: int = 1_000_000,
     block: int = 64,
     near: float = math.sqrt(3.0) / 2.0,
     device: str | torch.device | None = None,
@@ -255,7 +267,7 @@ def extract_hierarchical(
         """Evaluate the points (grid indices) not yet in the store; return how many."""
         count = 0
         for i in range(0, len(points), max_batch_points):
-            keys = np.unique(_keys(points[i : i + max_batch_points], n))
+            keys = _unique(_keys(points[i : i + max_batch_points], n))
             new = keys[~store.contains(keys)]
             if len(new):
                 store.add(new, _evaluate(sdf_fn, _unkey(new, n), resolution, bounds, chunk, device))
@@ -276,11 +288,16 @@ def extract_hierarchical(
             break
         keep = crossing | (np.abs(vals8).min(axis=1) < near * step * h_world)
         kept = _dilate(cells[keep], band, step, resolution)
+        # Dilation can reach cells that were never evaluated: make their corners known too.
+        outside = ~np.isin(_keys(kept, n), _keys(cells, n))
+        if outside.any():
+            ensure((kept[outside][:, None, :] + step * _CORNERS).reshape(-1, 3))
         half = step // 2
         count = 0
-        for i in range(0, len(kept), max(1, max_batch_points // 27)):
-            part = kept[i : i + max(1, max_batch_points // 27)]
-            count += ensure((part[:, None, :] + half * _LATTICE3).reshape(-1, 3))
+        per_batch = max(1, max_batch_points // len(_NEW_POINTS))
+        for i in range(0, len(kept), per_batch):
+            part = kept[i : i + per_batch]
+            count += ensure((part[:, None, :] + half * _NEW_POINTS).reshape(-1, 3))
         per_level.append(count)
         cells = (kept[:, None, :] + half * _CORNERS).reshape(-1, 3)
         step = half
