@@ -115,3 +115,60 @@ def test_bad_folders_raise_one_line_data_errors(tmp_path):
     (tmp_path / "q" / "shard_00000.safetensors").write_bytes(b"garbage")
     with pytest.raises(DataError, match="cannot read reflow shard"):
         ReflowPairs(tmp_path / "q")[0]
+
+
+def _energy_distance(a, b):
+    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls run faster on one thread (and leave the other cores to other work)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_one_reflow_round_makes_two_step_sampling_closer_to_the_target(tmp_path, one_thread):
+    """Teacher: the exact flow to eight Gaussians. A small MLP trained on its reflow pairs
+    (straight paths between coupled points) samples better in 2 Euler steps than the teacher.
+    Measured: energy distance 0.173 (teacher, 2 steps) -> 0.019 (student, 2 steps)."""
+    from torch import nn
+
+    from flow3d.core.analytic import GaussianMixtureFlow
+    from flow3d.core.losses import velocity_loss
+    from flow3d.core.paths import AffinePath
+
+    teacher = GaussianMixtureFlow.ring(k=8, radius=3.0, std=0.3)
+    generate_pairs(teacher.velocity, noise, 2048, tmp_path / "r", shard_size=1024,
+                   method="midpoint", steps=16)  # fmt: skip
+    pairs = ReflowPairs(tmp_path / "r")
+    x_0 = torch.stack([pairs[i]["x_0"] for i in range(len(pairs))])  # [N, 2]
+    x_1 = torch.stack([pairs[i]["x_1"] for i in range(len(pairs))])  # [N, 2]
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(),
+                        nn.Linear(64, 2))  # fmt: skip
+
+    def student(x, t):
+        t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1).expand(x.shape[0], 1)
+        return net(torch.cat([x, t], 1))
+
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        idx = torch.randint(0, len(pairs), (256,), generator=g)
+        t = torch.rand(256, generator=g)
+        s = AffinePath().sample(x_0[idx], x_1[idx], t)
+        loss = velocity_loss(student(s.x_t, t), s.dx_t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    g = torch.Generator().manual_seed(2)
+    target = teacher.sample(2000, generator=g)
+    z = torch.randn(2000, 2, generator=g)
+    before = _energy_distance(solve(teacher.velocity, z, steps=2).x, target)
+    after = _energy_distance(solve(student, z, steps=2).x, target)
+    assert after < 0.25 * before, (before, after)
