@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,7 +115,17 @@ def write_checkpoint(
         save_file(_tensors(train_tensors), str(tmp / "train_state.safetensors"))
         (tmp / "train_state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         dump_recipe(recipe, tmp / "recipe.yaml")
+        _readable(tmp)
     return path
+
+
+def _readable(folder: Path) -> None:
+    """Temporary files are created owner-only; a checkpoint gets the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
 
 
 def _is_checkpoint(path: Path) -> bool:
