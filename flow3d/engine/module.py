@@ -24,7 +24,7 @@ from flow3d.engine.config import Recipe
 from flow3d.engine.data import StepBatchSampler, epoch_rng
 from flow3d.engine.ema import EMA
 from flow3d.engine.head import Head
-from flow3d.errors import TrainingError
+from flow3d.errors import DataError, TrainingError
 
 __all__ = ["FlowModule", "learning_rate", "step_seed"]
 
@@ -58,6 +58,14 @@ def weights_fingerprint(model: torch.nn.Module) -> int:
     return int.from_bytes(h.digest()[:8], "little") >> 2
 
 
+def _load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise DataError(f"{source}: weights do not match the recipe's model ({first})") from None
+
+
 class FlowModule(L.LightningModule):
     """Trains ``head.build_model()`` with ``head.loss``; writes checkpoints to ``ckpt_root``."""
 
@@ -78,7 +86,7 @@ class FlowModule(L.LightningModule):
         torch.manual_seed(self.cfg.seed)  # identical initialisation on every rank
         self.model = head.build_model()
         if init_weights is not None:
-            self.model.load_state_dict(init_weights, strict=True)
+            _load_weights(self.model, init_weights, f"trainer.init_from={self.cfg.init_from}")
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.step = 0  # optimiser steps taken (global, survives resume)
         self._resume_meta: dict[str, Any] | None = None
@@ -94,7 +102,7 @@ class FlowModule(L.LightningModule):
         from safetensors.torch import load_file
 
         meta, tensors = read_train_state(path)
-        self.model.load_state_dict(load_file(str(path / "weights.safetensors")), strict=True)
+        _load_weights(self.model, load_file(str(path / "weights.safetensors")), str(path))
         self.ema.load_state_dict(load_file(str(path / "ema.safetensors")))
         self.step = int(meta["step"])
         self._resume_meta, self._resume_tensors = meta, tensors

@@ -208,3 +208,16 @@ def test_step_seeds_are_distinct_and_reproducible():
     seeds = {step_seed(0, s, r, m) for s in range(50) for r in range(4) for m in range(2)}
     assert len(seeds) == 400
     assert step_seed(1, 2, 3, 0) == step_seed(1, 2, 3, 0) != step_seed(2, 2, 3, 0)
+
+
+def test_resume_or_init_with_another_model_is_a_data_error(tmp_path, one_thread):
+    from flow3d.errors import DataError
+
+    first = train(load_recipe(RECIPE, [*TINY, "trainer.max_steps=2",
+                                       f"trainer.out_dir={tmp_path / 'a'}"]))
+    wider = [*TINY, "model.width=48", "trainer.max_steps=4"]
+    with pytest.raises(DataError, match="do not match"):
+        train(load_recipe(RECIPE, [*wider, f"trainer.out_dir={tmp_path / 'a'}"]), resume=first)
+    with pytest.raises(DataError, match="trainer.init_from=.*do not match"):
+        train(load_recipe(RECIPE, [*wider, f"trainer.init_from={first}",
+                                   f"trainer.out_dir={tmp_path / 'b'}"]))
