@@ -78,6 +78,8 @@ def load_mesh(path: str | Path):
     if faces.min() < 0 or faces.max() >= len(vertices):
         raise DataError(f"{path}: face indices out of range [0, {len(vertices)})")
     mesh = trimesh.Trimesh(vertices, faces, process=True, validate=False)
+    # Zero-area triangles carry no surface and break closest-point queries (NaN barycentrics).
+    mesh.update_faces(mesh.nondegenerate_faces())
     mesh.remove_unreferenced_vertices()
     if len(mesh.faces) == 0 or np.ptp(mesh.vertices, axis=0).max() <= 0:
         raise DataError(f"{path}: degenerate geometry (zero size)")
@@ -282,6 +284,8 @@ def _cache_one(args) -> tuple[str, str | None, str | None]:
         rng = np.random.default_rng(_seed_of(mid, seed))
         surf, normals = sample_surface(mesh, n_surface, rng)
         q, s = sample_sdf_supervision(mesh, n_near, n_volume, n_surface // 4, rng)
+        if not (np.isfinite(s).all() and np.isfinite(surf).all() and np.isfinite(normals).all()):
+            raise DataError(f"{path}: non-finite SDF or surface samples")
         tensors = {
             "surface_points": surf, "surface_normals": normals,
             "query_points": q, "query_sdf": s,

@@ -107,6 +107,7 @@ def mesh_sdf(
         # returns is exact, so the distance is recomputed from it.
         closest = np.einsum("nk,nkd->nd", bary, v[f[face]])  # [n, 3]
         d = np.linalg.norm(p - closest, axis=1)  # [n]
+        d = np.where(np.isfinite(d), d, np.abs(s_w))  # degenerate closest face: pcu's value
         s_w = np.where(s_w < 0, -d, d)
         out[i : i + chunk] = np.minimum(s_w, d - eps) if eps > 0 else s_w
     return out

@@ -181,3 +181,19 @@ def test_cache_and_dataset_round_trip(tmp_path):
     # the cached normalisation maps the cache back to the mesh's own coordinates
     mesh = data.load_mesh(capod / "class13" / "m149.obj")
     assert np.allclose(ds.normalization(i).invert(np.zeros(3)), mesh.bounds.mean(0), atol=1e-6)
+
+
+@needs_data
+def test_real_mesh_with_degenerate_faces_gives_finite_sdf():
+    # CAPOD m157 (a gun) has 60 zero-area triangles: they used to produce NaN distances
+    mesh, _ = data.normalize_mesh(data.load_mesh(MESHES / "capod" / "class14" / "m157.obj"))
+    assert (mesh.area_faces > 0).all()
+    pts, sdf = data.sample_sdf_supervision(mesh, 20_000, 5_000, 1_000, np.random.default_rng(0))
+    assert np.isfinite(sdf).all() and (sdf < 0).any() and (sdf > 0).any()
+
+
+def test_mesh_sdf_is_finite_next_to_a_degenerate_triangle():
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [2, 2, 2], [2, 2, 2], [3, 3, 3.0]])
+    mesh = trimesh.Trimesh(v, [[0, 1, 2], [3, 4, 5]], process=False)
+    s = mesh_sdf(mesh, np.array([[2.5, 2.5, 2.6], [0.2, 0.2, 0.5]]))
+    assert np.isfinite(s).all() and s[1] == pytest.approx(0.5 - SHELL_EPS, abs=1e-5)
