@@ -244,3 +244,21 @@ def test_renoise_has_the_path_marginal():
     x_s = renoise(x_t, t, s, generator=g)
     assert abs(float(x_s.mean()) - s * 2.0) < 0.02
     assert abs(float(x_s.std()) - (1 - s)) < 0.02
+
+
+def test_optimizer_guidance_projects_manifold_states():
+    from flow3d.core.manifolds import SO3Quaternion
+
+    so3 = SO3Quaternion()
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(8, 4, generator=g)
+    q = q / q.norm(dim=-1, keepdim=True)
+    goal = torch.tensor([1.0, 0.0, 0.0, 0.0])
+
+    def loss(z):  # 1 - |<q, goal>|: zero at the goal rotation (either sign)
+        return 1 - (z * goal).sum(-1).abs() / z.norm(dim=-1)
+
+    hook = OptimizerGuidance(loss, steps=10, lr=0.1, manifold=so3)
+    out = hook(q, torch.tensor(1.0), 0)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(8))
+    assert (loss(out) < loss(q)).all()
