@@ -486,6 +486,9 @@ class MeshDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         t, meta = self._load(i)
+        for key, n in (("surface_points", self.n_surface), ("query_points", self.n_query)):
+            if n > len(t[key]):
+                raise DataError(f"{self.files[i]}: {n} {key} requested, {len(t[key])} cached")
         rng = np.random.default_rng([self.seed, i, self.epoch])
         s = rng.choice(len(t["surface_points"]), self.n_surface, replace=False)
         q = rng.choice(len(t["query_points"]), self.n_query, replace=False)

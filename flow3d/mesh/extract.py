@@ -73,9 +73,19 @@ def _unkey(keys: np.ndarray, n: int) -> np.ndarray:
 
 
 def _evaluate(
-    sdf_fn: SdfFn, idx: np.ndarray, resolution: int, bounds: float, chunk: int, device
+    sdf_fn: SdfFn,
+    idx: np.ndarray,
+    resolution: int,
+    bounds: float,
+    chunk: int,
+    device,
+    close_boundary: bool = True,
 ) -> np.ndarray:
-    """sdf at grid indices idx [M, 3] -> [M] float32, in calls of at most ``chunk`` points."""
+    """sdf at grid indices idx [M, 3] -> [M] float32, in calls of at most ``chunk`` points.
+
+    close_boundary: points on the faces of the box count as outside (max(s, 1e-6)), so a solid
+    cut by the box is capped there and the extracted mesh is always closed.
+    """
     out = np.empty(len(idx), dtype=np.float32)
     scale = 2.0 * bounds / resolution
     with torch.no_grad():
@@ -87,6 +97,9 @@ def _evaluate(
             out[i : i + chunk] = s.float().cpu().numpy()
     if not np.isfinite(out).all():
         raise ValueError("sdf_fn returned NaN or inf values")
+    if close_boundary:
+        on_face = ((idx == 0) | (idx == resolution)).any(axis=1)
+        out[on_face] = np.maximum(out[on_face], 1e-6)
     return out
 
 
@@ -183,6 +196,7 @@ def extract_dense(
     chunk: int = 262_144,
     block: int = 64,
     device: str | torch.device | None = None,
+    close_boundary: bool = True,
 ) -> ExtractResult:
     """Evaluate all (R + 1)^3 grid points, then marching cubes on the sign-change cells."""
     t_start = time.perf_counter()
@@ -192,7 +206,7 @@ def extract_dense(
     for i in range(0, n**3, slab):
         keys = np.arange(i, min(i + slab, n**3), dtype=np.int64)
         vol[i : i + len(keys)] = _evaluate(
-            sdf_fn, _unkey(keys, n), resolution, bounds, chunk, device or "cpu"
+            sdf_fn, _unkey(keys, n), resolution, bounds, chunk, device or "cpu", close_boundary
         )
     vol = vol.reshape(n, n, n)
     cells = []
@@ -244,6 +258,7 @@ def extract_hierarchical(
     block: int = 64,
     near: float = math.sqrt(3.0) / 2.0,
     device: str | torch.device | None = None,
+    close_boundary: bool = True,
 ) -> ExtractResult:
     """Sparse coarse-to-fine extraction; same triangles as :func:`extract_dense` at ``resolution``.
 
@@ -251,6 +266,7 @@ def extract_hierarchical(
     min |sdf| < near * cell size; the refined set is dilated by ``band`` cells. ``chunk`` caps
     the points of one sdf_fn call (decoder memory), ``max_batch_points`` the candidate points
     materialised at once on the host, ``block`` the marching-cubes block edge in cells.
+    ``close_boundary`` caps solids cut by the box (see :func:`extract_dense`'s twin rule).
     """
     levels = math.log2(resolution / coarse) if coarse > 0 else -1
     if levels < 0 or levels != int(levels):
@@ -270,7 +286,10 @@ def extract_hierarchical(
             keys = _unique(_keys(points[i : i + max_batch_points], n))
             new = keys[~store.contains(keys)]
             if len(new):
-                store.add(new, _evaluate(sdf_fn, _unkey(new, n), resolution, bounds, chunk, device))
+                vals = _evaluate(
+                    sdf_fn, _unkey(new, n), resolution, bounds, chunk, device, close_boundary
+                )
+                store.add(new, vals)
             count += len(new)
         return count
 

@@ -163,6 +163,8 @@ def test_cache_and_dataset_round_trip(tmp_path):
     ids = {ds[i]["mesh_id"]: ds[i]["class_id"] for i in range(3)}
     assert ids["capod__class13__m149"] == 12 and ids["trimesh_models__edge_cases__soup"] == -1
     assert torch.equal(ds[0]["query_points"], ds[0]["query_points"])  # reproducible
+    with pytest.raises(DataError, match="requested"):
+        data.MeshDataset(tmp_path / "cache", n_surface=10**6)[0]
     held = data.MeshDataset(tmp_path / "cache", 10, 10, split="heldout")
     train = data.MeshDataset(tmp_path / "cache", 10, 10, split="train")
     assert [held[i]["mesh_id"] for i in range(len(held))] == ["capod__class13__m155"]

@@ -72,3 +72,16 @@ def test_bad_arguments():
         extract_dense(lambda p: torch.full((len(p),), float("nan")), 8)
     empty = extract_hierarchical(lambda p: torch.ones(len(p)), 64, coarse=16)
     assert empty.faces.shape == (0, 3) and empty.n_queries == 17**3
+
+
+def test_solid_cut_by_the_box_is_capped_and_closed():
+    def big(p):
+        return sphere_sdf(p, 1.3)
+
+    sparse = extract_hierarchical(big, 64, coarse=16)
+    dense = extract_dense(big, 64)
+    assert sparse.faces.shape == dense.faces.shape
+    assert sparse.mesh.is_watertight and sparse.mesh.volume > 0
+    assert np.abs(sparse.vertices).max() <= 1.0 + 1e-6
+    opened = extract_dense(big, 32, close_boundary=False)
+    assert not opened.mesh.is_watertight
