@@ -235,7 +235,9 @@ class _LatentItems(torch.utils.data.Dataset):
 def load_vae(path: str | Path) -> SDFVAE:
     """The frozen SDF-VAE of a ``mesh_vae`` checkpoint."""
     from flow3d.engine.checkpoint import load_model
+    from flow3d.mesh.generate import resolve_checkpoint
 
+    path = resolve_checkpoint(path)  # bundled checkpoints are named relative to the project
     try:
         loaded = load_model(path)
     except FileNotFoundError as e:
@@ -282,9 +284,10 @@ class MeshFlowHead(Head):
 
     def _latent_dim(self) -> int:
         from flow3d.engine.checkpoint import read_checkpoint
+        from flow3d.mesh.generate import resolve_checkpoint
 
         try:
-            recipe, _, _ = read_checkpoint(self.recipe.data.vae)
+            recipe, _, _ = read_checkpoint(resolve_checkpoint(self.recipe.data.vae))
         except FileNotFoundError as e:
             raise DataError(f"{self.recipe.data.vae}: VAE checkpoint not found (data.vae)") from e
         return recipe.model.latent_dim

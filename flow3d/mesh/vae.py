@@ -176,6 +176,12 @@ class SDFVAE(nn.Module):
         self.enc_cross = CrossAttentionBlock(width, heads)
         self.enc_self = nn.ModuleList(SelfAttentionBlock(width, heads) for _ in range(enc_layers))
         self.to_moments = nn.Linear(width, 2 * latent_dim)
+        # start with a small posterior variance (sigma ~ 0.05): with sigma ~ 1 at
+        # initialisation the sampled latents are mostly noise and the decoder learns to ignore
+        # them (a blob for every shape); the KL term grows the variance back as it can.
+        with torch.no_grad():
+            self.to_moments.weight[latent_dim:].mul_(0.1)
+            self.to_moments.bias[latent_dim:].fill_(-6.0)
         self.from_latent = nn.Linear(latent_dim, width)
         self.dec_self = nn.ModuleList(SelfAttentionBlock(width, heads) for _ in range(dec_layers))
         self.query_proj = nn.Linear(self.embed.out_dim, width)
