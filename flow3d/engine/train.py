@@ -68,6 +68,7 @@ def train(recipe: Recipe, *, resume: str | os.PathLike | None = None) -> Path:
     noise and optimiser state of an uninterrupted run.
     """
     import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from flow3d.engine.module import FlowModule
@@ -96,25 +97,31 @@ def train(recipe: Recipe, *, resume: str | os.PathLike | None = None) -> Path:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
-        precision=cfg.precision,
-        max_steps=remaining,
-        max_epochs=-1,
-        accumulate_grad_batches=cfg.accumulate,
-        gradient_clip_val=cfg.grad_clip,
-        logger=loggers,
-        log_every_n_steps=cfg.log_every,
-        enable_checkpointing=False,
-        enable_progress_bar=cfg.progress,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        default_root_dir=cfg.out_dir,
-    )
+    try:
+        trainer = L.Trainer(
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy=strategy,
+            precision=cfg.precision,
+            max_steps=remaining,
+            max_epochs=-1,
+            accumulate_grad_batches=cfg.accumulate,
+            gradient_clip_val=cfg.grad_clip,
+            logger=loggers,
+            log_every_n_steps=cfg.log_every,
+            enable_checkpointing=False,
+            enable_progress_bar=cfg.progress,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            num_sanity_val_steps=0,
+            default_root_dir=cfg.out_dir,
+        )
+    except (MisconfigurationException, ValueError) as e:
+        # Lightning rejects the trainer section (precision, strategy, accelerator, devices)
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"recipe {recipe.name or recipe.head!r}: trainer: {first}") from None
+
     with warnings.catch_warnings():
         # we log and seed ourselves; these Lightning hints do not apply
         for pattern in (".*does not have many workers.*", ".*smaller than the logging interval.*",

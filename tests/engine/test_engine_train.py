@@ -221,3 +221,24 @@ def test_resume_or_init_with_another_model_is_a_data_error(tmp_path, one_thread)
     with pytest.raises(DataError, match="trainer.init_from=.*do not match"):
         train(load_recipe(RECIPE, [*wider, f"trainer.init_from={first}",
                                    f"trainer.out_dir={tmp_path / 'b'}"]))
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("trainer.strategy=dpp", "invalid strategy"),
+    ("trainer.precision=17", "Precision '17' is invalid"),
+])
+def test_lightning_rejections_are_config_errors(tmp_path, override, expected):
+    recipe = load_recipe(RECIPE, [*TINY, override, f"trainer.out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=expected):
+        train(recipe)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_and_samples_on_gpu_with_bf16(tmp_path):
+    recipe = load_recipe(RECIPE, [*TINY, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
+                                  "trainer.max_steps=5", f"trainer.out_dir={tmp_path}"])
+    last = train(recipe)
+    loaded = load_model(last, device="cuda")
+    x = loaded.sample(64, steps=4)
+    assert x.shape == (64, 2) and torch.isfinite(x).all()
