@@ -94,7 +94,8 @@ def generate_pairs(
             shards.append({"file": name, "num": n})
         manifest = {
             "format": _FORMAT, "version": _VERSION, "num": num, "shard_size": shard_size,
-            "shape": shape, "dtype": dtype, "method": method, "steps": steps,
+            "shape": shape, "dtype": dtype, "method": method,
+            "steps": None if grid is not None else steps,
             "grid": None if grid is None else [float(t) for t in grid], "seed": seed,
             "manifold": None if manifold is None else repr(manifold), "shards": shards,
         }  # fmt: skip

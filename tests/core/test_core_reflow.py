@@ -172,3 +172,13 @@ def test_one_reflow_round_makes_two_step_sampling_closer_to_the_target(tmp_path,
     before = _energy_distance(solve(teacher.velocity, z, steps=2).x, target)
     after = _energy_distance(solve(student, z, steps=2).x, target)
     assert after < 0.25 * before, (before, after)
+
+
+def test_explicit_grid_is_recorded(tmp_path):
+    grid = [0.0, 0.3, 0.7, 1.0]
+    m = generate_pairs(velocity, noise, 3, tmp_path / "g", grid=grid, method="heun")
+    meta = json.loads(m.read_text())
+    assert meta["grid"] == grid and meta["steps"] is None and meta["method"] == "heun"
+    pairs = ReflowPairs(tmp_path / "g")
+    torch.testing.assert_close(pairs[0]["x_1"][None],
+                               solve(velocity, pairs[0]["x_0"][None], method="heun", grid=grid).x)
