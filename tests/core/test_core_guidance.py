@@ -262,3 +262,13 @@ def test_optimizer_guidance_projects_manifold_states():
     out = hook(q, torch.tensor(1.0), 0)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(8))
     assert (loss(out) < loss(q)).all()
+
+
+def test_inpainting_composes_with_the_adaptive_solver():
+    g = torch.Generator().manual_seed(7)
+    prior = gaussian_velocity(torch.zeros(6), torch.ones(6))
+    known = torch.randn(4, 6, generator=g)
+    mask = torch.tensor([True, False, True, False, False, True])
+    hook = Inpainting(known, mask, resample=1, jump=0.1, velocity=prior, generator=g)
+    out = solve(prior, torch.randn(4, 6, generator=g), method="dopri5", hooks=[hook])
+    assert torch.equal(out.x[:, mask], known[:, mask]) and out.times[-1] == 1.0
