@@ -73,9 +73,16 @@ class ClassifierFreeGuidance:
         self.weight = float(weight)
         self.interval = _check_interval(interval)
         self.groups = list(groups) if groups else []
+        self._cache: dict[tuple, Tensor] = {}
 
     def channel_weights(self, v: Tensor) -> Tensor:
         """Weights broadcastable to ``v [B, C, ...]``: ``[C, 1, ...]`` with groups, else 0-dim."""
+        key = (v.shape[1:], v.dtype, v.device)
+        if key not in self._cache:
+            self._cache[key] = self._build_weights(v)
+        return self._cache[key]
+
+    def _build_weights(self, v: Tensor) -> Tensor:
         if not self.groups:
             return torch.tensor(self.weight, dtype=v.dtype, device=v.device)
         if v.ndim < 2:
