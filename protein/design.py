@@ -125,3 +125,15 @@ def demo(out_dir: str | Path, *, num: int = 3, lengths: Sequence[int] = (60, 100
                        reference_limit=20, progress=progress)
     summary["design_seconds"] = report.seconds
     return summary
+
+
+def bundle_checkpoint(src: str | Path, dest: str | Path = DEFAULT_CHECKPOINT) -> Path:
+    """Copy a training checkpoint as a slim, ready-to-sample one: the EMA weights (as both
+    ``weights`` and ``ema``), the recipe and the step, without optimiser state. This is how
+    ``checkpoints/protein/tiny`` was made from ``runs/protein_tiny/checkpoints/last``."""
+    from flow3d.engine.checkpoint import read_checkpoint, write_checkpoint
+
+    recipe, weights, meta = read_checkpoint(src, ema=True)
+    info = {"bundled_from": str(src), "metrics": meta.get("metrics", {})}
+    return write_checkpoint(dest, model_state=weights, ema_state=weights, recipe=recipe,
+                            step=int(meta.get("step", 0)), info=info)

@@ -108,3 +108,16 @@ def test_protein_cli_cache_builds_once(tmp_path, capsys):
     finally:
         os.chdir(cwd)
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_protein_cli_bundle_checkpoint_is_slim_and_loads(checkpoint, tmp_path):
+    import flow3d
+    from flow3d.engine.checkpoint import read_train_state
+    from protein.design import bundle_checkpoint
+
+    dest = bundle_checkpoint(checkpoint, tmp_path / "bundled")
+    meta, tensors = read_train_state(dest)
+    assert meta["step"] == 1 and not any(k.startswith("opt/") for k in tensors)
+    a = flow3d.load(checkpoint).model.state_dict()
+    b = flow3d.load(dest).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
