@@ -18,10 +18,10 @@ demo: $(STAMP)
 	$(PYTHON) -m flow3d.demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -q
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
 
 test-slow: $(STAMP)
-	$(PYTHON) -m pytest -q -m slow
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(PIP) install -q "flow_matching" --no-deps || true
