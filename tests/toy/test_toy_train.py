@@ -29,12 +29,14 @@ FAST = ["data.num_train=8000", "trainer.progress=false",
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny MLP on a shared CPU: more threads only contend
     out = tmp_path_factory.mktemp("toy")
     code = main(["train", str(RECIPES / "eight_gaussians.yaml"), *FAST,
                  "trainer.max_steps=800", "trainer.ckpt_every=400", f"trainer.out_dir={out}"])
     assert code == 0
-    return out
+    yield out
+    torch.set_num_threads(threads)
 
 
 def _eval(ckpt, capsys, *extra) -> dict:
