@@ -37,10 +37,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "so3": (
         "axis_angle_to_rotmat", "quat_angle", "quat_apply", "quat_canonical", "quat_conj",
         "quat_exp", "quat_inv", "quat_log", "quat_mul", "quat_normalize", "quat_slerp",
-        "quat_to_rotmat", "random_quat", "rotmat_to_axis_angle", "rotmat_to_quat",
+        "quat_to_rotmat", "random_quat", "rotmat_to_axis_angle", "rotmat_to_quat", "hat",
+        "so3_jr_inv",
     ),
     "manifolds": ("Euclidean", "Manifold", "Product", "SO3Matrix", "SO3Quaternion"),
-    "solvers": ("METHOD_ORDER", "SOLVERS", "SolveResult", "solve"),
+    "solvers": ("METHOD_ORDER", "SOLVERS", "SolveOptionError", "SolveResult", "solve"),
     "analytic": ("GaussianFlow", "GaussianMixtureFlow"),
     "couplings": ("COUPLINGS", "independent_coupling", "ot_coupling", "ot_permutation"),
     "conversions": (
