@@ -80,3 +80,15 @@ class Head(abc.ABC):
     def save_samples(self, samples: Any, out_dir: Path) -> list[Path]:
         """Write samples to ``out_dir`` atomically; return the written paths."""
         raise NotImplementedError(f"head {self.name!r} does not save samples")
+
+
+# Optional methods the engine uses when a head defines them (duck-typed, not abstract):
+#   prepare_data() -> None
+#       Build caches once, on one process, before any rank reads them (Lightning's hook).
+#   evaluate(samples) -> dict[str, float]
+#       Score samples against the target; used by `flow3d eval`.
+#   source(num, generator, device) -> Tensor                      (reflow)
+#   velocity_field(model) -> Callable[[Tensor, Tensor], Tensor]   (reflow)
+#   sample_settings(**overrides) -> dict                          (reflow)
+#       Together these let flow3d.engine.reflow draw (x_0, x_1) teacher pairs from a trained
+#       model with any solver and retrain on them, for any head.
