@@ -68,6 +68,35 @@ def _unique(keys: np.ndarray) -> np.ndarray:
     return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
 
 
+def _edge_keys(v: np.ndarray, n: int) -> np.ndarray:
+    """Identify marching-cubes vertices [M, 3] (grid units) by the grid edge they lie on.
+
+    A vertex is ``lower point + t * axis`` with integer coordinates on the other two axes, so
+    ``key = 3 * point key + axis`` is exact: the same edge gives the same key in every block.
+    A vertex sitting on a grid point gets that point's key with axis 0.
+    """
+    r = np.round(v)
+    off = np.abs(v - r)  # [M, 3]
+    axis = np.argmax(off, axis=1)
+    on_point = off.max(axis=1) < 1e-6
+    lower = r.astype(np.int64)
+    rows = np.arange(len(v))
+    lower[rows, axis] = np.floor(v[rows, axis]).astype(np.int64)
+    lower[on_point] = r[on_point].astype(np.int64)
+    axis[on_point] = 0
+    return _keys(lower, n) * 3 + axis
+
+
+def _unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of the first occurrence of each distinct key, element -> distinct id)."""
+    order = np.argsort(keys, kind="stable")
+    s = keys[order]
+    new = np.r_[True, s[1:] != s[:-1]]
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse
+
+
 def _unkey(keys: np.ndarray, n: int) -> np.ndarray:
     return np.stack([keys // (n * n), (keys // n) % n, keys % n], axis=1)
 
@@ -173,10 +202,9 @@ def _marching_cubes_cells(
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     v = np.concatenate(verts)  # [V, 3] grid units
     f = np.concatenate(faces)  # [F, 3]
-    # Merge duplicates on block seams: both blocks interpolate the same edge from the same values.
-    q = np.round(v * 1e5).astype(np.int64)
-    _, first, inverse = np.unique(q, axis=0, return_index=True, return_inverse=True)
-    v, f = v[first], inverse.reshape(-1)[f]
+    # Merge duplicates on block seams: both blocks put a vertex on the same grid edge.
+    first, inverse = _unique_inverse(_edge_keys(v, n))
+    v, f = v[first], inverse[f]
     f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
     world = (v * (2.0 * bounds / resolution) - bounds).astype(np.float32)
     return world, f
