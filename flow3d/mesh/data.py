@@ -297,6 +297,8 @@ def _cache_one(args) -> tuple[str, str | None, str | None]:
         return str(path), mid, None
     except DataError as e:
         return str(path), None, str(e)
+    except Exception as e:  # noqa: BLE001 - one bad mesh must not stop a batch; say why
+        return str(path), None, f"{path}: unexpected {type(e).__name__}: {e}"
 
 
 def build_mesh_cache(
@@ -386,6 +388,8 @@ def _views_one(args) -> tuple[str, str | None, str | None]:
         return str(path), mid, None
     except DataError as e:
         return str(path), None, str(e)
+    except Exception as e:  # noqa: BLE001 - one bad mesh must not stop a batch; say why
+        return str(path), None, f"{path}: unexpected {type(e).__name__}: {e}"
 
 
 def build_view_cache(

@@ -71,6 +71,17 @@ def test_load_rejects_nan_vertices_missing_and_bad_indices(tmp_path):
         data.load_mesh(flat)
 
 
+def test_load_off_and_ascii_formats(tmp_path):
+    off = tmp_path / "tet.off"
+    off.write_text("OFF\n4 4 0\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 2 1\n3 0 1 3\n3 0 3 2\n3 1 2 3\n")
+    mesh = data.load_mesh(off)
+    assert len(mesh.faces) == 4 and mesh.is_watertight
+    obj = tmp_path / "tet.obj"
+    obj.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
+    assert np.allclose(data.load_mesh(obj).bounds, mesh.bounds)
+    assert data.list_mesh_files(tmp_path) == [obj, off]
+
+
 @needs_data
 def test_glb_scene_is_merged_into_one_mesh():
     mesh = data.load_mesh(MESHES / "trimesh_models" / "objects" / "CesiumMilkTruck.glb")
