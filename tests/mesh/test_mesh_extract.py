@@ -85,3 +85,18 @@ def test_solid_cut_by_the_box_is_capped_and_closed():
     assert np.abs(sparse.vertices).max() <= 1.0 + 1e-6
     opened = extract_dense(big, 32, close_boundary=False)
     assert not opened.mesh.is_watertight
+
+
+def test_matches_dense_on_a_neural_sdf():
+    # a decoder-like field: not an exact SDF (a sphere perturbed by a random 2-layer MLP)
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+    def fn(p: torch.Tensor) -> torch.Tensor:
+        return sphere_sdf(p, 0.55) + 0.15 * mlp(3 * p).squeeze(-1)
+
+    dense = extract_dense(fn, 128)
+    sparse = extract_hierarchical(fn, 128, coarse=16, band=1)
+    assert sparse.faces.shape == dense.faces.shape
+    assert _chamfer_l1(sparse.vertices, dense.vertices) < 1e-6
+    assert sparse.n_queries < 0.2 * dense.n_queries
