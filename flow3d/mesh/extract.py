@@ -144,9 +144,12 @@ class _PointStore:
         return (self.keys[pos] == keys) if len(self.keys) else np.zeros(len(keys), bool)
 
     def add(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Merge new points; a key given twice (batch seams) keeps its first value."""
         k = np.concatenate([self.keys, keys])
         order = np.argsort(k, kind="stable")
-        self.keys, self.vals = k[order], np.concatenate([self.vals, vals])[order]
+        k, v = k[order], np.concatenate([self.vals, vals])[order]
+        first = np.r_[True, k[1:] != k[:-1]] if len(k) else np.zeros(0, bool)
+        self.keys, self.vals = k[first], v[first]
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
@@ -208,6 +211,11 @@ def _marching_cubes_cells(
     f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
     world = (v * (2.0 * bounds / resolution) - bounds).astype(np.float32)
     return world, f
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate cell arrays [m, 3]; an empty list gives an empty [0, 3] array."""
+    return np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
 
 
 def _sign_change(vals8: np.ndarray) -> np.ndarray:
@@ -305,49 +313,64 @@ def extract_hierarchical(
     device = device or "cpu"
     n = resolution + 1
     step = resolution // coarse
+    h_world = 2.0 * bounds / resolution
     store = _PointStore()
 
-    def ensure(points: np.ndarray) -> int:
-        """Evaluate the points (grid indices) not yet in the store; return how many."""
-        count = 0
-        for i in range(0, len(points), max_batch_points):
-            keys = _unique(_keys(points[i : i + max_batch_points], n))
-            new = keys[~store.contains(keys)]
-            if len(new):
-                vals = _evaluate(
-                    sdf_fn, _unkey(new, n), resolution, bounds, chunk, device, close_boundary
-                )
-                store.add(new, vals)
-            count += len(new)
-        return count
+    def evaluate_new(batches) -> int:
+        """Evaluate the points of each batch [m, 3] not yet in the store; merge them once."""
+        keys_new, vals_new = [], []
+        for points in batches:
+            keys = _unique(_keys(points, n))
+            keys = keys[~store.contains(keys)]
+            if len(keys):
+                keys_new.append(keys)
+                vals_new.append(_evaluate(
+                    sdf_fn, _unkey(keys, n), resolution, bounds, chunk, device, close_boundary
+                ))
+        if keys_new:
+            store.add(np.concatenate(keys_new), np.concatenate(vals_new))
+        return int(sum(len(k) for k in keys_new))
+
+    def expand(cells: np.ndarray, offsets: np.ndarray, scale: int):
+        """Batches of (cells + scale * offsets) points, each about max_batch_points long."""
+        per = max(1, max_batch_points // len(offsets))
+        for i in range(0, len(cells), per):
+            yield (cells[i : i + per, None, :] + scale * offsets).reshape(-1, 3)
 
     axis = np.arange(0, resolution + 1, step, dtype=np.int64)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-    per_level = [ensure(grid)]
+    per_level = [evaluate_new([grid])]
+    parents = None  # kept cells of the previous level; their children are this level's cells
     cells = grid[(grid < resolution).all(axis=1)]  # [M, 3] lower corners at this level
-    h_world = 2.0 * bounds / resolution
     while True:
-        vals8 = store.lookup(_keys((cells[:, None, :] + step * _CORNERS).reshape(-1, 3), n))
-        vals8 = vals8.reshape(-1, 8)
-        crossing = _sign_change(vals8)
+        # Cells of this level, in batches: the coarse grid, or the 8 children of each parent.
+        source = [cells] if parents is None else expand(parents, _CORNERS, step)
+        keep_parts, cross_parts = [], []
+        for part in source:
+            vals8 = store.lookup(_keys((part[:, None, :] + step * _CORNERS).reshape(-1, 3), n))
+            vals8 = vals8.reshape(-1, 8)
+            crossing = _sign_change(vals8)
+            cross_parts.append(part[crossing])
+            if step > 1:
+                close = np.abs(vals8).min(axis=1) < near * step * h_world
+                keep_parts.append(part[crossing | close])
         if step == 1:
-            cells = cells[crossing]
+            cells = _cat(cross_parts)
             break
-        keep = crossing | (np.abs(vals8).min(axis=1) < near * step * h_world)
-        kept = _dilate(cells[keep], band, step, resolution)
-        # Dilation can reach cells that were never evaluated: make their corners known too.
-        outside = ~np.isin(_keys(kept, n), _keys(cells, n))
-        if outside.any():
-            ensure((kept[outside][:, None, :] + step * _CORNERS).reshape(-1, 3))
+        kept = _dilate(_cat(keep_parts), band, step, resolution)  # sorted by key
+        if len(kept) == 0:  # no surface anywhere
+            cells = kept
+            break
+        if parents is not None:
+            # Dilation can reach cells whose parent was not refined: evaluate their corners.
+            parent_keys = _keys((kept // (2 * step)) * (2 * step), n)
+            known = np.searchsorted(_keys(parents, n), parent_keys).clip(max=len(parents) - 1)
+            missing = _keys(parents, n)[known] != parent_keys
+            if missing.any():
+                per_level[-1] += evaluate_new(expand(kept[missing], _CORNERS, step))
         half = step // 2
-        count = 0
-        per_batch = max(1, max_batch_points // len(_NEW_POINTS))
-        for i in range(0, len(kept), per_batch):
-            part = kept[i : i + per_batch]
-            count += ensure((part[:, None, :] + half * _NEW_POINTS).reshape(-1, 3))
-        per_level.append(count)
-        cells = (kept[:, None, :] + half * _CORNERS).reshape(-1, 3)
-        step = half
+        per_level.append(evaluate_new(expand(kept, _NEW_POINTS, half)))
+        parents, step = kept, half
     v, f = _marching_cubes_cells(
         lambda idx: store.lookup(_keys(idx, n)), cells, resolution, bounds, block
     )
