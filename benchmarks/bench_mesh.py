@@ -123,11 +123,36 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
 
+# an empty prediction (no zero level set) scores as a complete miss
+FAILED = {"chamfer_l1": 1.0, "chamfer_l2": 1.0, "fscore@0.01": 0.0, "fscore@0.02": 0.0,
+          "fscore@0.05": 0.0, "normal_consistency": 0.0, "watertight": 0.0, "one_piece": 0.0}
+
+
+def _score(pred, gt, norm=None) -> dict:
+    from flow3d.mesh.metrics import mesh_metrics
+
+    if pred is None:
+        return dict(FAILED)
+    m = mesh_metrics(pred if norm is None else norm.invert(pred), gt, n_points=100_000,
+                     n_volume=0)
+    m["watertight"] = float(pred.is_watertight)
+    m["one_piece"] = float(len(pred.split(only_watertight=False)) == 1)
+    return m
+
+
+def _or_none(fn, *args, **kwargs):
+    from flow3d.errors import DataError
+
+    try:
+        return fn(*args, **kwargs)
+    except DataError:
+        return None
+
+
 def vae_quality(train: list[Path], held: list[Path], n_train: int, res: int) -> dict:
     from flow3d.mesh.data import load_mesh
     from flow3d.mesh.generate import reconstruct_mesh
     from flow3d.mesh.head import load_vae
-    from flow3d.mesh.metrics import mesh_metrics
 
     vae = load_vae(CKPT / "vae_tiny")
     rng = np.random.default_rng(0)
@@ -138,17 +163,9 @@ def vae_quality(train: list[Path], held: list[Path], n_train: int, res: int) -> 
         rows = []
         for f in files:
             gt = load_mesh(f)
-            rec = reconstruct_mesh(vae, gt, resolution=res)
-            m = mesh_metrics(rec, gt, n_points=100_000, n_volume=0)
-            m["watertight"] = float(rec.is_watertight)
-            rows.append(m)
+            rows.append(_score(_or_none(reconstruct_mesh, vae, gt, resolution=res), gt))
         out[split] = {k: _mean(rows, k) for k in rows[0]} | {"n": len(rows)}
     return out
-
-
-def _to_frame(mesh, norm):
-    """A mesh in the normalised frame -> the frame of ``norm``'s original mesh."""
-    return norm.invert(mesh)
 
 
 def class_mean_meshes(train: list[Path], grid: int = 32) -> dict[int, object]:
@@ -185,7 +202,6 @@ def image_quality(train: list[Path], held: list[Path], cfgs, steps: int, res: in
     from flow3d.mesh.data import load_mesh, normalize_mesh
     from flow3d.mesh.generate import generate_mesh, load_pipeline
     from flow3d.mesh.head import CONDITION_AZIMUTHS, CONDITION_ELEVATIONS, condition_images
-    from flow3d.mesh.metrics import mesh_metrics
 
     pipe = load_pipeline(CKPT / "flow_image")
     enc = pipe.model.image_encoder
@@ -214,13 +230,10 @@ def image_quality(train: list[Path], held: list[Path], cfgs, steps: int, res: in
         best = train[int(owners[int((feats @ q[0]).argmax())])]
         preds["retrieval"], _ = normalize_mesh(load_mesh(best))
         for w in cfgs:
-            preds[f"ours (cfg {w:g})"] = generate_mesh(pipe, img, steps=steps, cfg=w,
-                                                        resolution=res, faces=50000)
+            preds[f"ours (cfg {w:g})"] = _or_none(generate_mesh, pipe, img, steps=steps, cfg=w,
+                                                  resolution=res, faces=50000)
         for name, p in preds.items():
-            m = mesh_metrics(_to_frame(p, norm), gt, n_points=100_000, n_volume=0)
-            m["watertight"] = float(p.is_watertight)
-            m["one_piece"] = float(len(p.split(only_watertight=False)) == 1)
-            rows[name].append(m)
+            rows[name].append(_score(p, gt, norm))
     return {k: {kk: _mean(v, kk) for kk in v[0]} | {"n": len(v)} for k, v in rows.items()}
 
 
