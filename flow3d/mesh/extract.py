@@ -290,7 +290,7 @@ def extract_hierarchical(
     band: int = 1,
     bounds: float = 1.0,
     chunk: int = 262_144,
-    max_batch_points: int = 1_000_000,
+    max_batch_points: int = 262_144,
     block: int = 64,
     near: float = math.sqrt(3.0) / 2.0,
     device: str | torch.device | None = None,
@@ -317,19 +317,22 @@ def extract_hierarchical(
     store = _PointStore()
 
     def evaluate_new(batches) -> int:
-        """Evaluate the points of each batch [m, 3] not yet in the store; merge them once."""
-        keys_new, vals_new = [], []
+        """Evaluate the points in ``batches`` ([m, 3] each) not yet in the store, each once."""
+        parts = []
         for points in batches:
             keys = _unique(_keys(points, n))
-            keys = keys[~store.contains(keys)]
-            if len(keys):
-                keys_new.append(keys)
-                vals_new.append(_evaluate(
-                    sdf_fn, _unkey(keys, n), resolution, bounds, chunk, device, close_boundary
-                ))
-        if keys_new:
-            store.add(np.concatenate(keys_new), np.concatenate(vals_new))
-        return int(sum(len(k) for k in keys_new))
+            parts.append(keys[~store.contains(keys)])
+        new = _unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        if len(new) == 0:
+            return 0
+        vals = np.empty(len(new), dtype=np.float32)
+        for i in range(0, len(new), max_batch_points):
+            vals[i : i + max_batch_points] = _evaluate(
+                sdf_fn, _unkey(new[i : i + max_batch_points], n), resolution, bounds, chunk,
+                device, close_boundary,
+            )
+        store.add(new, vals)
+        return len(new)
 
     def expand(cells: np.ndarray, offsets: np.ndarray, scale: int):
         """Batches of (cells + scale * offsets) points, each about max_batch_points long."""
