@@ -9,7 +9,8 @@ configuration runs in a fresh subprocess with one thread; peak memory is the gro
 process's max RSS over its RSS after imports and SDF set-up. Dense MLP extraction at 512^3
 (135M decoder queries) is estimated from its query count and the measured per-query cost of
 dense 256^3, and marked "est.". Preprocessing throughput: the SDF cache of ``--n-meshes`` CAPOD
-meshes with one worker.
+meshes with one worker. Ceiling: the cache's target solid extracted at 256^3 scored against
+the original meshes (the best a model trained on the cache can do).
 
 ``python -m benchmarks.bench_mesh_extract [--quick]`` prints a markdown section.
 """
@@ -122,6 +123,23 @@ def preprocessing(n_meshes: int) -> tuple[int, float]:
     return len(report.kept), report.meshes_per_minute
 
 
+CEILING_MESHES = ("capod/class4/m37.obj", "capod/class1/m1.obj", "capod/class3/m25.obj",
+                  "capod/class5/m49.obj", "trimesh_models/objects/bunny.ply")
+
+
+def ceiling(resolution: int, names=CEILING_MESHES) -> list[tuple[str, dict]]:
+    """The target solid (winding number + eps shell) extracted at ``resolution`` against the
+    original mesh: the best any SDF model trained on the cache can score."""
+    from flow3d.mesh.data import load_mesh, make_watertight
+    from flow3d.mesh.metrics import mesh_metrics
+
+    rows = []
+    for name in names:
+        mesh = load_mesh(DATA / name)
+        rows.append((name, mesh_metrics(make_watertight(mesh, resolution), mesh)))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="256^3 only, 4 meshes")
@@ -154,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
                       if "vertices" in dn else float("nan"))
                 rows.append((sdf, r, dn, hi, cd))
     n_pre, mpm = preprocessing(4 if args.quick else args.n_meshes)
+    ceil_res = 128 if args.quick else 256
+    ceil = ceiling(ceil_res, CEILING_MESHES[:2] if args.quick else CEILING_MESHES)
 
     print("## Mesh extraction (bench_mesh_extract)\n")
     print("Dense vs sparse hierarchical marching cubes (coarse 32^3, band 1, 1 thread, "
@@ -173,6 +193,13 @@ def main(argv: list[str] | None = None) -> None:
               f"{'n/a' if np.isnan(cd) else f'{cd:.2e}'} |")
     print(f"\nPreprocessing (load, normalise, 16,384 surface + 100,352 SDF samples, "
           f"safetensors): {mpm:.1f} meshes/minute on one worker ({n_pre} CAPOD meshes).")
+    print(f"\nCeiling of the SDF target: the target solid (winding number + 1/128 shell) "
+          f"extracted at {ceil_res}^3 against the original mesh (`mesh_metrics`, 10^5 points).\n")
+    keys = list(ceil[0][1])
+    print("| mesh | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, m in ceil:
+        print(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in keys) + " |")
 
 
 if __name__ == "__main__":
