@@ -240,9 +240,20 @@ def image_quality(train: list[Path], held: list[Path], cfgs, steps: int, res: in
 def quality_tables(args) -> list[str]:
     train, held = capod_files()
     lines = []
+    vq, iq = {}, {}
+    if args.part in ("all", "vae"):
+        lines += _vae_table(args, train, held, vq)
+    if args.part in ("all", "image"):
+        lines += _image_table(args, train, held, iq)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"vae": vq, "image": iq}, indent=1))
+    return lines
+
+
+def _vae_table(args, train, held, vq: dict) -> list[str]:
     t0 = time.perf_counter()
-    vq = vae_quality(train, held, args.n_train, args.resolution)
-    lines += ["", f"SDF-VAE reconstruction (checkpoints/mesh/vae_tiny, M=64, extraction "
+    vq.update(vae_quality(train, held, args.n_train, args.resolution))
+    lines = ["", f"SDF-VAE reconstruction (checkpoints/mesh/vae_tiny, M=64, extraction "
               f"{args.resolution}^3, 100k points; {time.perf_counter() - t0:.0f} s):", "",
               "| meshes | n | F@0.01 | F@0.02 | F@0.05 | normal consistency | Chamfer-L1 | "
               "watertight |", "|---|---|---|---|---|---|---|---|"]
@@ -250,9 +261,13 @@ def quality_tables(args) -> list[str]:
         lines.append(f"| {split} | {m['n']} | {m['fscore@0.01']:.3f} | {m['fscore@0.02']:.3f} | "
                      f"{m['fscore@0.05']:.3f} | {m['normal_consistency']:.3f} | "
                      f"{m['chamfer_l1']:.4f} | {m['watertight']:.2f} |")
+    return lines
+
+
+def _image_table(args, train, held, iq: dict) -> list[str]:
     t0 = time.perf_counter()
-    iq = image_quality(train, held, args.cfg, args.steps, args.resolution)
-    lines += ["", f"Image-to-mesh on renders of the {len(held)} held-out CAPOD meshes "
+    iq.update(image_quality(train, held, args.cfg, args.steps, args.resolution))
+    lines = ["", f"Image-to-mesh on renders of the {len(held)} held-out CAPOD meshes "
               f"({args.steps} Euler steps, extraction {args.resolution}^3; "
               f"{time.perf_counter() - t0:.0f} s):", "",
               "| method | F@0.05 | F@0.02 | normal consistency | Chamfer-L1 | watertight | "
@@ -261,8 +276,6 @@ def quality_tables(args) -> list[str]:
         lines.append(f"| {name} | {m['fscore@0.05']:.3f} | {m['fscore@0.02']:.3f} | "
                      f"{m['normal_consistency']:.3f} | {m['chamfer_l1']:.4f} | "
                      f"{m['watertight']:.2f} | {m['one_piece']:.2f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"vae": vq, "image": iq}, indent=1))
     return lines
 
 
@@ -275,6 +288,8 @@ def main() -> None:
     p.add_argument("--cfg", type=float, nargs="+", default=[5.0])
     p.add_argument("--json", help="also write the quality numbers here")
     p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--part", choices=("all", "vae", "image"), default="all",
+                   help="which quality table (run two processes in parallel)")
     args = p.parse_args()
     torch.set_num_threads(1)
     print("## Mesh models (SDF-VAE + latent flow)\n")

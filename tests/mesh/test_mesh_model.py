@@ -42,7 +42,7 @@ def test_vae_shapes_and_backward():
     assert z.shape == mu.shape == logvar.shape == (2, 16, 4)
     assert vae.sdf(z, q).shape == (2, 64)
     terms = vae_loss(vae, s, n, q, d, generator=torch.Generator().manual_seed(0), num_latents=8)
-    assert set(terms) >= {"sdf_l1", "sdf_l2", "normal", "eikonal", "kl", "loss"}
+    assert set(terms) >= {"sdf_l1", "sdf_l2", "normal", "eikonal", "kl", "sign", "loss"}
     terms["loss"].backward()
     grads = [p.grad for p in vae.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
