@@ -266,6 +266,7 @@ def _vae_table(args, train, held, vq: dict) -> list[str]:
 
 def _image_table(args, train, held, iq: dict) -> list[str]:
     t0 = time.perf_counter()
+    held = held[:: max(1, len(held) // args.max_heldout)][: args.max_heldout]
     iq.update(image_quality(train, held, args.cfg, args.steps, args.resolution))
     lines = ["", f"Image-to-mesh on renders of the {len(held)} held-out CAPOD meshes "
               f"({args.steps} Euler steps, extraction {args.resolution}^3; "
@@ -288,6 +289,7 @@ def main() -> None:
     p.add_argument("--cfg", type=float, nargs="+", default=[5.0])
     p.add_argument("--json", help="also write the quality numbers here")
     p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--max-heldout", type=int, default=30, help="held-out meshes (image table)")
     p.add_argument("--part", choices=("all", "vae", "image"), default="all",
                    help="which quality table (run two processes in parallel)")
     args = p.parse_args()
