@@ -18,7 +18,9 @@ The network predicts the clean frames ``(x_1_hat, r_1_hat)``; velocities follow 
                                                  kappa(t) = 1 - exp(-rate t)).
 
 The loss compares the translation and rotation vector fields scaled by ``1 / (1 - min(t, 0.9))``
-(FrameFlow Eq. 9), plus optional backbone-atom and pairwise-distance losses for ``t > aux_t``.
+(FrameFlow Eq. 9), plus optional backbone-atom and pairwise-distance losses for ``t > aux_t``
+whose errors carry the same scale (as in FrameFlow's code; without it they are up to 100x
+weaker than the translation term exactly where local geometry, CA-CA, is decided).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class FlowSettings:
     rot_weight: float = 1.0
     aux_weight: float = 0.25  # backbone-atom + pairwise-distance losses
     aux_t: float = 0.5  # aux losses only for t > aux_t
+    aux_time_scale: bool = True  # aux errors also scaled by 1 / (1 - min(t, 0.9)) (FrameFlow)
     t_min: float = 0.01  # training times are drawn in [t_min, 1 - t_min]
 
     def __post_init__(self):
@@ -166,6 +169,8 @@ class ProteinFlow:
         terms = {"trans_loss": trans_loss.mean(), "rot_loss": rot_loss.mean()}
         if self.s.aux_weight > 0:
             aux = self.aux_loss(out, trans_1, quats_1, mask)  # [B]
+            if self.s.aux_time_scale:  # squared errors: the same 1/(1-t) on each error
+                aux = aux * scale**2
             aux = aux * (t > self.s.aux_t).to(aux.dtype)
             total = total + self.s.aux_weight * aux
             terms["aux_loss"] = aux.mean()

@@ -148,3 +148,21 @@ def test_protein_flow_velocity_transforms_under_se3_float64():
         torch.testing.assert_close(v2[..., :3], v[..., :3] @ R_g.T, atol=1e-9, rtol=1e-9)
         torch.testing.assert_close(v2[..., 3:], v[..., 3:], atol=1e-9, rtol=1e-9)
         assert v[..., 3:].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("t_val", [0.6, 0.95])
+def test_protein_flow_aux_loss_carries_the_time_scale(t_val):
+    """FrameFlow scales the backbone-atom and distance errors by 1 / (1 - min(t, 0.9)) like
+    the vector fields; unscaled they are up to 100x too weak near t = 1, where CA-CA is set."""
+    d = _data(B=2, L=9)
+    g = torch.Generator().manual_seed(3)
+    noisy = Oracle(d["trans"] + 0.05 * torch.randn(d["trans"].shape, generator=g), d["quats"])
+    t = torch.full((2,), t_val)
+    aux = {}
+    for scaled in (False, True):
+        flow = ProteinFlow(FlowSettings(aux_weight=1.0, aux_t=0.5, aux_time_scale=scaled))
+        aux[scaled] = flow.loss(noisy, d, t, torch.Generator().manual_seed(0))["aux_loss"]
+    assert aux[False] > 0
+    scale = 1.0 / (1.0 - min(t_val, 0.9))
+    torch.testing.assert_close(aux[True], aux[False] * scale**2, rtol=1e-5, atol=0)
+    assert FlowSettings().aux_time_scale  # on by default, as in FrameFlow
