@@ -58,15 +58,25 @@ def decode_mesh(vae, z: torch.Tensor, resolution: int = 128, *, faces: int | Non
 
     if z.ndim != 3 or z.shape[0] != 1:
         raise ValueError(f"z must be [1, M, C], got {tuple(z.shape)}")
-    res = extract_hierarchical(vae.sdf_fn(z), resolution, coarse=min(coarse, resolution),
-                               bounds=EXTRACT_BOUNDS)
-    mesh = trimesh.Trimesh(res.vertices, res.faces, process=True)
-    if len(mesh.faces) == 0:
-        raise DataError("the decoded SDF has no zero level set inside the box (empty mesh)")
-    if keep is not None:
-        mesh = remove_floaters(mesh, keep)
-    if faces is not None and len(mesh.faces) > faces:
-        mesh = decimate(mesh, faces)
+    sdf_fn = vae.sdf_fn(z)
+
+    def extract(res: int):
+        out = extract_hierarchical(sdf_fn, res, coarse=min(coarse, res), bounds=EXTRACT_BOUNDS)
+        mesh = trimesh.Trimesh(out.vertices, out.faces, process=True)
+        if len(mesh.faces) == 0:
+            raise DataError("the decoded SDF has no zero level set inside the box (empty mesh)")
+        return remove_floaters(mesh, keep) if keep is not None else mesh
+
+    mesh = extract(resolution)
+    res = resolution
+    while faces is not None and len(mesh.faces) > faces:
+        small = decimate(mesh, faces)
+        # quadric decimation can open or split a thin surface; then a coarser extraction
+        # (always closed) is the next candidate
+        if small.is_watertight or not mesh.is_watertight or res <= min(coarse, resolution):
+            return small
+        res //= 2
+        mesh = extract(res)
     return mesh
 
 
