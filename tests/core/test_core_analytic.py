@@ -10,15 +10,6 @@ from flow3d.core.analytic import GaussianFlow, GaussianMixtureFlow
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than the maths on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _anisotropic_mixture() -> GaussianMixtureFlow:
     g = torch.Generator().manual_seed(0)
     means = 2.0 * torch.randn(3, 2, generator=g, dtype=F64)

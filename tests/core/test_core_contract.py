@@ -27,14 +27,6 @@ ENDPOINT_TOL = {"midpoint": 2e-3, "heun": 2e-3, "rk4": 1e-4, "dopri5": 1e-3}
 INVERSE_TOL = {"euler": 0.2, "midpoint": 2e-3, "heun": 2e-3, "rk4": 1e-5, "dopri5": 1e-4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gaussian_case(dtype):
     flow = GaussianFlow(torch.tensor([1.0, -1.0, 0.5]), torch.diag(torch.tensor([2.0, 0.5, 1.0])))
     x0 = torch.randn(B, 3, generator=torch.Generator().manual_seed(0)).to(dtype)

@@ -14,15 +14,6 @@ from flow3d.core.paths import expand_time
 from flow3d.core.solvers import solve
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is several times faster on a shared CPU than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def gaussian_velocity(mu, scales):
     """Marginal rectified-flow velocity from N(0, I) to N(mu, diag(scales^2)):
     mu + k_t (x - t mu), k_t = (t s^2 - (1 - t)) / (t^2 s^2 + (1 - t)^2)."""

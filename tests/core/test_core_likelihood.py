@@ -7,15 +7,6 @@ from flow3d.core.analytic import GaussianFlow, GaussianMixtureFlow
 from flow3d.core.likelihood import divergence, log_likelihood, standard_normal_log_prob
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is several times faster on a shared CPU than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _setup(dtype=torch.float64):
     g = torch.Generator().manual_seed(0)
     mu = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)

@@ -18,15 +18,6 @@ NFES = [4, 8, 16, 32, 64, 128, 256]
 STAGES = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than the maths on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def gmm_case():
     """Eight Gaussians (radius 2, std 0.5), 48 float64 starts and their reference endpoints."""

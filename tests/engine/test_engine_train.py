@@ -46,15 +46,7 @@ def _losses(out_dir: Path) -> dict[int, float]:
     return rows
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, one_thread):
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     steps, every, kill_at = 40, 10, 27  # last checkpoint before the kill: step 20
     common = [*TINY, f"trainer.max_steps={steps}", f"trainer.ckpt_every={every}",
               "trainer.log_every=1"]
@@ -111,7 +103,7 @@ class _NaNAfter:
         return out
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, one_thread):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from flow3d.toy.head import ToyHead
 
     wrapper = _NaNAfter(ToyHead.loss, 8)
@@ -127,7 +119,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, on
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
-def test_nan_loss_through_cli_is_one_line(tmp_path, monkeypatch, capsys, one_thread):
+def test_nan_loss_through_cli_is_one_line(tmp_path, monkeypatch, capsys):
     from flow3d.cli import main
     from flow3d.toy.head import ToyHead
 
@@ -157,7 +149,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     assert meta["step"] == 4
 
 
-def test_accumulation_and_bf16_train(tmp_path, one_thread):
+def test_accumulation_and_bf16_train(tmp_path):
     recipe = load_recipe(RECIPE, [*TINY, "trainer.max_steps=6", "trainer.accumulate=2",
                                   "trainer.precision=bf16-mixed", "trainer.log_every=1",
                                   f"trainer.out_dir={tmp_path}"])
@@ -173,7 +165,7 @@ def test_accumulation_and_bf16_train(tmp_path, one_thread):
     assert json.loads((more / "train_state.json").read_text())["step"] == 8
 
 
-def test_init_from_starts_from_checkpoint_weights(tmp_path, one_thread):
+def test_init_from_starts_from_checkpoint_weights(tmp_path):
     first = train(load_recipe(RECIPE, [*TINY, "trainer.max_steps=3",
                                        f"trainer.out_dir={tmp_path / 'a'}"]))
     recipe = load_recipe(RECIPE, [*TINY, "trainer.max_steps=1", "trainer.lr=1e-12",
@@ -210,7 +202,7 @@ def test_step_seeds_are_distinct_and_reproducible():
     assert step_seed(1, 2, 3, 0) == step_seed(1, 2, 3, 0) != step_seed(2, 2, 3, 0)
 
 
-def test_resume_or_init_with_another_model_is_a_data_error(tmp_path, one_thread):
+def test_resume_or_init_with_another_model_is_a_data_error(tmp_path):
     from flow3d.errors import DataError
 
     first = train(load_recipe(RECIPE, [*TINY, "trainer.max_steps=2",

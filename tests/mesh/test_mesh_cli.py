@@ -6,21 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from flow3d.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CKPT = ROOT / "checkpoints" / "mesh"
 DEMO_IMAGE = ROOT / "examples" / "mesh" / "capod_heldout_view.png"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(argv, capsys):

@@ -12,15 +12,6 @@ from flow3d.mesh.image_encoder import ImageEncoder, prepare_image
 from flow3d.mesh.vae import SDFVAE, farthest_point_sample, vae_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Intra-op threads on a shared, oversubscribed CPU cost 50x here: use one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sphere_batch(b: int, n: int, q: int, radius: float = 0.6, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     d = torch.nn.functional.normalize(torch.randn(b, n, 3, generator=g), dim=-1)

@@ -13,14 +13,6 @@ from flow3d.mesh.head import MeshFlowHead, MeshVAEHead  # noqa: E402
 from flow3d.mesh.sdf import sphere_sdf  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def mesh_root(tmp_path_factory):
     """A CAPOD-like folder: two classes of two meshes (one of each held out)."""
