@@ -11,17 +11,6 @@ import torch
 
 from flow3d.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, and oversubscribed threads make these
-    tiny matrix products 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "proteins"
 TS50 = DATA / "ts50_pydssp" / "pdb"
 TINY_MODEL = {

@@ -9,17 +9,6 @@ from flow3d.core import so3
 from protein.flow import FlowSettings, ProteinFlow, masked_centre
 from protein.model import IPATrunk, TrunkConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the CI machine is shared, and oversubscribed threads make these
-    tiny matrix products 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY = TrunkConfig(
     num_blocks=2, node_dim=32, edge_dim=16, ipa_head_dim=8, num_heads=2,
     num_qk_points=4, num_v_points=4, seq_layers=1, seq_heads=2,
