@@ -32,24 +32,15 @@ DEFAULT_DATA = "../shared/data/proteins"
 
 
 @dataclass(frozen=True)
-class ProteinModelConfig:
-    """IPA trunk sizes (defaults: ReQFlow's ``base``, 16.7M parameters) and flow settings."""
+class ProteinModelConfig(TrunkConfig):
+    """IPA trunk sizes (the fields of :class:`TrunkConfig`; defaults: ReQFlow's ``base``,
+    16.7M parameters) plus the flow settings."""
 
-    num_blocks: int = 6
-    node_dim: int = 256
-    edge_dim: int = 128
-    ipa_head_dim: int = 128
-    num_heads: int = 8
-    num_qk_points: int = 8
-    num_v_points: int = 12
-    seq_layers: int = 2
-    seq_heads: int = 4
-    max_relpos: int = 32
     flow: FlowSettings = FlowSettings()
 
     def trunk(self) -> TrunkConfig:
         names = {f.name for f in dataclasses.fields(TrunkConfig)}
-        return TrunkConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+        return TrunkConfig(**{k: getattr(self, k) for k in names})
 
 
 @dataclass(frozen=True)
