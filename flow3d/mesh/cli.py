@@ -110,7 +110,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     _check_resolution(args.resolution)
     mesh = load_mesh(args.mesh)
     vae = load_vae(resolve_checkpoint(args.vae or CHECKPOINTS / "vae_tiny"))
-    recon = reconstruct_mesh(vae, mesh, num_latents=args.latents, resolution=args.resolution)
+    try:
+        recon = reconstruct_mesh(vae, mesh, num_latents=args.latents, resolution=args.resolution)
+    except DataError as e:  # the decoder's complaint, said about the user's file
+        raise DataError(f"{args.mesh}: cannot reconstruct: {e}") from e
     export_mesh(recon, out)
     print(f"wrote {out}: {len(recon.vertices)} vertices, {len(recon.faces)} faces, "
           f"watertight={recon.is_watertight}")

@@ -71,6 +71,28 @@ def test_reconstruct_bad_mesh(tmp_path, capsys, content):
     assert not (tmp_path / "o.glb").exists()
 
 
+def test_reconstruct_empty_decode_names_the_input(tmp_path, capsys, monkeypatch):
+    """A mesh the VAE decodes to nothing is reported against the user's file, not written."""
+    trimesh = pytest.importorskip("trimesh")
+    if not (CKPT / "vae_tiny").exists():
+        pytest.skip("bundled checkpoints/mesh/vae_tiny not present")
+    import flow3d.mesh.generate as generate
+    from flow3d.errors import DataError
+
+    def empty_decode(*args, **kwargs):
+        raise DataError("the decoded SDF has no zero level set inside the box (empty mesh)")
+
+    monkeypatch.setattr(generate, "reconstruct_mesh", empty_decode)
+    path = tmp_path / "thin.ply"
+    trimesh.creation.box((1.0, 1.0, 0.01)).export(path)
+    code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(tmp_path / "o.glb")],
+                       capsys)
+    assert code != 0
+    line = one_line_error(err)
+    assert "thin.ply" in line and "empty mesh" in line
+    assert not (tmp_path / "o.glb").exists()
+
+
 def test_eval_missing_mesh(tmp_path, capsys):
     code, _, err = run(["mesh", "eval", str(tmp_path / "p.obj"), str(tmp_path / "g.obj")], capsys)
     assert code != 0 and "p.obj" in one_line_error(err)
