@@ -89,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     header = (
         "# Benchmarks\n\n"
-        "Written by `make bench` (`python -m benchmarks.run_all`); do not edit by hand.\n"
-        "Each section states when it was run; all ran on this machine:\n\n"
+        "Written by `make bench` (`python -m benchmarks.run_all`), which keeps every section it\n"
+        "does not rerun. Sections named `quality_*` record model-quality measurements from the\n"
+        "commands they state (too long for `make bench`). Each section says when it was run.\n\n"
         f"- Machine: {machine_line()}\n- Last update: {stamp()}\n\n"
     )
     body = "\n".join(MARK.format(name) + "\n" + text for name, text in sorted(sections.items()))
