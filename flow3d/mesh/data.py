@@ -231,7 +231,10 @@ def capod_class_of(path: str | Path) -> int:
 def mesh_id(path: str | Path, root: str | Path | None = None) -> str:
     """Stable id: the path relative to ``root`` without suffix, '/' replaced by '__'."""
     path = Path(path)
-    rel = path.relative_to(root) if root is not None else Path(path.parent.name) / path.name
+    if root is None:
+        rel = Path(path.parent.name) / path.name
+    else:  # resolve both, so relative file names and an absolute root agree
+        rel = path.resolve().relative_to(Path(root).resolve())
     return "__".join(rel.with_suffix("").parts)
 
 
@@ -272,13 +275,30 @@ def _seed_of(key: str, seed: int) -> int:
     return zlib.crc32(key.encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
 
 
-def _cache_one(args) -> tuple[str, str | None, str | None]:
-    """Worker: one mesh -> one safetensors file. Returns (path, mesh id or None, error)."""
-    path, root, cache_dir, n_surface, n_near, n_volume, seed = args
+def _guarded(path, work) -> tuple[str, str | None, str | None]:
+    """Run one cache job: (path, mesh id, None) or (path, None, reason). One bad mesh must not
+    stop a batch, so unexpected failures become skip reasons that say what happened."""
+    try:
+        return str(path), work(), None
+    except DataError as e:
+        return str(path), None, str(e)
+    except Exception as e:  # noqa: BLE001 - reported as a skip reason, see docstring
+        return str(path), None, f"{path}: unexpected {type(e).__name__}: {e}"
+
+
+def _save_record(cache_dir, file_name: str, tensors: dict, meta: dict) -> None:
     from safetensors.numpy import save_file
 
+    with atomic_path(Path(cache_dir) / file_name) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def _cache_one(args) -> tuple[str, str | None, str | None]:
+    """Worker: one mesh -> ``<mesh_id>.safetensors`` (surface samples, SDF supervision)."""
+    path, root, cache_dir, n_surface, n_near, n_volume, seed = args
     torch.set_num_threads(1)
-    try:
+
+    def work() -> str:
         mid = mesh_id(path, root)
         mesh, norm = normalize_mesh(load_mesh(path))
         rng = np.random.default_rng(_seed_of(mid, seed))
@@ -292,13 +312,10 @@ def _cache_one(args) -> tuple[str, str | None, str | None]:
             "center": norm.center.astype(np.float64), "scale": np.array([norm.scale]),
         }
         meta = {"path": str(path), "class_id": str(capod_class_of(path)), "mesh_id": mid}
-        with atomic_path(Path(cache_dir) / f"{mid}.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return str(path), mid, None
-    except DataError as e:
-        return str(path), None, str(e)
-    except Exception as e:  # noqa: BLE001 - one bad mesh must not stop a batch; say why
-        return str(path), None, f"{path}: unexpected {type(e).__name__}: {e}"
+        _save_record(cache_dir, f"{mid}.safetensors", tensors, meta)
+        return mid
+
+    return _guarded(path, work)
 
 
 def build_mesh_cache(
@@ -368,12 +385,11 @@ def _run_jobs(fn, jobs: list, workers: int, desc: str, progress: bool) -> CacheR
 def _views_one(args) -> tuple[str, str | None, str | None]:
     """Worker: render one normalised mesh -> ``<mesh_id>.views.safetensors``."""
     path, root, cache_dir, n_views, image_size, backend, seed = args
-    from safetensors.numpy import save_file
-
     from flow3d.mesh.render import render_views
 
     torch.set_num_threads(1)
-    try:
+
+    def work() -> str:
         mid = mesh_id(path, root)
         mesh, _ = normalize_mesh(load_mesh(path))
         rng = np.random.default_rng(_seed_of(mid + "/views", seed))
@@ -383,13 +399,10 @@ def _views_one(args) -> tuple[str, str | None, str | None]:
             "elevations": cams["elevations"], "azimuths": cams["azimuths"],
         }
         meta = {"mesh_id": mid, "backend": cams["backend"], "path": str(path)}
-        with atomic_path(Path(cache_dir) / f"{mid}.views.safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return str(path), mid, None
-    except DataError as e:
-        return str(path), None, str(e)
-    except Exception as e:  # noqa: BLE001 - one bad mesh must not stop a batch; say why
-        return str(path), None, f"{path}: unexpected {type(e).__name__}: {e}"
+        _save_record(cache_dir, f"{mid}.views.safetensors", tensors, meta)
+        return mid
+
+    return _guarded(path, work)
 
 
 def build_view_cache(

@@ -210,3 +210,15 @@ def test_mesh_sdf_is_finite_next_to_a_degenerate_triangle():
     mesh = trimesh.Trimesh(v, [[0, 1, 2], [3, 4, 5]], process=False)
     s = mesh_sdf(mesh, np.array([[2.5, 2.5, 2.6], [0.2, 0.2, 0.5]]))
     assert np.isfinite(s).all() and s[1] == pytest.approx(0.5 - SHELL_EPS, abs=1e-5)
+
+
+def test_mesh_id_agrees_for_relative_files_and_an_absolute_root(tmp_path, monkeypatch):
+    """Files given relative to the working folder, root given absolute (as the cache builder
+    does): the id is the same as with absolute paths, not an 'unexpected' skip."""
+    root = tmp_path / "meshes"
+    (root / "class1").mkdir(parents=True)
+    (root / "class1" / "m1.obj").write_text("v 0 0 0\n")
+    monkeypatch.chdir(tmp_path)
+    rel = Path("meshes") / "class1" / "m1.obj"
+    assert data.mesh_id(rel, root) == data.mesh_id(root / "class1" / "m1.obj", root)
+    assert data.mesh_id(rel, root) == "class1__m1"
