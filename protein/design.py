@@ -18,7 +18,7 @@ from pathlib import Path
 from flow3d.errors import ConfigError, DataError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny"
+DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_gpu"
 REAL_REFERENCE = PROJECT_ROOT / ".." / "shared" / "data" / "proteins" / "ts50_pydssp" / "pdb"
 
 
@@ -34,7 +34,7 @@ class DesignReport:
 
 
 def load_designer(checkpoint: str | Path | None = None, *, ema: bool = True, device="cpu"):
-    """Load a protein checkpoint (default: the bundled ``checkpoints/protein/tiny``)."""
+    """Load a protein checkpoint (default: the bundled ``checkpoints/protein/tiny_gpu``)."""
     from flow3d.engine.checkpoint import load_model
 
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
@@ -127,13 +127,10 @@ def demo(out_dir: str | Path, *, num: int = 3, lengths: Sequence[int] = (60, 100
     return summary
 
 
-def bundle_checkpoint(src: str | Path, dest: str | Path = DEFAULT_CHECKPOINT) -> Path:
-    """Copy a training checkpoint as a slim, ready-to-sample one: the EMA weights (as both
-    ``weights`` and ``ema``), the recipe and the step, without optimiser state. This is how
-    ``checkpoints/protein/tiny`` was made from ``runs/protein_tiny/checkpoints/last``."""
-    from flow3d.engine.checkpoint import read_checkpoint, write_checkpoint
+def bundle_checkpoint(src: str | Path, dest: str | Path = DEFAULT_CHECKPOINT, *,
+                      half: bool = False) -> Path:
+    """A slim, ready-to-sample copy of a training checkpoint (EMA weights, recipe, step; see
+    :func:`flow3d.engine.checkpoint.bundle_checkpoint`)."""
+    from flow3d.engine.checkpoint import bundle_checkpoint as bundle
 
-    recipe, weights, meta = read_checkpoint(src, ema=True)
-    info = {"bundled_from": str(src), "metrics": meta.get("metrics", {})}
-    return write_checkpoint(dest, model_state=weights, ema_state=weights, recipe=recipe,
-                            step=int(meta.get("step", 0)), info=info)
+    return bundle(src, dest, half=half)

@@ -152,7 +152,8 @@ class ProteinFlow:
 
         trans_sc = torch.zeros_like(trans_t)
         use_sc = self.s.self_condition and (
-            torch.rand((), generator=generator).item() < self.s.self_condition_prob
+            torch.rand((), generator=generator, device=generator.device).item()
+            < self.s.self_condition_prob
         )
         if use_sc:
             with torch.no_grad():

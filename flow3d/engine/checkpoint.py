@@ -1,7 +1,8 @@
 """Checkpoints: a directory of safetensors + JSON + YAML, written atomically, never pickled.
 
     <ckpt>/weights.safetensors        model state_dict
-    <ckpt>/ema.safetensors            EMA state_dict (what ``load_model`` samples with)
+    <ckpt>/ema.safetensors            EMA state_dict (what ``load_model`` samples with);
+                                      absent in a bundled checkpoint, whose weights are the EMA
     <ckpt>/train_state.safetensors    optimiser tensors (``opt/<param>/<name>``), RNG state
     <ckpt>/train_state.json           step, optimiser param groups + scalar state, metrics
     <ckpt>/recipe.yaml                the resolved recipe (every default filled in)
@@ -31,6 +32,7 @@ from flow3d.io import atomic_dir
 
 __all__ = [
     "CHECKPOINT_FILES",
+    "bundle_checkpoint",
     "LoadedModel",
     "find_checkpoint",
     "latest_checkpoint",
@@ -42,9 +44,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-CHECKPOINT_FILES = (
+CHECKPOINT_FILES = (  # every checkpoint has these; ema.safetensors too unless bundled
     "weights.safetensors",
-    "ema.safetensors",
     "train_state.safetensors",
     "train_state.json",
     "recipe.yaml",
@@ -100,8 +101,12 @@ def write_checkpoint(
     optimizer_state: Mapping[str, Any] | None = None,
     extra_tensors: Mapping[str, torch.Tensor] | None = None,
     info: Mapping[str, Any] | None = None,
+    write_ema: bool = True,
 ) -> Path:
-    """Write one checkpoint directory atomically; returns ``path``."""
+    """Write one checkpoint directory atomically; returns ``path``.
+
+    ``write_ema=False`` leaves out ``ema.safetensors`` (a bundled checkpoint: ``model_state``
+    already holds the EMA weights, and readers fall back to it)."""
     path = Path(path)
     train_tensors: dict[str, torch.Tensor] = dict(extra_tensors or {})
     meta: dict[str, Any] = {"format": FORMAT_VERSION, "step": int(step), **(info or {})}
@@ -110,8 +115,9 @@ def write_checkpoint(
         train_tensors.update(opt_tensors)
     with atomic_dir(path) as tmp:
         save_file(_tensors(model_state), str(tmp / "weights.safetensors"))
-        save_file(_tensors(ema_state if ema_state is not None else model_state),
-                  str(tmp / "ema.safetensors"))
+        if write_ema:
+            save_file(_tensors(ema_state if ema_state is not None else model_state),
+                      str(tmp / "ema.safetensors"))
         save_file(_tensors(train_tensors), str(tmp / "train_state.safetensors"))
         (tmp / "train_state.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         dump_recipe(recipe, tmp / "recipe.yaml")
@@ -186,13 +192,31 @@ def read_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[Recipe, dict
     except (OSError, yaml.YAMLError) as e:
         raise DataError(f"{path / 'recipe.yaml'}: unreadable recipe ({e})") from None
     recipe = recipe_from_dict(raw, where=str(path / "recipe.yaml"))
-    weights_file = path / ("ema.safetensors" if ema else "weights.safetensors")
+    weights_file = path / "ema.safetensors"
+    if not ema or not weights_file.is_file():  # bundled checkpoints hold the EMA as weights
+        weights_file = path / "weights.safetensors"
     try:
         weights = load_file(str(weights_file))
     except (OSError, ValueError) as e:
         raise DataError(f"{weights_file}: unreadable weights ({e})") from None
+    # weights stored in half precision (bundle_checkpoint(half=True)) are used in float32
+    weights = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+               for k, v in weights.items()}
     meta, _ = read_train_state(path)
     return recipe, weights, meta
+
+
+def bundle_checkpoint(src: str | Path, dest: str | Path, *, half: bool = False) -> Path:
+    """A slim, ready-to-sample copy of a training checkpoint: the EMA weights once (as
+    ``weights.safetensors``; float16 when ``half``), the recipe and the step, without
+    optimiser state. ``trainer.bundle_to`` in a recipe calls this at the end of training."""
+    recipe, weights, meta = read_checkpoint(src, ema=True)
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    info = {"bundled_from": str(src), "metrics": meta.get("metrics", {}),
+            "weights_dtype": "float16" if half else "float32"}
+    return write_checkpoint(dest, model_state=weights, ema_state=None, recipe=recipe,
+                            step=int(meta.get("step", 0)), info=info, write_ema=False)
 
 
 # ---- ready-to-sample model -----------------------------------------------------------------

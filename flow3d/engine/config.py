@@ -95,6 +95,9 @@ class TrainerConfig:
     num_workers: int = 0
     init_from: str | None = None  # checkpoint dir to start from (fine-tuning, reflow)
     progress: bool = True
+    bundle_to: str | None = None  # at the end, a slim EMA-only copy here (bundle_checkpoint)
+    bundle_half: bool = False  # ... with float16 weights
+    tf32: bool = True  # on CUDA, float32 matmuls use TF32 tensor cores (~10 bits of mantissa)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -103,7 +103,9 @@ class FlowModule(L.LightningModule):
 
         meta, tensors = read_train_state(path)
         _load_weights(self.model, load_file(str(path / "weights.safetensors")), str(path))
-        self.ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+        ema = path / "ema.safetensors"  # a bundled checkpoint holds the EMA as its weights
+        ema = ema if ema.is_file() else path / "weights.safetensors"
+        self.ema.load_state_dict(load_file(str(ema)))
         self.step = int(meta["step"])
         self._resume_meta, self._resume_tensors = meta, tensors
 

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import torch
 
-from flow3d.engine.checkpoint import find_checkpoint, latest_checkpoint, read_checkpoint
+from flow3d.engine.checkpoint import (
+    bundle_checkpoint,
+    find_checkpoint,
+    latest_checkpoint,
+    read_checkpoint,
+)
 from flow3d.engine.config import Recipe
 from flow3d.engine.heads import get_head
 from flow3d.errors import ConfigError
@@ -128,5 +133,13 @@ def train(recipe: Recipe, *, resume: str | os.PathLike | None = None) -> Path:
                         ".*LeafSpec.*", ".*all_gather is deprecated.*"):
             warnings.filterwarnings("ignore", pattern)
         torch.manual_seed(cfg.seed)
-        trainer.fit(module)
+        precision = torch.get_float32_matmul_precision()
+        if torch.cuda.is_available():
+            torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
+        try:
+            trainer.fit(module)
+        finally:  # the caller's process-wide setting is theirs
+            torch.set_float32_matmul_precision(precision)
+    if cfg.bundle_to and trainer.is_global_zero:
+        bundle_checkpoint(root / "last", cfg.bundle_to, half=cfg.bundle_half)
     return root / "last"

@@ -301,7 +301,9 @@ def vae_loss(
     p_surf = _gather(surface, pick)
     n_surf = _gather(normals, pick)
     # eikonal points: supervision queries inside the band (padded with surface points)
-    band = (sdf.abs() < tau).float() + torch.rand(sdf.shape, generator=generator).to(sdf.device)
+    band = (sdf.abs() < tau).float() + torch.rand(
+        sdf.shape, generator=generator, device=generator.device if generator else None
+    ).to(sdf.device)
     p_band = _gather(queries, band.argsort(-1, descending=True)[:, :g])
     p_grad = torch.cat([p_surf, p_band], 1).detach().requires_grad_(True)
     s_grad = model.query(h, p_grad)

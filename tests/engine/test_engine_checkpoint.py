@@ -100,3 +100,43 @@ def test_mismatched_weights_are_a_data_error(tmp_path, recipe):
     path = _write(tmp_path / "c", recipe, 1)  # a Linear(2, 2), not the recipe's MLP
     with pytest.raises(DataError, match="do not match"):
         ck.load_model(path)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_bundle_keeps_the_ema_once_and_samples_like_the_source(tmp_path, recipe, half):
+    from flow3d.engine.heads import get_head
+
+    model = get_head(recipe.head)(recipe).build_model()
+    ema = {k: v + 0.01 for k, v in model.state_dict().items()}  # EMA differs from the weights
+    src = ck.write_checkpoint(tmp_path / "src", model_state=model.state_dict(), ema_state=ema,
+                              recipe=recipe, step=7)
+    dest = ck.bundle_checkpoint(src, tmp_path / "slim", half=half)
+    assert not (dest / "ema.safetensors").exists()
+    stored = ck.load_file(str(dest / "weights.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16 if half else torch.float32}
+    size = (dest / "weights.safetensors").stat().st_size
+    assert size < (0.6 if half else 1.1) * (src / "ema.safetensors").stat().st_size
+    _, weights, meta = ck.read_checkpoint(dest)  # float32 again, the EMA of the source
+    assert meta["step"] == 7 and meta["weights_dtype"] == ("float16" if half else "float32")
+    for k, v in ema.items():
+        assert weights[k].dtype == torch.float32
+        tol = 1e-3 if half else 0.0
+        torch.testing.assert_close(weights[k], v, atol=tol, rtol=tol)
+    a = ck.load_model(src).sample(16, seed=0, steps=4)
+    b = ck.load_model(dest).sample(16, seed=0, steps=4)
+    torch.testing.assert_close(a, b, atol=2e-2 if half else 0.0, rtol=0.0)
+
+
+def test_training_bundles_at_the_end_when_asked(tmp_path, recipe):
+    from flow3d.engine.train import train
+
+    r = load_recipe("recipes/toy/eight_gaussians.yaml", [
+        f"trainer.out_dir={tmp_path / 'run'}", "model.width=8", "model.depth=1",
+        "trainer.max_steps=3", "trainer.ckpt_every=3", "trainer.progress=false",
+        f"trainer.bundle_to={tmp_path / 'bundled'}", "trainer.bundle_half=true"])
+    last = train(r)
+    _, ema, _ = ck.read_checkpoint(last)
+    _, bundled, meta = ck.read_checkpoint(tmp_path / "bundled")
+    assert meta["step"] == 3 and not (tmp_path / "bundled" / "ema.safetensors").exists()
+    for k in ema:
+        torch.testing.assert_close(bundled[k], ema[k], atol=1e-3, rtol=1e-3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -111,3 +113,33 @@ def test_decode_mesh_is_one_watertight_piece_and_respects_budget():
     assert len(mesh.faces) <= 2000
     radius = torch.as_tensor(mesh.vertices).norm(dim=-1)
     assert radius.mean().item() == pytest.approx(0.6, abs=0.02)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_vae_and_flow_train_on_gpu_and_decode_like_cpu(vae_ckpt, tmp_path):
+    """The VAE loss (double backward, device generator) and the flow loss on CUDA; the
+    decoder's SDF on CUDA equals the CPU's."""
+    from flow3d.engine.checkpoint import load_model
+    from flow3d.engine.train import train
+
+    ckpt, data = vae_ckpt
+    loaded = load_model(ckpt)
+    trainer = dataclasses.replace(loaded.recipe.trainer, accelerator="gpu",
+                                  out_dir=str(tmp_path / "vae_gpu"))
+    train(loaded.recipe.replace(trainer=trainer))
+    flow = recipe_from_dict({
+        "head": "mesh_flow",
+        "data": {**data, "vae": str(ckpt), "num_latents": 16},
+        "model": dict(width=32, heads=2, depth=1, cond="image", num_classes=2,
+                      image_resolution=32, image_channels=8),
+        "trainer": dict(max_steps=2, batch_size=4, accelerator="gpu", progress=False,
+                        out_dir=str(tmp_path / "flow_gpu"), ckpt_every=2, log_every=1),
+    })
+    train(flow)
+    vae = loaded.model
+    z = torch.randn(1, 16, 4, generator=torch.Generator().manual_seed(0))
+    pts = torch.rand(4096, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    ref = vae.sdf_fn(z)(pts)
+    out = vae.cuda().sdf_fn(z.cuda())(pts.cuda())
+    torch.testing.assert_close(out.cpu(), ref, atol=1e-4, rtol=1e-3)
