@@ -114,7 +114,7 @@ class MeshFlowModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshFlowDataConfig(MeshDataConfig):
-    vae: str = "checkpoints/mesh/vae_tiny"  # frozen SDF-VAE checkpoint
+    vae: str = "checkpoints/mesh/vae_gpu"  # frozen SDF-VAE checkpoint
     num_latents: int = 64
 
 
@@ -300,10 +300,21 @@ class MeshFlowHead(Head):
 
     # ---- data ----------------------------------------------------------------------------
     def _latent_cache(self) -> Path:
+        """Keyed by the VAE's weights (not its path: a VAE retrained in place must not reuse
+        stale latents, and the same VAE on another machine finds the same cache)."""
+        from flow3d.engine.checkpoint import find_checkpoint
+        from flow3d.mesh.generate import resolve_checkpoint
+
         d = self.recipe.data
-        key = hashlib.sha1(f"{Path(d.vae).resolve()}:{d.num_latents}:{d.holdout_per_class}:"
-                           f"{self.recipe.model.image_resolution}".encode()).hexdigest()[:10]
-        return Path(d.cache_dir) / f"flow_latents_{key}.safetensors"
+        try:
+            ckpt = find_checkpoint(resolve_checkpoint(d.vae))
+        except FileNotFoundError as e:
+            raise DataError(f"{d.vae}: VAE checkpoint not found (data.vae)") from e
+        ema = ckpt / "ema.safetensors"
+        h = hashlib.sha1((ema if ema.is_file() else ckpt / "weights.safetensors").read_bytes())
+        h.update(f"{d.num_latents}:{d.holdout_per_class}:{self.recipe.model.image_resolution}"
+                 .encode())
+        return Path(d.cache_dir) / f"flow_latents_{h.hexdigest()[:10]}.safetensors"
 
     def prepare_data(self) -> None:
         self.train_dataset()
@@ -324,7 +335,8 @@ class MeshFlowHead(Head):
         if self.recipe.model.cond == "class" and not keep.any():
             raise DataError(f"{self.recipe.data.root}: no CAPOD (classN) meshes to train the "
                             "class-conditional flow on")
-        latents, images, labels = t["latents"][keep], t["images"][keep], t["labels"][keep]
+        latents, labels = t["latents"][keep], t["labels"][keep]
+        images = t["images"][keep].float()  # stored as float16 (renders in [0, 1])
         self._stats = (float(latents.mean()), float(latents.std()))
         return _LatentItems(latents, images, labels)
 
@@ -341,7 +353,7 @@ class MeshFlowHead(Head):
         for it in items:
             mesh, _ = normalize_mesh(load_mesh(_source_path(ds, it["index"])))
             images.append(condition_images(mesh, m.image_resolution))
-        return {"latents": latents.contiguous(), "images": torch.stack(images),
+        return {"latents": latents.contiguous(), "images": torch.stack(images).half(),
                 "labels": torch.tensor([it["class_id"] for it in items])}
 
     # ---- training ----------------------------------------------------------------------
