@@ -1,6 +1,6 @@
 """Protein head benchmark: time per design, training throughput, sampling profile.
 
-    python -m benchmarks.bench_protein [--quick] [--threads 1]
+    python -m benchmarks.bench_protein [--quick] [--threads 1] [--device cuda]
 
 Prints a markdown section (recorded in docs/benchmarks.md by ``benchmarks.run_all``):
 - seconds per design for lengths 100 and 300 at 10, 50 and 200 Euler steps, batch 1 and 16,
@@ -39,23 +39,35 @@ class TimedModel(torch.nn.Module):
         self.calls = 0
 
     def forward(self, *args, **kwargs):
+        _sync()
         start = time.perf_counter()
         out = self.model(*args, **kwargs)
+        _sync()
         self.seconds += time.perf_counter() - start
         self.calls += 1
         return out
 
 
+DEVICE = torch.device("cpu")  # --device
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def _head(name: str) -> tuple[ProteinHead, torch.nn.Module]:
     head = ProteinHead(load_recipe(RECIPES / f"{name}.yaml"))
     torch.manual_seed(0)
-    return head, head.build_model().eval()
+    return head, head.build_model().eval().to(DEVICE)
 
 
 def _solve_seconds(head, model, batch: int, length: int, steps: int) -> float:
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    _sync()
     start = time.perf_counter()
-    head.flow.sample(model, batch, length, steps=steps, generator=g)
+    head.flow.sample(model, batch, length, steps=steps, generator=g, device=DEVICE)
+    _sync()
     return time.perf_counter() - start
 
 
@@ -94,14 +106,16 @@ def train_throughput(name: str, lengths: list[int], steps: int = 3) -> tuple[flo
         items.append({"trans": trans - trans.mean(0), "quats": torch.nn.functional.normalize(
             torch.randn(n, 4, generator=g), dim=-1), "res_idx": torch.arange(n),
             "seq": torch.zeros(n, dtype=torch.long), "length": n, "name": "x"})
-    batch = head.collate(items)
+    batch = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in head.collate(items).items()}
     times = []
     for i in range(steps + 1):
+        _sync()
         start = time.perf_counter()
-        loss = head.loss(model, batch, torch.Generator().manual_seed(i))["loss"]
+        loss = head.loss(model, batch, torch.Generator(device=DEVICE).manual_seed(i))["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
+        _sync()
         times.append(time.perf_counter() - start)
     residues = sum(lengths)
     return residues / min(times[1:]), residues
@@ -119,7 +133,10 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--budget", type=float, default=60.0,
                         help="solve for real when the estimate is under this many seconds")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     names = ["tiny"] if args.quick else ["tiny", "base"]
     models = {n: _head(n) for n in names}
@@ -128,8 +145,11 @@ def main(argv=None) -> None:
 
     print("## Protein backbones (ReQFlow head)\n")
     load = os.getloadavg()[0]
-    print(f"CPU (load average {load:.1f} on {os.cpu_count()} cores while measuring: timings on a "
-          f"shared machine are upper bounds), {args.threads} thread(s), float32, Euler, "
+    where = (f"CPU (load average {load:.1f} on {os.cpu_count()} cores while measuring: timings "
+             f"on a shared machine are upper bounds), {args.threads} thread(s)")
+    if DEVICE.type == "cuda":
+        where = f"{torch.cuda.get_device_name(DEVICE)} (one GPU)"
+    print(f"{where}, float32, Euler, "
           "exponential rotation schedule, self-conditioning on; parameters: "
           + ", ".join(f"{n} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M"
                       for n, (_, m) in models.items()) + ".\n")
