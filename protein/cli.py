@@ -35,6 +35,7 @@ def cmd_design(args: argparse.Namespace) -> int:
         args.out, lengths=lengths, num=args.num, steps=args.steps, seed=args.seed,
         checkpoint=args.checkpoint, fmt=args.format, trajectory=args.trajectory,
         method=args.method, rot_rate=args.rot_rate, residue=args.residue,
+        clash_guidance=args.clash_guidance,
         batch_size=args.batch_size, ema=not args.no_ema, device=args.device,
         progress=not args.no_progress,
     )  # fmt: skip
@@ -89,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--method", default=None, help="solver: euler, midpoint, heun, rk4, dopri5")
     d.add_argument("--rot-rate", type=float, default=None,
                    help="exponential rotation schedule rate (default: recipe, 10)")
+    d.add_argument("--clash-guidance", type=float, default=None, metavar="STRENGTH",
+                   help="steer predicted CA positions away from steric clashes for t >= 0.5 "
+                        "(an inference-time prior, strength in [0, 1]; 0 = off, the default)")
     d.add_argument("--residue", choices=("GLY", "ALA"), default=None)
     d.add_argument("--batch-size", type=int, default=None)
     d.add_argument("--device", default="cpu")

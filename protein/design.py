@@ -58,6 +58,7 @@ def design(
     trajectory: bool = False,
     method: str | None = None,
     rot_rate: float | None = None,
+    clash_guidance: float | None = None,
     residue: str | None = None,
     batch_size: int | None = None,
     ema: bool = True,
@@ -77,12 +78,14 @@ def design(
         raise ConfigError(f"--steps must be at least 1, got {steps}")
     if not lengths or min(lengths) < 2:
         raise ConfigError(f"lengths must be at least 2 residues, got {list(lengths)}")
+    if clash_guidance is not None and not 0.0 <= clash_guidance <= 1.0:
+        raise ConfigError(f"--clash-guidance must be in [0, 1], got {clash_guidance}")
     if fmt not in ("pdb", "cif"):
         raise ConfigError(f"--format must be pdb or cif, got {fmt!r}")
     loaded = load_designer(checkpoint, ema=ema, device=device)
     overrides: dict = {"lengths": lengths, "steps": steps, "format": fmt}
     for key, value in (("method", method), ("rot_rate", rot_rate), ("residue", residue),
-                       ("batch_size", batch_size)):
+                       ("batch_size", batch_size), ("clash_guidance", clash_guidance)):
         if value is not None:
             overrides[key] = value
     bar = None

@@ -74,6 +74,10 @@ def test_protein_cli_errors_are_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     with pytest.raises(SystemExit):
         main(["protein", "design", "--lengths", "a,b", "--out", str(tmp_path / "o")])
+    rc = main(["protein", "design", "--clash-guidance", "2", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--clash-guidance must be in [0, 1]" in err
+    assert not (tmp_path / "o").exists()  # nothing written
 
 
 @pytest.mark.skipif(not TS50.is_dir(), reason=f"real data not found at {TS50}")
