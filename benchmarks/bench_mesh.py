@@ -154,7 +154,7 @@ def vae_quality(train: list[Path], held: list[Path], n_train: int, res: int) -> 
     from flow3d.mesh.generate import reconstruct_mesh
     from flow3d.mesh.head import load_vae
 
-    vae = load_vae(CKPT / "vae_tiny")
+    vae = load_vae(CKPT / "vae_gpu")
     rng = np.random.default_rng(0)
     picks = {"train": [train[i] for i in sorted(rng.choice(len(train), n_train, replace=False))],
              "heldout": held}
@@ -253,7 +253,7 @@ def quality_tables(args) -> list[str]:
 def _vae_table(args, train, held, vq: dict) -> list[str]:
     t0 = time.perf_counter()
     vq.update(vae_quality(train, held, args.n_train, args.resolution))
-    lines = ["", f"SDF-VAE reconstruction (checkpoints/mesh/vae_tiny, M=64, extraction "
+    lines = ["", f"SDF-VAE reconstruction (checkpoints/mesh/vae_gpu, M=64, extraction "
               f"{args.resolution}^3, 100k points; {time.perf_counter() - t0:.0f} s):", "",
               "| meshes | n | F@0.01 | F@0.02 | F@0.05 | normal consistency | Chamfer-L1 | "
               "watertight |", "|---|---|---|---|---|---|---|---|"]

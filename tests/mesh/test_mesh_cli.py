@@ -74,8 +74,8 @@ def test_reconstruct_bad_mesh(tmp_path, capsys, content):
 def test_reconstruct_empty_decode_names_the_input(tmp_path, capsys, monkeypatch):
     """A mesh the VAE decodes to nothing is reported against the user's file, not written."""
     trimesh = pytest.importorskip("trimesh")
-    if not (CKPT / "vae_tiny").exists():
-        pytest.skip("bundled checkpoints/mesh/vae_tiny not present")
+    if not (CKPT / "vae_gpu").exists():
+        pytest.skip("bundled checkpoints/mesh/vae_gpu not present")
     import flow3d.mesh.generate as generate
     from flow3d.errors import DataError
 
@@ -112,20 +112,30 @@ def test_eval_identical_meshes(tmp_path, capsys):
 
 def test_reconstruct_keeps_input_coordinates(tmp_path, capsys):
     trimesh = pytest.importorskip("trimesh")
-    if not (CKPT / "vae_tiny").exists():
-        pytest.skip("bundled checkpoints/mesh/vae_tiny not present")
+    if not (CKPT / "vae_gpu").exists():
+        pytest.skip("bundled checkpoints/mesh/vae_gpu not present")
     src = trimesh.creation.box((4.0, 2.0, 2.0))
     src.apply_translation([10.0, -3.0, 1.0])
-    path = tmp_path / "box.ply"
-    src.export(path)
-    out = tmp_path / "recon.obj"
-    code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(out),
-                        "--resolution", "64"], capsys)
-    assert code == 0, err
-    rec = trimesh.load(out, force="mesh")
-    # same place and size as the input (within the tiny model's error)
-    np.testing.assert_allclose(rec.bounds.mean(0), src.bounds.mean(0), atol=0.4)
-    np.testing.assert_allclose(np.ptp(rec.bounds, 0), np.ptp(src.bounds, 0), atol=0.8)
+    moved = src.copy()  # the same shape, 3x larger, elsewhere
+    moved.apply_scale(3.0)
+    moved.apply_translation([-40.0, 5.0, 7.0])
+    recs = []
+    for name, mesh in (("box", src), ("moved", moved)):
+        path = tmp_path / f"{name}.ply"
+        mesh.export(path)
+        out = tmp_path / f"{name}_recon.obj"
+        code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(out),
+                            "--resolution", "64"], capsys)
+        assert code == 0, err
+        recs.append(trimesh.load(out, force="mesh", process=False))
+    rec, rec_moved = recs
+    # the pipeline works in the normalised frame, so the output follows the input exactly:
+    # the moved input gives the same reconstruction, moved the same way
+    assert len(rec.vertices) == len(rec_moved.vertices)
+    np.testing.assert_allclose(rec_moved.vertices, rec.vertices * 3.0 + [-40.0, 5.0, 7.0],
+                               atol=1e-3 * 12.0)
+    # and it lies where the input is (within the model's error on a shape it never saw)
+    np.testing.assert_allclose(rec.bounds.mean(0), src.bounds.mean(0), atol=1.0)
 
 
 def test_generate_with_bundled_checkpoint(tmp_path, capsys):
