@@ -1,7 +1,8 @@
 # Every target installs what it needs first (idempotent), so each works on a fresh machine.
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip --disable-pip-version-check
-STAMP = .make/installed
+# One stamp per interpreter (its prefix), so switching PYTHON (e.g. to a venv) installs again.
+STAMP = .make/installed-$(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
 DEMO_OUT ?= demo_out
 
 .PHONY: install demo test test-slow bench lint
