@@ -87,6 +87,7 @@ class FlowSettings:
     aux_weight: float = 0.25  # backbone-atom + pairwise-distance losses
     aux_t: float = 0.5  # aux losses only for t > aux_t
     aux_time_scale: bool = True  # aux errors also scaled by 1 / (1 - min(t, 0.9)) (FrameFlow)
+    clash_weight: float = 0.0  # steric term on predicted CAs (clash_loss), also for t > aux_t
     t_min: float = 0.01  # training times are drawn in [t_min, 1 - t_min]
 
     def __post_init__(self):
@@ -177,8 +178,29 @@ class ProteinFlow:
             aux = aux * (t > self.s.aux_t).to(aux.dtype)
             total = total + self.s.aux_weight * aux
             terms["aux_loss"] = aux.mean()
+        if self.s.clash_weight > 0:
+            clash = self.clash_loss(out["trans"], trans_1, mask)
+            clash = clash * (t > self.s.aux_t).to(clash.dtype)
+            total = total + self.s.clash_weight * clash
+            terms["clash_loss"] = clash.mean()
         terms["loss"] = total.mean()
         return terms
+
+    @staticmethod
+    def clash_loss(trans: Tensor, trans_1: Tensor, mask: Tensor,
+                   min_dist: float = CLASH_MIN_DIST) -> Tensor:
+        """Steric penalty per example ``[B]`` (nm^2): ``relu(min_dist - d_ij)^2`` summed over
+        predicted CA pairs ``|i - j| >= 2`` whose true distance is at least ``min_dist`` (the
+        pairwise-distance aux loss only sees pairs closer than 0.6 nm in the data, so two
+        segments that pass through each other in a prediction are otherwise not penalised),
+        divided by the number of residues."""
+        L = trans.shape[1]
+        idx = torch.arange(L, device=trans.device)
+        far = ((idx[:, None] - idx[None, :]).abs() >= 2).to(trans.dtype)
+        pair = mask[:, :, None] * mask[:, None, :] * far
+        pair = pair * (torch.cdist(trans_1, trans_1) >= min_dist).to(trans.dtype)
+        d = (trans[:, :, None] - trans[:, None, :]).pow(2).sum(-1).add(1e-9).sqrt()
+        return (torch.relu(min_dist - d) ** 2 * pair).sum((1, 2)) / mask.sum(1).clamp_min(1.0)
 
     @staticmethod
     def aux_loss(out: dict, trans_1: Tensor, quats_1: Tensor, mask: Tensor) -> Tensor:

@@ -215,3 +215,35 @@ def test_clash_guidance_with_an_oracle_of_clashing_frames_separates_them():
         return float(torch.cdist(y[0], y[0])[far].min())
 
     assert min_far(plain.trans) < 0.2 and min_far(steered.trans) > min_far(plain.trans) + 0.05
+
+
+def test_clash_loss_penalises_only_new_close_pairs_and_pushes_them_apart():
+    x = _ca_chain(L=12).float()  # folded onto itself: distant residues 0.09 nm apart
+    mask = torch.ones(1, 12)
+    straight = torch.zeros(1, 12, 3)
+    straight[0, :, 0] = torch.arange(12) * 0.38  # an extended chain: no close pairs
+    assert ProteinFlow.clash_loss(straight, straight, mask).item() == 0.0
+    # the same close pairs in the prediction and in the data are not penalised
+    assert ProteinFlow.clash_loss(x, x, mask).item() == 0.0
+    loss = ProteinFlow.clash_loss(x.clone().requires_grad_(True), straight, mask)
+    assert loss.item() > 0
+    y = x.clone().requires_grad_(True)
+    ProteinFlow.clash_loss(y, straight, mask).sum().backward()
+    with torch.no_grad():
+        z = y - 0.5 * y.grad
+    assert ProteinFlow.clash_loss(z, straight, mask).item() < loss.item()
+    # padding never counts
+    m2 = mask.clone()
+    m2[0, 6:] = 0.0
+    assert ProteinFlow.clash_loss(x, straight, m2).item() < loss.item()
+
+
+def test_clash_weight_adds_a_logged_term_to_the_flow_loss():
+    d = _data(B=2, L=9)
+    model = IPATrunk(TINY)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([0.7, 0.9])
+    flow = ProteinFlow(FlowSettings(clash_weight=1.0))
+    terms = flow.loss(model, d, t, g)
+    assert "clash_loss" in terms and torch.isfinite(terms["loss"])
+    assert "clash_loss" not in ProteinFlow().loss(model, d, t, torch.Generator().manual_seed(0))
