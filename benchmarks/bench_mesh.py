@@ -239,20 +239,21 @@ def image_quality(train: list[Path], held: list[Path], cfgs, steps: int, res: in
 
 def quality_tables(args) -> list[str]:
     train, held = capod_files()
-    lines = []
-    vq, iq = {}, {}
+    lines, vq, iq = [], {}, {}
     if args.part in ("all", "vae"):
-        lines += _vae_table(args, train, held, vq)
+        table, vq = _vae_table(args, train, held)
+        lines += table
     if args.part in ("all", "image"):
-        lines += _image_table(args, train, held, iq)
+        table, iq = _image_table(args, train, held)
+        lines += table
     if args.json:
         Path(args.json).write_text(json.dumps({"vae": vq, "image": iq}, indent=1))
     return lines
 
 
-def _vae_table(args, train, held, vq: dict) -> list[str]:
+def _vae_table(args, train, held) -> tuple[list[str], dict]:
     t0 = time.perf_counter()
-    vq.update(vae_quality(train, held, args.n_train, args.resolution))
+    vq = vae_quality(train, held, args.n_train, args.resolution)
     lines = ["", f"SDF-VAE reconstruction (checkpoints/mesh/vae_gpu, M=64, extraction "
               f"{args.resolution}^3, 100k points; {time.perf_counter() - t0:.0f} s):", "",
               "| meshes | n | F@0.01 | F@0.02 | F@0.05 | normal consistency | Chamfer-L1 | "
@@ -261,13 +262,13 @@ def _vae_table(args, train, held, vq: dict) -> list[str]:
         lines.append(f"| {split} | {m['n']} | {m['fscore@0.01']:.3f} | {m['fscore@0.02']:.3f} | "
                      f"{m['fscore@0.05']:.3f} | {m['normal_consistency']:.3f} | "
                      f"{m['chamfer_l1']:.4f} | {m['watertight']:.2f} |")
-    return lines
+    return lines, vq
 
 
-def _image_table(args, train, held, iq: dict) -> list[str]:
+def _image_table(args, train, held) -> tuple[list[str], dict]:
     t0 = time.perf_counter()
     held = held[:: max(1, len(held) // args.max_heldout)][: args.max_heldout]
-    iq.update(image_quality(train, held, args.cfg, args.steps, args.resolution))
+    iq = image_quality(train, held, args.cfg, args.steps, args.resolution)
     lines = ["", f"Image-to-mesh on renders of the {len(held)} held-out CAPOD meshes "
               f"({args.steps} Euler steps, extraction {args.resolution}^3; "
               f"{time.perf_counter() - t0:.0f} s):", "",
@@ -277,7 +278,7 @@ def _image_table(args, train, held, iq: dict) -> list[str]:
         lines.append(f"| {name} | {m['fscore@0.05']:.3f} | {m['fscore@0.02']:.3f} | "
                      f"{m['normal_consistency']:.3f} | {m['chamfer_l1']:.4f} | "
                      f"{m['watertight']:.2f} | {m['one_piece']:.2f} |")
-    return lines
+    return lines, iq
 
 
 def main() -> None:

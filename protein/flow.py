@@ -42,6 +42,20 @@ CA_CA_BOND = 0.38  # nm: consecutive CA-CA distance of a trans peptide
 CLASH_MIN_DIST = 0.38  # nm: non-adjacent CA pairs closer than this are pushed apart
 
 
+def nonadjacent_pairs(mask: Tensor) -> Tensor:
+    """``[B, L, L]`` weights of residue pairs ``|i - j| >= 2`` that are both present."""
+    idx = torch.arange(mask.shape[1], device=mask.device)
+    far = ((idx[:, None] - idx[None, :]).abs() >= 2).to(mask.dtype)
+    return mask[:, :, None] * mask[:, None, :] * far
+
+
+def clash_energy(x: Tensor, pair: Tensor, min_dist: float = CLASH_MIN_DIST) -> Tensor:
+    """``sum_ij pair_ij relu(min_dist - |x_i - x_j|)^2`` per example ``[B]`` (each pair twice),
+    with a distance that has a gradient at 0."""
+    d = (x[:, :, None] - x[:, None, :]).pow(2).sum(-1).add(1e-9).sqrt()  # [B, L, L]
+    return (torch.relu(min_dist - d) ** 2 * pair).sum((1, 2))
+
+
 # ---- representation helpers ----------------------------------------------------------------
 def rot_manifold(rot_path: str):
     """The rotation manifold of a path name: SO3Quaternion (ReQFlow) or SO3Matrix (FrameFlow)."""
@@ -194,13 +208,8 @@ class ProteinFlow:
         pairwise-distance aux loss only sees pairs closer than 0.6 nm in the data, so two
         segments that pass through each other in a prediction are otherwise not penalised),
         divided by the number of residues."""
-        L = trans.shape[1]
-        idx = torch.arange(L, device=trans.device)
-        far = ((idx[:, None] - idx[None, :]).abs() >= 2).to(trans.dtype)
-        pair = mask[:, :, None] * mask[:, None, :] * far
-        pair = pair * (torch.cdist(trans_1, trans_1) >= min_dist).to(trans.dtype)
-        d = (trans[:, :, None] - trans[:, None, :]).pow(2).sum(-1).add(1e-9).sqrt()
-        return (torch.relu(min_dist - d) ** 2 * pair).sum((1, 2)) / mask.sum(1).clamp_min(1.0)
+        pair = nonadjacent_pairs(mask) * (torch.cdist(trans_1, trans_1) >= min_dist).to(mask)
+        return clash_energy(trans, pair, min_dist) / mask.sum(1).clamp_min(1.0)
 
     @staticmethod
     def aux_loss(out: dict, trans_1: Tensor, quats_1: Tensor, mask: Tensor) -> Tensor:
@@ -241,17 +250,13 @@ class ProteinFlow:
             return trans
         if strength > 1:
             raise ValueError(f"clash guidance strength must be in [0, 1], got {strength}")
-        L = trans.shape[1]
-        idx = torch.arange(L, device=trans.device)
-        far = ((idx[:, None] - idx[None, :]).abs() >= 2).to(trans.dtype)  # [L, L]
-        pair = mask[:, :, None] * mask[:, None, :] * far  # [B, L, L]
+        pair = nonadjacent_pairs(mask)  # [B, L, L]
         link = mask[:, 1:] * mask[:, :-1]  # [B, L-1]
         x = trans.detach()
         for _ in range(iters):
             with torch.enable_grad():
                 x = x.requires_grad_(True)
-                d = (x[:, :, None] - x[:, None, :]).pow(2).sum(-1).add(1e-9).sqrt()  # [B, L, L]
-                clash = (torch.relu(min_dist - d) ** 2 * pair).sum() / 2
+                clash = clash_energy(x, pair, min_dist).sum() / 2  # each pair once
                 b = (x[:, 1:] - x[:, :-1]).norm(dim=-1)  # [B, L-1]
                 energy = clash + ((b - bond) ** 2 * link).sum()
                 (grad,) = torch.autograd.grad(energy, x)

@@ -33,6 +33,7 @@ from flow3d.io import atomic_dir
 __all__ = [
     "CHECKPOINT_FILES",
     "bundle_checkpoint",
+    "ema_file",
     "LoadedModel",
     "find_checkpoint",
     "latest_checkpoint",
@@ -182,6 +183,14 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return None if best is None else best[2]
 
 
+def ema_file(path: str | Path) -> Path:
+    """The file holding a checkpoint directory's EMA weights: ``ema.safetensors``, or
+    ``weights.safetensors`` in a bundled checkpoint (whose weights are the EMA)."""
+    path = Path(path)
+    ema = path / "ema.safetensors"
+    return ema if ema.is_file() else path / "weights.safetensors"
+
+
 def read_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[Recipe, dict, dict]:
     """(recipe, weights, train meta) of a checkpoint directory."""
     import yaml
@@ -192,9 +201,7 @@ def read_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[Recipe, dict
     except (OSError, yaml.YAMLError) as e:
         raise DataError(f"{path / 'recipe.yaml'}: unreadable recipe ({e})") from None
     recipe = recipe_from_dict(raw, where=str(path / "recipe.yaml"))
-    weights_file = path / "ema.safetensors"
-    if not ema or not weights_file.is_file():  # bundled checkpoints hold the EMA as weights
-        weights_file = path / "weights.safetensors"
+    weights_file = ema_file(path) if ema else path / "weights.safetensors"
     try:
         weights = load_file(str(weights_file))
     except (OSError, ValueError) as e:

@@ -19,7 +19,12 @@ import lightning as L
 import numpy as np
 import torch
 
-from flow3d.engine.checkpoint import optimizer_state_from_flat, read_train_state, write_checkpoint
+from flow3d.engine.checkpoint import (
+    ema_file,
+    optimizer_state_from_flat,
+    read_train_state,
+    write_checkpoint,
+)
 from flow3d.engine.config import Recipe
 from flow3d.engine.data import StepBatchSampler, epoch_rng
 from flow3d.engine.ema import EMA
@@ -103,9 +108,7 @@ class FlowModule(L.LightningModule):
 
         meta, tensors = read_train_state(path)
         _load_weights(self.model, load_file(str(path / "weights.safetensors")), str(path))
-        ema = path / "ema.safetensors"  # a bundled checkpoint holds the EMA as its weights
-        ema = ema if ema.is_file() else path / "weights.safetensors"
-        self.ema.load_state_dict(load_file(str(ema)))
+        self.ema.load_state_dict(load_file(str(ema_file(path))))
         self.step = int(meta["step"])
         self._resume_meta, self._resume_tensors = meta, tensors
 

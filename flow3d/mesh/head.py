@@ -302,7 +302,7 @@ class MeshFlowHead(Head):
     def _latent_cache(self) -> Path:
         """Keyed by the VAE's weights (not its path: a VAE retrained in place must not reuse
         stale latents, and the same VAE on another machine finds the same cache)."""
-        from flow3d.engine.checkpoint import find_checkpoint
+        from flow3d.engine.checkpoint import ema_file, find_checkpoint
         from flow3d.mesh.generate import resolve_checkpoint
 
         d = self.recipe.data
@@ -310,8 +310,7 @@ class MeshFlowHead(Head):
             ckpt = find_checkpoint(resolve_checkpoint(d.vae))
         except FileNotFoundError as e:
             raise DataError(f"{d.vae}: VAE checkpoint not found (data.vae)") from e
-        ema = ckpt / "ema.safetensors"
-        h = hashlib.sha1((ema if ema.is_file() else ckpt / "weights.safetensors").read_bytes())
+        h = hashlib.sha1(ema_file(ckpt).read_bytes())
         h.update(f"{d.num_latents}:{d.holdout_per_class}:{self.recipe.model.image_resolution}"
                  .encode())
         return Path(d.cache_dir) / f"flow_latents_{h.hexdigest()[:10]}.safetensors"
