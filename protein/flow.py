@@ -277,18 +277,23 @@ class ProteinFlow:
         self_condition: bool | None = None,
         min_one_minus_t: float = 1e-2,
         clash_guidance: float = 0.0,
-        guidance_from: float = 0.5,
+        guidance_window: tuple[float, float] = (0.5, 1.0),
     ):
         """A ``velocity(x [B, L, 7|12], t) -> [B, L, 6]`` callable for the core solvers.
 
         Self-conditioning: the translations predicted at the previous evaluation are fed back
         (held in the closure; it resets when time does not increase, i.e. at a new solve).
         ``mask [B, L]`` must match the batch the solver passes. ``clash_guidance > 0`` steers
-        the predicted translations with :meth:`steer_clashes` for ``t >= guidance_from`` (an
-        inference-time physical prior, like RFdiffusion's potentials; off by default).
+        the predicted translations with :meth:`steer_clashes` while ``t`` is inside
+        ``guidance_window = (start, end)`` (an inference-time physical prior, like
+        RFdiffusion's potentials; off by default).
         """
         if rot_schedule not in ROT_SCHEDULES:
             raise ValueError(f"rot_schedule must be one of {ROT_SCHEDULES}, got {rot_schedule!r}")
+        g_start, g_end = (float(v) for v in guidance_window)
+        if not 0.0 <= g_start < g_end <= 1.0:
+            raise ValueError(f"guidance_window must satisfy 0 <= start < end <= 1, got "
+                             f"{tuple(guidance_window)}")
         use_sc = self.s.self_condition if self_condition is None else self_condition
         state: dict = {"trans_sc": None, "t": None}
         flow = self
@@ -309,7 +314,7 @@ class ProteinFlow:
             out = model(trans_t, quats_t, t_b, m, res_idx, sc)
             state["trans_sc"] = out["trans"]
             pred = out["trans"]
-            if clash_guidance > 0 and t_now >= guidance_from:
+            if clash_guidance > 0 and g_start <= t_now < g_end:
                 pred = flow.steer_clashes(pred, m, clash_guidance)
             one_minus_t = (1.0 - t_b).clamp_min(min_one_minus_t)[:, None, None]
             v_trans = masked_centre((pred - trans_t) / one_minus_t, m)
@@ -334,6 +339,7 @@ class ProteinFlow:
         trajectory: bool = False,
         device: str | torch.device = "cpu",
         clash_guidance: float = 0.0,
+        guidance_window: tuple[float, float] = (0.5, 1.0),
     ) -> SampleResult:
         """Draw ``num`` backbones of ``length`` residues in one batch (no padding)."""
         mask = torch.ones(num, length, device=device)
@@ -341,7 +347,7 @@ class ProteinFlow:
         trans_0, quats_0 = self.prior(mask, generator)
         x0 = torch.cat([trans_0, quats_to_points(quats_0, self.s.rot_path)], dim=-1)
         v = self.velocity_fn(model, mask, res_idx, rot_schedule=rot_schedule, rot_rate=rot_rate,
-                             clash_guidance=clash_guidance)
+                             clash_guidance=clash_guidance, guidance_window=guidance_window)
         start = _time.perf_counter()
         res = solve(
             v, x0, method=method, steps=steps, manifold=self.manifold,

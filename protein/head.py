@@ -87,6 +87,7 @@ class ProteinSampleConfig:
     rot_schedule: str = "exp"  # "exp" (ReQFlow/FrameFlow sampling) | "linear"
     rot_rate: float = 10.0
     clash_guidance: float = 0.0  # > 0: steer predicted CAs away from clashes (flow.steer_clashes)
+    guidance_window: tuple[float, float] = (0.5, 1.0)  # times t at which clash guidance acts
     batch_size: int = 16
     residue: str = "GLY"  # "GLY" | "ALA" in written PDB files
     format: str = "pdb"  # "pdb" | "cif"
@@ -342,6 +343,7 @@ class ProteinHead(Head):
                         model, b, length, steps=cfg.steps, method=cfg.method,
                         rot_schedule=cfg.rot_schedule, rot_rate=cfg.rot_rate, generator=g,
                         trajectory=trajectory, device=device, clash_guidance=cfg.clash_guidance,
+                        guidance_window=cfg.guidance_window,
                     )  # fmt: skip
                     atoms = frames_to_atoms(res.trans, res.quats).float().cpu().numpy()
                     traj = None

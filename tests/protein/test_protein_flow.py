@@ -215,6 +215,16 @@ def test_clash_guidance_with_an_oracle_of_clashing_frames_separates_them():
         return float(torch.cdist(y[0], y[0])[far].min())
 
     assert min_far(plain.trans) < 0.2 and min_far(steered.trans) > min_far(plain.trans) + 0.05
+    # the window bounds when it acts: the last Euler step (from t = 0.9) lands on the
+    # prediction, so guidance that stops before it leaves the clashes in; one that only
+    # covers it removes them
+    early = flow.sample(oracle, 1, 10, steps=10, generator=torch.Generator().manual_seed(0),
+                        clash_guidance=1.0, guidance_window=(0.0, 0.85))
+    late = flow.sample(oracle, 1, 10, steps=10, generator=torch.Generator().manual_seed(0),
+                       clash_guidance=1.0, guidance_window=(0.85, 1.0))
+    assert min_far(early.trans) < 0.2 < min_far(late.trans)
+    with pytest.raises(ValueError, match="guidance_window"):
+        flow.sample(oracle, 1, 10, steps=2, clash_guidance=1.0, guidance_window=(0.6, 0.4))
 
 
 def test_clash_loss_penalises_only_new_close_pairs_and_pushes_them_apart():
