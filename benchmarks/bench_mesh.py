@@ -53,7 +53,7 @@ def throughput(steps: int = 5) -> list[str]:
     from flow3d.mesh.vae import vae_loss
 
     rows = []
-    r = load_recipe(ROOT / "recipes/mesh/vae_tiny.yaml")
+    r = load_recipe(ROOT / "recipes/mesh/vae_cpu.yaml")
     vae = MeshVAEHead(r).build_model()
     opt = torch.optim.AdamW(vae.parameters(), 1e-4)
     b, d = r.trainer.batch_size, r.data
@@ -70,7 +70,7 @@ def throughput(steps: int = 5) -> list[str]:
         loss.backward()
         opt.step()
     dt = (time.perf_counter() - t0) / steps
-    rows.append(f"| SDF-VAE train step (vae_tiny, batch {b}, M={r.model.num_latents}) | "
+    rows.append(f"| SDF-VAE train step (vae_cpu, batch {b}, M={r.model.num_latents}) | "
                 f"{dt:.3f} s | {b / dt:.1f} shapes/s |")
 
     from flow3d.mesh.flow import LatentFlow
@@ -149,12 +149,13 @@ def _or_none(fn, *args, **kwargs):
         return None
 
 
-def vae_quality(train: list[Path], held: list[Path], n_train: int, res: int) -> dict:
+def vae_quality(train: list[Path], held: list[Path], n_train: int, res: int,
+                vae_name: str = "vae_cpu") -> dict:
     from flow3d.mesh.data import load_mesh
     from flow3d.mesh.generate import reconstruct_mesh
     from flow3d.mesh.head import load_vae
 
-    vae = load_vae(CKPT / "vae_gpu")
+    vae = load_vae(CKPT / vae_name)
     rng = np.random.default_rng(0)
     picks = {"train": [train[i] for i in sorted(rng.choice(len(train), n_train, replace=False))],
              "heldout": held}
@@ -253,8 +254,8 @@ def quality_tables(args) -> list[str]:
 
 def _vae_table(args, train, held) -> tuple[list[str], dict]:
     t0 = time.perf_counter()
-    vq = vae_quality(train, held, args.n_train, args.resolution)
-    lines = ["", f"SDF-VAE reconstruction (checkpoints/mesh/vae_gpu, M=64, extraction "
+    vq = vae_quality(train, held, args.n_train, args.resolution, args.vae)
+    lines = ["", f"SDF-VAE reconstruction (checkpoints/mesh/{args.vae}, M=64, extraction "
               f"{args.resolution}^3, 100k points; {time.perf_counter() - t0:.0f} s):", "",
               "| meshes | n | F@0.01 | F@0.02 | F@0.05 | normal consistency | Chamfer-L1 | "
               "watertight |", "|---|---|---|---|---|---|---|---|"]
@@ -285,6 +286,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quality", action="store_true")
     p.add_argument("--n-train", type=int, default=30, help="training meshes for the VAE table")
+    p.add_argument("--vae", default="vae_cpu", help="bundled VAE of the VAE table")
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--cfg", type=float, nargs="+", default=[5.0])

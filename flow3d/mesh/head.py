@@ -1,6 +1,6 @@
 """The mesh heads: :class:`MeshVAEHead` (SDF-VAE) and :class:`MeshFlowHead` (latent flow).
 
-Training is two-stage, as in TripoSG: ``flow3d train recipes/mesh/vae_tiny.yaml`` fits the
+Training is two-stage, as in TripoSG: ``flow3d train recipes/mesh/vae_cpu.yaml`` fits the
 SDF-VAE on the mesh cache of :mod:`flow3d.mesh.data`; then ``recipes/mesh/flow_image.yaml``
 (or ``flow_class.yaml``) names that checkpoint in ``data.vae``, encodes every training mesh once
 with the frozen VAE (mean latents, farthest-point queries; cached next to the mesh cache) and
