@@ -109,7 +109,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out = _out_path(args.out)
     _check_resolution(args.resolution)
     mesh = load_mesh(args.mesh)
-    vae = load_vae(resolve_checkpoint(args.vae or CHECKPOINTS / "vae_gpu"))
+    vae = load_vae(resolve_checkpoint(args.vae or CHECKPOINTS / "vae_cpu"))
     try:
         recon = reconstruct_mesh(vae, mesh, num_latents=args.latents, resolution=args.resolution)
     except DataError as e:  # the decoder's complaint, said about the user's file

@@ -114,7 +114,7 @@ class MeshFlowModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshFlowDataConfig(MeshDataConfig):
-    vae: str = "checkpoints/mesh/vae_gpu"  # frozen SDF-VAE checkpoint
+    vae: str = "checkpoints/mesh/vae_cpu"  # frozen SDF-VAE checkpoint
     num_latents: int = 64
 
 

@@ -74,8 +74,8 @@ def test_reconstruct_bad_mesh(tmp_path, capsys, content):
 def test_reconstruct_empty_decode_names_the_input(tmp_path, capsys, monkeypatch):
     """A mesh the VAE decodes to nothing is reported against the user's file, not written."""
     trimesh = pytest.importorskip("trimesh")
-    if not (CKPT / "vae_gpu").exists():
-        pytest.skip("bundled checkpoints/mesh/vae_gpu not present")
+    if not (CKPT / "vae_cpu").exists():
+        pytest.skip("bundled checkpoints/mesh/vae_cpu not present")
     import flow3d.mesh.generate as generate
     from flow3d.errors import DataError
 
@@ -112,8 +112,8 @@ def test_eval_identical_meshes(tmp_path, capsys):
 
 def test_reconstruct_keeps_input_coordinates(tmp_path, capsys):
     trimesh = pytest.importorskip("trimesh")
-    if not (CKPT / "vae_gpu").exists():
-        pytest.skip("bundled checkpoints/mesh/vae_gpu not present")
+    if not (CKPT / "vae_cpu").exists():
+        pytest.skip("bundled checkpoints/mesh/vae_cpu not present")
     src = trimesh.creation.box((4.0, 2.0, 2.0))
     src.apply_translation([10.0, -3.0, 1.0])
     moved = src.copy()  # the same shape, 3x larger, elsewhere
