@@ -25,7 +25,8 @@ The sign term is ours and off by default: it was meant to make a wrong sign near
 ``eps = tau / 10`` its gradient is 100x that of the L1 term, dominates the clipped update and
 pushes the field towards a step, against the normal and eikonal terms: on 16 training shapes
 and 7,500 CPU steps, weight 0.1 halved F@0.02 (0.316 against 0.631 without it; see
-``benchmarks/study_mesh_vae.py``). Only ``vae_gpu`` was trained with it.
+``benchmarks/study_mesh_vae.py``). ``recipes/mesh/vae_gpu.yaml`` (no longer bundled) was
+trained with it.
 """
 
 from __future__ import annotations
