@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     model.eval()
     rows = []
     for i in picks[:8]:
-        gt = load_mesh(ROOT / ds._load(i)[1]["path"])
+        gt = load_mesh(ROOT / ds.source_path(i))
         with torch.no_grad():
             pred = reconstruct_mesh(model, gt, num_latents=args.latents, resolution=128)
         rows.append(mesh_metrics(pred, gt, n_points=20_000, n_volume=0))

@@ -91,8 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--rot-rate", type=float, default=None,
                    help="exponential rotation schedule rate (default: recipe, 10)")
     d.add_argument("--clash-guidance", type=float, default=None, metavar="STRENGTH",
-                   help="steer predicted CA positions away from steric clashes for t >= 0.5 "
-                        "(an inference-time prior, strength in [0, 1]; 0 = off, the default)")
+                   help="steer predicted CA positions away from steric clashes while t is in "
+                        "the recipe's sample.guidance_window (default [0.5, 1)); an "
+                        "inference-time prior, strength in [0, 1]; 0 = off, the default")
     d.add_argument("--residue", choices=("GLY", "ALA"), default=None)
     d.add_argument("--batch-size", type=int, default=None)
     d.add_argument("--device", default="cpu")

@@ -524,6 +524,13 @@ class MeshDataset(torch.utils.data.Dataset):
             item["extrinsics"] = torch.from_numpy(t["view_extrinsics"])  # [V, 4, 4]
         return item
 
+    def source_path(self, i: int) -> Path:
+        """The original mesh file of item ``i``, as recorded in its cache metadata."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[i]), "np") as f:
+            return Path(f.metadata()["path"])
+
     def normalization(self, i: int) -> Normalization:
         t, _ = self._load(i)
         return Normalization(t["center"], float(t["scale"][0]))

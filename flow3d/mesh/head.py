@@ -350,7 +350,7 @@ class MeshFlowHead(Head):
                                 _stack(items, "surface_normals"), d.num_latents)
         images = []
         for it in items:
-            mesh, _ = normalize_mesh(load_mesh(_source_path(ds, it["index"])))
+            mesh, _ = normalize_mesh(load_mesh(ds.source_path(it["index"])))
             images.append(condition_images(mesh, m.image_resolution))
         return {"latents": latents.contiguous(), "images": torch.stack(images).half(),
                 "labels": torch.tensor([it["class_id"] for it in items])}
@@ -444,7 +444,7 @@ class MeshFlowHead(Head):
                          holdout_per_class=d.holdout_per_class)
         out = []
         for i in range(len(ds)):
-            mesh, _ = normalize_mesh(load_mesh(_source_path(ds, i)))
+            mesh, _ = normalize_mesh(load_mesh(ds.source_path(i)))
             out.append(condition_images(mesh, self.recipe.model.image_resolution,
                                         CONDITION_AZIMUTHS[:1], CONDITION_ELEVATIONS[:1]))
         return torch.cat(out)
@@ -454,11 +454,3 @@ class MeshFlowHead(Head):
 
         out = Path(out_dir)
         return [export_mesh(m, out / f"sample_{i:03d}.glb") for i, m in enumerate(samples)]
-
-
-def _source_path(ds, index: int) -> Path:
-    """The original mesh file of a cached item (recorded in the cache metadata)."""
-    from safetensors import safe_open
-
-    with safe_open(str(ds.files[index]), "np") as f:
-        return Path(f.metadata()["path"])
