@@ -46,7 +46,16 @@ class ProteinModelConfig(TrunkConfig):
 @dataclass(frozen=True)
 class ProteinReflowConfig:
     """Reflow (rectification, Liu et al. 2023): the teacher integrates prior noise to
-    backbones at each length; pairs whose backbone fails the CA-CA check are dropped."""
+    backbones at each length; pairs whose backbone fails the checks are dropped.
+
+    The teacher samples with its own recipe's rotation schedule unless ``rot_rate`` is set,
+    and may sample with clash guidance (``clash_guidance``/``guidance_window``, as in
+    ``sample``): the student then learns guided, clash-free backbones as its own unguided
+    field (distilling the inference-time prior into the model). ``max_clashes`` drops pairs
+    whose backbone has more CA-CA clashes (pairs under 3.0 A, ``|i - j| >= 2``);
+    ``min_helix_strand`` those with less helix + strand (pydssp). The checks are re-applied
+    to the recorded metrics on every run, so changing a threshold needs no new pairs.
+    """
 
     pairs_dir: str
     teacher: str | None = None  # checkpoint; default: trainer.init_from
@@ -57,6 +66,11 @@ class ProteinReflowConfig:
     seed: int = 0
     batch_size: int = 16
     min_ca_valid: float = 0.9  # keep pairs with >= this fraction of CA-CA in 3.8 +/- 0.2 A
+    max_clashes: int | None = None  # keep pairs with <= this many clashes (null: no check)
+    min_helix_strand: float | None = None  # keep pairs with >= this helix + strand fraction
+    rot_rate: float | None = None  # teacher's exponential rotation rate (null: its recipe's)
+    clash_guidance: float = 0.0  # teacher samples with clash guidance of this strength
+    guidance_window: tuple[float, float] = (0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -225,36 +239,51 @@ class ProteinHead(Head):
         """Generate (once) and filter the teacher's noise -> backbone pairs per length.
 
         Each ``pairs_dir/len{L}`` holds safetensors shards (:func:`flow3d.core.reflow.
-        generate_pairs`, states ``[L, 7]``) and ``kept.json``: the indices whose teacher
-        backbone has at least ``min_ca_valid`` of its CA-CA distances in 3.8 +/- 0.2 A.
+        generate_pairs`, states ``[L, 7]``), ``metrics.json`` (per pair: fraction of CA-CA
+        distances in 3.8 +/- 0.2 A, clashes, helix and strand fractions) and ``kept.json``:
+        the metrics plus the indices that pass this recipe's checks (re-applied every run).
         """
         cfg = self.recipe.data.reflow
         teacher = cfg.teacher or self.recipe.trainer.init_from
         dirs = []
         for length in cfg.lengths:
             out = resolve_path(cfg.pairs_dir) / f"len{length:03d}"
-            if not (out / "kept.json").is_file():
+            if not (out / "metrics.json").is_file():
                 if not teacher:
                     raise ConfigError(
                         f"data.reflow: {out} holds no pairs and no teacher is set "
                         "(data.reflow.teacher or trainer.init_from)"
                     )
                 self._generate_pairs(teacher, length, out)
+            info = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            keep = [
+                i for i, (ca, clash, ss) in enumerate(zip(
+                    info["ca_valid_fraction"], info["clashes"], info["helix_strand"]))
+                if ca >= cfg.min_ca_valid
+                and (cfg.max_clashes is None or clash <= cfg.max_clashes)
+                and (cfg.min_helix_strand is None or ss >= cfg.min_helix_strand)
+            ]  # fmt: skip
+            checks = {k: getattr(cfg, k) for k in ("min_ca_valid", "max_clashes",
+                                                     "min_helix_strand")}
+            atomic_write_text(out / "kept.json",
+                              json.dumps({"kept": keep, **checks, **info}, indent=1) + "\n")
             dirs.append(out)
         return dirs
 
     def _generate_pairs(self, teacher: str, length: int, out: Path) -> None:
-        from flow3d.core.reflow import ReflowPairs, generate_pairs
+        from flow3d.core.reflow import generate_pairs
         from flow3d.engine.checkpoint import load_model
-        from protein.flow import points_to_quats, quats_to_points
+        from protein.flow import quats_to_points
 
         cfg = self.recipe.data.reflow
         loaded = load_model(resolve_path(teacher), ema=True)
         flow: ProteinFlow = loaded.head.flow
         sample = loaded.recipe.sample
         velocity = flow.velocity_fn(
-            loaded.model, rot_schedule=sample.rot_schedule, rot_rate=sample.rot_rate
-        )
+            loaded.model, rot_schedule=sample.rot_schedule,
+            rot_rate=sample.rot_rate if cfg.rot_rate is None else cfg.rot_rate,
+            clash_guidance=cfg.clash_guidance, guidance_window=cfg.guidance_window,
+        )  # fmt: skip
 
         def noise(n: int, generator: torch.Generator) -> torch.Tensor:
             trans, quats = flow.prior(torch.ones(n, length), generator)
@@ -266,18 +295,32 @@ class ProteinHead(Head):
                 batch_size=cfg.batch_size, method=cfg.method, steps=cfg.steps,
                 seed=cfg.seed * 100_003 + length, manifold=flow.manifold,
             )  # fmt: skip
+        info = {"teacher": str(teacher), "length": length, "steps": cfg.steps,
+                "clash_guidance": cfg.clash_guidance}
+        self.record_pair_metrics(out, info)
+
+    def record_pair_metrics(self, out: Path, info: dict | None = None) -> None:
+        """Write ``out/metrics.json``: CA-CA validity, clashes and SS of each pair's end."""
+        from flow3d.core.reflow import ReflowPairs
+        from protein.data.filters import secondary_structure, ss_fractions
+        from protein.eval import count_clashes
+        from protein.flow import points_to_quats
+
+        flow = self.flow
         pairs = ReflowPairs(out)
-        kept, fractions = [], []
+        metrics: dict[str, list] = {"ca_valid_fraction": [], "clashes": [], "helix": [],
+                                    "strand": [], "helix_strand": []}
         for i in range(len(pairs)):
             trans, rot = flow.manifold.split_point(pairs[i]["x_1"])
             atoms = frames_to_atoms(trans, points_to_quats(rot, flow.s.rot_path))
-            frac = ca_ca_valid_fraction(atoms[:, 1])
-            fractions.append(frac)
-            if frac >= cfg.min_ca_valid:
-                kept.append(i)
-        info = {"kept": kept, "ca_valid_fraction": fractions, "min_ca_valid": cfg.min_ca_valid,
-                "teacher": str(teacher), "length": length}
-        atomic_write_text(out / "kept.json", json.dumps(info, indent=1) + "\n")
+            helix, strand, _ = ss_fractions(secondary_structure(atoms.double().numpy()))
+            metrics["ca_valid_fraction"].append(ca_ca_valid_fraction(atoms[:, 1]))
+            metrics["clashes"].append(count_clashes(atoms[:, 1].double().numpy()))
+            metrics["helix"].append(helix)
+            metrics["strand"].append(strand)
+            metrics["helix_strand"].append(helix + strand)
+        atomic_write_text(out / "metrics.json",
+                          json.dumps({**(info or {}), **metrics}, indent=1) + "\n")
 
     def epoch_batches(self, dataset, rng: np.random.Generator, batch_size: int):
         """Length-bucketed batches under the residues^2 budget, at most ``batch_size`` each."""

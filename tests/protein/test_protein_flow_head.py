@@ -136,6 +136,64 @@ def test_protein_head_reflow_pairs_generated_filtered_and_trained_on(tmp_path):
         ProteinHead(recipe2).train_dataset()
 
 
+def test_protein_reflow_guided_teacher_and_clash_filter(tmp_path):
+    """A clash-guided teacher ends elsewhere than the same teacher unguided from the same
+    noise (the guidance acts during pair generation; that it removes clashes is tested on an
+    oracle in test_protein_flow.py), and ``max_clashes`` keeps exactly the pairs at or under
+    the limit, counted on the stored backbones."""
+    from flow3d.core.reflow import ReflowPairs
+    from flow3d.engine.checkpoint import write_checkpoint
+    from protein.eval import count_clashes
+    from protein.flow import points_to_quats
+    from protein.head import frames_to_atoms
+
+    base = _recipe(tmp_path)
+    torch.manual_seed(0)
+    state = ProteinHead(base).build_model().state_dict()
+    teacher = write_checkpoint(tmp_path / "teacher", model_state=state, ema_state=state,
+                               recipe=base, step=1)
+
+    def pairs(name, **extra):
+        cfg = {"pairs_dir": str(tmp_path / name), "teacher": str(teacher), "lengths": [24],
+               "num_per_length": 4, "steps": 4, "batch_size": 4, "min_ca_valid": 0.0, **extra}
+        recipe = base.replace(data=dataclasses.replace(base.data, reflow=from_dict(
+            ProteinReflowConfig, cfg)))
+        head = ProteinHead(recipe)
+        (out,) = head.reflow_pairs()
+        info = json.loads((out / "kept.json").read_text())
+        stored = ReflowPairs(out)
+        counts = []
+        for i in range(len(stored)):
+            tr, rot = head.flow.manifold.split_point(stored[i]["x_1"])
+            ca = frames_to_atoms(tr, points_to_quats(rot, head.flow.s.rot_path))[:, 1]
+            counts.append(count_clashes(ca.double().numpy()))
+        assert info["clashes"] == counts
+        return info, stored
+
+    plain, plain_pairs = pairs("plain")
+    guided, guided_pairs = pairs("guided", clash_guidance=1.0, guidance_window=[0.0, 1.0])
+    # same noise, different ends: the guidance acted
+    torch.testing.assert_close(plain_pairs[0]["x_0"], guided_pairs[0]["x_0"])
+    assert not torch.allclose(plain_pairs[0]["x_1"], guided_pairs[0]["x_1"])
+    assert guided["clash_guidance"] == 1.0 and plain["kept"] == [0, 1, 2, 3]
+    counts = guided["clashes"]
+    assert len(set(counts)) > 1  # else the filter below could not be told from keep-all
+    limit = sorted(counts)[1]
+    # a new threshold on the same pairs: re-filtered from the recorded metrics, not redrawn
+    shard = next((tmp_path / "guided" / "len024").glob("*.safetensors"))
+    stamp = shard.stat().st_mtime_ns
+    strict, _ = pairs("guided", clash_guidance=1.0, guidance_window=[0.0, 1.0],
+                      max_clashes=limit)
+    assert shard.stat().st_mtime_ns == stamp and strict["clashes"] == counts
+    assert strict["kept"] == [i for i, c in enumerate(counts) if c <= limit]
+    assert 0 < len(strict["kept"]) < 4
+    ss = guided["helix_strand"]
+    assert len(ss) == 4 and all(0.0 <= v <= 1.0 for v in ss)
+    picky, _ = pairs("guided", clash_guidance=1.0, guidance_window=[0.0, 1.0],
+                     min_helix_strand=max(ss) + 0.01)
+    assert picky["kept"] == []
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_protein_trains_on_gpu_and_the_trunk_matches_cpu(tmp_path):
