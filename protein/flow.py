@@ -341,7 +341,15 @@ class ProteinFlow:
         clash_guidance: float = 0.0,
         guidance_window: tuple[float, float] = (0.5, 1.0),
     ) -> SampleResult:
-        """Draw ``num`` backbones of ``length`` residues in one batch (no padding)."""
+        """Draw ``num`` backbones of ``length`` residues in one batch (no padding).
+
+        With the exponential rotation schedule the rate is capped at ``steps``: an Euler step
+        moves each rotation ``rate * dt`` of the way to the predicted one, and above 1 it
+        would overshoot it (at 10 steps and rate 40, four times past the prediction); the
+        translation step lands at most on its prediction in the same way (``dt / (1 - t)``).
+        """
+        if rot_schedule == "exp":
+            rot_rate = min(float(rot_rate), float(steps))
         mask = torch.ones(num, length, device=device)
         res_idx = torch.arange(length, device=device).expand(num, length)
         trans_0, quats_0 = self.prior(mask, generator)

@@ -112,6 +112,33 @@ def test_protein_flow_sampler_with_oracle_reaches_the_data(rot_path, rot_schedul
     assert (R - R_ref).abs().max() < 1e-3
 
 
+def test_exponential_rotation_rate_is_capped_at_the_number_of_steps():
+    """An Euler step of the exponential schedule moves ``rate * dt`` of the way to the
+    predicted rotation: above 1 it overshoots. The sampler caps the rate at ``steps``, so with
+    the oracle a 10-step solve at rate 40 ends on the data, as rate 10 does, while the
+    uncapped field (through ``solve`` directly) ends far from it."""
+    from flow3d.core.solvers import solve
+    from protein.flow import quats_to_points
+
+    d = _data(B=2, L=9, seed=3)
+    flow = ProteinFlow(FlowSettings())
+    oracle = Oracle(d["trans"], d["quats"])
+
+    def gap(quats):  # rotation angle between the sampled and the true frames
+        return so3.quat_angle(so3.quat_mul(so3.quat_inv(d["quats"]), so3.quat_normalize(quats)))
+
+    for rate in (10.0, 40.0):
+        res = flow.sample(oracle, 2, 9, steps=10, rot_rate=rate,
+                          generator=torch.Generator().manual_seed(0))
+        assert gap(res.quats).max() < 1e-3, rate
+    trans_0, quats_0 = flow.prior(d["mask"][:, :9], torch.Generator().manual_seed(0))
+    x0 = torch.cat([trans_0, quats_to_points(quats_0, "quaternion")], dim=-1)
+    v = flow.velocity_fn(oracle, d["mask"], d["res_idx"], rot_rate=40.0)
+    x1 = solve(v, x0, method="euler", steps=10, manifold=flow.manifold).x
+    _, rot = flow.manifold.split_point(x1)
+    assert gap(rot).mean() > 0.1
+
+
 def test_protein_flow_velocity_transforms_under_se3_float64():
     torch.manual_seed(0)
     model = IPATrunk(TINY).double().eval()
