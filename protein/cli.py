@@ -86,14 +86,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--format", choices=("pdb", "cif"), default="pdb")
     d.add_argument("--trajectory", action="store_true",
                    help="also write the path as MODEL records (OUT_trajectories/)")
-    d.add_argument("--checkpoint", default=None, help="checkpoint dir (default: bundled tiny)")
+    d.add_argument("--checkpoint", default=None,
+                   help="checkpoint dir (default: bundled tiny_reflow_guided)")
     d.add_argument("--method", default=None, help="solver: euler, midpoint, heun, rk4, dopri5")
     d.add_argument("--rot-rate", type=float, default=None,
-                   help="exponential rotation schedule rate (default: recipe, 10)")
+                   help="exponential rotation schedule rate (default: the recipe's; "
+                        "capped at --steps)")
     d.add_argument("--clash-guidance", type=float, default=None, metavar="STRENGTH",
                    help="steer predicted CA positions away from steric clashes while t is in "
                         "the recipe's sample.guidance_window (default [0.5, 1)); an "
-                        "inference-time prior, strength in [0, 1]; 0 = off, the default")
+                        "inference-time prior, strength in [0, 1]; 0 = off (default: the "
+                        "checkpoint's recipe; the bundled default samples with 1.0)")
     d.add_argument("--residue", choices=("GLY", "ALA"), default=None)
     d.add_argument("--batch-size", type=int, default=None)
     d.add_argument("--device", default="cpu")

@@ -18,7 +18,7 @@ from pathlib import Path
 from flow3d.errors import ConfigError, DataError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_gpu"
+DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_reflow_guided"
 REAL_REFERENCE = PROJECT_ROOT / ".." / "shared" / "data" / "proteins" / "ts50_pydssp" / "pdb"
 
 
@@ -34,7 +34,8 @@ class DesignReport:
 
 
 def load_designer(checkpoint: str | Path | None = None, *, ema: bool = True, device="cpu"):
-    """Load a protein checkpoint (default: the bundled ``checkpoints/protein/tiny_gpu``)."""
+    """Load a protein checkpoint (default: the bundled
+    ``checkpoints/protein/tiny_reflow_guided``)."""
     from flow3d.engine.checkpoint import load_model
 
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
