@@ -278,6 +278,7 @@ class ProteinFlow:
         min_one_minus_t: float = 1e-2,
         clash_guidance: float = 0.0,
         guidance_window: tuple[float, float] = (0.5, 1.0),
+        steps: int | None = None,
     ):
         """A ``velocity(x [B, L, 7|12], t) -> [B, L, 6]`` callable for the core solvers.
 
@@ -287,6 +288,12 @@ class ProteinFlow:
         the predicted translations with :meth:`steer_clashes` while ``t`` is inside
         ``guidance_window = (start, end)`` (an inference-time physical prior, like
         RFdiffusion's potentials; off by default).
+
+        ``steps``: the solver's step count, when known. With the exponential schedule the rate
+        is then capped at it: an Euler step moves each rotation ``rate * dt`` of the way to the
+        predicted one, and above 1 it would overshoot it (at 10 steps and rate 40, four times
+        past the prediction); the translation step lands at most on its prediction in the same
+        way (``dt / (1 - t)``).
         """
         if rot_schedule not in ROT_SCHEDULES:
             raise ValueError(f"rot_schedule must be one of {ROT_SCHEDULES}, got {rot_schedule!r}")
@@ -294,6 +301,8 @@ class ProteinFlow:
         if not 0.0 <= g_start < g_end <= 1.0:
             raise ValueError(f"guidance_window must satisfy 0 <= start < end <= 1, got "
                              f"{tuple(guidance_window)}")
+        if rot_schedule == "exp" and steps is not None:
+            rot_rate = min(float(rot_rate), float(steps))
         use_sc = self.s.self_condition if self_condition is None else self_condition
         state: dict = {"trans_sc": None, "t": None}
         flow = self
@@ -341,21 +350,15 @@ class ProteinFlow:
         clash_guidance: float = 0.0,
         guidance_window: tuple[float, float] = (0.5, 1.0),
     ) -> SampleResult:
-        """Draw ``num`` backbones of ``length`` residues in one batch (no padding).
-
-        With the exponential rotation schedule the rate is capped at ``steps``: an Euler step
-        moves each rotation ``rate * dt`` of the way to the predicted one, and above 1 it
-        would overshoot it (at 10 steps and rate 40, four times past the prediction); the
-        translation step lands at most on its prediction in the same way (``dt / (1 - t)``).
-        """
-        if rot_schedule == "exp":
-            rot_rate = min(float(rot_rate), float(steps))
+        """Draw ``num`` backbones of ``length`` residues in one batch (no padding); the
+        exponential rotation rate is capped at ``steps`` (see :meth:`velocity_fn`)."""
         mask = torch.ones(num, length, device=device)
         res_idx = torch.arange(length, device=device).expand(num, length)
         trans_0, quats_0 = self.prior(mask, generator)
         x0 = torch.cat([trans_0, quats_to_points(quats_0, self.s.rot_path)], dim=-1)
         v = self.velocity_fn(model, mask, res_idx, rot_schedule=rot_schedule, rot_rate=rot_rate,
-                             clash_guidance=clash_guidance, guidance_window=guidance_window)
+                             clash_guidance=clash_guidance, guidance_window=guidance_window,
+                             steps=steps)
         start = _time.perf_counter()
         res = solve(
             v, x0, method=method, steps=steps, manifold=self.manifold,

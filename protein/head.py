@@ -283,6 +283,7 @@ class ProteinHead(Head):
             loaded.model, rot_schedule=sample.rot_schedule,
             rot_rate=sample.rot_rate if cfg.rot_rate is None else cfg.rot_rate,
             clash_guidance=cfg.clash_guidance, guidance_window=cfg.guidance_window,
+            steps=cfg.steps,
         )  # fmt: skip
 
         def noise(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -313,9 +314,10 @@ class ProteinHead(Head):
         for i in range(len(pairs)):
             trans, rot = flow.manifold.split_point(pairs[i]["x_1"])
             atoms = frames_to_atoms(trans, points_to_quats(rot, flow.s.rot_path))
-            helix, strand, _ = ss_fractions(secondary_structure(atoms.double().numpy()))
+            coords = atoms.double().numpy()
+            helix, strand, _ = ss_fractions(secondary_structure(coords))
             metrics["ca_valid_fraction"].append(ca_ca_valid_fraction(atoms[:, 1]))
-            metrics["clashes"].append(count_clashes(atoms[:, 1].double().numpy()))
+            metrics["clashes"].append(count_clashes(coords[:, 1]))
             metrics["helix"].append(helix)
             metrics["strand"].append(strand)
             metrics["helix_strand"].append(helix + strand)
