@@ -19,6 +19,7 @@ from protein.eval import (
     evaluate_designs,
     greedy_clusters,
     run_eval,
+    valid_strand_fraction,
 )
 from protein.pdbio import write_backbone_pdb
 
@@ -42,6 +43,24 @@ def test_ca_ca_and_clashes_known_answers():
     # pairs with |i-j| >= 2 and distance < 3: only |i-j| == 2 (2.0 A): 8 of them
     assert count_clashes(squashed) == 8
     assert count_clashes(squashed, min_separation=3) == 0  # |i-j| = 3 is exactly 3.0 A
+
+
+def test_valid_strand_fraction_known_answers():
+    # two antiparallel CA lines (a hairpin without its turn) 4.8 A apart: true strand partners
+    one = _line(6, 3.4)[:, 1]
+    paired = np.concatenate([one, one[::-1] + [0.0, 4.8, 0.0]])  # [12, 3]
+    assert valid_strand_fraction("E" * 12, paired) == 1.0
+    assert valid_strand_fraction("-" + "E" * 10 + "-", paired) == 10 / 12
+    assert valid_strand_fraction("H" * 12, paired) == 0.0
+    # the same segments passing through each other (1.5 A apart): DSSP-like labels, not strands
+    overlapping = np.concatenate([one, one[::-1] + [0.0, 1.5, 0.0]])
+    assert valid_strand_fraction("E" * 12, overlapping) == 0.0
+    # one residue pushed onto its partner spoils both ends of that pair only
+    bent = paired.copy()
+    bent[0] = paired[11] + [-1.0, 0.0, 1.0]  # 1.4 A from residue 11, 4.5 A from 10
+    assert valid_strand_fraction("E" * 12, bent) == 10 / 12
+    with pytest.raises(ValueError, match="12 residues"):
+        valid_strand_fraction("E" * 12, paired[:5])
 
 
 def test_greedy_clusters():
@@ -78,8 +97,10 @@ def test_evaluate_designs_real_and_broken(design_dir):
     assert bad["ca_ca_valid_fraction"] == 0.0 and bad["n_clashes"] > 0
     assert bad["time_s"] == 0.5 and summary["time_per_design_s"] == 0.5
     real = [r for n, r in by_name.items() if n != "squashed"]
+    assert bad["strand_valid"] == 0.0  # its spurious DSSP labels never count as strand
     for r in real:
         assert r["ca_ca_valid_fraction"] > 0.95 and r["n_clashes"] == 0
+        assert r["strand_valid"] == r["strand"]  # every real strand residue has room
         assert 0.3 < r["helix_strand"] <= 1.0
         assert 0.8 < r["rg_ratio"] < 1.3
     # the first two designs are copies of the references: novelty TM ~ 1
@@ -110,7 +131,8 @@ def test_run_eval_writes_outputs_and_reads_cache(design_dir, tmp_path):
     assert on_disk["novelty"]["max_reference_per_design"] == 2
     with open(out / "designs.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4 and {"ca_ca_valid_fraction", "novelty_tm"} <= set(rows[0])
+    assert len(rows) == 4
+    assert {"ca_ca_valid_fraction", "strand_valid", "novelty_tm"} <= set(rows[0])
     # the cache itself can be evaluated as a design set (real data side by side)
     rows, summary = evaluate_designs(cache, progress=False)
     assert summary["n"] == 3 and "reference" not in summary
