@@ -10,12 +10,14 @@ PDB files, ``designs.csv``, ``summary.json`` and PNG plots.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from flow3d.errors import ConfigError, DataError
+from flow3d.io import atomic_write_text
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_reflow_guided"
@@ -31,6 +33,7 @@ class DesignReport:
     designs: list
     seconds: float
     checkpoint: Path
+    motif: dict | None = None  # motif.json's content when a motif was scaffolded
 
 
 def load_designer(checkpoint: str | Path | None = None, *, ema: bool = True, device="cpu"):
@@ -65,12 +68,16 @@ def design(
     ema: bool = True,
     device: str = "cpu",
     progress: bool = False,
+    motif: str | Path | None = None,
+    motif_segments: str | None = None,
 ) -> DesignReport:
     """Design ``num`` backbones per length and write them to ``out_dir``.
 
     Files: ``len{L}_{i}.pdb`` (or ``.cif``) with N, CA, C, O, HEADER and CRYST1;
     ``timings.json``; with ``trajectory`` the solver path as MODEL records in
-    ``<out_dir>_trajectories/``.
+    ``<out_dir>_trajectories/``. With ``motif`` (a PDB/mmCIF file) and ``motif_segments``
+    (e.g. ``"A10-25@30"``, see :mod:`protein.motif`) every design scaffolds those residues,
+    and ``motif.json`` records how each design holds them (:func:`protein.motif.motif_metrics`).
     """
     lengths = tuple(int(n) for n in lengths)
     if num < 1:
@@ -83,6 +90,15 @@ def design(
         raise ConfigError(f"--clash-guidance must be in [0, 1], got {clash_guidance}")
     if fmt not in ("pdb", "cif"):
         raise ConfigError(f"--format must be pdb or cif, got {fmt!r}")
+    if (motif is None) != (motif_segments is None):
+        raise ConfigError("--motif FILE and --motif-segments SPEC go together")
+    motif_obj = None
+    if motif is not None:
+        from protein.motif import load_motif
+
+        motif_obj = load_motif(motif, motif_segments)
+        for length in lengths:
+            motif_obj.check_length(length)
     loaded = load_designer(checkpoint, ema=ema, device=device)
     overrides: dict = {"lengths": lengths, "steps": steps, "format": fmt}
     for key, value in (("method", method), ("rot_rate", rot_rate), ("residue", residue),
@@ -97,7 +113,8 @@ def design(
         overrides["progress"] = bar.update
     start = time.perf_counter()
     try:
-        designs = loaded.sample(num, seed=seed, trajectory=trajectory, **overrides)
+        designs = loaded.sample(num, seed=seed, trajectory=trajectory, motif=motif_obj,
+                                **overrides)
     finally:
         if bar is not None:
             bar.close()
@@ -105,7 +122,34 @@ def design(
     head = loaded.head
     head.recipe = head.recipe.replace(sample=_replace(head.recipe.sample, overrides))
     paths = head.save_samples(designs, Path(out_dir), fmt=fmt)
-    return DesignReport(Path(out_dir), paths, designs, seconds, Path(loaded.path))
+    record = None
+    if motif_obj is not None:
+        record = _motif_record(designs, motif_obj)
+        atomic_write_text(Path(out_dir) / "motif.json", json.dumps(record, indent=1) + "\n")
+    return DesignReport(Path(out_dir), paths, designs, seconds, Path(loaded.path), record)
+
+
+def _motif_record(designs, motif) -> dict:
+    """motif.json: the motif, and per design (and on average) how the design holds it."""
+    import numpy as np
+
+    from protein.motif import motif_metrics
+
+    per = {d.name: motif_metrics(d.atoms, motif) for d in designs}
+    junctions = np.concatenate([m["junction_ca_ca"] for m in per.values()])
+    return {
+        "source": motif.source,
+        "segments": motif.spec,
+        "positions": (motif.positions + 1).tolist(),  # 1-based, as in the PDB files
+        "mean": {
+            "motif_rmsd": float(np.mean([m["motif_rmsd"] for m in per.values()])),
+            "junction_valid": float((np.abs(junctions - 3.8) <= 0.2).mean())
+            if len(junctions) else None,
+            "motif_scaffold_clashes": float(np.mean([m["motif_scaffold_clashes"]
+                                                     for m in per.values()])),
+        },
+        "designs": per,
+    }
 
 
 def _replace(cfg, overrides: dict):

@@ -81,6 +81,13 @@ def points_to_quats(points: Tensor, rot_path: str) -> Tensor:
     return so3.rotmat_to_quat(points.reshape(*points.shape[:-1], 3, 3))
 
 
+def motif_mask(motif, mask: Tensor) -> Tensor:
+    """``[B, L]`` bool, true at the motif's positions."""
+    out = torch.zeros_like(mask, dtype=torch.bool)
+    out[:, motif.positions.to(mask.device)] = True
+    return out
+
+
 def masked_centre(x: Tensor, mask: Tensor) -> Tensor:
     """Subtract the masked centre of mass: ``x [B, L, 3]``, ``mask [B, L]``."""
     m = mask[..., None].to(x.dtype)
@@ -239,13 +246,15 @@ class ProteinFlow:
     def steer_clashes(
         trans: Tensor, mask: Tensor, strength: float, *, iters: int = 10,
         min_dist: float = CLASH_MIN_DIST, bond: float = CA_CA_BOND,
+        frozen: Tensor | None = None,
     ) -> Tensor:
         """Move predicted CA positions ``trans [B, L, 3]`` (nm) down the gradient of a
         physical prior: ``sum relu(min_dist - d_ij)^2`` over pairs ``|i - j| >= 2`` (steric
         clashes) plus ``sum (d_{i,i+1} - bond)^2`` (keep the chain's bonds). ``iters`` gradient
         steps; ``strength`` in (0, 1] is the fraction of the largest stable step, and each move
         is capped at 0.05 nm per residue. Gradients are taken at the prediction only
-        (FlowChef-style gradient skipping, no backpropagation through the network)."""
+        (FlowChef-style gradient skipping, no backpropagation through the network).
+        ``frozen [B, L]`` (bool): residues that do not move (a motif)."""
         if strength <= 0:
             return trans
         if strength > 1:
@@ -261,7 +270,8 @@ class ProteinFlow:
                 energy = clash + ((b - bond) ** 2 * link).sum()
                 (grad,) = torch.autograd.grad(energy, x)
             # 0.2 nm^2 is the largest stable step of the bond term (each CA has two bonds)
-            step = 0.2 * strength * grad * mask[..., None]
+            movable = mask if frozen is None else mask * (~frozen).to(mask)
+            step = 0.2 * strength * grad * movable[..., None]
             step = step * (0.05 / step.norm(dim=-1, keepdim=True).clamp_min(0.05))
             x = (x - step).detach()
         return x
@@ -279,6 +289,7 @@ class ProteinFlow:
         clash_guidance: float = 0.0,
         guidance_window: tuple[float, float] = (0.5, 1.0),
         steps: int | None = None,
+        motif=None,
     ):
         """A ``velocity(x [B, L, 7|12], t) -> [B, L, 6]`` callable for the core solvers.
 
@@ -288,6 +299,11 @@ class ProteinFlow:
         the predicted translations with :meth:`steer_clashes` while ``t`` is inside
         ``guidance_window = (start, end)`` (an inference-time physical prior, like
         RFdiffusion's potentials; off by default).
+
+        ``motif`` (:class:`protein.motif.Motif`): every prediction of the motif residues is
+        replaced by the motif superimposed on it (:meth:`place_motif`), and clash guidance
+        leaves them where they are, so the scaffold is predicted around a motif in the
+        network's own pose.
 
         ``steps``: the solver's step count, when known. With the exponential schedule the rate
         is then capped at it: an Euler step moves each rotation ``rate * dt`` of the way to the
@@ -321,17 +337,38 @@ class ProteinFlow:
             sc = sc if use_sc else None
             m = mask if mask is not None else torch.ones_like(trans_t[..., 0])
             out = model(trans_t, quats_t, t_b, m, res_idx, sc)
-            state["trans_sc"] = out["trans"]
-            pred = out["trans"]
+            pred, pred_q = out["trans"], out["quats"]
+            if motif is not None:
+                pred, pred_q = flow.place_motif(pred, pred_q, motif)
+            state["trans_sc"] = pred
             if clash_guidance > 0 and g_start <= t_now < g_end:
-                pred = flow.steer_clashes(pred, m, clash_guidance)
+                frozen = None if motif is None else motif_mask(motif, m)
+                pred = flow.steer_clashes(pred, m, clash_guidance, frozen=frozen)
             one_minus_t = (1.0 - t_b).clamp_min(min_one_minus_t)[:, None, None]
             v_trans = masked_centre((pred - trans_t) / one_minus_t, m)
-            log = flow.rot_vf(quats_t, out["quats"])  # [B, L, 3]
+            log = flow.rot_vf(quats_t, pred_q)  # [B, L, 3]
             v_rot = rot_rate * log if rot_schedule == "exp" else log / one_minus_t
             return torch.cat([v_trans, v_rot * m[..., None]], dim=-1)
 
         return velocity
+
+    @staticmethod
+    def place_motif(trans: Tensor, quats: Tensor, motif) -> tuple[Tensor, Tensor]:
+        """Frames ``trans [B, L, 3]`` nm, ``quats [B, L, 4]`` with the motif residues
+        (``motif.positions``) replaced by the motif frames (``motif.trans [M, 3]``,
+        ``motif.quats [M, 4]``) under the rigid motion that best superimposes the motif's CAs
+        on theirs (:func:`protein.geometry.superimpose`). The network is SE(3)-invariant, so
+        the motif has no pose of its own: it takes the one the prediction gives it."""
+        from protein.geometry import superimpose
+
+        pos = motif.positions.to(trans.device)
+        m_trans = motif.trans.to(trans)[None].expand(trans.shape[0], -1, -1)  # [B, M, 3]
+        rot, shift = superimpose(m_trans, trans[:, pos])  # [B, 3, 3], [B, 3]
+        trans, quats = trans.clone(), quats.clone()
+        trans[:, pos] = (rot[:, None] @ m_trans[..., None])[..., 0] + shift[:, None]
+        q_rot = so3.rotmat_to_quat(rot)[:, None]  # [B, 1, 4]
+        quats[:, pos] = so3.quat_normalize(so3.quat_mul(q_rot, motif.quats.to(quats)[None]))
+        return trans, quats
 
     @torch.no_grad()
     def sample(
@@ -349,16 +386,19 @@ class ProteinFlow:
         device: str | torch.device = "cpu",
         clash_guidance: float = 0.0,
         guidance_window: tuple[float, float] = (0.5, 1.0),
+        motif=None,
     ) -> SampleResult:
         """Draw ``num`` backbones of ``length`` residues in one batch (no padding); the
-        exponential rotation rate is capped at ``steps`` (see :meth:`velocity_fn`)."""
+        exponential rotation rate is capped at ``steps`` (see :meth:`velocity_fn`).
+        ``motif`` (:class:`protein.motif.Motif`): scaffold it (see :meth:`velocity_fn`); at
+        the end the motif is placed once more on the CAs the trajectory gave its residues."""
         mask = torch.ones(num, length, device=device)
         res_idx = torch.arange(length, device=device).expand(num, length)
         trans_0, quats_0 = self.prior(mask, generator)
         x0 = torch.cat([trans_0, quats_to_points(quats_0, self.s.rot_path)], dim=-1)
         v = self.velocity_fn(model, mask, res_idx, rot_schedule=rot_schedule, rot_rate=rot_rate,
                              clash_guidance=clash_guidance, guidance_window=guidance_window,
-                             steps=steps)
+                             steps=steps, motif=motif)
         start = _time.perf_counter()
         res = solve(
             v, x0, method=method, steps=steps, manifold=self.manifold,
@@ -366,6 +406,9 @@ class ProteinFlow:
         )  # fmt: skip
         elapsed = _time.perf_counter() - start
         trans, rot = self.manifold.split_point(res.x)
+        if motif is not None:  # the exponential schedule stops short of the last prediction
+            trans, quats = self.place_motif(trans, points_to_quats(rot, self.s.rot_path), motif)
+            rot = quats_to_points(quats, self.s.rot_path)
         traj = None
         if trajectory and res.trajectory is not None:
             traj = []

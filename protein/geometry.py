@@ -46,6 +46,7 @@ __all__ = [
     "place_atom",
     "psi_from_frames",
     "radius_of_gyration",
+    "superimpose",
 ]
 
 ANG_TO_NM = 0.1
@@ -432,3 +433,21 @@ def radius_of_gyration(ca: Tensor, mask: Tensor | None = None) -> Tensor:
         return sq.mean(-1).sqrt()
     m = mask.to(ca.dtype)
     return ((sq * m).sum(-1) / m.sum(-1).clamp_min(1.0)).sqrt()
+
+
+def superimpose(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    """The proper rigid motion ``(R [..., 3, 3], t [..., 3])`` that minimises
+    ``sum_i |R src_i + t - dst_i|^2`` for point sets ``[..., N, 3]`` (Kabsch 1976: SVD of the
+    cross-covariance, with the reflection case flipped)."""
+    if src.shape != dst.shape or src.shape[-1] != 3 or src.shape[-2] < 3:
+        raise ValueError(f"superimpose needs two [..., N >= 3, 3] sets, got {tuple(src.shape)} "
+                         f"and {tuple(dst.shape)}")
+    mu_s, mu_d = src.mean(-2, keepdim=True), dst.mean(-2, keepdim=True)
+    h = (src - mu_s).transpose(-1, -2) @ (dst - mu_d)  # [..., 3, 3]
+    u, _, vt = torch.linalg.svd(h)
+    d = torch.sign(torch.linalg.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)))
+    flip = torch.ones_like(h[..., 0])  # [..., 3]
+    flip[..., 2] = torch.where(d == 0, torch.ones_like(d), d)
+    rot = vt.transpose(-1, -2) @ torch.diag_embed(flip) @ u.transpose(-1, -2)
+    trans = mu_d[..., 0, :] - (rot @ mu_s[..., 0, :, None])[..., 0]
+    return rot, trans

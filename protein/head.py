@@ -359,10 +359,12 @@ class ProteinHead(Head):
     def sample(self, model: nn.Module, num: int | None = None, *, seed: int = 0, **overrides):
         """``num`` designs per length in ``sample.lengths`` -> ``list[Design]``.
 
-        Overrides: any :class:`ProteinSampleConfig` field plus ``trajectory=True``.
+        Overrides: any :class:`ProteinSampleConfig` field plus ``trajectory=True`` and
+        ``motif`` (a :class:`protein.motif.Motif` to scaffold in every design).
         """
         trajectory = bool(overrides.pop("trajectory", False))
         progress = overrides.pop("progress", None)
+        motif = overrides.pop("motif", None)
         try:
             cfg = dataclasses.replace(self.recipe.sample, **overrides)
         except TypeError as e:
@@ -370,6 +372,9 @@ class ProteinHead(Head):
         except ValueError as e:
             raise ConfigError(f"sample: {e}") from None
         num = cfg.num if num is None else num
+        if motif is not None:
+            for length in cfg.lengths:
+                motif.check_length(length)
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -388,7 +393,7 @@ class ProteinHead(Head):
                         model, b, length, steps=cfg.steps, method=cfg.method,
                         rot_schedule=cfg.rot_schedule, rot_rate=cfg.rot_rate, generator=g,
                         trajectory=trajectory, device=device, clash_guidance=cfg.clash_guidance,
-                        guidance_window=cfg.guidance_window,
+                        guidance_window=cfg.guidance_window, motif=motif,
                     )  # fmt: skip
                     atoms = frames_to_atoms(res.trans, res.quats).float().cpu().numpy()
                     traj = None
