@@ -141,6 +141,7 @@ def _motif_record(designs, motif) -> dict:
         "source": motif.source,
         "segments": motif.spec,
         "positions": (motif.positions + 1).tolist(),  # 1-based, as in the PDB files
+        "sequence": motif.sequence,  # the motif's residues at those positions
         "mean": {
             "motif_rmsd": float(np.mean([m["motif_rmsd"] for m in per.values()])),
             "junction_valid": float((np.abs(junctions - 3.8) <= 0.2).mean())

@@ -58,7 +58,8 @@ class MotifSegment:
 class Motif:
     """Motif frames ready for sampling: ``trans [M, 3]`` nm centred on the motif's CA
     centroid, ``quats [M, 4]``, ``positions [M]`` 0-based design indices (ascending),
-    ``atoms [M, 4, 3]`` angstrom (N, CA, C, O; O may be NaN) as read."""
+    ``atoms [M, 4, 3]`` angstrom (N, CA, C, O; O may be NaN) as read, and their
+    ``sequence`` (for a sequence designer's fixed positions)."""
 
     source: str
     segments: tuple[MotifSegment, ...]
@@ -66,6 +67,7 @@ class Motif:
     quats: Tensor
     positions: Tensor
     atoms: np.ndarray
+    sequence: str  # one-letter codes of the motif residues, in design order
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -117,7 +119,7 @@ def load_motif(path: str | Path, spec: str) -> Motif:
     if not path.is_file():
         raise DataError(f"{path}: motif file not found")
     chains = {ch.chain_id: ch for ch in parse_structure(path, break_distance=np.inf).chains}
-    atoms, positions = [], []
+    atoms, positions, letters = [], [], []
     for seg in segments:
         ch = chains.get(seg.chain)
         if ch is None:
@@ -131,6 +133,7 @@ def load_motif(path: str | Path, spec: str) -> Motif:
                 raise DataError(f"{path}: motif segment {seg}: residue {seg.chain}{number} is "
                                 "missing or lacks N, CA or C")
             atoms.append(ch.coords[hits[0]])
+            letters.append(ch.sequence[hits[0]])
         positions.extend(range(seg.at - 1, seg.at - 1 + len(seg)))
     atoms_a = np.stack(atoms).astype(np.float32)  # [M, 4, 3]
     order = np.argsort(positions, kind="stable")
@@ -139,7 +142,8 @@ def load_motif(path: str | Path, spec: str) -> Motif:
     rigid = frames_from_backbone(bb[:, 0], bb[:, 1], bb[:, 2])
     trans = (rigid.trans - rigid.trans.mean(0)) * ANG_TO_NM
     return Motif(str(path), segments, trans.float(), rigid.rots.float(),
-                 torch.as_tensor(np.asarray(positions)[order], dtype=torch.long), atoms_a)
+                 torch.as_tensor(np.asarray(positions)[order], dtype=torch.long), atoms_a,
+                 "".join(letters[i] for i in order))
 
 
 def _superposed_rmsd(a: np.ndarray, b: np.ndarray) -> float:

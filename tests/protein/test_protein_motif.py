@@ -132,6 +132,7 @@ def test_cli_design_with_motif(source_pdb, tmp_path, capsys):
     assert rc == 0
     record = json.loads((out / "motif.json").read_text())
     assert record["segments"] == "B3-12@20" and record["positions"] == list(range(20, 30))
+    assert record["sequence"] == "G" * 10  # the source file is poly-GLY
     assert set(record["designs"]) == {"len045_000", "len045_001"}
     assert record["mean"]["motif_rmsd"] < 0.1
     assert "motif B3-12@20" in capsys.readouterr().out
