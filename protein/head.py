@@ -304,22 +304,24 @@ class ProteinHead(Head):
         """Write ``out/metrics.json``: CA-CA validity, clashes and SS of each pair's end."""
         from flow3d.core.reflow import ReflowPairs
         from protein.data.filters import secondary_structure, ss_fractions
-        from protein.eval import count_clashes
+        from protein.eval import count_clashes, valid_strand_fraction
         from protein.flow import points_to_quats
 
         flow = self.flow
         pairs = ReflowPairs(out)
         metrics: dict[str, list] = {"ca_valid_fraction": [], "clashes": [], "helix": [],
-                                    "strand": [], "helix_strand": []}
+                                    "strand": [], "strand_valid": [], "helix_strand": []}
         for i in range(len(pairs)):
             trans, rot = flow.manifold.split_point(pairs[i]["x_1"])
             atoms = frames_to_atoms(trans, points_to_quats(rot, flow.s.rot_path))
             coords = atoms.double().numpy()
-            helix, strand, _ = ss_fractions(secondary_structure(coords))
+            ss = secondary_structure(coords)
+            helix, strand, _ = ss_fractions(ss)
             metrics["ca_valid_fraction"].append(ca_ca_valid_fraction(atoms[:, 1]))
             metrics["clashes"].append(count_clashes(coords[:, 1]))
             metrics["helix"].append(helix)
             metrics["strand"].append(strand)
+            metrics["strand_valid"].append(valid_strand_fraction(ss, coords[:, 1]))
             metrics["helix_strand"].append(helix + strand)
         atomic_write_text(out / "metrics.json",
                           json.dumps({**(info or {}), **metrics}, indent=1) + "\n")

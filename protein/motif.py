@@ -32,7 +32,8 @@ from torch import Tensor
 
 from flow3d.errors import ConfigError, DataError
 
-__all__ = ["Motif", "MotifSegment", "load_motif", "motif_metrics", "parse_segments"]
+__all__ = ["Motif", "MotifSegment", "load_motif", "motif_from_atoms", "motif_metrics",
+           "parse_segments"]
 
 _SEGMENT = re.compile(r"^([A-Za-z0-9])(-?\d+)(?:-(-?\d+))?@(\d+)$")
 
@@ -112,7 +113,6 @@ def parse_segments(spec: str) -> tuple[MotifSegment, ...]:
 def load_motif(path: str | Path, spec: str) -> Motif:
     """Read the segments ``spec`` (see :func:`parse_segments`) from a PDB/mmCIF file."""
     from protein.data import parse_structure
-    from protein.geometry import ANG_TO_NM, frames_from_backbone
 
     segments = parse_segments(spec)
     path = Path(path)
@@ -135,15 +135,24 @@ def load_motif(path: str | Path, spec: str) -> Motif:
             atoms.append(ch.coords[hits[0]])
             letters.append(ch.sequence[hits[0]])
         positions.extend(range(seg.at - 1, seg.at - 1 + len(seg)))
-    atoms_a = np.stack(atoms).astype(np.float32)  # [M, 4, 3]
-    order = np.argsort(positions, kind="stable")
-    atoms_a = atoms_a[order]
+    return motif_from_atoms(np.stack(atoms), positions, "".join(letters), source=str(path),
+                            segments=segments)
+
+
+def motif_from_atoms(atoms: np.ndarray, positions, sequence: str, *, source: str,
+                     segments: tuple[MotifSegment, ...]) -> Motif:
+    """A :class:`Motif` from backbone ``atoms [M, 4, 3]`` (angstrom) that go to the 0-based
+    design ``positions`` (any order: they are sorted here)."""
+    from protein.geometry import ANG_TO_NM, frames_from_backbone
+
+    order = np.argsort(np.asarray(positions), kind="stable")
+    atoms_a = np.asarray(atoms, dtype=np.float32)[order]  # [M, 4, 3]
     bb = torch.from_numpy(atoms_a).double()
     rigid = frames_from_backbone(bb[:, 0], bb[:, 1], bb[:, 2])
     trans = (rigid.trans - rigid.trans.mean(0)) * ANG_TO_NM
-    return Motif(str(path), segments, trans.float(), rigid.rots.float(),
+    return Motif(source, tuple(segments), trans.float(), rigid.rots.float(),
                  torch.as_tensor(np.asarray(positions)[order], dtype=torch.long), atoms_a,
-                 "".join(letters[i] for i in order))
+                 "".join(sequence[i] for i in order))
 
 
 def _superposed_rmsd(a: np.ndarray, b: np.ndarray) -> float:
