@@ -56,13 +56,9 @@ def generate_pairs(
     manifold=None,
     device: str | torch.device = "cpu",
     progress: bool = False,
-    shard_velocity: Callable[[int], Callable[[Tensor, Tensor], Tensor]] | None = None,
 ) -> Path:
     """Draw ``num`` noise states, integrate each to ``t = 1``, save the pairs; return the
     manifest path.
-
-    ``shard_velocity(k)``, when given, is the velocity for shard ``k`` instead of
-    ``velocity`` (a condition per shard: a class, a motif and where it goes).
 
     ``noise_fn(n, generator) -> x_0 [n, ...]`` draws source states on the CPU (seeded per shard
     from ``seed``, so the output is a function of the arguments only). ``method``, ``steps``,
@@ -85,11 +81,10 @@ def generate_pairs(
             if x_0.shape[0] != n:
                 raise ValueError(f"noise_fn returned {x_0.shape[0]} states, asked for {n}")
             shape, dtype = list(x_0.shape[1:]), str(x_0.dtype).removeprefix("torch.")
-            v = velocity if shard_velocity is None else shard_velocity(shard)
             parts = []
             for b in range(0, n, batch_size):
                 x = x_0[b : b + batch_size].to(device)
-                parts.append(solve(v, x, progress=progress, **solve_kwargs).x.cpu())
+                parts.append(solve(velocity, x, progress=progress, **solve_kwargs).x.cpu())
             x_1 = torch.cat(parts).contiguous()
             if not torch.isfinite(x_1).all():
                 raise ValueError(f"shard {shard}: the velocity produced non-finite states")

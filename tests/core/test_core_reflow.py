@@ -54,22 +54,6 @@ def test_generation_is_deterministic_and_seeded(tmp_path):
     assert b.read_text() == a.read_text()
 
 
-def test_a_velocity_per_shard(tmp_path):
-    """``shard_velocity(k)`` conditions each shard (here: a drift of k), the rest is as before."""
-    def per_shard(k):
-        return lambda x, t: velocity(x, t) + k
-
-    generate_pairs(velocity, noise, 7, tmp_path / "s", shard_size=3, steps=4, seed=2,
-                   shard_velocity=per_shard)
-    generate_pairs(velocity, noise, 7, tmp_path / "p", shard_size=3, steps=4, seed=2)
-    cond, plain = ReflowPairs(tmp_path / "s"), ReflowPairs(tmp_path / "p")
-    for i in range(7):
-        torch.testing.assert_close(cond[i]["x_0"], plain[i]["x_0"])  # same noise
-        x_1 = solve(per_shard(i // 3), cond[i]["x_0"][None], steps=4).x[0]
-        torch.testing.assert_close(cond[i]["x_1"], x_1)
-    assert torch.equal(cond[0]["x_1"], plain[0]["x_1"])  # shard 0 drifts by 0
-
-
 def test_shards_load_lazily_with_a_small_cache(tmp_path):
     generate_pairs(velocity, noise, 12, tmp_path / "p", shard_size=3, steps=2)
     pairs = ReflowPairs(tmp_path / "p", cache_shards=1)
