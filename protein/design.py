@@ -22,6 +22,8 @@ from flow3d.io import atomic_write_text
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_reflow_guided"
 REAL_REFERENCE = PROJECT_ROOT / ".." / "shared" / "data" / "proteins" / "ts50_pydssp" / "pdb"
+# A real beta hairpin (TS50 3gknA, residues A107-122) for the motif-scaffolding demo
+DEMO_MOTIF = (PROJECT_ROOT / "examples" / "protein" / "hairpin_3gknA.pdb", "A107-122@30", 80)
 
 
 @dataclass
@@ -163,7 +165,9 @@ def _replace(cfg, overrides: dict):
 def demo(out_dir: str | Path, *, num: int = 3, lengths: Sequence[int] = (60, 100),
          steps: int = 50, seed: int = 0, progress: bool = True) -> dict:
     """``make demo``: design a few backbones with the bundled checkpoint and evaluate them
-    against real chains (TS50) when the shared data is present. Returns the eval summary."""
+    against real chains (TS50) when the shared data is present, then scaffold a real beta
+    hairpin (``examples/protein``) into ``out_dir/motif`` (PDB files and ``motif.json``).
+    Returns the eval summary."""
     from protein.eval import run_eval
 
     out_dir = Path(out_dir)
@@ -173,6 +177,10 @@ def demo(out_dir: str | Path, *, num: int = 3, lengths: Sequence[int] = (60, 100
     summary = run_eval(report.out_dir, reference, out_dir / "eval", max_reference=16,
                        reference_limit=20, progress=progress)
     summary["design_seconds"] = report.seconds
+    motif_file, segments, length = DEMO_MOTIF
+    scaffolds = design(out_dir / "motif", lengths=(length,), num=num, steps=steps, seed=seed,
+                       motif=motif_file, motif_segments=segments, progress=progress)
+    summary["motif"] = scaffolds.motif["mean"]
     return summary
 
 

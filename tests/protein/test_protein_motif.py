@@ -145,3 +145,14 @@ def test_cli_design_with_motif(source_pdb, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and msg in err and len(err.splitlines()) == 1
         assert not bad.exists()
+
+
+def test_protein_demo_scaffolds_the_bundled_hairpin(tmp_path):
+    from protein.design import DEMO_MOTIF, demo
+
+    assert DEMO_MOTIF[0].is_file()  # shipped in examples/protein, no shared data needed
+    summary = demo(tmp_path, num=1, lengths=(40,), steps=5, progress=False)
+    record = json.loads((tmp_path / "motif" / "motif.json").read_text())
+    assert record["sequence"] == "VIKEKNMYGKQVLGIE" and record["positions"][0] == 30
+    assert summary["motif"] == record["mean"] and record["mean"]["motif_rmsd"] < 0.1
+    assert (tmp_path / "eval" / "summary.json").is_file()
