@@ -20,7 +20,8 @@ CA-distance histogram) — a prefilter that can miss the best match, so novelty 
 on the true maximum TM-score; ``max_reference=None`` aligns against every reference in the
 length window (exact, slow: ~30 ms per alignment at 100 residues).
 
-``run_eval`` writes ``designs.csv``, ``reference.csv`` (when a reference is given),
+A design folder written with a motif (``motif.json``) also gets the motif's metrics in the
+summary. ``run_eval`` writes ``designs.csv``, ``reference.csv`` (when a reference is given),
 ``summary.json`` and PNG plots, atomically.
 """
 
@@ -164,6 +165,28 @@ def _read_timings(folder: Path) -> dict[str, float]:
         except (ValueError, json.JSONDecodeError) as exc:
             raise DataError(f"{path}: cannot read timings ({exc})") from exc
     return {}
+
+
+def _read_motif(folder: Path, names: set[str]) -> dict | None:
+    """What ``motif.json`` (written by ``flow3d protein design --motif``) recorded for the
+    evaluated designs: the motif, and its metrics averaged over those designs."""
+    path = folder / "motif.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        per = [m for name, m in record["designs"].items() if name in names]
+        junctions = np.array([d for m in per for d in m["junction_ca_ca"]], dtype=np.float64)
+        return {
+            "segments": record["segments"], "source": record["source"], "n": len(per),
+            "motif_rmsd": float(np.mean([m["motif_rmsd"] for m in per])) if per else None,
+            "junction_valid": float((np.abs(junctions - CA_CA_IDEAL) <= CA_CA_TOL).mean())
+            if len(junctions) else None,
+            "motif_scaffold_clashes": float(np.mean([m["motif_scaffold_clashes"] for m in per]))
+            if per else None,
+        }  # fmt: skip
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a motif record written by flow3d ({exc})") from exc
 
 
 # --- per-structure metrics ------------------------------------------------------------------
@@ -434,9 +457,10 @@ def _evaluate(designs, reference, *, ss_method, max_reference, max_diversity, re
             for row, (tm, name, k) in zip(rows, _novelty(structures, rows, refs, ref_rows,
                                                          max_reference, bar)):
                 row["novelty_tm"], row["novelty_ref"], row["novelty_n_compared"] = tm, name, k
-    timings = {}
+    timings, motif = {}, None
     if isinstance(designs, (str, os.PathLike)) and Path(designs).is_dir():
         timings = _read_timings(Path(designs))
+        motif = _read_motif(Path(designs), {r["name"] for r in rows})
     for row in rows:
         key = Path(row["path"]).name.split(".")[0]
         row["time_s"] = timings.get(row["name"], timings.get(key))
@@ -451,6 +475,8 @@ def _evaluate(designs, reference, *, ss_method, max_reference, max_diversity, re
         } if len({r["length"] for r in rows}) <= 20 else {},
         "unreadable": errors,
     }
+    if motif is not None:
+        summary["motif"] = motif
     times = [r["time_s"] for r in rows if r["time_s"] is not None]
     summary["time_per_design_s"] = float(np.mean(times)) if times else None
     if refs:
@@ -656,6 +682,11 @@ def format_summary(summary: dict) -> str:
     if "novelty" in summary:
         novelty = fmt(summary["novelty"], "median_tm", "{:.3f}")
         lines.append(f"{'median novelty TM':<28}{novelty:>10}")
+    motif = summary.get("motif")
+    if motif and motif.get("n"):
+        lines.append(f"motif {motif['segments']}: RMSD {motif['motif_rmsd']:.2f} A, junction "
+                     f"CA-CA valid {fmt(motif, 'junction_valid', '{:.2f}')}, motif-scaffold "
+                     f"clashes {motif['motif_scaffold_clashes']:.2f} per design")
     if summary.get("time_per_design_s") is not None:
         lines.append(f"{'seconds per design':<28}{summary['time_per_design_s']:>10.3f}")
     lines.append(f"(secondary structure: {summary.get('ss_method')})")

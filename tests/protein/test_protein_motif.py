@@ -136,6 +136,15 @@ def test_cli_design_with_motif(source_pdb, tmp_path, capsys):
     assert set(record["designs"]) == {"len045_000", "len045_001"}
     assert record["mean"]["motif_rmsd"] < 0.1
     assert "motif B3-12@20" in capsys.readouterr().out
+    # eval of that folder reports the motif too; a broken motif.json is a one-line error
+    assert main(["protein", "eval", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["motif"]["segments"] == "B3-12@20" and summary["motif"]["n"] == 2
+    assert "motif B3-12@20: RMSD" in capsys.readouterr().out
+    (out / "motif.json").write_text('{"designs": 3}')
+    assert main(["protein", "eval", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "motif.json: not a motif record" in err and len(err.splitlines()) == 1
     for args, msg in ((["--motif-segments", "B3-12@40"], "at least 49 residues"),
                       (["--motif-segments", "B3-12"], "expected CHAIN"),
                       ([], "go together")):
