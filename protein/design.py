@@ -65,6 +65,7 @@ def design(
     method: str | None = None,
     rot_rate: float | None = None,
     clash_guidance: float | None = None,
+    guidance_iters: int | None = None,
     residue: str | None = None,
     batch_size: int | None = None,
     ema: bool = True,
@@ -90,6 +91,8 @@ def design(
         raise ConfigError(f"lengths must be at least 2 residues, got {list(lengths)}")
     if clash_guidance is not None and not 0.0 <= clash_guidance <= 1.0:
         raise ConfigError(f"--clash-guidance must be in [0, 1], got {clash_guidance}")
+    if guidance_iters is not None and guidance_iters < 1:
+        raise ConfigError(f"--guidance-iters must be at least 1, got {guidance_iters}")
     if fmt not in ("pdb", "cif"):
         raise ConfigError(f"--format must be pdb or cif, got {fmt!r}")
     if (motif is None) != (motif_segments is None):
@@ -104,7 +107,9 @@ def design(
     loaded = load_designer(checkpoint, ema=ema, device=device)
     overrides: dict = {"lengths": lengths, "steps": steps, "format": fmt}
     for key, value in (("method", method), ("rot_rate", rot_rate), ("residue", residue),
-                       ("batch_size", batch_size), ("clash_guidance", clash_guidance)):
+                       ("batch_size", batch_size), ("clash_guidance", clash_guidance),
+                       ("guidance_iters", guidance_iters),
+                       ("motif_guidance_iters", guidance_iters)):
         if value is not None:
             overrides[key] = value
     bar = None

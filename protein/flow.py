@@ -288,6 +288,7 @@ class ProteinFlow:
         min_one_minus_t: float = 1e-2,
         clash_guidance: float = 0.0,
         guidance_window: tuple[float, float] = (0.5, 1.0),
+        guidance_iters: int = 10,
         steps: int | None = None,
         motif=None,
     ):
@@ -298,7 +299,8 @@ class ProteinFlow:
         ``mask [B, L]`` must match the batch the solver passes. ``clash_guidance > 0`` steers
         the predicted translations with :meth:`steer_clashes` while ``t`` is inside
         ``guidance_window = (start, end)`` (an inference-time physical prior, like
-        RFdiffusion's potentials; off by default).
+        RFdiffusion's potentials; off by default), with ``guidance_iters`` gradient steps per
+        evaluation.
 
         ``motif`` (:class:`protein.motif.Motif`): every prediction of the motif residues is
         replaced by the motif superimposed on it (:meth:`place_motif`), and clash guidance
@@ -313,6 +315,8 @@ class ProteinFlow:
         """
         if rot_schedule not in ROT_SCHEDULES:
             raise ValueError(f"rot_schedule must be one of {ROT_SCHEDULES}, got {rot_schedule!r}")
+        if guidance_iters < 1:
+            raise ValueError(f"guidance_iters must be at least 1, got {guidance_iters}")
         g_start, g_end = (float(v) for v in guidance_window)
         if not 0.0 <= g_start < g_end <= 1.0:
             raise ValueError(f"guidance_window must satisfy 0 <= start < end <= 1, got "
@@ -343,7 +347,8 @@ class ProteinFlow:
             state["trans_sc"] = pred
             if clash_guidance > 0 and g_start <= t_now < g_end:
                 frozen = None if motif is None else motif_mask(motif, m)
-                pred = flow.steer_clashes(pred, m, clash_guidance, frozen=frozen)
+                pred = flow.steer_clashes(pred, m, clash_guidance, iters=guidance_iters,
+                                          frozen=frozen)
             one_minus_t = (1.0 - t_b).clamp_min(min_one_minus_t)[:, None, None]
             v_trans = masked_centre((pred - trans_t) / one_minus_t, m)
             log = flow.rot_vf(quats_t, pred_q)  # [B, L, 3]
@@ -386,6 +391,7 @@ class ProteinFlow:
         device: str | torch.device = "cpu",
         clash_guidance: float = 0.0,
         guidance_window: tuple[float, float] = (0.5, 1.0),
+        guidance_iters: int = 10,
         motif=None,
     ) -> SampleResult:
         """Draw ``num`` backbones of ``length`` residues in one batch (no padding); the
@@ -398,7 +404,7 @@ class ProteinFlow:
         x0 = torch.cat([trans_0, quats_to_points(quats_0, self.s.rot_path)], dim=-1)
         v = self.velocity_fn(model, mask, res_idx, rot_schedule=rot_schedule, rot_rate=rot_rate,
                              clash_guidance=clash_guidance, guidance_window=guidance_window,
-                             steps=steps, motif=motif)
+                             guidance_iters=guidance_iters, steps=steps, motif=motif)
         start = _time.perf_counter()
         res = solve(
             v, x0, method=method, steps=steps, manifold=self.manifold,

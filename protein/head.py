@@ -102,6 +102,10 @@ class ProteinSampleConfig:
     rot_rate: float = 10.0
     clash_guidance: float = 0.0  # > 0: steer predicted CAs away from clashes (flow.steer_clashes)
     guidance_window: tuple[float, float] = (0.5, 1.0)  # times t at which clash guidance acts
+    guidance_iters: int = 10  # gradient steps of clash guidance per network evaluation
+    # ... when scaffolding a motif: its fixed ends need more steps to bond to the scaffold
+    # (30 vs 10 on five TS50 motifs: junctions within 3.8 +/- 0.2 A 0.94 vs 0.80)
+    motif_guidance_iters: int = 30
     batch_size: int = 16
     residue: str = "GLY"  # "GLY" | "ALA" in written PDB files
     format: str = "pdb"  # "pdb" | "cif"
@@ -113,6 +117,8 @@ class ProteinSampleConfig:
             raise ValueError("lengths must be at least 2 residues")
         if self.format not in ("pdb", "cif"):
             raise ValueError("format must be 'pdb' or 'cif'")
+        if min(self.guidance_iters, self.motif_guidance_iters) < 1:
+            raise ValueError("guidance_iters and motif_guidance_iters must be at least 1")
 
 
 @dataclass
@@ -283,7 +289,7 @@ class ProteinHead(Head):
             loaded.model, rot_schedule=sample.rot_schedule,
             rot_rate=sample.rot_rate if cfg.rot_rate is None else cfg.rot_rate,
             clash_guidance=cfg.clash_guidance, guidance_window=cfg.guidance_window,
-            steps=cfg.steps,
+            guidance_iters=sample.guidance_iters, steps=cfg.steps,
         )  # fmt: skip
 
         def noise(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -374,7 +380,9 @@ class ProteinHead(Head):
         except ValueError as e:
             raise ConfigError(f"sample: {e}") from None
         num = cfg.num if num is None else num
+        iters = cfg.guidance_iters
         if motif is not None:
+            iters = cfg.motif_guidance_iters
             for length in cfg.lengths:
                 motif.check_length(length)
         device = next(model.parameters()).device
@@ -395,7 +403,7 @@ class ProteinHead(Head):
                         model, b, length, steps=cfg.steps, method=cfg.method,
                         rot_schedule=cfg.rot_schedule, rot_rate=cfg.rot_rate, generator=g,
                         trajectory=trajectory, device=device, clash_guidance=cfg.clash_guidance,
-                        guidance_window=cfg.guidance_window, motif=motif,
+                        guidance_window=cfg.guidance_window, guidance_iters=iters, motif=motif,
                     )  # fmt: skip
                     atoms = frames_to_atoms(res.trans, res.quats).float().cpu().numpy()
                     traj = None

@@ -107,9 +107,9 @@ def test_place_motif_is_one_rigid_motion_of_the_motif(source_pdb):
 
 
 def test_bundled_default_scaffolds_a_motif(source_pdb):
-    """Designs around a motif keep it (up to the ideal N/C rebuild) and connect to it: most
-    junction CA-CA distances are bond-like (measured 0.75-0.85 within 3.8 +/- 0.2 A on real
-    helix motifs; docs/benchmarks.md, quality_motif)."""
+    """Designs around a motif keep it (up to the ideal N/C rebuild) and connect to it: the
+    junction CA-CA distances are bond-like (0.94-1.00 within 3.8 +/- 0.2 A on five TS50
+    motifs at 50 steps; docs/benchmarks.md, quality_motif)."""
     from protein.design import load_designer
 
     motif = load_motif(source_pdb, "B10-22@15")
@@ -117,7 +117,7 @@ def test_bundled_default_scaffolds_a_motif(source_pdb):
     metrics = [motif_metrics(d.atoms, motif) for d in designs]
     assert all(m["motif_rmsd"] < 0.1 for m in metrics)
     junctions = np.concatenate([m["junction_ca_ca"] for m in metrics])
-    assert len(junctions) == 8 and (np.abs(junctions - 3.8) < 0.4).mean() >= 0.75
+    assert len(junctions) == 8 and (np.abs(junctions - 3.8) <= 0.2).mean() >= 0.75
     scaffolds = np.stack([d.atoms[:14, 1] for d in designs])
     assert np.ptp(scaffolds, axis=0).max() > 1.0  # the scaffold is generated, not copied
     with pytest.raises(ConfigError, match="at least 27 residues"):
@@ -165,3 +165,27 @@ def test_protein_demo_scaffolds_the_bundled_hairpin(tmp_path):
     assert record["sequence"] == "VIKEKNMYGKQVLGIE" and record["positions"][0] == 30
     assert summary["motif"] == record["mean"] and record["mean"]["motif_rmsd"] < 0.1
     assert (tmp_path / "eval" / "summary.json").is_file()
+
+
+def test_motif_sampling_runs_more_guidance_iterations(source_pdb, monkeypatch):
+    """Clash guidance takes sample.guidance_iters steps per evaluation, and
+    sample.motif_guidance_iters (30) when a motif is scaffolded; both can be overridden."""
+    from protein.design import load_designer
+
+    seen = []
+    real = ProteinFlow.steer_clashes
+
+    def spy(trans, mask, strength, **kw):
+        seen.append(kw["iters"])
+        return real(trans, mask, strength, **kw)
+
+    monkeypatch.setattr(ProteinFlow, "steer_clashes", staticmethod(spy))
+    loaded = load_designer()
+    motif = load_motif(source_pdb, "B1-8@3")
+    for kwargs, iters in (({}, 10), ({"motif": motif}, 30), ({"guidance_iters": 4}, 4),
+                          ({"motif": motif, "motif_guidance_iters": 5}, 5)):
+        seen.clear()
+        loaded.sample(1, lengths=(20,), steps=3, **kwargs)
+        assert seen and set(seen) == {iters}
+    with pytest.raises(ConfigError, match="at least 1"):
+        loaded.sample(1, lengths=(20,), steps=3, guidance_iters=0)
