@@ -135,6 +135,9 @@ def load_motif(path: str | Path, spec: str) -> Motif:
             atoms.append(ch.coords[hits[0]])
             letters.append(ch.sequence[hits[0]])
         positions.extend(range(seg.at - 1, seg.at - 1 + len(seg)))
+    if len(atoms) < 3:
+        raise ConfigError(f"motif {spec!r}: needs at least 3 residues to have a pose, got "
+                          f"{len(atoms)}")
     return motif_from_atoms(np.stack(atoms), positions, "".join(letters), source=str(path),
                             segments=segments)
 

@@ -78,6 +78,8 @@ def test_load_motif_errors_name_the_file(source_pdb, tmp_path):
         load_motif(source_pdb, "B35-41@1")
     with pytest.raises(DataError, match=r"no protein chain 'A'.*chains: B"):
         load_motif(source_pdb, "A1-5@1")
+    with pytest.raises(ConfigError, match="at least 3 residues"):
+        load_motif(source_pdb, "B5-6@1")
     with pytest.raises(DataError, match="motif file not found"):
         load_motif(tmp_path / "nope.pdb", "A1-5@1")
 
