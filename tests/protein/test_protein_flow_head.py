@@ -189,6 +189,7 @@ def test_protein_reflow_guided_teacher_and_clash_filter(tmp_path):
     assert 0 < len(strict["kept"]) < 4
     ss = guided["helix_strand"]
     assert len(ss) == 4 and all(0.0 <= v <= 1.0 for v in ss)
+    assert all(0.0 <= v <= s for v, s in zip(guided["strand_valid"], guided["strand"]))
     picky, _ = pairs("guided", clash_guidance=1.0, guidance_window=[0.0, 1.0],
                      min_helix_strand=max(ss) + 0.01)
     assert picky["kept"] == []
