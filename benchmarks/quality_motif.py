@@ -60,7 +60,7 @@ def run(num: int, steps: int, seed: int) -> list[dict]:
         start = time.perf_counter()
         designs = loaded.sample(num, seed=seed, lengths=(length,), steps=steps, motif=motif)
         seconds = (time.perf_counter() - start) / num
-        per = [motif_metrics(d.atoms, motif) for d in designs]
+        per = [motif_metrics(d.atoms, motif, d.motif_positions) for d in designs]
         junctions = np.concatenate([m["junction_ca_ca"] for m in per])
         ca_valid, clashes, kept = [], [], []
         for d in designs:
@@ -68,7 +68,7 @@ def run(num: int, steps: int, seed: int) -> list[dict]:
             ca_valid.append((np.abs(ca_ca_distances(ca) - CA_CA_IDEAL) <= CA_CA_TOL).mean())
             clashes.append(count_clashes(ca))
             ss = secondary_structure(d.atoms)
-            kept.append(np.mean([ss[p] == n for p, n in zip(motif.positions.tolist(), native)]))
+            kept.append(np.mean([ss[p] == n for p, n in zip(d.motif_positions.tolist(), native)]))
         rows.append({
             "motif": what, "file": fname, "segments": spec, "length": length,
             "native_ss": native,

@@ -113,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="scaffold a motif from this PDB/mmCIF file (with --motif-segments)")
     d.add_argument("--motif-segments", default=None, metavar="SPEC",
                    help="motif residues and their design positions (1-based): "
-                        "CHAIN FIRST-LAST@POSITION, comma-separated, e.g. A10-25@30,A40-45@70")
+                        "CHAIN FIRST-LAST@POSITION, comma-separated, e.g. A10-25@30,A40-45@70; "
+                        "@20-40 lets each design draw the segment's start in 20..40")
     d.add_argument("--residue", choices=("GLY", "ALA"), default=None)
     d.add_argument("--batch-size", type=int, default=None)
     d.add_argument("--device", default="cpu")

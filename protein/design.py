@@ -142,12 +142,16 @@ def _motif_record(designs, motif) -> dict:
 
     from protein.motif import motif_metrics
 
-    per = {d.name: motif_metrics(d.atoms, motif) for d in designs}
+    per = {}
+    for d in designs:
+        per[d.name] = motif_metrics(d.atoms, motif, d.motif_positions)
+        per[d.name]["positions"] = (np.asarray(d.motif_positions) + 1).tolist()  # 1-based
     junctions = np.concatenate([m["junction_ca_ca"] for m in per.values()])
     return {
         "source": motif.source,
         "segments": motif.spec,
-        "positions": (motif.positions + 1).tolist(),  # 1-based, as in the PDB files
+        # 1-based, as in the PDB files (each design's own under "designs" when drawn)
+        "positions": (motif.positions + 1).tolist() if motif.placed else None,
         "sequence": motif.sequence,  # the motif's residues at those positions
         "mean": {
             "motif_rmsd": float(np.mean([m["motif_rmsd"] for m in per.values()])),

@@ -81,11 +81,20 @@ def points_to_quats(points: Tensor, rot_path: str) -> Tensor:
     return so3.rotmat_to_quat(points.reshape(*points.shape[:-1], 3, 3))
 
 
-def motif_mask(motif, mask: Tensor) -> Tensor:
-    """``[B, L]`` bool, true at the motif's positions."""
+def motif_mask(positions: Tensor, mask: Tensor) -> Tensor:
+    """``[B, L]`` bool, true at the motif ``positions [B, M]``."""
     out = torch.zeros_like(mask, dtype=torch.bool)
-    out[:, motif.positions.to(mask.device)] = True
-    return out
+    return out.scatter(1, positions.to(mask.device), True)
+
+
+def _motif_positions(motif, positions: Tensor | None, batch: int) -> Tensor:
+    """``[B, M]`` positions: those given, else the motif's own (fixed) ones for every design."""
+    if positions is None:
+        return motif.positions[None].expand(batch, -1)
+    if positions.shape != (batch, len(motif)):
+        raise ValueError(f"motif positions must be [{batch}, {len(motif)}], got "
+                         f"{tuple(positions.shape)}")
+    return positions
 
 
 def masked_centre(x: Tensor, mask: Tensor) -> Tensor:
@@ -291,6 +300,7 @@ class ProteinFlow:
         guidance_iters: int = 10,
         steps: int | None = None,
         motif=None,
+        motif_positions: Tensor | None = None,
     ):
         """A ``velocity(x [B, L, 7|12], t) -> [B, L, 6]`` callable for the core solvers.
 
@@ -305,7 +315,8 @@ class ProteinFlow:
         ``motif`` (:class:`protein.motif.Motif`): every prediction of the motif residues is
         replaced by the motif superimposed on it (:meth:`place_motif`), and clash guidance
         leaves them where they are, so the scaffold is predicted around a motif in the
-        network's own pose.
+        network's own pose. ``motif_positions [B, M]``: where each design holds it (default:
+        ``motif.positions`` for all).
 
         ``steps``: the solver's step count, when known. With the exponential schedule the rate
         is then capped at it: an Euler step moves each rotation ``rate * dt`` of the way to the
@@ -342,11 +353,13 @@ class ProteinFlow:
             m = mask if mask is not None else torch.ones_like(trans_t[..., 0])
             out = model(trans_t, quats_t, t_b, m, res_idx, sc)
             pred, pred_q = out["trans"], out["quats"]
+            pos = None
             if motif is not None:
-                pred, pred_q = flow.place_motif(pred, pred_q, motif)
+                pos = _motif_positions(motif, motif_positions, B)
+                pred, pred_q = flow.place_motif(pred, pred_q, motif, pos)
             state["trans_sc"] = pred
             if clash_guidance > 0 and g_start <= t_now < g_end:
-                frozen = None if motif is None else motif_mask(motif, m)
+                frozen = None if pos is None else motif_mask(pos, m)
                 pred = flow.steer_clashes(pred, m, clash_guidance, iters=guidance_iters,
                                           frozen=frozen)
             one_minus_t = (1.0 - t_b).clamp_min(min_one_minus_t)[:, None, None]
@@ -358,21 +371,25 @@ class ProteinFlow:
         return velocity
 
     @staticmethod
-    def place_motif(trans: Tensor, quats: Tensor, motif) -> tuple[Tensor, Tensor]:
+    def place_motif(trans: Tensor, quats: Tensor, motif,
+                    positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Frames ``trans [B, L, 3]`` nm, ``quats [B, L, 4]`` with the motif residues
-        (``motif.positions``) replaced by the motif frames (``motif.trans [M, 3]``,
-        ``motif.quats [M, 4]``) under the rigid motion that best superimposes the motif's CAs
-        on theirs (:func:`protein.geometry.superimpose`). The network is SE(3)-invariant, so
-        the motif has no pose of its own: it takes the one the prediction gives it."""
+        (``positions [B, M]``, default ``motif.positions``) replaced by the motif frames
+        (``motif.trans [M, 3]``, ``motif.quats [M, 4]``) under the rigid motion that best
+        superimposes the motif's CAs on theirs (:func:`protein.geometry.superimpose`). The
+        network is SE(3)-invariant, so the motif has no pose of its own: it takes the one the
+        prediction gives it."""
         from protein.geometry import superimpose
 
-        pos = motif.positions.to(trans.device)
-        m_trans = motif.trans.to(trans)[None].expand(trans.shape[0], -1, -1)  # [B, M, 3]
-        rot, shift = superimpose(m_trans, trans[:, pos])  # [B, 3, 3], [B, 3]
+        B = trans.shape[0]
+        pos = _motif_positions(motif, positions, B).to(trans.device)  # [B, M]
+        rows = torch.arange(B, device=trans.device)[:, None]
+        m_trans = motif.trans.to(trans)[None].expand(B, -1, -1)  # [B, M, 3]
+        rot, shift = superimpose(m_trans, trans[rows, pos])  # [B, 3, 3], [B, 3]
         trans, quats = trans.clone(), quats.clone()
-        trans[:, pos] = (rot[:, None] @ m_trans[..., None])[..., 0] + shift[:, None]
+        trans[rows, pos] = (rot[:, None] @ m_trans[..., None])[..., 0] + shift[:, None]
         q_rot = so3.rotmat_to_quat(rot)[:, None]  # [B, 1, 4]
-        quats[:, pos] = so3.quat_normalize(so3.quat_mul(q_rot, motif.quats.to(quats)[None]))
+        quats[rows, pos] = so3.quat_normalize(so3.quat_mul(q_rot, motif.quats.to(quats)[None]))
         return trans, quats
 
     @torch.no_grad()
@@ -393,18 +410,21 @@ class ProteinFlow:
         guidance_window: tuple[float, float] = (0.5, 1.0),
         guidance_iters: int = 10,
         motif=None,
+        motif_positions: Tensor | None = None,
     ) -> SampleResult:
         """Draw ``num`` backbones of ``length`` residues in one batch (no padding); the
         exponential rotation rate is capped at ``steps`` (see :meth:`velocity_fn`).
-        ``motif`` (:class:`protein.motif.Motif`): scaffold it (see :meth:`velocity_fn`); at
-        the end the motif is placed once more on the CAs the trajectory gave its residues."""
+        ``motif`` (:class:`protein.motif.Motif`): scaffold it at ``motif_positions [num, M]``
+        (default ``motif.positions``; see :meth:`velocity_fn`); at the end the motif is placed
+        once more on the CAs the trajectory gave its residues."""
         mask = torch.ones(num, length, device=device)
         res_idx = torch.arange(length, device=device).expand(num, length)
         trans_0, quats_0 = self.prior(mask, generator)
         x0 = torch.cat([trans_0, quats_to_points(quats_0, self.s.rot_path)], dim=-1)
         v = self.velocity_fn(model, mask, res_idx, rot_schedule=rot_schedule, rot_rate=rot_rate,
                              clash_guidance=clash_guidance, guidance_window=guidance_window,
-                             guidance_iters=guidance_iters, steps=steps, motif=motif)
+                             guidance_iters=guidance_iters, steps=steps, motif=motif,
+                             motif_positions=motif_positions)
         start = _time.perf_counter()
         res = solve(
             v, x0, method=method, steps=steps, manifold=self.manifold,
@@ -413,7 +433,8 @@ class ProteinFlow:
         elapsed = _time.perf_counter() - start
         trans, rot = self.manifold.split_point(res.x)
         if motif is not None:  # the exponential schedule stops short of the last prediction
-            trans, quats = self.place_motif(trans, points_to_quats(rot, self.s.rot_path), motif)
+            trans, quats = self.place_motif(trans, points_to_quats(rot, self.s.rot_path), motif,
+                                            motif_positions)
             rot = quats_to_points(quats, self.s.rot_path)
         traj = None
         if trajectory and res.trajectory is not None:

@@ -124,7 +124,8 @@ class ProteinSampleConfig:
 @dataclass
 class Design:
     """One generated backbone: ``atoms [L, 4, 3]`` (N, CA, C, O) in angstrom, frames in nm,
-    optional trajectory ``[T, L, 4, 3]`` (angstrom), wall-clock seconds per design."""
+    optional trajectory ``[T, L, 4, 3]`` (angstrom), wall-clock seconds per design, and the
+    0-based positions ``[M]`` of a scaffolded motif."""
 
     length: int
     atoms: np.ndarray
@@ -134,6 +135,7 @@ class Design:
     seed: int
     index: int
     trajectory: np.ndarray | None = field(default=None)
+    motif_positions: np.ndarray | None = field(default=None)
 
     @property
     def name(self) -> str:
@@ -399,11 +401,17 @@ class ProteinHead(Head):
                     g = torch.Generator(device="cpu").manual_seed(
                         int(seed) * 1_000_003 + length * 1009 + done
                     )
+                    pos = None
+                    if motif is not None:  # its own stream: the noise is as without a motif
+                        g_pos = torch.Generator(device="cpu").manual_seed(
+                            int(seed) * 1_000_003 + length * 1009 + done + 500_009)
+                        pos = motif.draw_positions(b, g_pos).to(device)
                     res = self.flow.sample(
                         model, b, length, steps=cfg.steps, method=cfg.method,
                         rot_schedule=cfg.rot_schedule, rot_rate=cfg.rot_rate, generator=g,
                         trajectory=trajectory, device=device, clash_guidance=cfg.clash_guidance,
                         guidance_window=cfg.guidance_window, guidance_iters=iters, motif=motif,
+                        motif_positions=pos,
                     )  # fmt: skip
                     atoms = frames_to_atoms(res.trans, res.quats).float().cpu().numpy()
                     traj = None
@@ -422,6 +430,7 @@ class ProteinHead(Head):
                                 seed=int(seed),
                                 index=done + i,
                                 trajectory=None if traj is None else traj[i],
+                                motif_positions=None if pos is None else pos[i].cpu().numpy(),
                             )
                         )
                     if progress is not None:

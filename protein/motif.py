@@ -3,7 +3,10 @@
 A motif is one or more contiguous segments of a PDB/mmCIF chain (a binding loop, a catalytic
 helix, a hairpin) and the positions they take in the design. ``A10-25@30`` puts residues
 10..25 (author numbering) of chain A at design positions 30..45 (1-based, as in the written
-PDB file); several segments are separated by commas: ``A10-25@30,A40-45@70``.
+PDB file); several segments are separated by commas: ``A10-25@30,A40-45@70``. A range
+``A10-25@20-40`` lets each design draw the segment's start in 20..40 (so the scaffold
+lengths around it vary, like RFdiffusion's contigs); ranges must not allow two segments to
+overlap.
 
 The unconditional model scaffolds it without retraining: at every velocity evaluation the
 network's prediction of the motif residues is replaced by the motif itself, superimposed on
@@ -35,30 +38,37 @@ from flow3d.errors import ConfigError, DataError
 __all__ = ["Motif", "MotifSegment", "load_motif", "motif_from_atoms", "motif_metrics",
            "parse_segments"]
 
-_SEGMENT = re.compile(r"^([A-Za-z0-9])(-?\d+)(?:-(-?\d+))?@(\d+)$")
+_SEGMENT = re.compile(r"^([A-Za-z0-9])(-?\d+)(?:-(-?\d+))?@(\d+)(?:-(\d+))?$")
 
 
 @dataclass(frozen=True)
 class MotifSegment:
     """Residues ``first..last`` (author numbers) of ``chain``, at design position ``at``
-    (1-based) onwards."""
+    (1-based) onwards; with ``at_max > at`` each design draws its start in ``at..at_max``."""
 
     chain: str
     first: int
     last: int
     at: int
+    at_max: int | None = None  # None: fixed at ``at``
 
     def __len__(self) -> int:
         return self.last - self.first + 1
 
+    @property
+    def last_start(self) -> int:
+        return self.at if self.at_max is None else self.at_max
+
     def __str__(self) -> str:
-        return f"{self.chain}{self.first}-{self.last}@{self.at}"
+        where = f"{self.at}" if self.at_max is None else f"{self.at}-{self.at_max}"
+        return f"{self.chain}{self.first}-{self.last}@{where}"
 
 
 @dataclass
 class Motif:
     """Motif frames ready for sampling: ``trans [M, 3]`` nm centred on the motif's CA
-    centroid, ``quats [M, 4]``, ``positions [M]`` 0-based design indices (ascending),
+    centroid, ``quats [M, 4]``, ``positions [M]`` 0-based design indices (ascending; for a
+    segment with a range of starts, its first one: :meth:`draw_positions` draws the rest),
     ``atoms [M, 4, 3]`` angstrom (N, CA, C, O; O may be NaN) as read, and their
     ``sequence`` (for a sequence designer's fixed positions)."""
 
@@ -75,8 +85,29 @@ class Motif:
 
     @property
     def min_length(self) -> int:
-        """The shortest design that holds every segment."""
-        return int(self.positions.max()) + 1
+        """The shortest design that holds every segment wherever it is drawn."""
+        return max(s.last_start - 1 + len(s) for s in self.segments) if self.segments \
+            else int(self.positions.max()) + 1
+
+    @property
+    def placed(self) -> bool:
+        """True when every segment has one position (nothing to draw)."""
+        return all(s.at_max is None or s.at_max == s.at for s in self.segments)
+
+    def draw_positions(self, num: int, generator: torch.Generator | None = None) -> Tensor:
+        """``[num, M]`` 0-based design positions: ``positions`` with each segment shifted by
+        a uniform draw in ``0..at_max - at`` (segments keep their order; they cannot overlap,
+        :func:`parse_segments` checks the ranges)."""
+        base = self.positions[None].expand(num, -1).clone()
+        if self.placed:
+            return base
+        for seg in self.segments:
+            if seg.at_max is None or seg.at_max == seg.at:
+                continue
+            shift = torch.randint(0, seg.at_max - seg.at + 1, (num, 1), generator=generator)
+            cols = (self.positions >= seg.at - 1) & (self.positions < seg.at - 1 + len(seg))
+            base[:, cols] += shift
+        return base
 
     def check_length(self, length: int) -> None:
         if length < self.min_length:
@@ -97,16 +128,19 @@ def parse_segments(spec: str) -> tuple[MotifSegment, ...]:
             raise ConfigError(f"motif segment {part!r}: expected CHAIN FIRST-LAST@POSITION, "
                               "e.g. A10-25@30")
         chain, first, last, at = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+        at_max = None if m.group(5) is None else int(m.group(5))
         last = first if last is None else int(last)
         if last < first:
             raise ConfigError(f"motif segment {part!r}: last residue before the first")
         if at < 1:
             raise ConfigError(f"motif segment {part!r}: design positions start at 1")
-        segments.append(MotifSegment(chain, first, last, at))
+        if at_max is not None and at_max < at:
+            raise ConfigError(f"motif segment {part!r}: position range ends before it starts")
+        segments.append(MotifSegment(chain, first, last, at, at_max))
     ordered = sorted(segments, key=lambda s: s.at)
     for a, b in zip(ordered, ordered[1:]):
-        if a.at + len(a) > b.at:
-            raise ConfigError(f"motif segments {a} and {b} overlap in the design")
+        if a.last_start + len(a) > b.at:
+            raise ConfigError(f"motif segments {a} and {b} can overlap in the design")
     return tuple(segments)
 
 
@@ -167,8 +201,10 @@ def _superposed_rmsd(a: np.ndarray, b: np.ndarray) -> float:
     return float(((ta @ rot.T + shift - tb) ** 2).sum(-1).mean().sqrt())
 
 
-def motif_metrics(atoms: np.ndarray, motif: Motif, *, clash: float = 3.0) -> dict:
-    """How a design ``atoms [L, 4, 3]`` (angstrom) holds its motif.
+def motif_metrics(atoms: np.ndarray, motif: Motif, positions=None, *,
+                  clash: float = 3.0) -> dict:
+    """How a design ``atoms [L, 4, 3]`` (angstrom) holds its motif at ``positions [M]``
+    (0-based; default ``motif.positions``).
 
     ``motif_rmsd``: N/CA/C RMSD (A) of the motif residues to the motif after superposition;
     ``junction_ca_ca``: the CA-CA distances across each motif/scaffold boundary (ideal 3.80 A)
@@ -176,7 +212,7 @@ def motif_metrics(atoms: np.ndarray, motif: Motif, *, clash: float = 3.0) -> dic
     motif-scaffold CA pairs at ``|i - j| >= 2`` closer than ``clash`` A.
     """
     atoms = np.asarray(atoms, dtype=np.float64)
-    pos = motif.positions.numpy()
+    pos = motif.positions.numpy() if positions is None else np.asarray(positions)
     in_motif = np.zeros(len(atoms), dtype=bool)
     in_motif[pos] = True
     rmsd = _superposed_rmsd(atoms[pos, :3].reshape(-1, 3), motif.atoms[:, :3].reshape(-1, 3))

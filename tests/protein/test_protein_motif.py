@@ -33,8 +33,11 @@ def test_parse_segments_and_errors():
     assert [(s.chain, s.first, s.last, s.at, len(s)) for s in segs] == [
         ("A", 10, 25, 30, 16), ("B", 5, 5, 60, 1)]
     assert str(segs[0]) == "A10-25@30"
+    ranged = parse_segments("A10-25@20-40,B1-3@57")
+    assert str(ranged[0]) == "A10-25@20-40" and ranged[0].last_start == 40
     for bad, msg in (("A10-25", "expected CHAIN"), ("A25-10@3", "before the first"),
-                     ("A1-5@0", "start at 1"), ("A1-5@10,B1-3@12", "overlap")):
+                     ("A1-5@0", "start at 1"), ("A1-5@10,B1-3@12", "overlap"),
+                     ("A1-5@10-8", "range ends before"), ("A1-5@1-10,B1-3@12", "overlap")):
         with pytest.raises(ConfigError, match=msg):
             parse_segments(bad)
 
@@ -191,3 +194,30 @@ def test_motif_sampling_runs_more_guidance_iterations(source_pdb, monkeypatch):
         assert seen and set(seen) == {iters}
     with pytest.raises(ConfigError, match="at least 1"):
         loaded.sample(1, lengths=(20,), steps=3, guidance_iters=0)
+
+
+def test_ranged_segments_draw_a_placement_per_design(source_pdb, tmp_path):
+    """``B3-8@5-12`` puts the segment's start anywhere in 5..12 (1-based), per design; the
+    fixed segment stays put; every design holds the motif at its own positions."""
+    motif = load_motif(source_pdb, "B20-27@30,B3-8@5-12")
+    assert not motif.placed and motif.min_length == 37
+    draws = motif.draw_positions(200, torch.Generator().manual_seed(0))  # [200, 14]
+    starts = draws[:, 0] + 1
+    assert set(starts.tolist()) == set(range(5, 13))
+    assert torch.equal(draws[:, :6] - draws[:, :1], torch.arange(6).expand(200, -1))
+    assert torch.equal(draws[:, 6:], motif.positions[6:].expand(200, -1))  # B20-27@30 fixed
+    again = motif.draw_positions(200, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+
+    out = tmp_path / "ranged"
+    assert main(["protein", "design", "--length", "45", "--num", "4", "--steps", "10",
+                 "--motif", str(source_pdb), "--motif-segments", "B20-27@30,B3-8@5-12",
+                 "--out", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "motif.json").read_text())
+    assert record["positions"] is None
+    firsts = []
+    for m in record["designs"].values():
+        assert m["motif_rmsd"] < 0.1 and len(m["positions"]) == 14
+        assert m["positions"][6:] == list(range(30, 38))
+        firsts.append(m["positions"][0])
+    assert all(5 <= f <= 12 for f in firsts) and len(set(firsts)) > 1
