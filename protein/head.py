@@ -136,6 +136,7 @@ class Design:
     index: int
     trajectory: np.ndarray | None = field(default=None)
     motif_positions: np.ndarray | None = field(default=None)
+    residues: list[str] | None = field(default=None)  # per-residue names (a motif's own)
 
     @property
     def name(self) -> str:
@@ -431,6 +432,8 @@ class ProteinHead(Head):
                                 index=done + i,
                                 trajectory=None if traj is None else traj[i],
                                 motif_positions=None if pos is None else pos[i].cpu().numpy(),
+                                residues=None if pos is None else _motif_residue_names(
+                                    motif, pos[i].tolist(), length, cfg.residue),
                             )
                         )
                     if progress is not None:
@@ -454,20 +457,32 @@ class ProteinHead(Head):
         timings = {}
         for d in samples:
             header = f"FLOW3D DESIGN {d.name} SEED {d.seed}"
+            names = d.residues or residue
             if fmt == "cif":
                 p = out_dir / f"{d.name}.cif"
-                write_backbone_cif(p, d.atoms, residue=residue, header=header)
+                write_backbone_cif(p, d.atoms, residue=names, header=header)
             else:
                 p = out_dir / f"{d.name}.pdb"
-                write_backbone_pdb(p, d.atoms, residue=residue, header=header)
+                write_backbone_pdb(p, d.atoms, residue=names, header=header)
             paths.append(p)
             timings[d.name] = d.seconds
             if d.trajectory is not None:  # beside, not inside: eval reads every file in out_dir
                 tp = trajectory_dir(out_dir) / f"{d.name}_traj.pdb"
-                write_backbone_pdb(tp, d.trajectory, residue=residue, header=header)
+                write_backbone_pdb(tp, d.trajectory, residue=names, header=header)
                 paths.append(tp)
         atomic_write_text(out_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
         return paths
+
+
+def _motif_residue_names(motif, positions: list[int], length: int, residue: str) -> list[str]:
+    """``residue`` everywhere but at the motif's positions, which keep their own residue
+    names (non-standard ones, ``X``, fall back to ``residue``)."""
+    from protein.data.parse import ONE_TO_THREE
+
+    names = [residue] * length
+    for p, aa in zip(positions, motif.sequence):
+        names[p] = ONE_TO_THREE.get(aa, residue)
+    return names
 
 
 def ca_ca_valid_fraction(ca: torch.Tensor, ideal: float = 3.80, tol: float = 0.20) -> float:

@@ -2,7 +2,9 @@
 
 Atoms are ``[L, 4, 3]`` (N, CA, C, O) in angstrom, or ``[T, L, 4, 3]`` for a trajectory written
 as MODEL records (PDB) / ``pdbx_PDB_model_num`` (mmCIF). Residues are poly-glycine or
-poly-alanine (``residue="ALA"`` adds an ideal C-beta from the N, CA, C frame). Atoms that are
+poly-alanine (``residue="ALA"``), or one standard three-letter name per residue (a scaffolded
+motif keeps its own); every residue but glycine gets an ideal C-beta from its N, CA, C frame
+and no other side-chain atom. Atoms that are
 NaN (e.g. a missing O) are left out. Files carry HEADER and CRYST1 records (mkdssp 4 refuses
 PDB files without CRYST1) and are written atomically.
 """
@@ -20,7 +22,8 @@ from flow3d.errors import DataError
 from flow3d.io import atomic_write_text
 from protein.geometry import ideal_cb
 
-__all__ = ["backbone_atom_records", "write_backbone", "write_backbone_cif", "write_backbone_pdb"]
+__all__ = ["backbone_atom_records", "residue_names", "write_backbone", "write_backbone_cif",
+           "write_backbone_pdb"]
 
 RESIDUES = ("GLY", "ALA")
 _ATOM_NAMES = ("N", "CA", "C", "O", "CB")
@@ -45,15 +48,35 @@ def _as_models(atoms, path) -> np.ndarray:
     return atoms
 
 
-def backbone_atom_records(atoms: np.ndarray, residue: str = "GLY") -> list[tuple]:
-    """Per model, the list of ``(res_index, atom_name, element, xyz)`` to write (NaN skipped)."""
-    if residue not in RESIDUES:
-        raise ValueError(f"residue must be one of {RESIDUES}, got {residue!r}")
+def residue_names(residue, length: int) -> list[str]:
+    """``length`` three-letter names from ``"GLY"`` / ``"ALA"`` (every residue) or a sequence
+    of standard names (one per residue)."""
+    from protein.data.parse import THREE_TO_ONE
+
+    if isinstance(residue, str):
+        if residue not in RESIDUES:
+            raise ValueError(f"residue must be one of {RESIDUES}, got {residue!r}")
+        return [residue] * length
+    names = list(residue)
+    if len(names) != length:
+        raise ValueError(f"{len(names)} residue names for {length} residues")
+    unknown = sorted({n for n in names if n not in THREE_TO_ONE})
+    if unknown:
+        raise ValueError(f"not standard amino-acid names: {unknown}")
+    return names
+
+
+def backbone_atom_records(atoms: np.ndarray, residue="GLY") -> list[tuple]:
+    """Per model, the list of ``(res_index, atom_name, element, xyz)`` to write (NaN skipped;
+    C-beta for every residue but glycine)."""
+    names = residue_names(residue, atoms.shape[1])
+    has_cb = np.array([n != "GLY" for n in names])
     models = []
     for coords in atoms:  # [L, 4, 3]
-        if residue == "ALA":
+        if has_cb.any():
             t = torch.from_numpy(coords)
             cb = ideal_cb(t[:, 0], t[:, 1], t[:, 2]).numpy()  # [L, 3]
+            cb[~has_cb] = np.nan
             coords = np.concatenate([coords, cb[:, None]], axis=1)  # [L, 5, 3]
         rows = []
         for i, res in enumerate(coords):
@@ -68,13 +91,16 @@ def write_backbone_pdb(
     path: str | os.PathLike,
     atoms,
     *,
-    residue: str = "GLY",
+    residue="GLY",
     chain: str = "A",
     header: str = "DE NOVO PROTEIN",
 ) -> Path:
-    """Write ``atoms`` ``[L, 4, 3]`` / ``[T, L, 4, 3]`` (angstrom) as a PDB file; returns path."""
+    """Write ``atoms`` ``[L, 4, 3]`` / ``[T, L, 4, 3]`` (angstrom) as a PDB file; returns path.
+    ``residue``: ``"GLY"``, ``"ALA"`` or one three-letter name per residue."""
     path = Path(path)
-    models = backbone_atom_records(_as_models(atoms, path), residue)
+    models_xyz = _as_models(atoms, path)
+    models = backbone_atom_records(models_xyz, residue)
+    names = residue_names(residue, models_xyz.shape[1])
     if len(chain) != 1:
         raise ValueError(f"chain must be one character, got {chain!r}")
     date = datetime.date.today().strftime("%d-%b-%y").upper()
@@ -88,11 +114,11 @@ def write_backbone_pdb(
             serial += 1
             atom_name = f" {name:<3}" if len(name) < 4 else name
             lines.append(
-                f"ATOM  {serial:>5} {atom_name} {residue} {chain}{i + 1:>4}    "
+                f"ATOM  {serial:>5} {atom_name} {names[i]} {chain}{i + 1:>4}    "
                 f"{x:8.3f}{y:8.3f}{z:8.3f}{1.0:6.2f}{0.0:6.2f}          {element:>2}"
             )
         last = rows[-1][0] + 1
-        lines.append(f"TER   {serial + 1:>5}      {residue} {chain}{last:>4}")
+        lines.append(f"TER   {serial + 1:>5}      {names[last - 1]} {chain}{last:>4}")
         if multi:
             lines.append("ENDMDL")
     lines.append("END")
@@ -104,13 +130,16 @@ def write_backbone_cif(
     path: str | os.PathLike,
     atoms,
     *,
-    residue: str = "GLY",
+    residue="GLY",
     chain: str = "A",
     header: str = "DE NOVO PROTEIN",
 ) -> Path:
-    """Write ``atoms`` as an mmCIF file (``_atom_site`` loop, plus cell and symmetry)."""
+    """Write ``atoms`` as an mmCIF file (``_atom_site`` loop, plus cell and symmetry);
+    ``residue`` as in :func:`write_backbone_pdb`."""
     path = Path(path)
-    models = backbone_atom_records(_as_models(atoms, path), residue)
+    models_xyz = _as_models(atoms, path)
+    models = backbone_atom_records(models_xyz, residue)
+    names = residue_names(residue, models_xyz.shape[1])
     name = path.name.split(".")[0] or "design"
     n_res = max(r[0] for r in models[0]) + 1
     lines = [
@@ -133,11 +162,12 @@ def write_backbone_cif(
         "#",
         "_struct_asym.id " + chain, "_struct_asym.entity_id 1",
         "#",
-        "loop_", "_chem_comp.id", "_chem_comp.type", "_chem_comp.name",
-        f"{residue} 'L-peptide linking' {'GLYCINE' if residue == 'GLY' else 'ALANINE'}",
+        "loop_", "_chem_comp.id", "_chem_comp.type",
+        *(f"{n} '{'peptide linking' if n == 'GLY' else 'L-peptide linking'}'"
+          for n in sorted(set(names))),
         "#",
         "loop_", "_entity_poly_seq.entity_id", "_entity_poly_seq.num", "_entity_poly_seq.mon_id",
-        *(f"1 {i + 1} {residue}" for i in range(n_res)),
+        *(f"1 {i + 1} {names[i]}" for i in range(n_res)),
         "#",
         "loop_",
         *(f"_pdbx_poly_seq_scheme.{k}" for k in (
@@ -145,7 +175,7 @@ def write_backbone_cif(
             "auth_seq_num", "pdb_mon_id", "auth_mon_id", "pdb_strand_id", "pdb_ins_code",
             "hetero",
         )),
-        *(f"{chain} 1 {i + 1} {residue} {i + 1} {i + 1} {i + 1} {residue} {residue} {chain} . n"
+        *(f"{chain} 1 {i + 1} {names[i]} {i + 1} {i + 1} {i + 1} {names[i]} {names[i]} {chain} . n"
           for i in range(n_res)),
         "#",
         "loop_",
@@ -161,8 +191,8 @@ def write_backbone_cif(
         for i, atom, element, (x, y, z) in rows:
             serial += 1
             lines.append(
-                f"ATOM {serial} {element} {atom} . {residue} {chain} 1 {i + 1} ? "
-                f"{x:.3f} {y:.3f} {z:.3f} 1.00 0.00 {i + 1} {residue} {chain} {atom} {m + 1}"
+                f"ATOM {serial} {element} {atom} . {names[i]} {chain} 1 {i + 1} ? "
+                f"{x:.3f} {y:.3f} {z:.3f} 1.00 0.00 {i + 1} {names[i]} {chain} {atom} {m + 1}"
             )
     lines.append("#")
     atomic_write_text(path, "\n".join(lines) + "\n")

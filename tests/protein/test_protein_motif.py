@@ -221,3 +221,19 @@ def test_ranged_segments_draw_a_placement_per_design(source_pdb, tmp_path):
         assert m["positions"][6:] == list(range(30, 38))
         firsts.append(m["positions"][0])
     assert all(5 <= f <= 12 for f in firsts) and len(set(firsts)) > 1
+
+
+def test_designs_carry_the_motif_residue_names(tmp_path):
+    """The written files name the motif residues as in the motif file (GLY elsewhere), so a
+    sequence designer can keep them fixed."""
+    from protein.data import parse_structure
+    from protein.design import DEMO_MOTIF, design
+
+    report = design(tmp_path / "d", lengths=(40,), num=2, steps=5, motif=DEMO_MOTIF[0],
+                    motif_segments="A107-122@5-20")
+    for d in report.designs:
+        back = parse_structure(tmp_path / "d" / f"{d.name}.pdb", break_distance=np.inf)
+        seq = back.chains[0].sequence
+        start = int(d.motif_positions[0])
+        assert seq[start:start + 16] == "VIKEKNMYGKQVLGIE"
+        assert set(seq[:start] + seq[start + 16:]) == {"G"}

@@ -49,6 +49,27 @@ def test_pdb_records_and_alanine_cb(tmp_path):
     assert np.allclose(np.linalg.norm(cb - chain.coords[:, 1], axis=-1), 1.527, atol=2e-3)
 
 
+@needs_data
+@pytest.mark.parametrize("suffix", [".pdb", ".cif"])
+def test_per_residue_names_round_trip(tmp_path, suffix):
+    """The chain's own sequence written back: names read back, a C-beta on all but GLY."""
+    from protein.data.parse import ONE_TO_THREE
+
+    chain = _real_chain()
+    names = [ONE_TO_THREE.get(a, "GLY") for a in chain.sequence]
+    path = write_backbone(tmp_path / f"seq{suffix}", chain.coords, residue=names)
+    back = parse_structure(path).chains[0]
+    assert back.sequence == "".join(a if a in ONE_TO_THREE else "G" for a in chain.sequence)
+    assert np.allclose(back.coords, chain.coords, atol=1e-3, equal_nan=True)
+    if suffix == ".pdb":
+        cb = [ln for ln in path.read_text().splitlines() if ln[12:16] == " CB "]
+        assert len(cb) == sum(n != "GLY" for n in names)
+    with pytest.raises(ValueError, match="residue names for"):
+        write_backbone(tmp_path / f"short{suffix}", chain.coords, residue=names[:-1])
+    with pytest.raises(ValueError, match="not standard"):
+        write_backbone(tmp_path / f"odd{suffix}", chain.coords, residue=["MSE"] * len(names))
+
+
 def test_trajectory_as_models(tmp_path):
     g = np.random.default_rng(0)
     traj = g.normal(size=(3, 5, 4, 3)) * 5
@@ -84,9 +105,13 @@ def test_bad_input(tmp_path):
 @needs_data
 @pytest.mark.skipif(shutil.which("mkdssp") is None, reason="mkdssp (apt package dssp) absent")
 @pytest.mark.parametrize("suffix", [".pdb", ".cif"])
-def test_mkdssp_reads_our_files(tmp_path, suffix):
+@pytest.mark.parametrize("named", [False, True])
+def test_mkdssp_reads_our_files(tmp_path, suffix, named):
+    from protein.data.parse import ONE_TO_THREE
+
     chain = _real_chain()
-    path = write_backbone(tmp_path / f"d{suffix}", chain.coords)
+    names = [ONE_TO_THREE.get(a, "GLY") for a in chain.sequence] if named else "GLY"
+    path = write_backbone(tmp_path / f"d{suffix}", chain.coords, residue=names)
     out = tmp_path / "d.dssp"
     proc = subprocess.run(["mkdssp", "--output-format", "dssp", str(path), str(out)],
                           capture_output=True, text=True, timeout=60)
