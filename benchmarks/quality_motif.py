@@ -37,10 +37,12 @@ def _native_ss(motif) -> str:
     from protein.data import parse_structure
     from protein.data.filters import secondary_structure
 
+    chains = {c.chain_id: c for c in parse_structure(motif.source).chains}
+    ss_of = {cid: secondary_structure(c.coords) for cid, c in chains.items()
+             if cid in {seg.chain for seg in motif.segments}}
     out = []
     for seg in motif.segments:
-        ch = next(c for c in parse_structure(motif.source).chains if c.chain_id == seg.chain)
-        ss = secondary_structure(ch.coords)
+        ch, ss = chains[seg.chain], ss_of[seg.chain]
         idx = [int(np.nonzero(ch.res_numbers == n)[0][0]) for n in range(seg.first, seg.last + 1)]
         out.append((seg.at, "".join(ss[i] for i in idx)))
     return "".join(s for _, s in sorted(out))
@@ -50,7 +52,7 @@ def run(num: int, steps: int, seed: int) -> list[dict]:
     from protein.data.filters import secondary_structure
     from protein.design import load_designer
     from protein.eval import CA_CA_IDEAL, CA_CA_TOL, ca_ca_distances, count_clashes
-    from protein.motif import load_motif, motif_metrics
+    from protein.motif import load_motif, motif_metrics, summarize_motif_metrics
 
     loaded = load_designer()
     rows = []
@@ -61,7 +63,7 @@ def run(num: int, steps: int, seed: int) -> list[dict]:
         designs = loaded.sample(num, seed=seed, lengths=(length,), steps=steps, motif=motif)
         seconds = (time.perf_counter() - start) / num
         per = [motif_metrics(d.atoms, motif, d.motif_positions) for d in designs]
-        junctions = np.concatenate([m["junction_ca_ca"] for m in per])
+        junctions = np.concatenate([m["junction_ca_ca"] for m in per])  # for their range
         ca_valid, clashes, kept = [], [], []
         for d in designs:
             ca = d.atoms[:, 1].astype(np.float64)
@@ -72,10 +74,8 @@ def run(num: int, steps: int, seed: int) -> list[dict]:
         rows.append({
             "motif": what, "file": fname, "segments": spec, "length": length,
             "native_ss": native,
-            "motif_rmsd": float(np.mean([m["motif_rmsd"] for m in per])),
-            "junction_valid": float((np.abs(junctions - CA_CA_IDEAL) <= CA_CA_TOL).mean()),
+            **summarize_motif_metrics(per),
             "junction_range": [float(junctions.min()), float(junctions.max())],
-            "motif_scaffold_clashes": float(np.mean([m["motif_scaffold_clashes"] for m in per])),
             "ca_ca_valid": float(np.mean(ca_valid)),
             "clashes": float(np.mean(clashes)),
             "motif_ss_kept": float(np.mean(kept)),

@@ -101,9 +101,7 @@ def design(
     if motif is not None:
         from protein.motif import load_motif
 
-        motif_obj = load_motif(motif, motif_segments)
-        for length in lengths:
-            motif_obj.check_length(length)
+        motif_obj = load_motif(motif, motif_segments)  # sampling checks it fits the lengths
     loaded = load_designer(checkpoint, ema=ema, device=device)
     overrides: dict = {"lengths": lengths, "steps": steps, "format": fmt}
     for key, value in (("method", method), ("rot_rate", rot_rate), ("residue", residue),
@@ -140,26 +138,19 @@ def _motif_record(designs, motif) -> dict:
     """motif.json: the motif, and per design (and on average) how the design holds it."""
     import numpy as np
 
-    from protein.motif import motif_metrics
+    from protein.motif import motif_metrics, summarize_motif_metrics
 
     per = {}
     for d in designs:
         per[d.name] = motif_metrics(d.atoms, motif, d.motif_positions)
         per[d.name]["positions"] = (np.asarray(d.motif_positions) + 1).tolist()  # 1-based
-    junctions = np.concatenate([m["junction_ca_ca"] for m in per.values()])
     return {
         "source": motif.source,
         "segments": motif.spec,
         # 1-based, as in the PDB files (each design's own under "designs" when drawn)
         "positions": (motif.positions + 1).tolist() if motif.placed else None,
         "sequence": motif.sequence,  # the motif's residues at those positions
-        "mean": {
-            "motif_rmsd": float(np.mean([m["motif_rmsd"] for m in per.values()])),
-            "junction_valid": float((np.abs(junctions - 3.8) <= 0.2).mean())
-            if len(junctions) else None,
-            "motif_scaffold_clashes": float(np.mean([m["motif_scaffold_clashes"]
-                                                     for m in per.values()])),
-        },
+        "mean": summarize_motif_metrics(list(per.values())),
         "designs": per,
     }
 

@@ -170,21 +170,16 @@ def _read_timings(folder: Path) -> dict[str, float]:
 def _read_motif(folder: Path, names: set[str]) -> dict | None:
     """What ``motif.json`` (written by ``flow3d protein design --motif``) recorded for the
     evaluated designs: the motif, and its metrics averaged over those designs."""
+    from protein.motif import summarize_motif_metrics
+
     path = folder / "motif.json"
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
         per = [m for name, m in record["designs"].items() if name in names]
-        junctions = np.array([d for m in per for d in m["junction_ca_ca"]], dtype=np.float64)
-        return {
-            "segments": record["segments"], "source": record["source"], "n": len(per),
-            "motif_rmsd": float(np.mean([m["motif_rmsd"] for m in per])) if per else None,
-            "junction_valid": float((np.abs(junctions - CA_CA_IDEAL) <= CA_CA_TOL).mean())
-            if len(junctions) else None,
-            "motif_scaffold_clashes": float(np.mean([m["motif_scaffold_clashes"] for m in per]))
-            if per else None,
-        }  # fmt: skip
+        return {"segments": record["segments"], "source": record["source"], "n": len(per),
+                **summarize_motif_metrics(per)}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{path}: not a motif record written by flow3d ({exc})") from exc
 

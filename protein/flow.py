@@ -270,6 +270,7 @@ class ProteinFlow:
             raise ValueError(f"clash guidance strength must be in [0, 1], got {strength}")
         pair = nonadjacent_pairs(mask)  # [B, L, L]
         link = mask[:, 1:] * mask[:, :-1]  # [B, L-1]
+        movable = mask if frozen is None else mask * (~frozen).to(mask)
         x = trans.detach()
         for _ in range(iters):
             with torch.enable_grad():
@@ -279,7 +280,6 @@ class ProteinFlow:
                 energy = clash + ((b - bond) ** 2 * link).sum()
                 (grad,) = torch.autograd.grad(energy, x)
             # 0.2 nm^2 is the largest stable step of the bond term (each CA has two bonds)
-            movable = mask if frozen is None else mask * (~frozen).to(mask)
             step = 0.2 * strength * grad * movable[..., None]
             step = step * (0.05 / step.norm(dim=-1, keepdim=True).clamp_min(0.05))
             x = (x - step).detach()

@@ -34,9 +34,10 @@ import torch
 from torch import Tensor
 
 from flow3d.errors import ConfigError, DataError
+from protein.eval import CA_CA_IDEAL, CA_CA_TOL, CLASH_DISTANCE
 
 __all__ = ["Motif", "MotifSegment", "load_motif", "motif_from_atoms", "motif_metrics",
-           "parse_segments"]
+           "parse_segments", "summarize_motif_metrics"]
 
 _SEGMENT = re.compile(r"^([A-Za-z0-9])(-?\d+)(?:-(-?\d+))?@(\d+)(?:-(\d+))?$")
 
@@ -92,7 +93,7 @@ class Motif:
     @property
     def placed(self) -> bool:
         """True when every segment has one position (nothing to draw)."""
-        return all(s.at_max is None or s.at_max == s.at for s in self.segments)
+        return all(s.last_start == s.at for s in self.segments)
 
     def draw_positions(self, num: int, generator: torch.Generator | None = None) -> Tensor:
         """``[num, M]`` 0-based design positions: ``positions`` with each segment shifted by
@@ -102,9 +103,9 @@ class Motif:
         if self.placed:
             return base
         for seg in self.segments:
-            if seg.at_max is None or seg.at_max == seg.at:
+            if seg.last_start == seg.at:
                 continue
-            shift = torch.randint(0, seg.at_max - seg.at + 1, (num, 1), generator=generator)
+            shift = torch.randint(0, seg.last_start - seg.at + 1, (num, 1), generator=generator)
             cols = (self.positions >= seg.at - 1) & (self.positions < seg.at - 1 + len(seg))
             base[:, cols] += shift
         return base
@@ -202,7 +203,7 @@ def _superposed_rmsd(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def motif_metrics(atoms: np.ndarray, motif: Motif, positions=None, *,
-                  clash: float = 3.0) -> dict:
+                  clash: float = CLASH_DISTANCE) -> dict:
     """How a design ``atoms [L, 4, 3]`` (angstrom) holds its motif at ``positions [M]``
     (0-based; default ``motif.positions``).
 
@@ -225,7 +226,21 @@ def motif_metrics(atoms: np.ndarray, motif: Motif, positions=None, *,
     return {
         "motif_rmsd": rmsd,
         "junction_ca_ca": junction.round(3).tolist(),
-        "junction_valid": float((np.abs(junction - 3.8) <= 0.2).mean()) if len(junction)
-        else float("nan"),
+        "junction_valid": _junction_valid(junction) if len(junction) else float("nan"),
         "motif_scaffold_clashes": int((d[pair] < clash).sum()),
     }
+
+
+def _junction_valid(junction: np.ndarray) -> float:
+    return float((np.abs(junction - CA_CA_IDEAL) <= CA_CA_TOL).mean())
+
+
+def summarize_motif_metrics(per: list[dict]) -> dict:
+    """Means over designs of :func:`motif_metrics` rows (junctions pooled); None when empty."""
+    junctions = np.array([d for m in per for d in m["junction_ca_ca"]], dtype=np.float64)
+    return {
+        "motif_rmsd": float(np.mean([m["motif_rmsd"] for m in per])) if per else None,
+        "junction_valid": _junction_valid(junctions) if len(junctions) else None,
+        "motif_scaffold_clashes": float(np.mean([m["motif_scaffold_clashes"] for m in per]))
+        if per else None,
+    }  # fmt: skip
