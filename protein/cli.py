@@ -3,6 +3,7 @@
     flow3d protein design --length 100 --num 8 --steps 50 --seed 0 --out designs/
     flow3d protein design --lengths 60,100,150 --format cif --trajectory --out designs/
     flow3d protein design --length 80 --motif 1abc.pdb --motif-segments A10-25@30 --out m/
+    flow3d protein design --topology 1abc.pdb:A --num 8 --out folds/
     flow3d protein eval designs/ --reference ../shared/data/proteins/ts50_pydssp/pdb
     flow3d protein cache [recipes/protein/tiny.yaml] [--force]
 """
@@ -39,6 +40,7 @@ def cmd_design(args: argparse.Namespace) -> int:
         clash_guidance=args.clash_guidance, guidance_iters=args.guidance_iters,
         batch_size=args.batch_size, ema=not args.no_ema, device=args.device,
         progress=not args.no_progress, motif=args.motif, motif_segments=args.motif_segments,
+        ss=args.ss, topology=args.topology, topology_from=args.topology_from,
     )  # fmt: skip
     n = len(report.designs)
     print(f"wrote {n} designs to {report.out_dir} in {report.seconds:.1f} s "
@@ -50,6 +52,9 @@ def cmd_design(args: argparse.Namespace) -> int:
               f"{mean['motif_rmsd']:.2f} A, junction CA-CA within 3.8 +/- 0.2 A "
               f"{'-' if valid is None else f'{valid:.2f}'}, motif-scaffold clashes "
               f"{mean['motif_scaffold_clashes']:.2f} per design (motif.json)")
+    if report.topology is not None:
+        print(f"fold plans followed: DSSP agrees with the plan on "
+              f"{report.topology['mean_agreement']:.2f} of residues (topology.json)")
     return 0
 
 
@@ -115,6 +120,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="motif residues and their design positions (1-based): "
                         "CHAIN FIRST-LAST@POSITION, comma-separated, e.g. A10-25@30,A40-45@70; "
                         "@20-40 lets each design draw the segment's start in 20..40")
+    d.add_argument("--ss", default=None, metavar="PLAN",
+                   help="fold conditioning: a secondary-structure plan, one letter per residue "
+                        "(H helix, E strand, L loop, ? free), e.g. LLEEEEELLEEEEELL...; sets "
+                        "the length; default checkpoint then tiny_topology")
+    d.add_argument("--topology", default=None, metavar="FILE[:CHAIN]",
+                   help="fold conditioning: follow this chain's secondary structure and which "
+                        "of its helices and strands pack together (sets the length)")
+    d.add_argument("--topology-from", default=None, metavar="DIR_OR_CACHE",
+                   help="fold conditioning: each design draws the plan of a random chain of "
+                        "this reference set, cropped to its length")
     d.add_argument("--residue", choices=("GLY", "ALA"), default=None)
     d.add_argument("--batch-size", type=int, default=None)
     d.add_argument("--device", default="cpu")

@@ -21,6 +21,8 @@ from flow3d.io import atomic_write_text
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_reflow_guided"
+# the bundled checkpoint trained with fold plans (--ss, --topology, --topology-from)
+TOPOLOGY_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_topology"
 REAL_REFERENCE = PROJECT_ROOT / ".." / "shared" / "data" / "proteins" / "ts50_pydssp" / "pdb"
 # A real beta hairpin (TS50 3gknA, residues A107-122) for the motif-scaffolding demo
 DEMO_MOTIF = (PROJECT_ROOT / "examples" / "protein" / "hairpin_3gknA.pdb", "A107-122@30", 80)
@@ -36,6 +38,7 @@ class DesignReport:
     seconds: float
     checkpoint: Path
     motif: dict | None = None  # motif.json's content when a motif was scaffolded
+    topology: dict | None = None  # topology.json's content when designs followed fold plans
 
 
 def load_designer(checkpoint: str | Path | None = None, *, ema: bool = True, device="cpu"):
@@ -73,6 +76,9 @@ def design(
     progress: bool = False,
     motif: str | Path | None = None,
     motif_segments: str | None = None,
+    ss: str | None = None,
+    topology: str | Path | None = None,
+    topology_from: str | Path | None = None,
 ) -> DesignReport:
     """Design ``num`` backbones per length and write them to ``out_dir``.
 
@@ -81,6 +87,14 @@ def design(
     ``<out_dir>_trajectories/``. With ``motif`` (a PDB/mmCIF file) and ``motif_segments``
     (e.g. ``"A10-25@30"``, see :mod:`protein.motif`) every design scaffolds those residues,
     and ``motif.json`` records how each design holds them (:func:`protein.motif.motif_metrics`).
+
+    Fold conditioning (:mod:`protein.topology`; one of the three; the default checkpoint is
+    then the bundled ``tiny_topology``): ``ss`` a plan string of H/E/L (its length is the
+    design length), ``topology`` a PDB/mmCIF file (``FILE`` or ``FILE:CHAIN``) whose
+    secondary structure and element contacts every design follows (its length too), or
+    ``topology_from`` a reference set (folder of structures or protein cache) from which each
+    design draws a plan cropped to its length. ``topology.json`` records every design's plan
+    and how well its DSSP follows it.
     """
     lengths = tuple(int(n) for n in lengths)
     if num < 1:
@@ -97,6 +111,14 @@ def design(
         raise ConfigError(f"--format must be pdb or cif, got {fmt!r}")
     if (motif is None) != (motif_segments is None):
         raise ConfigError("--motif FILE and --motif-segments SPEC go together")
+    plan = _fold_plan(ss, topology, topology_from)
+    if plan is not None:
+        if motif is not None:
+            raise ConfigError("--motif and fold plans (--ss/--topology/--topology-from) cannot "
+                              "be combined yet")
+        if not isinstance(plan, list):
+            lengths = (len(plan),)
+        checkpoint = TOPOLOGY_CHECKPOINT if checkpoint is None else checkpoint
     motif_obj = None
     if motif is not None:
         from protein.motif import load_motif
@@ -119,7 +141,7 @@ def design(
     start = time.perf_counter()
     try:
         designs = loaded.sample(num, seed=seed, trajectory=trajectory, motif=motif_obj,
-                                **overrides)
+                                topology=plan, **overrides)
     finally:
         if bar is not None:
             bar.close()
@@ -131,7 +153,45 @@ def design(
     if motif_obj is not None:
         record = _motif_record(designs, motif_obj)
         atomic_write_text(Path(out_dir) / "motif.json", json.dumps(record, indent=1) + "\n")
-    return DesignReport(Path(out_dir), paths, designs, seconds, Path(loaded.path), record)
+    plans = None
+    if plan is not None:
+        plans = _topology_record(designs)
+        atomic_write_text(Path(out_dir) / "topology.json", json.dumps(plans, indent=1) + "\n")
+    return DesignReport(Path(out_dir), paths, designs, seconds, Path(loaded.path), record,
+                        plans)
+
+
+def _fold_plan(ss, topology, topology_from):
+    """The fold plan(s) asked for: a Topology, a list to draw from, or None."""
+    from protein.topology import Topology, load_topology, reference_topologies
+
+    given = [name for name, v in (("--ss", ss), ("--topology", topology),
+                                  ("--topology-from", topology_from)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)}: give one fold plan option")
+    if ss is not None:
+        return Topology.from_string(ss)
+    if topology is not None:
+        return load_topology(topology)
+    if topology_from is not None:
+        return reference_topologies(topology_from)
+    return None
+
+
+def _topology_record(designs) -> dict:
+    """topology.json: per design its plan (H/E/L), where it came from, and the fraction of
+    planned residues whose DSSP (pydssp) state matches."""
+    import numpy as np
+
+    from protein.data.filters import secondary_structure
+
+    per = {}
+    for d in designs:
+        ss = secondary_structure(d.atoms)
+        per[d.name] = {"source": d.topology.source, "plan": d.topology.string, "dssp": ss,
+                       "agreement": d.topology.agreement(ss)}
+    scores = [v["agreement"] for v in per.values() if v["agreement"] == v["agreement"]]
+    return {"mean_agreement": float(np.mean(scores)) if scores else None, "designs": per}
 
 
 def _motif_record(designs, motif) -> dict:

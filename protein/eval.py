@@ -21,8 +21,9 @@ on the true maximum TM-score; ``max_reference=None`` aligns against every refere
 length window (exact, slow: ~30 ms per alignment at 100 residues).
 
 A design folder written with a motif (``motif.json``) also gets the motif's metrics in the
-summary. ``run_eval`` writes ``designs.csv``, ``reference.csv`` (when a reference is given),
-``summary.json`` and PNG plots, atomically.
+summary, and one written with fold plans (``topology.json``) how well the designs' DSSP
+follows their plans. ``run_eval`` writes ``designs.csv``, ``reference.csv`` (when a
+reference is given), ``summary.json`` and PNG plots, atomically.
 """
 
 from __future__ import annotations
@@ -182,6 +183,23 @@ def _read_motif(folder: Path, names: set[str]) -> dict | None:
                 **summarize_motif_metrics(per)}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{path}: not a motif record written by flow3d ({exc})") from exc
+
+
+def _read_topology(folder: Path, names: set[str]) -> dict | None:
+    """What ``topology.json`` (``flow3d protein design --ss/--topology/--topology-from``)
+    recorded for the evaluated designs: the mean fraction of planned residues whose DSSP
+    state matches the plan, and the number of distinct plan sources."""
+    path = folder / "topology.json"
+    if not path.is_file():
+        return None
+    try:
+        per = [d for name, d in json.loads(path.read_text())["designs"].items()
+               if name in names]
+        scores = [float(d["agreement"]) for d in per if d["agreement"] is not None]
+        return {"n": len(per), "agreement": float(np.nanmean(scores)) if scores else None,
+                "sources": len({d["source"] for d in per})}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a fold-plan record written by flow3d ({exc})") from exc
 
 
 # --- per-structure metrics ------------------------------------------------------------------
@@ -452,10 +470,11 @@ def _evaluate(designs, reference, *, ss_method, max_reference, max_diversity, re
             for row, (tm, name, k) in zip(rows, _novelty(structures, rows, refs, ref_rows,
                                                          max_reference, bar)):
                 row["novelty_tm"], row["novelty_ref"], row["novelty_n_compared"] = tm, name, k
-    timings, motif = {}, None
+    timings, motif, plans = {}, None, None
     if isinstance(designs, (str, os.PathLike)) and Path(designs).is_dir():
         timings = _read_timings(Path(designs))
         motif = _read_motif(Path(designs), {r["name"] for r in rows})
+        plans = _read_topology(Path(designs), {r["name"] for r in rows})
     for row in rows:
         key = Path(row["path"]).name.split(".")[0]
         row["time_s"] = timings.get(row["name"], timings.get(key))
@@ -472,6 +491,8 @@ def _evaluate(designs, reference, *, ss_method, max_reference, max_diversity, re
     }
     if motif is not None:
         summary["motif"] = motif
+    if plans is not None:
+        summary["topology"] = plans
     times = [r["time_s"] for r in rows if r["time_s"] is not None]
     summary["time_per_design_s"] = float(np.mean(times)) if times else None
     if refs:
@@ -682,6 +703,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"motif {motif['segments']}: RMSD {motif['motif_rmsd']:.2f} A, junction "
                      f"CA-CA valid {fmt(motif, 'junction_valid', '{:.2f}')}, motif-scaffold "
                      f"clashes {motif['motif_scaffold_clashes']:.2f} per design")
+    plans = summary.get("topology")
+    if plans and plans.get("n"):
+        lines.append(f"fold plans ({plans['sources']} sources): DSSP agrees on "
+                     f"{fmt(plans, 'agreement', '{:.3f}')} of planned residues")
     if summary.get("time_per_design_s") is not None:
         lines.append(f"{'seconds per design':<28}{summary['time_per_design_s']:>10.3f}")
     lines.append(f"(secondary structure: {summary.get('ss_method')})")

@@ -119,6 +119,10 @@ class FlowSettings:
     aux_time_scale: bool = True  # aux errors also scaled by 1 / (1 - min(t, 0.9)) (FrameFlow)
     clash_weight: float = 0.0  # steric term on predicted CAs (clash_loss), also for t > aux_t
     t_min: float = 0.01  # training times are drawn in [t_min, 1 - t_min]
+    # fold conditioning (model.topology): per example, hide the whole plan with this
+    # probability, else hide only the adjacency with ``adjacency_drop``
+    topology_drop: float = 0.3
+    adjacency_drop: float = 0.2
 
     def __post_init__(self):
         if self.rot_path not in ROT_PATHS:
@@ -183,6 +187,9 @@ class ProteinFlow:
         t = t.clamp(self.s.t_min, 1.0 - self.s.t_min)
         trans_t, quats_t, rot_vf_gt = self.interpolate(trans_0, quats_0, trans_1, quats_1, t)
 
+        cond = {}
+        if "ss" in batch:
+            cond = self.drop_topology(batch["ss"], batch["adj"], generator)
         trans_sc = torch.zeros_like(trans_t)
         use_sc = self.s.self_condition and (
             torch.rand((), generator=generator, device=generator.device).item()
@@ -190,8 +197,9 @@ class ProteinFlow:
         )
         if use_sc:
             with torch.no_grad():
-                trans_sc = model(trans_t, quats_t, t, mask, res_idx, trans_sc)["trans"].detach()
-        out = model(trans_t, quats_t, t, mask, res_idx, trans_sc)
+                trans_sc = model(trans_t, quats_t, t, mask, res_idx, trans_sc,
+                                 **cond)["trans"].detach()
+        out = model(trans_t, quats_t, t, mask, res_idx, trans_sc, **cond)
 
         scale = 1.0 / (1.0 - torch.clamp(t, max=0.9))  # [B]
         n_res = mask.sum(1).clamp_min(1.0)  # [B]
@@ -215,6 +223,21 @@ class ProteinFlow:
             terms["clash_loss"] = clash.mean()
         terms["loss"] = total.mean()
         return terms
+
+    def drop_topology(self, ss: Tensor, adj: Tensor, generator: torch.Generator) -> dict:
+        """Condition dropout for fold plans ``ss [B, L]``, ``adj [B, L, L]``: per example the
+        whole plan is hidden with ``topology_drop``, else the adjacency alone with
+        ``adjacency_drop``, so one network samples with a full plan, with a secondary-structure
+        string only, or with nothing."""
+        from protein.topology import ADJ_UNKNOWN, UNKNOWN
+
+        u = torch.rand(ss.shape[0], 2, generator=generator, device=generator.device)
+        u = u.to(ss.device)
+        hide_all = u[:, 0] < self.s.topology_drop
+        hide_adj = hide_all | (u[:, 1] < self.s.adjacency_drop)
+        ss = torch.where(hide_all[:, None], torch.full_like(ss, UNKNOWN), ss)
+        adj = torch.where(hide_adj[:, None, None], torch.full_like(adj, ADJ_UNKNOWN), adj)
+        return {"ss": ss, "adj": adj}
 
     @staticmethod
     def clash_loss(trans: Tensor, trans_1: Tensor, mask: Tensor,
@@ -301,6 +324,8 @@ class ProteinFlow:
         steps: int | None = None,
         motif=None,
         motif_positions: Tensor | None = None,
+        ss: Tensor | None = None,
+        adj: Tensor | None = None,
     ):
         """A ``velocity(x [B, L, 7|12], t) -> [B, L, 6]`` callable for the core solvers.
 
@@ -317,6 +342,9 @@ class ProteinFlow:
         leaves them where they are, so the scaffold is predicted around a motif in the
         network's own pose. ``motif_positions [B, M]``: where each design holds it (default:
         ``motif.positions`` for all).
+
+        ``ss [B, L]``, ``adj [B, L, L]``: a fold plan (:mod:`protein.topology` codes) for a
+        trunk built with ``topology=True``.
 
         ``steps``: the solver's step count, when known. With the exponential schedule the rate
         is then capped at it: an Euler step moves each rotation ``rate * dt`` of the way to the
@@ -337,6 +365,7 @@ class ProteinFlow:
         use_sc = self.s.self_condition if self_condition is None else self_condition
         state: dict = {"trans_sc": None, "t": None}
         flow = self
+        cond = {k: v for k, v in (("ss", ss), ("adj", adj)) if v is not None}
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             B = x.shape[0]
@@ -351,7 +380,7 @@ class ProteinFlow:
             state["t"] = t_now
             sc = sc if use_sc else None
             m = mask if mask is not None else torch.ones_like(trans_t[..., 0])
-            out = model(trans_t, quats_t, t_b, m, res_idx, sc)
+            out = model(trans_t, quats_t, t_b, m, res_idx, sc, **cond)
             pred, pred_q = out["trans"], out["quats"]
             pos = None
             if motif is not None:
@@ -411,12 +440,15 @@ class ProteinFlow:
         guidance_iters: int = 10,
         motif=None,
         motif_positions: Tensor | None = None,
+        ss: Tensor | None = None,
+        adj: Tensor | None = None,
     ) -> SampleResult:
         """Draw ``num`` backbones of ``length`` residues in one batch (no padding); the
         exponential rotation rate is capped at ``steps`` (see :meth:`velocity_fn`).
         ``motif`` (:class:`protein.motif.Motif`): scaffold it at ``motif_positions [num, M]``
         (default ``motif.positions``; see :meth:`velocity_fn`); at the end the motif is placed
-        once more on the CAs the trajectory gave its residues."""
+        once more on the CAs the trajectory gave its residues. ``ss [num, L]``, ``adj [num,
+        L, L]``: fold plans (see :meth:`velocity_fn`)."""
         mask = torch.ones(num, length, device=device)
         res_idx = torch.arange(length, device=device).expand(num, length)
         trans_0, quats_0 = self.prior(mask, generator)
@@ -424,7 +456,7 @@ class ProteinFlow:
         v = self.velocity_fn(model, mask, res_idx, rot_schedule=rot_schedule, rot_rate=rot_rate,
                              clash_guidance=clash_guidance, guidance_window=guidance_window,
                              guidance_iters=guidance_iters, steps=steps, motif=motif,
-                             motif_positions=motif_positions)
+                             motif_positions=motif_positions, ss=ss, adj=adj)
         start = _time.perf_counter()
         res = solve(
             v, x0, method=method, steps=steps, manifold=self.manifold,

@@ -137,10 +137,25 @@ class Design:
     trajectory: np.ndarray | None = field(default=None)
     motif_positions: np.ndarray | None = field(default=None)
     residues: list[str] | None = field(default=None)  # per-residue names (a motif's own)
+    topology: Any = field(default=None)  # the protein.topology.Topology it was designed to
 
     @property
     def name(self) -> str:
         return f"len{self.length:03d}_{self.index:03d}"
+
+
+def _plans(topology, length: int, num: int, seed: int):
+    """Fold plans for ``num`` designs of ``length``: none, one plan for all, or drawn from a
+    pool (seeded)."""
+    from protein.topology import Topology, draw_topologies
+
+    if topology is None:
+        return None
+    if isinstance(topology, Topology):
+        if len(topology) != length:
+            raise ConfigError(f"the fold plan has {len(topology)} residues, designs {length}")
+        return [topology] * num
+    return draw_topologies(list(topology), length, num, np.random.default_rng(seed))
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -223,7 +238,7 @@ class ProteinHead(Head):
         if self.recipe.data.reflow is not None:
             return ReflowFrames(self.reflow_pairs(), self.recipe.model.flow.rot_path)
 
-        ds = ProteinDataset(load_cache(self.build_cache()))
+        ds = ProteinDataset(load_cache(self.build_cache()), topology=self.recipe.model.topology)
         if len(ds) == 0:
             raise DataError(f"{self.cache_path()}: no chains passed the filters")
         return ds
@@ -370,12 +385,20 @@ class ProteinHead(Head):
     def sample(self, model: nn.Module, num: int | None = None, *, seed: int = 0, **overrides):
         """``num`` designs per length in ``sample.lengths`` -> ``list[Design]``.
 
-        Overrides: any :class:`ProteinSampleConfig` field plus ``trajectory=True`` and
-        ``motif`` (a :class:`protein.motif.Motif` to scaffold in every design).
+        Overrides: any :class:`ProteinSampleConfig` field plus ``trajectory=True``,
+        ``motif`` (a :class:`protein.motif.Motif` to scaffold in every design) and
+        ``topology``: a :class:`protein.topology.Topology` fold plan for every design (its
+        length must be in ``lengths``), or a list of them to draw from, cropped to each length
+        (:func:`protein.topology.draw_topologies`, seeded like the noise). Fold plans need a
+        trunk built with ``model.topology``.
         """
         trajectory = bool(overrides.pop("trajectory", False))
         progress = overrides.pop("progress", None)
         motif = overrides.pop("motif", None)
+        topology = overrides.pop("topology", None)
+        if topology is not None and not self.recipe.model.topology:
+            raise ConfigError("this checkpoint was trained without fold plans (model.topology "
+                              "is false); use checkpoints/protein/tiny_topology")
         try:
             cfg = dataclasses.replace(self.recipe.sample, **overrides)
         except TypeError as e:
@@ -407,12 +430,19 @@ class ProteinHead(Head):
                         g_pos = torch.Generator(device="cpu").manual_seed(
                             int(seed) * 1_000_003 + length * 1009 + done + 500_009)
                         pos = motif.draw_positions(b, g_pos).to(device)
+                    plans = _plans(topology, length, b,
+                                   int(seed) * 1_000_003 + length * 1009 + done + 700_001)
+                    cond = {}
+                    if plans is not None:
+                        cond = {"ss": torch.from_numpy(np.stack([p.codes for p in plans])),
+                                "adj": torch.from_numpy(np.stack([p.adj for p in plans]))}
+                        cond = {k: v.to(device) for k, v in cond.items()}
                     res = self.flow.sample(
                         model, b, length, steps=cfg.steps, method=cfg.method,
                         rot_schedule=cfg.rot_schedule, rot_rate=cfg.rot_rate, generator=g,
                         trajectory=trajectory, device=device, clash_guidance=cfg.clash_guidance,
                         guidance_window=cfg.guidance_window, guidance_iters=iters, motif=motif,
-                        motif_positions=pos,
+                        motif_positions=pos, **cond,
                     )  # fmt: skip
                     atoms = frames_to_atoms(res.trans, res.quats).float().cpu().numpy()
                     traj = None
@@ -434,6 +464,7 @@ class ProteinHead(Head):
                                 motif_positions=None if pos is None else pos[i].cpu().numpy(),
                                 residues=None if pos is None else _motif_residue_names(
                                     motif, pos[i].tolist(), length, cfg.residue),
+                                topology=None if plans is None else plans[i],
                             )
                         )
                     if progress is not None:

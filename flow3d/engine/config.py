@@ -94,6 +94,9 @@ class TrainerConfig:
     out_dir: str = "runs/default"
     num_workers: int = 0
     init_from: str | None = None  # checkpoint dir to start from (fine-tuning, reflow)
+    # parameters of the model that init_from lacks keep their initialisation (a new input
+    # branch added for fine-tuning); any other mismatch is still an error
+    init_new: tuple[str, ...] = ()  # name prefixes, e.g. ["node_embed.ss_embed"]
     progress: bool = True
     bundle_to: str | None = None  # at the end, a slim EMA-only copy here (bundle_checkpoint)
     bundle_half: bool = False  # ... with float16 weights

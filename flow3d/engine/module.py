@@ -63,7 +63,14 @@ def weights_fingerprint(model: torch.nn.Module) -> int:
     return int.from_bytes(h.digest()[:8], "little") >> 2
 
 
-def _load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+def _load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str,
+                  new: tuple[str, ...] = ()) -> None:
+    """Load ``weights`` strictly, except that parameters named by a prefix in ``new`` may be
+    absent from them (they keep the model's initialisation)."""
+    if new:
+        own = model.state_dict()
+        keep = [k for k in own if k not in weights and k.startswith(tuple(new))]
+        weights = {**weights, **{k: own[k] for k in keep}}
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
@@ -91,7 +98,8 @@ class FlowModule(L.LightningModule):
         torch.manual_seed(self.cfg.seed)  # identical initialisation on every rank
         self.model = head.build_model()
         if init_weights is not None:
-            _load_weights(self.model, init_weights, f"trainer.init_from={self.cfg.init_from}")
+            _load_weights(self.model, init_weights, f"trainer.init_from={self.cfg.init_from}",
+                          tuple(self.cfg.init_new))
         self.ema = EMA(self.model, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.step = 0  # optimiser steps taken (global, survives resume)
         self._resume_meta: dict[str, Any] | None = None

@@ -25,12 +25,21 @@ class ProteinDataset(torch.utils.data.Dataset):
     res_idx [L], seq [L] ints (RESTYPES index, 20 = X), length, name)``.
 
     ``indices`` optionally restricts the dataset to a subset of the cache (train/val split).
+    ``topology=True`` adds each chain's fold plan (:class:`protein.topology.Topology`, computed
+    once here): ``ss [L]`` codes and ``adj [L, L]`` block adjacency.
     """
 
-    def __init__(self, cache: ProteinCache, indices: Sequence[int] | None = None):
+    def __init__(self, cache: ProteinCache, indices: Sequence[int] | None = None, *,
+                 topology: bool = False):
         self.cache = cache
         self.indices = np.arange(len(cache)) if indices is None else np.asarray(indices)
         self.lengths = cache.lengths[self.indices]  # [n]
+        self.topologies = None
+        if topology:
+            from protein.topology import Topology
+
+            self.topologies = [Topology.from_coords(np.asarray(cache[int(i)].coords))
+                               for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -42,7 +51,7 @@ class ProteinDataset(torch.utils.data.Dataset):
         atoms = atoms - centroid
         rigid = frames_from_backbone(atoms[:, 0], atoms[:, 1], atoms[:, 2])
         n = len(chain)
-        return {
+        item = {
             "trans": rigid.trans,  # [L, 3] nm
             "quats": rigid.rots,  # [L, 4] (w, x, y, z), w >= 0
             "atoms": atoms,  # [L, 4, 3] nm, N CA C O
@@ -51,13 +60,19 @@ class ProteinDataset(torch.utils.data.Dataset):
             "length": n,
             "name": chain.name,
         }
+        if self.topologies is not None:
+            item["ss"] = torch.from_numpy(self.topologies[i].codes)
+            item["adj"] = torch.from_numpy(self.topologies[i].adj)
+        return item
 
 
 def collate_padded(items: list[dict]) -> dict:
     """Pad items to the longest: frames pad with identity, ``mask`` [B, Lmax] float (1 = real).
 
     Returns ``trans [B, Lmax, 3]``, ``quats [B, Lmax, 4]``, ``atoms [B, Lmax, 4, 3]``,
-    ``res_idx [B, Lmax]``, ``seq [B, Lmax]`` (pad 20 = X), ``mask``, ``length [B]``, ``name``.
+    ``res_idx [B, Lmax]``, ``seq [B, Lmax]`` (pad 20 = X), ``mask``, ``length [B]``, ``name``;
+    with fold plans in the items also ``ss [B, Lmax]`` and ``adj [B, Lmax, Lmax]`` (padding
+    unknown).
     """
     if not items:
         raise ValueError("collate_padded needs at least one item")
@@ -80,11 +95,21 @@ def collate_padded(items: list[dict]) -> dict:
         res_idx[k, :n] = it["res_idx"]
         seq[k, :n] = it["seq"]
         mask[k, :n] = 1.0
-    return {
+    batch = {
         "trans": trans, "quats": quats, "atoms": atoms, "res_idx": res_idx, "seq": seq,
         "mask": mask, "length": torch.tensor([int(it["length"]) for it in items]),
         "name": [it.get("name", "") for it in items],
     }
+    if "ss" in items[0]:
+        from protein.topology import ADJ_UNKNOWN, UNKNOWN
+
+        batch["ss"] = torch.full((b, lmax), UNKNOWN, dtype=torch.long)
+        batch["adj"] = torch.full((b, lmax, lmax), ADJ_UNKNOWN, dtype=torch.long)
+        for k, it in enumerate(items):
+            n = int(it["length"])
+            batch["ss"][k, :n] = it["ss"]
+            batch["adj"][k, :n, :n] = it["adj"]
+    return batch
 
 
 def length_batches(

@@ -40,26 +40,54 @@ def rbf_distogram(pos: Tensor, num_bins: int, max_dist: float) -> Tensor:
 
 
 class NodeEmbedder(nn.Module):
-    """``(res_idx [B, L], t [B], mask [B, L]) -> node features [B, L, node_dim]``."""
+    """``(res_idx [B, L], t [B], mask [B, L]) -> node features [B, L, node_dim]``.
 
-    def __init__(self, node_dim: int, index_dim: int = 128, time_dim: int = 128):
+    ``topology=True`` adds a learned embedding of a per-residue secondary-structure plan
+    (``ss [B, L]``: :mod:`protein.topology` codes, 3 = unknown), zero-initialised so that a
+    pretrained trunk starts out unchanged when the branch is added for fine-tuning.
+    """
+
+    def __init__(self, node_dim: int, index_dim: int = 128, time_dim: int = 128,
+                 topology: bool = False):
         super().__init__()
         self.index_dim, self.time_dim = index_dim, time_dim
         self.proj = nn.Linear(index_dim + time_dim + 1, node_dim)
+        self.ss_embed = _zero_embedding(4, node_dim) if topology else None
 
-    def forward(self, res_idx: Tensor, t: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, res_idx: Tensor, t: Tensor, mask: Tensor, ss: Tensor | None = None
+                ) -> Tensor:
         B, L = mask.shape
         idx = sinusoidal_embedding(res_idx.float(), self.index_dim)  # [B, L, Di]
         temb = sinusoidal_embedding(t.float() * 1000.0, self.time_dim)  # [B, Dt]
         temb = temb[:, None, :].expand(B, L, -1)
         feats = torch.cat([idx, temb.to(idx.dtype), mask[..., None].to(idx.dtype)], dim=-1)
-        return self.proj(feats.to(self.proj.weight.dtype)) * mask[..., None]
+        out = self.proj(feats.to(self.proj.weight.dtype))
+        if self.ss_embed is not None:
+            out = out + self.ss_embed(_codes(ss, (B, L), 3, mask.device))
+        return out * mask[..., None]
+
+
+def _zero_embedding(num: int, dim: int) -> nn.Embedding:
+    emb = nn.Embedding(num, dim)
+    nn.init.zeros_(emb.weight)
+    return emb
+
+
+def _codes(codes: Tensor | None, shape: tuple, unknown: int, device) -> Tensor:
+    """Condition codes, or all ``unknown`` when there is no condition."""
+    if codes is None:
+        return torch.full(shape, unknown, dtype=torch.long, device=device)
+    if tuple(codes.shape) != tuple(shape):
+        raise ValueError(f"topology codes must be {list(shape)}, got {list(codes.shape)}")
+    return codes.long()
 
 
 class EdgeEmbedder(nn.Module):
     """``(node [B, L, C], trans [B, L, 3], trans_sc [B, L, 3], res_idx, mask) -> [B, L, L, E]``.
 
     Distances are in nanometres; the distogram spans 0-2 nm (0-20 A) like FrameFlow.
+    ``topology=True`` adds a zero-initialised embedding of the block adjacency
+    (``adj [B, L, L]``: 0 apart, 1 packed, 2 unknown; :mod:`protein.topology`).
     """
 
     def __init__(
@@ -69,6 +97,7 @@ class EdgeEmbedder(nn.Module):
         max_relpos: int = 32,
         num_bins: int = 22,
         max_dist: float = 2.0,
+        topology: bool = False,
     ):
         super().__init__()
         self.max_relpos, self.num_bins, self.max_dist = max_relpos, num_bins, max_dist
@@ -84,9 +113,11 @@ class EdgeEmbedder(nn.Module):
             nn.Linear(edge_dim, edge_dim),
             nn.LayerNorm(edge_dim),
         )
+        self.adj_embed = _zero_embedding(3, edge_dim) if topology else None
 
     def forward(
-        self, node: Tensor, trans: Tensor, trans_sc: Tensor, res_idx: Tensor, mask: Tensor
+        self, node: Tensor, trans: Tensor, trans_sc: Tensor, res_idx: Tensor, mask: Tensor,
+        adj: Tensor | None = None,
     ) -> Tensor:
         B, L, _ = node.shape
         p = self.node_proj(node)  # [B, L, F]
@@ -100,4 +131,7 @@ class EdgeEmbedder(nn.Module):
         dist_sc = rbf_distogram(trans_sc.to(node.dtype), self.num_bins, self.max_dist)
         feats = torch.cat([cross, rel_oh, dist, dist_sc], dim=-1)
         pair_mask = (mask[:, :, None] * mask[:, None, :])[..., None].to(node.dtype)
-        return self.mlp(feats) * pair_mask
+        out = self.mlp(feats)
+        if self.adj_embed is not None:
+            out = out + self.adj_embed(_codes(adj, (B, L, L), 2, node.device))
+        return out * pair_mask

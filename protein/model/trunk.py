@@ -40,6 +40,7 @@ class TrunkConfig:
     seq_heads: int = 4
     max_relpos: int = 32
     dropout: float = 0.0
+    topology: bool = False  # fold conditioning inputs (protein.topology): ss [B, L], adj [B, L, L]
 
 
 class NodeTransition(nn.Module):
@@ -108,8 +109,9 @@ class IPATrunk(nn.Module):
     def __init__(self, cfg: TrunkConfig):
         super().__init__()
         self.cfg = cfg
-        self.node_embed = NodeEmbedder(cfg.node_dim)
-        self.edge_embed = EdgeEmbedder(cfg.node_dim, cfg.edge_dim, max_relpos=cfg.max_relpos)
+        self.node_embed = NodeEmbedder(cfg.node_dim, topology=cfg.topology)
+        self.edge_embed = EdgeEmbedder(cfg.node_dim, cfg.edge_dim, max_relpos=cfg.max_relpos,
+                                       topology=cfg.topology)
         self.blocks = nn.ModuleList()
         for i in range(cfg.num_blocks):
             layer = nn.TransformerEncoderLayer(
@@ -151,6 +153,8 @@ class IPATrunk(nn.Module):
         mask: Tensor | None = None,  # [B, L]
         res_idx: Tensor | None = None,  # [B, L]
         trans_sc: Tensor | None = None,  # [B, L, 3] self-conditioning
+        ss: Tensor | None = None,  # [B, L] fold plan codes (cfg.topology; None: unknown)
+        adj: Tensor | None = None,  # [B, L, L] block adjacency codes
     ) -> dict[str, Tensor]:
         B, L, _ = trans_t.shape
         dtype = trans_t.dtype
@@ -164,8 +168,10 @@ class IPATrunk(nn.Module):
         t = torch.as_tensor(t, device=trans_t.device, dtype=dtype)
         t = t.expand(B) if t.dim() == 0 else t.reshape(B)
 
-        s = self.node_embed(res_idx, t, mask)  # [B, L, C]
-        z = self.edge_embed(s, trans_t, trans_sc, res_idx, mask)  # [B, L, L, E]
+        if not self.cfg.topology and (ss is not None or adj is not None):
+            raise ValueError("this trunk was built without topology inputs (topology=False)")
+        s = self.node_embed(res_idx, t, mask, ss)  # [B, L, C]
+        z = self.edge_embed(s, trans_t, trans_sc, res_idx, mask, adj)  # [B, L, L, E]
         quats, trans = quats_t, trans_t
         pad = mask < 0.5
         for block in self.blocks:

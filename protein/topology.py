@@ -1,0 +1,199 @@
+"""Fold (topology) conditioning: a secondary-structure plan and a block adjacency.
+
+RFdiffusion-style fold conditioning (Watson et al. 2023) tells the network, per residue,
+whether it should be helix, strand or loop, and, per pair of secondary-structure elements,
+whether the two pack against each other. Given the plan, the network no longer has to decide
+mid-path which residues pair into a sheet; it only has to build the geometry.
+
+    codes: [L] int   0 = helix (H), 1 = strand (E), 2 = loop (L), 3 = unknown (masked)
+    adj:   [L, L] int  0 = the two residues' elements do not pack, 1 = they do,
+                       2 = unknown (either residue is loop, or the plan says nothing)
+
+A plan comes from a real chain (:meth:`Topology.from_coords`: pydssp, then elements in contact
+are adjacent), from a file (:func:`load_topology`), from a string of H/E/L
+(:meth:`Topology.from_string`, adjacency unknown), or is drawn from a reference set and cropped
+to the requested length (:func:`draw_topologies`). Training sees plans of the training chains,
+with all of it or only the adjacency hidden at random (``FlowSettings.topology_drop``), so the
+same network also designs without one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flow3d.errors import ConfigError, DataError
+
+HELIX, STRAND, LOOP, UNKNOWN = 0, 1, 2, 3
+NOT_ADJACENT, ADJACENT, ADJ_UNKNOWN = 0, 1, 2
+PLAN_LETTERS = "HEL"  # code -> letter (``-`` and ``C`` also read as loop)
+CONTACT_DISTANCE = 6.0  # angstrom: two elements pack if enough of their CAs are this close
+CONTACT_PAIRS = 2  # ... at least this many CA pairs
+MIN_ELEMENT = 2  # runs of H or E shorter than this count as loop
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A fold plan for ``L`` residues: ``codes [L]`` and ``adj [L, L]`` (see the module)."""
+
+    codes: np.ndarray
+    adj: np.ndarray
+    source: str = ""
+
+    def __post_init__(self):
+        n = len(self.codes)
+        if self.adj.shape != (n, n):
+            raise ValueError(f"adjacency must be [{n}, {n}], got {list(self.adj.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @property
+    def string(self) -> str:
+        """The plan as H/E/L letters (``?`` for unknown)."""
+        return "".join((PLAN_LETTERS + "?")[int(c)] for c in self.codes)
+
+    @classmethod
+    def from_string(cls, plan: str, source: str = "") -> Topology:
+        """A plan from letters: H helix, E strand, L (or ``-``/``C``) loop, ``?`` unknown;
+        the adjacency is unknown."""
+        table = {"H": HELIX, "E": STRAND, "L": LOOP, "-": LOOP, "C": LOOP, "?": UNKNOWN}
+        bad = sorted({c for c in plan.upper() if c not in table})
+        if not plan or bad:
+            raise ConfigError(f"secondary-structure plan {plan!r}: use H, E, L (or -) and ?"
+                              + (f", not {''.join(bad)!r}" if bad else ""))
+        codes = np.array([table[c] for c in plan.upper()], dtype=np.int64)
+        adj = np.full((len(codes), len(codes)), ADJ_UNKNOWN, dtype=np.int64)
+        return cls(codes, adj, source or "string")
+
+    @classmethod
+    def from_ss(cls, ss: str, ca: np.ndarray, source: str = "") -> Topology:
+        """A plan from a DSSP 3-state string and the CA coordinates ``[L, 3]`` (angstrom)."""
+        codes = np.array([{"H": HELIX, "E": STRAND}.get(c, LOOP) for c in ss], dtype=np.int64)
+        elements = _elements(codes)
+        for start, end, _ in _short(elements):
+            codes[start:end] = LOOP
+        elements = [e for e in elements if e[1] - e[0] >= MIN_ELEMENT]
+        adj = block_adjacency(np.asarray(ca, dtype=np.float64), elements, len(codes))
+        return cls(codes, adj, source)
+
+    @classmethod
+    def from_coords(cls, coords: np.ndarray, source: str = "") -> Topology:
+        """A plan from a backbone ``[L, 4, 3]`` (N, CA, C, O; angstrom): pydssp, then
+        elements with :data:`CONTACT_PAIRS` CA pairs under :data:`CONTACT_DISTANCE` pack."""
+        from protein.data.filters import secondary_structure
+
+        coords = np.asarray(coords, dtype=np.float64)
+        return cls.from_ss(secondary_structure(coords), coords[:, 1], source)
+
+    def crop(self, start: int, length: int) -> Topology:
+        """Residues ``start .. start + length`` (elements cut at the ends stay as they are)."""
+        if start < 0 or start + length > len(self):
+            raise ValueError(f"crop {start}+{length} outside a plan of {len(self)} residues")
+        sl = slice(start, start + length)
+        return Topology(self.codes[sl].copy(), self.adj[sl, sl].copy(),
+                        f"{self.source}[{start + 1}-{start + length}]")
+
+    def masked(self, keep_adjacency: bool = True) -> Topology:
+        """The same plan with the adjacency (or everything) unknown."""
+        adj = np.full_like(self.adj, ADJ_UNKNOWN)
+        if keep_adjacency:
+            return Topology(self.codes.copy(), adj, self.source)
+        return Topology(np.full_like(self.codes, UNKNOWN), adj, self.source)
+
+    def agreement(self, ss: str) -> float:
+        """Fraction of the planned (not unknown) residues whose DSSP letter matches the plan."""
+        got = np.array([{"H": HELIX, "E": STRAND}.get(c, LOOP) for c in ss])
+        known = self.codes != UNKNOWN
+        if len(got) != len(self.codes):
+            raise ValueError(f"plan of {len(self.codes)} residues, structure of {len(got)}")
+        return float((got[known] == self.codes[known]).mean()) if known.any() else float("nan")
+
+
+def _elements(codes: np.ndarray) -> list[tuple[int, int, int]]:
+    """Maximal runs ``(start, end, code)`` of helix or strand residues."""
+    out, start = [], 0
+    for i in range(1, len(codes) + 1):
+        if i == len(codes) or codes[i] != codes[start]:
+            if codes[start] in (HELIX, STRAND):
+                out.append((start, i, int(codes[start])))
+            start = i
+    return out
+
+
+def _short(elements):
+    return [e for e in elements if e[1] - e[0] < MIN_ELEMENT]
+
+
+def block_adjacency(ca: np.ndarray, elements: list[tuple[int, int, int]], n: int,
+                    cutoff: float = CONTACT_DISTANCE, min_pairs: int = CONTACT_PAIRS
+                    ) -> np.ndarray:
+    """``[n, n]`` adjacency of residues from their elements' contacts: 1 where the two
+    residues lie in different elements with at least ``min_pairs`` CA pairs under ``cutoff``
+    angstrom, 0 between residues of elements that do not pack, 2 where either is loop."""
+    adj = np.full((n, n), ADJ_UNKNOWN, dtype=np.int64)
+    dist = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
+    for a, (s1, e1, _) in enumerate(elements):
+        for s2, e2, _ in elements[a:]:
+            if (s1, e1) == (s2, e2):
+                adj[s1:e1, s1:e1] = NOT_ADJACENT
+                continue
+            close = int((dist[s1:e1, s2:e2] < cutoff).sum()) >= min_pairs
+            adj[s1:e1, s2:e2] = adj[s2:e2, s1:e1] = ADJACENT if close else NOT_ADJACENT
+    return adj
+
+
+def load_topology(spec: str | os.PathLike) -> Topology:
+    """A plan from ``FILE`` (a PDB/mmCIF file: its first chain) or ``FILE:CHAIN``; the chain
+    is not split at breaks (DSSP sees a loop there)."""
+    from protein.data.parse import parse_structure
+
+    spec = str(spec)
+    path_str, chain = spec, None
+    if not Path(spec).exists() and ":" in spec:
+        path_str, chain = spec.rsplit(":", 1)
+    path = Path(path_str)
+    if not path.is_file():
+        raise DataError(f"{path}: topology file not found")
+    result = parse_structure(path, break_distance=float("inf"))  # a plan spans breaks
+    chains = [c for c in result.chains if chain is None or c.chain_id == chain]
+    if not chains:
+        have = sorted({c.chain_id for c in result.chains})
+        why = f"no chain {chain!r} (has {', '.join(have)})" if have else "no usable chain"
+        raise DataError(f"{path}: {why}")
+    c = chains[0]
+    return Topology.from_coords(np.asarray(c.coords), f"{path.name}:{c.chain_id}")
+
+
+def reference_topologies(source: str | os.PathLike, limit: int | None = None
+                         ) -> list[Topology]:
+    """Plans of every chain of a reference set (a protein cache or a folder of structures)."""
+    from protein.eval import load_structures
+
+    structures, _ = load_structures(source, limit=limit)
+    if not structures:
+        raise DataError(f"{source}: no chains to draw topologies from")
+    return [Topology.from_coords(s.coords, s.name) for s in structures]
+
+
+def draw_topologies(pool: list[Topology], length: int, num: int,
+                    rng: np.random.Generator) -> list[Topology]:
+    """``num`` plans of ``length`` residues: a random chain of the pool at least that long
+    (the shortest such chains when none is), cropped at a random start. A chain much longer
+    than ``length`` would mostly give fragments of its elements, so chains up to 1.5x
+    ``length`` are preferred when there are any."""
+    long_enough = [t for t in pool if len(t) >= length]
+    if not long_enough:
+        raise DataError(f"no reference chain has {length} residues to draw a topology from "
+                        f"(longest: {max(len(t) for t in pool)})")
+    close = [t for t in long_enough if len(t) <= 1.5 * length]
+    choices = close or long_enough
+    out = []
+    for _ in range(num):
+        t = choices[int(rng.integers(len(choices)))]
+        start = int(rng.integers(len(t) - length + 1))
+        out.append(t.crop(start, length))
+    return out

@@ -1,0 +1,219 @@
+"""Fold conditioning: plans from structures and strings, the trunk's plan inputs, condition
+dropout, weights loaded into a model with a new branch, and designs that follow a plan."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flow3d.cli import main
+from flow3d.engine.module import _load_weights
+from flow3d.errors import ConfigError, DataError
+from protein.data import shared_protein_dir
+from protein.flow import FlowSettings, ProteinFlow
+from protein.model.trunk import IPATrunk, TrunkConfig
+from protein.topology import (
+    ADJ_UNKNOWN,
+    ADJACENT,
+    HELIX,
+    LOOP,
+    NOT_ADJACENT,
+    STRAND,
+    UNKNOWN,
+    Topology,
+    draw_topologies,
+    load_topology,
+)
+
+TINY = dict(num_blocks=2, node_dim=32, edge_dim=16, ipa_head_dim=8, num_heads=2,
+            num_qk_points=4, num_v_points=4, seq_layers=1, seq_heads=2)
+
+
+def hairpin_and_helix() -> tuple[str, np.ndarray]:
+    """CA trace: strand 0-5, turn 6-7, strand 8-13 (antiparallel, 4.8 A apart), loop, and a
+    helix-labelled run 20-27 far away."""
+    ca = np.zeros((28, 3))
+    ca[0:6, 0] = np.arange(6) * 3.3
+    ca[6:8] = [[5 * 3.3 + 1.5, 2.4, 0.0], [5 * 3.3 + 1.5, 2.4, 0.0]]
+    ca[8:14, 0] = (5 - np.arange(6)) * 3.3
+    ca[8:14, 1] = 4.8
+    ca[14:20] = ca[13] + np.arange(1, 7)[:, None] * [0.0, 0.0, 3.8]
+    ca[20:28] = ca[19] + np.arange(1, 9)[:, None] * [0.0, 0.0, 1.5]
+    ss = "EEEEEE--EEEEEE------HHHHHHHH"
+    return ss, ca
+
+
+def test_plan_from_secondary_structure_and_contacts():
+    ss, ca = hairpin_and_helix()
+    topo = Topology.from_ss(ss, ca, "toy")
+    assert topo.string == "EEEEEELLEEEEEELLLLLLHHHHHHHH"
+    assert topo.codes[0] == STRAND and topo.codes[6] == LOOP and topo.codes[25] == HELIX
+    adj = topo.adj
+    assert (adj == adj.T).all()
+    assert (adj[0:6, 8:14] == ADJACENT).all()  # the two strands pair
+    assert (adj[0:6, 20:28] == NOT_ADJACENT).all() and (adj[8:14, 20:28] == NOT_ADJACENT).all()
+    assert (adj[0:6, 0:6] == NOT_ADJACENT).all()  # an element with itself
+    assert (adj[6] == ADJ_UNKNOWN).all() and (adj[:, 15] == ADJ_UNKNOWN).all()  # loops
+    # a lone strand residue is loop, not an element
+    lone = Topology.from_ss("--E---", np.arange(18.0).reshape(6, 3), "x")
+    assert lone.string == "LLLLLL" and (lone.adj == ADJ_UNKNOWN).all()
+
+
+def test_plan_from_string_crop_mask_and_agreement():
+    topo = Topology.from_string("hhhL-C?EE")
+    assert topo.string == "HHHLLL?EE" and (topo.adj == ADJ_UNKNOWN).all()
+    assert topo.codes[6] == UNKNOWN
+    assert topo.agreement("HHH---EE-") == pytest.approx(7 / 8)  # "?" not counted
+    sub = Topology.from_ss(*hairpin_and_helix()).crop(4, 10)
+    assert len(sub) == 10 and sub.string == "EELLEEEEEE" and sub.adj[0, 5] == ADJACENT
+    assert sub.masked().string == sub.string and (sub.masked().adj == ADJ_UNKNOWN).all()
+    assert (sub.masked(keep_adjacency=False).codes == UNKNOWN).all()
+    for bad in ("", "HHXE"):
+        with pytest.raises(ConfigError, match="plan"):
+            Topology.from_string(bad)
+    with pytest.raises(ValueError, match="outside"):
+        sub.crop(5, 6)
+    with pytest.raises(ValueError, match="plan of 9"):
+        topo.agreement("HHH")
+
+
+def test_draw_topologies_crops_seeded_plans():
+    pool = [Topology.from_string("H" * 50 + "E" * 30), Topology.from_string("E" * 120),
+            Topology.from_string("L" * 40)]
+    a = draw_topologies(pool, 60, 5, np.random.default_rng(3))
+    b = draw_topologies(pool, 60, 5, np.random.default_rng(3))
+    assert [len(t) for t in a] == [60] * 5 and [t.string for t in a] == [t.string for t in b]
+    assert all("L" not in t.string for t in a)  # the 40-residue chain is too short
+    assert {t.source.split("[")[0] for t in a} == {"string"}
+    with pytest.raises(DataError, match="no reference chain has 200"):
+        draw_topologies(pool, 200, 1, np.random.default_rng(0))
+
+
+@pytest.mark.skipif(shared_protein_dir() is None, reason="needs ../shared/data/proteins")
+def test_real_strands_have_partners_in_their_plan():
+    folder = shared_protein_dir() / "ts50_pydssp" / "pdb"
+    files = sorted(folder.glob("*.pdb"))[:12]
+    strands = paired = 0
+    for f in files:
+        topo = load_topology(f)
+        is_e = topo.codes == STRAND
+        strands += int(is_e.sum())
+        paired += int(((topo.adj == ADJACENT).any(1) & is_e).sum())
+        assert (topo.adj == topo.adj.T).all()
+    assert strands > 100
+    assert paired / strands > 0.9  # strand residues sit in elements that pair with another
+    with pytest.raises(DataError, match="no chain 'Z'"):
+        load_topology(f"{files[0]}:Z")
+    with pytest.raises(DataError, match="topology file not found"):
+        load_topology(folder / "missing.pdb")
+
+
+def test_trunk_plan_inputs_start_as_a_no_op_and_then_condition():
+    torch.manual_seed(0)
+    plain = IPATrunk(TrunkConfig(**TINY))
+    with torch.no_grad():  # the backbone updates start at zero: give the output a say
+        for block in plain.blocks:
+            block["bb_update"].linear.weight.normal_(std=0.1)
+    cond = IPATrunk(TrunkConfig(**TINY, topology=True))
+    _load_weights(cond, plain.state_dict(), "test",
+                  ("node_embed.ss_embed", "edge_embed.adj_embed"))
+    g = torch.Generator().manual_seed(1)
+    trans, quats = torch.randn(2, 12, 3, generator=g), torch.randn(2, 12, 4, generator=g)
+    quats = quats / quats.norm(dim=-1, keepdim=True)
+    t = torch.tensor([0.3, 0.8])
+    ss = torch.randint(0, 4, (2, 12), generator=g)
+    adj = torch.randint(0, 3, (2, 12, 12), generator=g)
+    base = plain(trans, quats, t)["trans"]
+    torch.testing.assert_close(cond(trans, quats, t, ss=ss, adj=adj)["trans"], base)
+    with torch.no_grad():
+        cond.node_embed.ss_embed.weight.normal_()
+        cond.edge_embed.adj_embed.weight.normal_()
+    unknown = cond(trans, quats, t, ss=torch.full_like(ss, UNKNOWN),
+                   adj=torch.full_like(adj, ADJ_UNKNOWN))["trans"]
+    torch.testing.assert_close(cond(trans, quats, t)["trans"], unknown)  # None = unknown
+    assert (cond(trans, quats, t, ss=ss, adj=adj)["trans"] - unknown).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="without topology"):
+        plain(trans, quats, t, ss=ss)
+    with pytest.raises(ValueError, match="must be"):
+        cond(trans, quats, t, ss=ss[:, :5])
+
+
+def test_new_branch_prefixes_only_excuse_those_parameters():
+    plain = IPATrunk(TrunkConfig(**TINY))
+    cond = IPATrunk(TrunkConfig(**TINY, topology=True))
+    with pytest.raises(DataError, match="init_from=x: weights do not match"):
+        _load_weights(cond, plain.state_dict(), "init_from=x")
+    with pytest.raises(DataError, match="weights do not match"):
+        _load_weights(cond, plain.state_dict(), "init_from=x", ("node_embed.ss_embed",))
+    weights = dict(plain.state_dict())
+    weights.pop("node_embed.proj.weight")
+    with pytest.raises(DataError, match="weights do not match"):
+        _load_weights(cond, weights, "x", ("node_embed.ss_embed", "edge_embed.adj_embed"))
+
+
+def test_condition_dropout_rates():
+    flow = ProteinFlow(FlowSettings(topology_drop=0.3, adjacency_drop=0.2))
+    ss = torch.zeros(4000, 3, dtype=torch.long)
+    adj = torch.ones(4000, 3, 3, dtype=torch.long)
+    out = flow.drop_topology(ss, adj, torch.Generator().manual_seed(0))
+    hidden_all = (out["ss"] == UNKNOWN).all(1)
+    hidden_adj = (out["adj"] == ADJ_UNKNOWN).all(-1).all(-1)
+    assert abs(hidden_all.float().mean().item() - 0.3) < 0.03
+    assert (hidden_adj[hidden_all]).all()  # no plan, no adjacency
+    assert abs(hidden_adj[~hidden_all].float().mean().item() - 0.2) < 0.03
+    assert (out["ss"][~hidden_all] == 0).all() and (out["adj"][~hidden_adj] == 1).all()
+
+
+def test_dataset_items_carry_plans_and_collate_pads_them(tmp_path):
+    from protein.data.dataset import collate_padded
+
+    ss, ca = hairpin_and_helix()
+    items = []
+    for n in (28, 20):
+        topo = Topology.from_ss(ss[:n], ca[:n])
+        items.append({"trans": torch.zeros(n, 3), "quats": torch.zeros(n, 4),
+                      "res_idx": torch.arange(n), "seq": torch.zeros(n, dtype=torch.long),
+                      "length": n, "ss": torch.from_numpy(topo.codes),
+                      "adj": torch.from_numpy(topo.adj)})
+    batch = collate_padded(items)
+    assert batch["ss"].shape == (2, 28) and batch["adj"].shape == (2, 28, 28)
+    assert (batch["ss"][1, 20:] == UNKNOWN).all() and (batch["adj"][1, 20:] == ADJ_UNKNOWN).all()
+    assert (batch["adj"][1, :, 20:] == ADJ_UNKNOWN).all()
+    assert batch["adj"][1, 0, 8] == ADJACENT
+
+
+def test_cli_designs_follow_a_plan(tmp_path, capsys):
+    plan = "L" + "E" * 7 + "LL" + "E" * 7 + "LLL" + "H" * 14 + "LL" + "E" * 6 + "L"
+    out = tmp_path / "fold"
+    code = main(["protein", "design", "--ss", plan, "--num", "2", "--steps", "8", "--seed", "1",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    assert len(list(out.glob("len043_*.pdb"))) == 2
+    record = json.loads((out / "topology.json").read_text())
+    assert set(record["designs"]) == {"len043_000", "len043_001"}
+    d = record["designs"]["len043_000"]
+    assert d["plan"] == plan and len(d["dssp"]) == len(plan) and 0.0 <= d["agreement"] <= 1.0
+    assert "fold plans followed" in capsys.readouterr().out
+    # a plan from a file sets the length
+    design = next(out.glob("*.pdb"))
+    code = main(["protein", "design", "--topology", str(design), "--num", "1", "--steps", "4",
+                 "--out", str(tmp_path / "f2"), "--no-progress"])
+    assert code == 0 and (tmp_path / "f2" / "len043_000.pdb").is_file()
+
+
+def test_cli_plan_errors(tmp_path, capsys):
+    for args, msg in (
+        (["--ss", "HHHH", "--topology", "x.pdb"], "give one fold plan option"),
+        (["--ss", "HHXX"], "plan 'HHXX'"),
+        (["--ss", "H" * 30, "--checkpoint", "checkpoints/protein/tiny_reflow_guided"],
+         "trained without fold plans"),
+        (["--topology", str(tmp_path / "none.pdb")], "topology file not found"),
+    ):
+        out = tmp_path / "never"
+        assert main(["protein", "design", *args, "--num", "1", "--steps", "2", "--out",
+                     str(out), "--no-progress"]) == 2
+        assert msg in capsys.readouterr().err
+        assert not out.exists()
