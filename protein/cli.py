@@ -54,7 +54,7 @@ def cmd_design(args: argparse.Namespace) -> int:
               f"{mean['motif_scaffold_clashes']:.2f} per design (motif.json)")
     if report.topology is not None:
         print(f"fold plans followed: DSSP agrees with the plan on "
-              f"{report.topology['mean_agreement']:.2f} of residues (topology.json)")
+              f"{report.topology['mean']['agreement']:.2f} of residues (topology.json)")
     return 0
 
 

@@ -179,19 +179,18 @@ def _fold_plan(ss, topology, topology_from):
 
 
 def _topology_record(designs) -> dict:
-    """topology.json: per design its plan (H/E/L), where it came from, and the fraction of
-    planned residues whose DSSP (pydssp) state matches."""
-    import numpy as np
-
+    """topology.json: per design its plan (H/E/L), where it came from, and how its DSSP
+    (pydssp) and CAs follow it (:meth:`protein.topology.Topology.scores`)."""
     from protein.data.filters import secondary_structure
+
+    from protein.topology import summarize_scores
 
     per = {}
     for d in designs:
         ss = secondary_structure(d.atoms)
         per[d.name] = {"source": d.topology.source, "plan": d.topology.string, "dssp": ss,
-                       "agreement": d.topology.agreement(ss)}
-    scores = [v["agreement"] for v in per.values() if v["agreement"] == v["agreement"]]
-    return {"mean_agreement": float(np.mean(scores)) if scores else None, "designs": per}
+                       **d.topology.scores(ss, d.atoms[:, 1])}
+    return {"mean": summarize_scores(list(per.values())), "designs": per}
 
 
 def _motif_record(designs, motif) -> dict:

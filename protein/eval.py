@@ -187,17 +187,17 @@ def _read_motif(folder: Path, names: set[str]) -> dict | None:
 
 def _read_topology(folder: Path, names: set[str]) -> dict | None:
     """What ``topology.json`` (``flow3d protein design --ss/--topology/--topology-from``)
-    recorded for the evaluated designs: the mean fraction of planned residues whose DSSP
-    state matches the plan, and the number of distinct plan sources."""
+    recorded for the evaluated designs (:func:`protein.topology.summarize_scores`), and the
+    number of distinct plan sources."""
     path = folder / "topology.json"
     if not path.is_file():
         return None
+    from protein.topology import summarize_scores
+
     try:
         per = [d for name, d in json.loads(path.read_text())["designs"].items()
                if name in names]
-        scores = [float(d["agreement"]) for d in per if d["agreement"] is not None]
-        return {"n": len(per), "agreement": float(np.nanmean(scores)) if scores else None,
-                "sources": len({d["source"] for d in per})}
+        return {**summarize_scores(per), "sources": len({d["source"] for d in per})}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{path}: not a fold-plan record written by flow3d ({exc})") from exc
 
@@ -706,7 +706,10 @@ def format_summary(summary: dict) -> str:
     plans = summary.get("topology")
     if plans and plans.get("n"):
         lines.append(f"fold plans ({plans['sources']} sources): DSSP agrees on "
-                     f"{fmt(plans, 'agreement', '{:.3f}')} of planned residues")
+                     f"{fmt(plans, 'agreement', '{:.3f}')} of planned residues (helix "
+                     f"{fmt(plans, 'helix_agreement', '{:.3f}')}, strand "
+                     f"{fmt(plans, 'strand_agreement', '{:.3f}')}); paired strands with the "
+                     f"partner 4.2-5.6 A away {fmt(plans, 'partner_in_range', '{:.3f}')}")
     if summary.get("time_per_design_s") is not None:
         lines.append(f"{'seconds per design':<28}{summary['time_per_design_s']:>10.3f}")
     lines.append(f"(secondary structure: {summary.get('ss_method')})")

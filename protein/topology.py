@@ -33,6 +33,7 @@ PLAN_LETTERS = "HEL"  # code -> letter (``-`` and ``C`` also read as loop)
 CONTACT_DISTANCE = 6.0  # angstrom: two elements pack if enough of their CAs are this close
 CONTACT_PAIRS = 2  # ... at least this many CA pairs
 MIN_ELEMENT = 2  # runs of H or E shorter than this count as loop
+PARTNER_RANGE = (4.2, 5.6)  # angstrom: CA distance to the nearest partner in a real sheet
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,32 @@ class Topology:
             return Topology(self.codes.copy(), adj, self.source)
         return Topology(np.full_like(self.codes, UNKNOWN), adj, self.source)
 
-    def agreement(self, ss: str) -> float:
-        """Fraction of the planned (not unknown) residues whose DSSP letter matches the plan."""
+    def agreement(self, ss: str, code: int | None = None) -> float:
+        """Fraction of the planned (not unknown) residues whose DSSP letter matches the plan;
+        with ``code`` only over the residues planned as that (e.g. :data:`STRAND`)."""
         got = np.array([{"H": HELIX, "E": STRAND}.get(c, LOOP) for c in ss])
-        known = self.codes != UNKNOWN
         if len(got) != len(self.codes):
             raise ValueError(f"plan of {len(self.codes)} residues, structure of {len(got)}")
+        known = self.codes != UNKNOWN if code is None else self.codes == code
         return float((got[known] == self.codes[known]).mean()) if known.any() else float("nan")
+
+    def scores(self, ss: str, ca: np.ndarray) -> dict:
+        """How a structure (DSSP string, CAs ``[L, 3]`` angstrom) follows the plan: overall,
+        helix and strand agreement, and for residues planned in strands that pair with
+        another strand, the fraction whose nearest planned partner CA is 4.2-5.6 A away (real
+        sheets: 4.4-5.5 A; closer is two strands on top of each other)."""
+        ca = np.asarray(ca, dtype=np.float64)
+        pair = ((self.adj == ADJACENT) & (self.codes[:, None] == STRAND)
+                & (self.codes[None, :] == STRAND))
+        rows = pair.any(1)
+        partner = float("nan")
+        if rows.any():
+            d = np.linalg.norm(ca[rows][:, None] - ca[None], axis=-1)
+            near = np.where(pair[rows], d, np.inf).min(1)
+            partner = float(((near >= PARTNER_RANGE[0]) & (near <= PARTNER_RANGE[1])).mean())
+        return {"agreement": self.agreement(ss), "helix_agreement": self.agreement(ss, HELIX),
+                "strand_agreement": self.agreement(ss, STRAND),
+                "paired_strand_residues": int(rows.sum()), "partner_in_range": partner}
 
 
 def _elements(codes: np.ndarray) -> list[tuple[int, int, int]]:
@@ -196,4 +216,18 @@ def draw_topologies(pool: list[Topology], length: int, num: int,
         t = choices[int(rng.integers(len(choices)))]
         start = int(rng.integers(len(t) - length + 1))
         out.append(t.crop(start, length))
+    return out
+
+
+def summarize_scores(per: list[dict]) -> dict:
+    """Means of :meth:`Topology.scores` over designs (NaN entries skipped; the partner range
+    weighted by each design's paired strand residues)."""
+    out: dict = {"n": len(per)}
+    for key in ("agreement", "helix_agreement", "strand_agreement"):
+        vals = [float(d[key]) for d in per if d.get(key) is not None and d[key] == d[key]]
+        out[key] = float(np.mean(vals)) if vals else None
+    weights = [(d["partner_in_range"], d["paired_strand_residues"]) for d in per
+               if d.get("paired_strand_residues")]
+    total = sum(w for _, w in weights)
+    out["partner_in_range"] = (sum(v * w for v, w in weights) / total) if total else None
     return out

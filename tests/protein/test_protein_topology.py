@@ -26,6 +26,7 @@ from protein.topology import (
     Topology,
     draw_topologies,
     load_topology,
+    summarize_scores,
 )
 
 TINY = dict(num_blocks=2, node_dim=32, edge_dim=16, ipa_head_dim=8, num_heads=2,
@@ -78,6 +79,25 @@ def test_plan_from_string_crop_mask_and_agreement():
         sub.crop(5, 6)
     with pytest.raises(ValueError, match="plan of 9"):
         topo.agreement("HHH")
+
+
+def test_scores_tell_a_sheet_from_stacked_strands():
+    ss, ca = hairpin_and_helix()
+    topo = Topology.from_ss(ss, ca)
+    good = topo.scores(ss, ca)
+    assert good["agreement"] == 1.0 and good["strand_agreement"] == 1.0
+    assert good["paired_strand_residues"] == 12 and good["partner_in_range"] == 1.0
+    stacked = ca.copy()
+    stacked[8:14, 1] = 1.5  # the second strand on top of the first
+    bad = topo.scores("------" + ss[6:], stacked)
+    assert bad["partner_in_range"] == 0.0 and bad["strand_agreement"] == 0.5
+    assert bad["helix_agreement"] == 1.0
+    none = Topology.from_string("HHHHLL").scores("HH----", np.zeros((6, 3)))
+    assert none["paired_strand_residues"] == 0 and np.isnan(none["partner_in_range"])
+    assert np.isnan(none["strand_agreement"]) and none["helix_agreement"] == 0.5
+    mean = summarize_scores([good, bad, none])
+    assert mean["n"] == 3 and mean["partner_in_range"] == 0.5  # weighted by residues
+    assert mean["strand_agreement"] == 0.75  # NaN skipped
 
 
 def test_draw_topologies_crops_seeded_plans():
@@ -196,7 +216,14 @@ def test_cli_designs_follow_a_plan(tmp_path, capsys):
     assert set(record["designs"]) == {"len043_000", "len043_001"}
     d = record["designs"]["len043_000"]
     assert d["plan"] == plan and len(d["dssp"]) == len(plan) and 0.0 <= d["agreement"] <= 1.0
+    assert record["mean"]["n"] == 2 and d["paired_strand_residues"] == 0  # no adjacency given
     assert "fold plans followed" in capsys.readouterr().out
+    assert main(["protein", "eval", str(out), "--out", str(tmp_path / "ev")]) == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["topology"]["n"] == 2 and summary["topology"]["sources"] == 1
+    assert summary["topology"]["agreement"] == pytest.approx(
+        np.mean([v["agreement"] for v in record["designs"].values()]))
+    assert "fold plans (1 sources)" in capsys.readouterr().out
     # a plan from a file sets the length
     design = next(out.glob("*.pdb"))
     code = main(["protein", "design", "--topology", str(design), "--num", "1", "--steps", "4",
