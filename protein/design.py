@@ -182,7 +182,6 @@ def _topology_record(designs) -> dict:
     """topology.json: per design its plan (H/E/L), where it came from, and how its DSSP
     (pydssp) and CAs follow it (:meth:`protein.topology.Topology.scores`)."""
     from protein.data.filters import secondary_structure
-
     from protein.topology import summarize_scores
 
     per = {}
