@@ -168,38 +168,37 @@ def _read_timings(folder: Path) -> dict[str, float]:
     return {}
 
 
-def _read_motif(folder: Path, names: set[str]) -> dict | None:
-    """What ``motif.json`` (written by ``flow3d protein design --motif``) recorded for the
-    evaluated designs: the motif, and its metrics averaged over those designs."""
-    from protein.motif import summarize_motif_metrics
-
-    path = folder / "motif.json"
+def _read_record(path: Path, names: set[str], what: str, summarize) -> dict | None:
+    """``summarize(record, per)`` of a per-design record written by ``flow3d protein
+    design`` (``per``: its entries for the evaluated ``names``); None when absent."""
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
-        per = [m for name, m in record["designs"].items() if name in names]
-        return {"segments": record["segments"], "source": record["source"], "n": len(per),
-                **summarize_motif_metrics(per)}
+        per = [d for name, d in record["designs"].items() if name in names]
+        return summarize(record, per)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{path}: not a motif record written by flow3d ({exc})") from exc
+        raise DataError(f"{path}: not a {what} record written by flow3d ({exc})") from exc
+
+
+def _read_motif(folder: Path, names: set[str]) -> dict | None:
+    """What ``motif.json`` (``flow3d protein design --motif``) recorded for the evaluated
+    designs: the motif, and its metrics averaged over those designs."""
+    from protein.motif import summarize_motif_metrics
+
+    return _read_record(folder / "motif.json", names, "motif", lambda record, per: {
+        "segments": record["segments"], "source": record["source"], "n": len(per),
+        **summarize_motif_metrics(per)})
 
 
 def _read_topology(folder: Path, names: set[str]) -> dict | None:
     """What ``topology.json`` (``flow3d protein design --ss/--topology/--topology-from``)
     recorded for the evaluated designs (:func:`protein.topology.summarize_scores`), and the
     number of distinct plan sources."""
-    path = folder / "topology.json"
-    if not path.is_file():
-        return None
     from protein.topology import summarize_scores
 
-    try:
-        per = [d for name, d in json.loads(path.read_text())["designs"].items()
-               if name in names]
-        return {**summarize_scores(per), "sources": len({d["source"] for d in per})}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{path}: not a fold-plan record written by flow3d ({exc})") from exc
+    return _read_record(folder / "topology.json", names, "fold-plan", lambda record, per: {
+        **summarize_scores(per), "sources": len({d["source"] for d in per})})
 
 
 # --- per-structure metrics ------------------------------------------------------------------
@@ -705,11 +704,14 @@ def format_summary(summary: dict) -> str:
                      f"clashes {motif['motif_scaffold_clashes']:.2f} per design")
     plans = summary.get("topology")
     if plans and plans.get("n"):
+        from protein.topology import PARTNER_RANGE
+
+        lo, hi = PARTNER_RANGE
         lines.append(f"fold plans ({plans['sources']} sources): DSSP agrees on "
                      f"{fmt(plans, 'agreement', '{:.3f}')} of planned residues (helix "
                      f"{fmt(plans, 'helix_agreement', '{:.3f}')}, strand "
                      f"{fmt(plans, 'strand_agreement', '{:.3f}')}); paired strands with the "
-                     f"partner 4.2-5.6 A away {fmt(plans, 'partner_in_range', '{:.3f}')}")
+                     f"partner {lo}-{hi} A away {fmt(plans, 'partner_in_range', '{:.3f}')}")
     if summary.get("time_per_design_s") is not None:
         lines.append(f"{'seconds per design':<28}{summary['time_per_design_s']:>10.3f}")
     lines.append(f"(secondary structure: {summary.get('ss_method')})")

@@ -422,16 +422,15 @@ class ProteinHead(Head):
                     b = min(cfg.batch_size, num - done)
                     # One generator per (seed, length, batch): designs do not depend on the
                     # other lengths asked for in the same call.
-                    g = torch.Generator(device="cpu").manual_seed(
-                        int(seed) * 1_000_003 + length * 1009 + done
-                    )
+                    stream = int(seed) * 1_000_003 + length * 1009 + done
+                    g = torch.Generator(device="cpu").manual_seed(stream)
+                    # motif placements and fold plans draw from streams of their own, so the
+                    # noise is the same with or without them
                     pos = None
-                    if motif is not None:  # its own stream: the noise is as without a motif
-                        g_pos = torch.Generator(device="cpu").manual_seed(
-                            int(seed) * 1_000_003 + length * 1009 + done + 500_009)
+                    if motif is not None:
+                        g_pos = torch.Generator(device="cpu").manual_seed(stream + 500_009)
                         pos = motif.draw_positions(b, g_pos).to(device)
-                    plans = _plans(topology, length, b,
-                                   int(seed) * 1_000_003 + length * 1009 + done + 700_001)
+                    plans = _plans(topology, length, b, stream + 700_001)
                     cond = {}
                     if plans is not None:
                         cond = {"ss": torch.from_numpy(np.stack([p.codes for p in plans])),

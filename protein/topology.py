@@ -73,11 +73,13 @@ class Topology:
     @classmethod
     def from_ss(cls, ss: str, ca: np.ndarray, source: str = "") -> Topology:
         """A plan from a DSSP 3-state string and the CA coordinates ``[L, 3]`` (angstrom)."""
-        codes = np.array([{"H": HELIX, "E": STRAND}.get(c, LOOP) for c in ss], dtype=np.int64)
-        elements = _elements(codes)
-        for start, end, _ in _short(elements):
-            codes[start:end] = LOOP
-        elements = [e for e in elements if e[1] - e[0] >= MIN_ELEMENT]
+        codes = dssp_codes(ss)
+        elements = []
+        for start, end, code in _elements(codes):
+            if end - start < MIN_ELEMENT:
+                codes[start:end] = LOOP
+            else:
+                elements.append((start, end, code))
         adj = block_adjacency(np.asarray(ca, dtype=np.float64), elements, len(codes))
         return cls(codes, adj, source)
 
@@ -105,10 +107,11 @@ class Topology:
             return Topology(self.codes.copy(), adj, self.source)
         return Topology(np.full_like(self.codes, UNKNOWN), adj, self.source)
 
-    def agreement(self, ss: str, code: int | None = None) -> float:
-        """Fraction of the planned (not unknown) residues whose DSSP letter matches the plan;
-        with ``code`` only over the residues planned as that (e.g. :data:`STRAND`)."""
-        got = np.array([{"H": HELIX, "E": STRAND}.get(c, LOOP) for c in ss])
+    def agreement(self, ss: str | np.ndarray, code: int | None = None) -> float:
+        """Fraction of the planned (not unknown) residues whose DSSP letter (or
+        :func:`dssp_codes` code) matches the plan; with ``code`` only over the residues
+        planned as that (e.g. :data:`STRAND`)."""
+        got = dssp_codes(ss) if isinstance(ss, str) else ss
         if len(got) != len(self.codes):
             raise ValueError(f"plan of {len(self.codes)} residues, structure of {len(got)}")
         known = self.codes != UNKNOWN if code is None else self.codes == code
@@ -117,8 +120,9 @@ class Topology:
     def scores(self, ss: str, ca: np.ndarray) -> dict:
         """How a structure (DSSP string, CAs ``[L, 3]`` angstrom) follows the plan: overall,
         helix and strand agreement, and for residues planned in strands that pair with
-        another strand, the fraction whose nearest planned partner CA is 4.2-5.6 A away (real
-        sheets: 4.4-5.5 A; closer is two strands on top of each other)."""
+        another strand, the fraction whose nearest planned partner CA is within
+        :data:`PARTNER_RANGE` (real sheets: 4.4-5.5 A; closer is two strands on top of each
+        other)."""
         ca = np.asarray(ca, dtype=np.float64)
         pair = ((self.adj == ADJACENT) & (self.codes[:, None] == STRAND)
                 & (self.codes[None, :] == STRAND))
@@ -128,9 +132,15 @@ class Topology:
             d = np.linalg.norm(ca[rows][:, None] - ca[None], axis=-1)
             near = np.where(pair[rows], d, np.inf).min(1)
             partner = float(((near >= PARTNER_RANGE[0]) & (near <= PARTNER_RANGE[1])).mean())
-        return {"agreement": self.agreement(ss), "helix_agreement": self.agreement(ss, HELIX),
-                "strand_agreement": self.agreement(ss, STRAND),
+        got = dssp_codes(ss)
+        return {"agreement": self.agreement(got), "helix_agreement": self.agreement(got, HELIX),
+                "strand_agreement": self.agreement(got, STRAND),
                 "paired_strand_residues": int(rows.sum()), "partner_in_range": partner}
+
+
+def dssp_codes(ss: str) -> np.ndarray:
+    """Plan codes ``[L]`` of a DSSP 3-state string (H helix, E strand, anything else loop)."""
+    return np.array([{"H": HELIX, "E": STRAND}.get(c, LOOP) for c in ss], dtype=np.int64)
 
 
 def _elements(codes: np.ndarray) -> list[tuple[int, int, int]]:
@@ -142,10 +152,6 @@ def _elements(codes: np.ndarray) -> list[tuple[int, int, int]]:
                 out.append((start, i, int(codes[start])))
             start = i
     return out
-
-
-def _short(elements):
-    return [e for e in elements if e[1] - e[0] < MIN_ELEMENT]
 
 
 def block_adjacency(ca: np.ndarray, elements: list[tuple[int, int, int]], n: int,

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from protein.topology import ADJ_UNKNOWN, UNKNOWN
+
 
 def sinusoidal_embedding(x: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Transformer sinusoidal embedding of a real-valued tensor ``x [...]`` -> ``[..., dim]``.
@@ -52,7 +54,7 @@ class NodeEmbedder(nn.Module):
         super().__init__()
         self.index_dim, self.time_dim = index_dim, time_dim
         self.proj = nn.Linear(index_dim + time_dim + 1, node_dim)
-        self.ss_embed = _zero_embedding(4, node_dim) if topology else None
+        self.ss_embed = _zero_embedding(UNKNOWN + 1, node_dim) if topology else None
 
     def forward(self, res_idx: Tensor, t: Tensor, mask: Tensor, ss: Tensor | None = None
                 ) -> Tensor:
@@ -63,7 +65,7 @@ class NodeEmbedder(nn.Module):
         feats = torch.cat([idx, temb.to(idx.dtype), mask[..., None].to(idx.dtype)], dim=-1)
         out = self.proj(feats.to(self.proj.weight.dtype))
         if self.ss_embed is not None:
-            out = out + self.ss_embed(_codes(ss, (B, L), 3, mask.device))
+            out = out + self.ss_embed(_codes(ss, (B, L), UNKNOWN, mask.device))
         return out * mask[..., None]
 
 
@@ -113,7 +115,7 @@ class EdgeEmbedder(nn.Module):
             nn.Linear(edge_dim, edge_dim),
             nn.LayerNorm(edge_dim),
         )
-        self.adj_embed = _zero_embedding(3, edge_dim) if topology else None
+        self.adj_embed = _zero_embedding(ADJ_UNKNOWN + 1, edge_dim) if topology else None
 
     def forward(
         self, node: Tensor, trans: Tensor, trans_sc: Tensor, res_idx: Tensor, mask: Tensor,
@@ -133,5 +135,5 @@ class EdgeEmbedder(nn.Module):
         pair_mask = (mask[:, :, None] * mask[:, None, :])[..., None].to(node.dtype)
         out = self.mlp(feats)
         if self.adj_embed is not None:
-            out = out + self.adj_embed(_codes(adj, (B, L, L), 2, node.device))
+            out = out + self.adj_embed(_codes(adj, (B, L, L), ADJ_UNKNOWN, node.device))
         return out * pair_mask
