@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flow3d.errors import ConfigError, Flow3dError
+from flow3d.options import OneLineParser
 
 # head name -> "module:register"; register(subparsers) adds that head's sub-commands
 HEAD_COMMANDS: dict[str, str] = {
@@ -138,7 +139,7 @@ def _unavailable(sub: argparse._SubParsersAction, name: str, why: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="flow3d",
         description="Rectified-flow generative modelling for 3D and scientific data.",
     )
@@ -172,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    debug = "--debug" in argv  # accepted anywhere, before or after the sub-command
+    argv = [a for a in argv if a != "--debug"]
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own, at import
     try:
@@ -187,6 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"flow3d: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write that failed mid-run (disk full, permissions changed)
+        if debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"flow3d: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flow3d: interrupted", file=sys.stderr)

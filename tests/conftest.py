@@ -6,8 +6,14 @@ Tests use tiny tensors, where one torch thread is several times faster than many
 the per-test one re-pins the count if code under test changed it, and restores it after.
 """
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# tests/contract.py (the command-line contract) is imported by head test modules
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(autouse=True, scope="session")
