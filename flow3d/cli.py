@@ -27,6 +27,8 @@ from flow3d.options import OneLineParser
 HEAD_COMMANDS: dict[str, str] = {
     "protein": "protein.cli:register",
     "mesh": "flow3d.mesh.cli:register",
+    "splat": "flow3d.splat.cli:register",
+    "view": "flow3d.view:register",  # `flow3d view PATH...`: results in a browser
 }
 
 
