@@ -4,12 +4,19 @@ PIP = $(PYTHON) -m pip --disable-pip-version-check
 # One stamp per interpreter (its prefix), so switching PYTHON (e.g. to a venv) installs again.
 STAMP = .make/installed-$(shell $(PYTHON) -c 'import sys, hashlib; print(hashlib.sha1(sys.prefix.encode()).hexdigest()[:10])')
 DEMO_OUT ?= demo_out
+# The CPU build of torch, named explicitly (its local version "+cpu"), so pip can never pick a
+# CUDA build and download several GB. Where pip's index has no +cpu wheel, point it at PyTorch's
+# CPU wheel index: make install TORCH_INDEX=<that index URL>. Another build: make TORCH=torch==X.
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?=
 
 .PHONY: install demo test test-slow bench lint
 
 $(STAMP): pyproject.toml
 	# The CPU wheel of torch first: an unpinned torch would pull several GB of CUDA packages.
-	$(PIP) install -q "torch==2.13.0"
+	@$(PIP) install -q "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) || { \
+	  echo "make: could not install $(TORCH): give pip PyTorch's CPU wheel index with" \
+	       "make install TORCH_INDEX=URL (see the Makefile)" >&2; exit 1; }
 	$(PIP) install -q -e ".[all,dev]"
 	@mkdir -p .make && touch $(STAMP)
 
