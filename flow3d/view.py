@@ -269,7 +269,7 @@ def headless_browser(browser: str, url: str, width: int, height: int):
 
 
 def capture(server, browser: str, width: int, height: int, timeout: float,
-            settle: float = 1.5) -> np.ndarray:
+            settle: float = 1.0) -> np.ndarray:
     """An ``[H, W, 3]`` uint8 frame of ``server``'s scene rendered by headless Chromium,
     taken once two frames ``settle`` seconds apart agree (splats sorted, GLBs decoded)."""
     url = f"http://127.0.0.1:{server.get_port()}/"
@@ -301,11 +301,23 @@ def _capture(server, browser, url, width, height, deadline, timeout, settle) -> 
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Flow3dError(f"--screenshot: no stable frame within {timeout:g} s")
-            rgba = client.get_render(height, width, transport_format="png", timeout=left)
-            frame = _over_white(rgba)
+            frame = _render(client, width, height, left)
             if previous is not None and np.abs(frame.astype(int) - previous).mean() < 0.25:
                 return frame
             previous = frame.astype(int)
+
+
+def _render(client, width: int, height: int, timeout: float) -> np.ndarray:
+    """A ``[height, width, 3]`` frame. The render keeps the browser canvas's aspect ratio
+    (headless Chromium's canvas is not the window size), so render at that aspect, covering
+    the requested size, and crop the centre: never stretched."""
+    aspect = float(client.camera.aspect) or width / height
+    w, h = width, max(height, round(width / aspect))
+    if h > round(width / aspect):  # the canvas is wider than asked: cover the height instead
+        w, h = max(width, round(height * aspect)), height
+    rgba = client.get_render(h, w, transport_format="png", timeout=timeout)
+    top, left = (rgba.shape[0] - height) // 2, (rgba.shape[1] - width) // 2
+    return _over_white(rgba[top:top + height, left:left + width])
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:

@@ -488,7 +488,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.output, "OUT", overwrite=args.overwrite, suffixes=SUFFIXES)
-    gaussians = load_scene(_existing_file(args.input))
+    gaussians = load_scene(args.input)
     save_scene(gaussians, out)
     print(f"{out}: {len(gaussians)} Gaussians, SH degree "  # noqa: T201
           f"{gaussians.sh_degree if out.suffix.lower() != '.splat' else 0}")
