@@ -22,8 +22,9 @@ def helix_pdb(path, n=20, chain="A", gap_after=None, extra=""):
     for i in range(n):
         t = np.radians(100 * i)
         z = 1.5 * i + (20.0 if gap_after is not None and i > gap_after else 0.0)
-        lines.append("ATOM  %5d  CA  ALA %s%4d    %8.3f%8.3f%8.3f  1.00  0.00           C"
-                     % (i + 1, chain, i + 1, 2.3 * np.cos(t), 2.3 * np.sin(t), z))
+        x, y = 2.3 * np.cos(t), 2.3 * np.sin(t)
+        lines.append(f"ATOM  {i + 1:5d}  CA  ALA {chain}{i + 1:4d}    {x:8.3f}{y:8.3f}{z:8.3f}"
+                     "  1.00  0.00           C")
     path.write_text("\n".join(lines) + "\n" + extra + "END\n")
     return path
 

@@ -83,6 +83,9 @@ def _logit_u8(a: np.ndarray) -> np.ndarray:
     return np.log(p / (1.0 - p)).astype(np.float32)
 
 
+_OPAQUE_LOGIT = float(np.log((1.0 - 0.5 / 255.0) / (0.5 / 255.0)))  # alpha byte 255
+
+
 def _u8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
@@ -214,8 +217,13 @@ def read_ply(path: str | Path) -> Gaussians:
     rest = cols(*(f"f_rest_{i}" for i in range(3 * (k - 1)))).reshape(n, 3, k - 1)
     coeffs = np.concatenate([cols("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :],
                              rest.transpose(0, 2, 1)], axis=1)
+    # SPZ-to-PLY converters (Niantic's, PlayCanvas splat-transform) write alpha bytes 0 and
+    # 255 as logits -inf and +inf: read them as the 8-bit readers here do (half a step in)
+    opacity = cols("opacity")[:, 0]
+    opacity = np.where(np.isposinf(opacity), _OPAQUE_LOGIT, opacity)
+    opacity = np.where(np.isneginf(opacity), -_OPAQUE_LOGIT, opacity)
     return _gaussians(path, cols("x", "y", "z"), cols("rot_0", "rot_1", "rot_2", "rot_3"),
-                      cols("scale_0", "scale_1", "scale_2"), cols("opacity")[:, 0], coeffs)
+                      cols("scale_0", "scale_1", "scale_2"), opacity, coeffs)
 
 
 def _read_ply_vertices(path: Path, header: PlyHeader, props, n: int) -> np.ndarray:

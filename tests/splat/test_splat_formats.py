@@ -91,6 +91,16 @@ def test_ply_reads_other_layouts(tmp_path):
                                        rtol=0)
 
 
+def test_ply_infinite_opacity_from_spz_converters_reads_as_the_8_bit_extremes(tmp_path):
+    """Niantic's and PlayCanvas's SPZ-to-PLY write alpha bytes 0 and 255 as -inf and +inf."""
+    g = scene(n=3, degree=0)
+    logits = torch.tensor([float("inf"), float("-inf"), 0.5])
+    F.write_ply(Gaussians(g.means, g.quats, g.log_scales, logits, g.sh), tmp_path / "inf.ply")
+    back = F.read_ply(tmp_path / "inf.ply")
+    torch.testing.assert_close(back.opacities, torch.tensor([254.5 / 255, 0.5 / 255,
+                                                             float(torch.sigmoid(logits[2]))]))
+
+
 def test_ply_kind_tells_splats_from_meshes(tmp_path):
     F.write_ply(scene(n=3), tmp_path / "s.ply")
     assert F.ply_kind(tmp_path / "s.ply") == "splat"
