@@ -17,14 +17,18 @@ Conventions (all three keep the frame of the PLY, OpenCV-like "RDF": x right, y 
   ``sigmoid(opacity)``, times 255), quaternion uint8 ``q * 128 + 128`` (w x y z, normalised).
   Higher SH bands are lost. Written sorted by ``-exp(sum log scales) * sigmoid(opacity)`` as
   the original does, so web viewers that stream the file draw the large opaque splats first.
-* ``.spz`` (nianticlabs/spz, legacy gzip container, versions 2 and 3): a gzip stream of a
-  16-byte header (magic ``NGSP``, version, count, SH degree, fractional bits, flags, reserved)
-  then, per attribute: positions (24-bit fixed point), alphas (uint8 sigmoid), colours
-  (uint8, ``f_dc * 0.15 * 255 + 127.5``), scales (uint8, ``(log s + 10) * 16``), rotations
-  (v2: x y z as uint8 with w >= 0 derived; v3: "smallest three", 2-bit index + 3 x 10 bits),
-  SH (uint8, ``x * 128 + 128`` in buckets of 8 for band 1 and 16 for bands 2-3, colour
-  channel fastest). SPZ stores RUB (OpenGL): y and z are flipped on the way in and out (with
-  the matching quaternion and SH signs), so a round trip returns this module's frame and other
+* ``.spz`` (nianticlabs/spz, versions 2-4): v2/v3 are one gzip stream of a 16-byte header
+  (magic ``NGSP``, version, count, SH degree, fractional bits, flags, reserved) and the
+  attribute arrays; v4 is a plaintext 32-byte header (+ number of streams, offset of a table of
+  [compressed, uncompressed] u64 sizes), then each non-empty attribute array as its own zstd
+  frame (vendor extension records before the table are skipped). The attributes, in order:
+  positions (24-bit fixed point), alphas (uint8 sigmoid), colours (uint8,
+  ``f_dc * 0.15 * 255 + 127.5``), scales (uint8, ``(log s + 10) * 16``), rotations (v2: x y z
+  as uint8 with w >= 0 derived; v3/v4: "smallest three", 2-bit index + 3 x 10 bits), SH (uint8,
+  ``x * 128 + 128`` in buckets of 8 for band 1 and 16 for bands 2-3, colour channel fastest).
+  We write v3 by default, the version every SPZ reader takes. SPZ stores RUB (OpenGL): y and z
+  are flipped on the way in and out (with the matching quaternion and SH signs), so a round
+  trip returns this module's frame and other
   SPZ tools see the scene the way they see the PLY it came from.
 """
 
@@ -315,6 +319,7 @@ def read_splat(path: str | Path) -> Gaussians:
 # ---- Niantic SPZ -----------------------------------------------------------------------------
 SPZ_MAGIC = 0x5053474E  # "NGSP" little-endian
 _SPZ_HEADER = struct.Struct("<IIIBBBB")
+_SPZ4_HEADER = struct.Struct("<IIIBBBBI12x")
 _SPZ_COLOR_SCALE = 0.15
 _SQRT1_2 = float(np.sqrt(0.5))
 # RDF <-> RUB is a half turn about x: y and z change sign; so do the quaternion's y and z and
@@ -372,9 +377,25 @@ def _unpack_quats_smallest_three(r: np.ndarray) -> np.ndarray:
 
 def write_spz(gaussians: Gaussians, path: str | Path, *, version: int = 3, sh1_bits: int = 5,
               sh_rest_bits: int = 4) -> Path:
-    """Write Niantic's ``.spz`` (gzip container, version 2 or 3; 3 is the library default)."""
-    if version not in (2, 3):
-        raise ValueError(f"write_spz: version {version} (2 or 3)")
+    """Write Niantic's ``.spz``: version 3 (gzip, the default: every SPZ reader takes it),
+    2 (gzip, 8-bit rotations) or 4 (zstd streams; needs the ``zstandard`` package)."""
+    if version not in (2, 3, 4):
+        raise ValueError(f"write_spz: version {version} (2, 3 or 4)")
+    header, arrays = _spz_pack(gaussians, Path(path), version, sh1_bits, sh_rest_bits)
+    if version == 4:
+        data = _spz4_container(header, arrays)
+    else:
+        raw = _SPZ_HEADER.pack(SPZ_MAGIC, *header) + b"".join(a.tobytes() for a in arrays)
+        data = gzip.compress(raw, compresslevel=6, mtime=0)
+    path = Path(path)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def _spz_pack(gaussians: Gaussians, path: Path, version: int, sh1_bits: int,
+              sh_rest_bits: int) -> tuple[tuple, list[np.ndarray]]:
+    """Header fields (version, count, degree, fractional bits, flags, 0) and the quantised
+    attribute arrays in file order."""
     a = _as_numpy(gaussians)
     n, k = a["sh"].shape[:2]
     means = a["means"].astype(np.float64) * _FLIP_P
@@ -399,23 +420,75 @@ def write_spz(gaussians: Gaussians, path: str | Path, *, version: int = 3, sh1_b
     bits[:3] = sh1_bits
     coeffs = np.stack([_spz_quantize_sh(rest[:, j], int(bits[j])) for j in range(k - 1)],
                       axis=1) if k > 1 else np.zeros((n, 0, 3), np.uint8)
-    header = _SPZ_HEADER.pack(SPZ_MAGIC, version, n, sh.degree_of(k), frac, 0, 0)
-    raw = b"".join([header, positions.tobytes(), alphas.tobytes(), colors.tobytes(),
-                    scales.tobytes(), rotations.tobytes(), coeffs.tobytes()])
-    path = Path(path)
-    atomic_write_bytes(path, gzip.compress(raw, compresslevel=6, mtime=0))
-    return path
+    header = (version, n, sh.degree_of(k), frac, 0, 0)
+    return header, [np.ascontiguousarray(x) for x in (positions, alphas, colors, scales,
+                                                       rotations, coeffs)]
+
+
+def _zstd():
+    try:
+        import zstandard
+    except ImportError:
+        raise DataError("SPZ version 4 needs the zstandard package "
+                        "(pip install 'flow3d[splat]')") from None
+    return zstandard
+
+
+def _spz4_container(header: tuple, arrays: list[np.ndarray]) -> bytes:
+    version, n, degree, frac, flags, _ = header
+    compressor = _zstd().ZstdCompressor(level=12)
+    streams = [a.tobytes() for a in arrays if a.size]
+    frames = [compressor.compress(b) for b in streams]
+    toc = b"".join(struct.pack("<QQ", len(f), len(b)) for f, b in zip(frames, streams))
+    head = _SPZ4_HEADER.pack(SPZ_MAGIC, version, n, degree, frac, flags, len(frames),
+                             _SPZ4_HEADER.size)
+    return head + toc + b"".join(frames)
 
 
 def read_spz(path: str | Path) -> Gaussians:
-    """Gaussians from Niantic's ``.spz`` (gzip container, versions 2 and 3)."""
+    """Gaussians from Niantic's ``.spz`` (versions 2 and 3 in gzip, version 4 with zstd)."""
     path = _existing_file(path)
     data = path.read_bytes()
     if data[:4] == struct.pack("<I", SPZ_MAGIC):
-        raise DataError(f"{path}: an uncompressed SPZ (version 4 container) is not supported; "
-                        f"re-save it as SPZ version 2 or 3")
-    if data[:2] != b"\x1f\x8b":
-        raise DataError(f"{path}: not an SPZ file (not gzip-compressed)")
+        version, n, degree, frac, arrays = _spz4_arrays(path, data)
+    elif data[:2] == b"\x1f\x8b":
+        version, n, degree, frac, arrays = _spz_gzip_arrays(path, data)
+    else:
+        raise DataError(f"{path}: not an SPZ file (neither gzip-compressed nor NGSP)")
+    pos_b, alpha_b, color_b, scale_b, rot_b, sh_b = arrays
+    k = sh.num_coeffs(degree)
+    p = pos_b.reshape(n * 3, 3).astype(np.int32)
+    fixed = p[:, 0] | (p[:, 1] << 8) | (p[:, 2] << 16)
+    fixed = np.where(fixed & 0x800000, fixed - (1 << 24), fixed)
+    means = fixed.reshape(n, 3).astype(np.float64) / (1 << frac) * _FLIP_P
+    if version >= 3:
+        q = _unpack_quats_smallest_three(rot_b.reshape(n, 4))
+    else:
+        q = _unpack_quats_first_three(rot_b.reshape(n, 3))
+    q[:, :3] *= _FLIP_Q_XYZ
+    dc = (color_b.reshape(n, 3).astype(np.float64) / 255.0 - 0.5) / _SPZ_COLOR_SCALE
+    rest = (sh_b.reshape(n, k - 1, 3).astype(np.float64) - 128.0) / 128.0 * _FLIP_SH[1:k, None]
+    coeffs = np.concatenate([dc[:, None, :], rest], axis=1)
+    return _gaussians(path, means, q[:, [3, 0, 1, 2]],
+                      scale_b.reshape(n, 3).astype(np.float64) / 16.0 - 10.0,
+                      _logit_u8(alpha_b), coeffs)
+
+
+def _spz_check_header(path: Path, version: int, degree: int, versions: tuple[int, ...]) -> int:
+    if version not in versions:
+        raise DataError(f"{path}: SPZ version {version} is not supported "
+                        f"({', '.join(map(str, versions))} in this container)")
+    if degree > sh.MAX_DEGREE:
+        raise DataError(f"{path}: SPZ SH degree {degree} is not supported (0-{sh.MAX_DEGREE})")
+    return sh.num_coeffs(degree)
+
+
+def _spz_sizes(n: int, k: int, version: int) -> list[int]:
+    """Bytes of positions, alphas, colours, scales, rotations and SH."""
+    return [9 * n, n, 3 * n, 3 * n, (4 if version >= 3 else 3) * n, 3 * (k - 1) * n]
+
+
+def _spz_gzip_arrays(path: Path, data: bytes):
     try:
         raw = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as e:
@@ -425,37 +498,54 @@ def read_spz(path: str | Path) -> Gaussians:
     magic, version, n, degree, frac, flags, _ = _SPZ_HEADER.unpack_from(raw)
     if magic != SPZ_MAGIC:
         raise DataError(f"{path}: not an SPZ file (magic {magic:#010x}, expected NGSP)")
-    if version not in (2, 3):
-        raise DataError(f"{path}: SPZ version {version} is not supported (2 or 3)")
-    if degree > sh.MAX_DEGREE:
-        raise DataError(f"{path}: SPZ SH degree {degree} is not supported (0-{sh.MAX_DEGREE})")
+    k = _spz_check_header(path, version, degree, (2, 3))
     if flags & 0x2:
-        raise DataError(f"{path}: SPZ extensions (flag 0x2) are not supported")
-    k = sh.num_coeffs(degree)
-    rot_bytes = 4 if version >= 3 else 3
-    sizes = [9 * n, n, 3 * n, 3 * n, rot_bytes * n, 3 * (k - 1) * n]
+        raise DataError(f"{path}: SPZ extensions in a gzip stream (flag 0x2) are not supported")
+    sizes = _spz_sizes(n, k, version)
     need = _SPZ_HEADER.size + sum(sizes)
     if len(raw) < need:
         raise DataError(f"{path}: SPZ is truncated ({len(raw)} bytes of data, the header "
                         f"promises {n} Gaussians = {need} bytes)")
-    parts, offset = [], _SPZ_HEADER.size
+    arrays, offset = [], _SPZ_HEADER.size
     for size in sizes:
-        parts.append(np.frombuffer(raw, np.uint8, size, offset))
+        arrays.append(np.frombuffer(raw, np.uint8, size, offset))
         offset += size
-    pos_b, alpha_b, color_b, scale_b, rot_b, sh_b = parts
-    p = pos_b.reshape(n * 3, 3).astype(np.int32)
-    fixed = p[:, 0] | (p[:, 1] << 8) | (p[:, 2] << 16)
-    fixed = np.where(fixed & 0x800000, fixed - (1 << 24), fixed)
-    means = fixed.reshape(n, 3).astype(np.float64) / (1 << frac) * _FLIP_P
-    unpack = _unpack_quats_smallest_three if version >= 3 else _unpack_quats_first_three
-    q = unpack(rot_b.reshape(n, rot_bytes))
-    q[:, :3] *= _FLIP_Q_XYZ
-    dc = (color_b.reshape(n, 3).astype(np.float64) / 255.0 - 0.5) / _SPZ_COLOR_SCALE
-    rest = (sh_b.reshape(n, k - 1, 3).astype(np.float64) - 128.0) / 128.0 * _FLIP_SH[1:k, None]
-    coeffs = np.concatenate([dc[:, None, :], rest], axis=1)
-    return _gaussians(path, means, q[:, [3, 0, 1, 2]],
-                      scale_b.reshape(n, 3).astype(np.float64) / 16.0 - 10.0,
-                      _logit_u8(alpha_b), coeffs)
+    return version, n, degree, frac, arrays
+
+
+def _spz4_arrays(path: Path, data: bytes):
+    if len(data) < _SPZ4_HEADER.size:
+        raise DataError(f"{path}: SPZ is truncated ({len(data)} bytes, header needs 32)")
+    _, version, n, degree, frac, _flags, streams, toc = _SPZ4_HEADER.unpack_from(data)
+    k = _spz_check_header(path, version, degree, (4,))
+    sizes = _spz_sizes(n, k, version)
+    if streams != sum(1 for size in sizes if size) or toc < _SPZ4_HEADER.size:
+        raise DataError(f"{path}: SPZ header lists {streams} streams at byte {toc}; expected "
+                        f"{sum(1 for size in sizes if size)} after the 32-byte header")
+    offset = toc + 16 * streams
+    if len(data) < offset:
+        raise DataError(f"{path}: SPZ is truncated (its table of streams ends at {offset}, "
+                        f"the file has {len(data)} bytes)")
+    decompressor = _zstd().ZstdDecompressor()
+    arrays, index = [], 0
+    for size in sizes:
+        if not size:
+            arrays.append(np.zeros(0, np.uint8))
+            continue
+        packed, unpacked = struct.unpack_from("<QQ", data, toc + 16 * index)
+        index += 1
+        if unpacked != size or offset + packed > len(data):
+            raise DataError(f"{path}: SPZ stream {index} is truncated or the wrong size "
+                            f"({unpacked} bytes, {n} Gaussians need {size})")
+        try:
+            raw = decompressor.decompress(data[offset:offset + packed], max_output_size=size)
+        except Exception as e:  # zstandard.ZstdError
+            raise DataError(f"{path}: SPZ stream {index} is corrupt ({e})") from None
+        if len(raw) != size:
+            raise DataError(f"{path}: SPZ stream {index} holds {len(raw)} bytes, expected {size}")
+        arrays.append(np.frombuffer(raw, np.uint8))
+        offset += packed
+    return version, n, degree, frac, arrays
 
 
 # ---- dispatch --------------------------------------------------------------------------------

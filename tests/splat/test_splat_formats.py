@@ -145,12 +145,12 @@ def test_splat_bytes_follow_antimatter15(tmp_path):
 
 
 # ---- SPZ -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 @pytest.mark.parametrize("degree", [0, 1, 3])
 def test_spz_round_trip_within_quantisation(tmp_path, version, degree):
     """Tolerances (in-range values): position 2^-13 (12 fractional bits), log-scale 1/32,
     opacity and colour half an 8-bit step (dc: 0.5 / (0.15 * 255)), SH band 1 4.5/128 and
-    bands 2-3 8.5/128 (5- and 4-bit buckets), rotation 0.005 rad (v3, 9-bit smallest three)
+    bands 2-3 8.5/128 (5- and 4-bit buckets), rotation 0.005 rad (v3/v4, 9-bit smallest three)
     or 0.05 rad (v2, 8-bit x y z, for |w| >= 0.3: w is derived)."""
     g = scene(n=400, degree=degree, seed=degree)
     if version == 2:
@@ -166,7 +166,7 @@ def test_spz_round_trip_within_quantisation(tmp_path, version, degree):
         assert (back.sh[:, 1:4] - g.sh[:, 1:4]).abs().max() <= 4.5 / 128 + 1e-6
         if degree > 1:
             assert (back.sh[:, 4:] - g.sh[:, 4:]).abs().max() <= 8.5 / 128 + 1e-6
-    assert angle_between(back.quats, g.quats).max() < (0.005 if version == 3 else 0.05)
+    assert angle_between(back.quats, g.quats).max() < (0.05 if version == 2 else 0.005)
 
 
 def test_spz_flips_match_the_sh_rotation():
@@ -217,6 +217,7 @@ def _bad_files(tmp_path):
     F.write_ply(nan, tmp_path / "nan.ply")
     F.write_spz(good, tmp_path / "good.spz")
     spz = (tmp_path / "good.spz").read_bytes()
+    spz4 = F.write_spz(good, tmp_path / "good4.spz", version=4).read_bytes()
     files = {
         "empty.ply": (b"", "empty"),
         "empty.splat": (b"", "empty"),
@@ -230,8 +231,10 @@ def _bad_files(tmp_path):
         "noend.ply": (b"ply\nformat binary_little_endian 1.0\nelement vertex 3\n", "end_header"),
         "short.splat": (b"\0" * 40, "32-byte"),
         "zero_scale.splat": (b"\0" * 32, "scale"),
-        "plain.spz": (b"just some bytes", "not gzip"),
-        "v4.spz": (b"NGSP" + bytes(28), "version 4"),
+        "plain.spz": (b"just some bytes", "not an SPZ file"),
+        "v0.spz": (b"NGSP" + bytes(28), "version 0"),
+        "short4.spz": (spz4[:40], "truncated"),
+        "cut4.spz": (spz4[:-9], "truncated or the wrong size"),
         "magic.spz": (gzip.compress(b"ABCD" + b"\0" * 60), "magic"),
         "version.spz": (gzip.compress(struct.pack("<IIIBBBB", 0x5053474E, 9, 0, 0, 12, 0, 0)),
                         "version 9"),
