@@ -383,7 +383,8 @@ def run(args: argparse.Namespace) -> int:
             print(out)  # noqa: T201
             return 0
         host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
-        print(f"flow3d view: http://{host}:{server.get_port()}/ (Ctrl-C to stop)")  # noqa: T201
+        print(f"flow3d view: http://{host}:{server.get_port()}/ (Ctrl-C to stop)",  # noqa: T201
+              flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)

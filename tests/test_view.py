@@ -107,3 +107,34 @@ def test_screenshot_in_headless_chromium_shows_the_splat_and_the_mesh(tmp_path, 
     # the splat is left of the mesh, as placed in the scene
     cols = np.arange(320)
     assert cols[magenta.any(0)].mean() < cols[green.any(0)].mean()
+
+
+def test_viewer_serves_until_ctrl_c(tmp_path):
+    """`flow3d view` serves the viser client on 127.0.0.1 and exits 0 on Ctrl-C."""
+    pytest.importorskip("viser", reason="flow3d view needs viser (pip install 'flow3d[splat]')")
+    import select
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    write_ply(splat_blob(100), tmp_path / "blob.ply")
+    port = _free_port()
+    root = Path(view.__file__).resolve().parents[1]  # this checkout's flow3d
+    proc = subprocess.Popen([sys.executable, "-m", "flow3d", "view", str(tmp_path / "blob.ply"),
+                             "--port", str(port)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "flow3d view printed nothing in 60 s"
+        line = proc.stdout.readline()  # printed once the scene is loaded and served
+        assert f"http://localhost:{port}/" in line, proc.stderr.read()
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status == 200
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and err == "", err
