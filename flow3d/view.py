@@ -8,8 +8,8 @@ splats (``scene.add_gaussian_splats``, DC colour), GLB meshes (``add_mesh_trimes
 segments. Each file keeps its own coordinates; the camera starts framing them all. What a file
 holds is decided from its extension, and for ``.ply`` from its header: 3DGS properties
 (``opacity``, ``scale_0``, ``rot_0``, ``f_dc_0``) mean splats, a ``face`` element a mesh, else a
-point cloud. PDB files are drawn as their C-alpha trace (first model, one polyline per chain,
-broken where consecutive C-alphas are over 4.2 A apart), coloured N- to C-terminus.
+point cloud. PDB and mmCIF files are drawn as their C-alpha trace (first model, one polyline
+per chain, broken where consecutive C-alphas are over 4.2 A apart), coloured N- to C-terminus.
 
 Every file is read before the server starts, so a bad path is a one-line error (exit 2) and no
 port is opened. ``--screenshot`` asks the browser for a frame (viser's ``get_render``) once
@@ -23,6 +23,7 @@ import colorsys
 import contextlib
 import io
 import logging
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -38,7 +39,8 @@ from flow3d.options import add_overwrite_flag, float_range, int_range
 
 SPLAT_SUFFIXES = (".splat", ".spz")
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".stl", ".off")
-PDB_SUFFIXES = (".pdb", ".ent")
+CIF_SUFFIXES = (".cif", ".mmcif")
+PDB_SUFFIXES = (".pdb", ".ent", *CIF_SUFFIXES)
 SUFFIXES = (".ply", *SPLAT_SUFFIXES, *MESH_SUFFIXES, *PDB_SUFFIXES)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CA_BREAK = 4.2  # angstrom: a longer CA-CA step is a chain break
@@ -84,38 +86,92 @@ def _read_mesh(path: Path, kind: str = "mesh") -> Item:
 
 
 def read_ca_trace(path: Path) -> list[np.ndarray]:
-    """C-alpha coordinates of the first model of a PDB file: one ``[L, 3]`` array per
-    unbroken chain segment."""
-    chains: dict[str, list[tuple[float, float, float]]] = {}
+    """C-alpha coordinates of the first model of a PDB or mmCIF file: one ``[L, 3]`` array
+    per unbroken chain segment."""
     try:
         text = path.read_text(encoding="ascii", errors="strict")
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not a PDB file (not ASCII text)") from None
+        raise DataError(f"{path}: not a structure file (not ASCII text)") from None
+    records = _cif_ca(path, text) if path.suffix.lower() in CIF_SUFFIXES else _pdb_ca(path, text)
+    chains: dict[str, list[tuple[float, float, float]]] = {}
     seen: set[tuple[str, str]] = set()
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.startswith("ENDMDL"):
-            break
-        if not line.startswith(("ATOM  ", "HETATM")) or line[12:16].strip() != "CA":
+    for chain, residue, xyz, where in records:
+        if (chain, residue) in seen:  # alternate locations: keep the first
             continue
-        key = (line[21:22], line[22:27])  # chain, residue number + insertion code
-        if key in seen:  # alternate locations: keep the first
-            continue
-        seen.add(key)
+        seen.add((chain, residue))
         try:
-            xyz = (float(line[30:38]), float(line[38:46]), float(line[46:54]))
+            xyz = tuple(float(v) for v in xyz)
         except ValueError:
-            raise DataError(f"{path}: line {number}: CA coordinates are not numbers") from None
+            raise DataError(f"{path}: {where}: CA coordinates are not numbers") from None
         if not all(np.isfinite(xyz)):
-            raise DataError(f"{path}: line {number}: CA coordinates are not finite")
-        chains.setdefault(key[0], []).append(xyz)
+            raise DataError(f"{path}: {where}: CA coordinates are not finite")
+        chains.setdefault(chain, []).append(xyz)
     if not chains:
-        raise DataError(f"{path}: no CA atoms (not a protein PDB file)")
+        raise DataError(f"{path}: no CA atoms (not a protein structure file)")
     segments = []
     for coords in chains.values():
         ca = np.asarray(coords, np.float64)
         breaks = np.nonzero(np.linalg.norm(np.diff(ca, axis=0), axis=1) > CA_BREAK)[0] + 1
         segments += [s for s in np.split(ca, breaks) if len(s)]
     return segments
+
+
+def _pdb_ca(path: Path, text: str):
+    """(chain, residue, (x, y, z) texts, where) for each CA of the first PDB model."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("ENDMDL"):
+            break
+        if line.startswith(("ATOM  ", "HETATM")) and line[12:16].strip() == "CA":
+            yield line[21:22], line[22:27], (line[30:38], line[38:46], line[46:54]), \
+                f"line {number}"
+
+
+def _cif_ca(path: Path, text: str):
+    """The same from an mmCIF ``_atom_site`` loop (first ``pdbx_PDB_model_num``)."""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == "loop_" and i + 1 < len(lines) and \
+                lines[i + 1].strip().startswith("_atom_site."):
+            break
+        i += 1
+    else:
+        return
+    columns = []
+    i += 1
+    while i < len(lines) and lines[i].strip().startswith("_atom_site."):
+        columns.append(lines[i].strip().split()[0][len("_atom_site."):])
+        i += 1
+
+    def column(*names: str) -> int:
+        for name in names:
+            if name in columns:
+                return columns.index(name)
+        raise DataError(f"{path}: mmCIF _atom_site has no {names[0]} column")
+
+    atom, x = column("label_atom_id", "auth_atom_id"), column("Cartn_x")
+    y, z = column("Cartn_y"), column("Cartn_z")
+    chain = column("auth_asym_id", "label_asym_id")
+    seq = column("auth_seq_id", "label_seq_id")
+    model = columns.index("pdbx_PDB_model_num") if "pdbx_PDB_model_num" in columns else None
+    first_model = None
+    for number in range(i, len(lines)):
+        line = lines[number].strip()
+        if not line or line.startswith(("#", "loop_", "_", "data_")):
+            break
+        try:
+            row = shlex.split(line)
+        except ValueError:
+            raise DataError(f"{path}: line {number + 1}: unbalanced quotes") from None
+        if len(row) != len(columns):
+            raise DataError(f"{path}: line {number + 1}: {len(row)} values for "
+                            f"{len(columns)} _atom_site columns")
+        if model is not None:
+            first_model = row[model] if first_model is None else first_model
+            if row[model] != first_model:
+                break
+        if row[atom].strip('"') == "CA":
+            yield row[chain], row[seq], (row[x], row[y], row[z]), f"line {number + 1}"
 
 
 def _read_backbone(path: Path) -> Item:

@@ -64,6 +64,21 @@ def test_ca_trace_breaks_chains_and_keeps_the_first_model(tmp_path):
     assert np.all((steps > 3.7) & (steps < 3.9))
 
 
+def test_ca_trace_of_pdb_and_mmcif_written_by_the_protein_head(tmp_path):
+    pdbio = pytest.importorskip("protein.pdbio")
+    g = torch.Generator().manual_seed(0)
+    ca = torch.cumsum(torch.nn.functional.normalize(torch.randn(2, 15, 3, generator=g), dim=-1)
+                      * 3.8, dim=1)
+    atoms = ca[:, :, None, :] + torch.randn(2, 15, 4, 3, generator=g) * 0.5
+    atoms[:, :, 1] = ca  # N, CA, C, O: CA exact; two models (a trajectory)
+    for name in ("t.pdb", "t.cif"):
+        pdbio.write_backbone(tmp_path / name, atoms)
+        segments = view.read_ca_trace(tmp_path / name)
+        assert len(segments) == 1
+        np.testing.assert_allclose(segments[0], ca[0].numpy(), atol=1e-3)  # first model
+    assert view.read_item(tmp_path / "t.cif").kind == "backbone"
+
+
 def test_framing_sees_every_item(tmp_path):
     items = [view.Item(tmp_path, "splat", None, np.random.default_rng(0).normal(size=(5000, 3))),
              view.Item(tmp_path, "mesh", None, np.array([[10.0, 0, 0], [12.0, 1, 1]]))]

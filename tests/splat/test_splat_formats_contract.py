@@ -27,6 +27,7 @@ def files(tmp_path):
     (tmp_path / "nan.ply").write_bytes((tmp_path / "good.ply").read_bytes()[:-4]
                                        + b"\x00\x00\xc0\x7f")  # last rot_3 = NaN
     (tmp_path / "noca.pdb").write_text("HEADER    nothing\nEND\n")
+    (tmp_path / "noca.cif").write_text("data_x\n#\n")
     (tmp_path / "broken.glb").write_bytes(b"glTF\x02\x00\x00\x00garbage")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "taken.spz").write_bytes(b"keep me")
@@ -78,6 +79,7 @@ def no_server(monkeypatch):
     (["empty.ply"], ["empty.ply", "empty"]),
     (["truncated.ply"], ["truncated.ply", "truncated"]),
     (["noca.pdb"], ["noca.pdb", "no CA atoms"]),
+    (["noca.cif"], ["noca.cif", "no CA atoms"]),
     (["broken.glb"], ["broken.glb", "cannot read as a mesh"]),
     (["out"], ["out", "folder"]),
     (["good.ply", "--port", "70000"], ["--port"]),
