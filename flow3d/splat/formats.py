@@ -262,7 +262,7 @@ def write_ply(gaussians: Gaussians, path: str | Path) -> Path:
     names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
     names += [f"f_rest_{i}" for i in range(3 * (k - 1))]
     names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
-    rest = a["sh"][:, 1:, :].transpose(0, 2, 1).reshape(n, -1)  # channel-major, as INRIA
+    rest = a["sh"][:, 1:, :].transpose(0, 2, 1).reshape(n, 3 * (k - 1))  # channel-major
     body = np.concatenate([a["means"], np.zeros((n, 3), np.float32), a["sh"][:, 0, :], rest,
                            a["opacity_logits"][:, None], a["log_scales"], a["quats"]], axis=1)
     header = "ply\nformat binary_little_endian 1.0\n" f"element vertex {n}\n"
@@ -281,6 +281,8 @@ def write_splat(gaussians: Gaussians, path: str | Path) -> Path:
     """Write antimatter15's ``.splat`` (DC colour only), most important Gaussians first."""
     a = _as_numpy(gaussians)
     n = len(a["means"])
+    if n == 0:  # a .splat has no header: an empty file would read as a failed write
+        raise DataError(f"{path}: cannot write 0 Gaussians as .splat (use .ply or .spz)")
     importance = np.exp(a["log_scales"].astype(np.float64).sum(-1)) * _sigmoid(
         a["opacity_logits"])
     order = np.argsort(-importance, kind="stable")

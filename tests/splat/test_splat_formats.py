@@ -44,6 +44,17 @@ def test_ply_round_trip_is_bit_exact(tmp_path, degree):
         assert torch.equal(getattr(g, name), getattr(back, name)), name
 
 
+def test_empty_scenes(tmp_path):
+    empty = Gaussians.empty(sh_degree=3)
+    for name in ("e.ply", "e.spz"):
+        back = F.load_scene(F.save_scene(empty, tmp_path / name))
+        assert len(back) == 0 and back.sh_degree == 3
+    assert len(F.read_spz(F.write_spz(empty, tmp_path / "e4.spz", version=4))) == 0
+    with pytest.raises(DataError, match="0 Gaussians"):
+        F.save_scene(empty, tmp_path / "e.splat")
+    assert not (tmp_path / "e.splat").exists()
+
+
 def test_ply_layout_matches_inria(tmp_path):
     """Property order and the channel-major f_rest of GaussianModel.save_ply, read back with
     plyfile (an independent reader)."""
