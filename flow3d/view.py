@@ -405,8 +405,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="render one frame in headless Chromium, write it here and exit")
     p.add_argument("--size", type=int_range(16, 4096), nargs=2, default=(800, 600),
                    metavar=("W", "H"), help="screenshot size in pixels")
-    p.add_argument("--browser", help="Chromium executable for --screenshot (default: first "
-                                     f"of {', '.join(BROWSERS)} on PATH)")
+    p.add_argument("--browser", help="Chromium executable for --screenshot; None: the first "
+                                     f"of {', '.join(BROWSERS)} on PATH")
     p.add_argument("--timeout", type=float_range(1, 3600), default=120.0,
                    help="seconds --screenshot may take")
     add_overwrite_flag(p)

@@ -583,13 +583,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN", help="splat file: .ply, .splat or .spz")
     parser.add_argument("output", metavar="OUT", help="splat file to write: .ply, .splat "
                                                       "or .spz (format by extension)")
+    parser.add_argument("--spz-version", type=int, choices=(2, 3, 4), default=3,
+                        help="SPZ version to write: 3 (gzip) every reader takes, 4 (zstd) "
+                             "is smaller, 2 has 8-bit rotations")
     add_overwrite_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.output, "OUT", overwrite=args.overwrite, suffixes=SUFFIXES)
     gaussians = load_scene(args.input)
-    save_scene(gaussians, out)
+    if out.suffix.lower() == ".spz":
+        write_spz(gaussians, out, version=args.spz_version)
+    else:
+        save_scene(gaussians, out)
     print(f"{out}: {len(gaussians)} Gaussians, SH degree "  # noqa: T201
           f"{gaussians.sh_degree if out.suffix.lower() != '.splat' else 0}")
     return 0

@@ -270,7 +270,9 @@ def test_malformed_files_give_one_line_errors(tmp_path):
 def test_convert_chains_formats(tmp_path, capsys):
     g = scene(n=50, degree=3)
     F.write_ply(g, tmp_path / "a.ply")
-    assert cli.main(["splat", "convert", str(tmp_path / "a.ply"), str(tmp_path / "b.spz")]) == 0
+    assert cli.main(["splat", "convert", str(tmp_path / "a.ply"), str(tmp_path / "b.spz"),
+                     "--spz-version", "4"]) == 0
+    assert (tmp_path / "b.spz").read_bytes()[:4] == b"NGSP"  # v4 is not gzipped
     assert cli.main(["splat", "convert", str(tmp_path / "b.spz"), str(tmp_path / "c.ply")]) == 0
     assert cli.main(["splat", "convert", str(tmp_path / "c.ply"), str(tmp_path / "d.splat")]) == 0
     out = capsys.readouterr().out
