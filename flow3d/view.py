@@ -23,8 +23,10 @@ import colorsys
 import contextlib
 import io
 import logging
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -315,12 +317,14 @@ def headless_browser(browser: str, url: str, width: int, height: int):
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             yield proc
-        finally:
-            proc.terminate()
+        finally:  # the browser and its renderer/GPU children: the session started above
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
 
@@ -328,7 +332,9 @@ def capture(server, browser: str, width: int, height: int, timeout: float,
             settle: float = 1.0) -> np.ndarray:
     """An ``[H, W, 3]`` uint8 frame of ``server``'s scene rendered by headless Chromium,
     taken once two frames ``settle`` seconds apart agree (splats sorted, GLBs decoded)."""
-    url = f"http://127.0.0.1:{server.get_port()}/"
+    host = server.get_host()
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{host}:{server.get_port()}/"
     deadline = time.monotonic() + timeout
     # a browser that closes its spare sockets makes websockets log handshake tracebacks
     quiet = logging.getLogger("websockets")
