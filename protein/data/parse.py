@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from flow3d.errors import DataError
+from protein.constants import PEPTIDE_BOND_MAX_ANG
 
 BACKBONE_ATOMS = ("N", "CA", "C", "O")
 
@@ -44,7 +45,6 @@ RESTYPE_X = 20
 PDB_SUFFIXES = (".pdb", ".ent", ".pdb1")
 CIF_SUFFIXES = (".cif", ".mmcif")
 BREAK_POLICIES = ("split", "filter")
-PEPTIDE_BOND_MAX = 2.0  # angstrom; C(i)-N(i+1) is 1.33 A in a real peptide bond
 
 
 @dataclass
@@ -227,9 +227,9 @@ def _chain_residues(chain) -> tuple[list, int]:
             continue
         bonded = False
         if i > 0:
-            bonded |= np.linalg.norm(rows[i - 1][4][2] - row[4][0]) <= PEPTIDE_BOND_MAX
+            bonded |= np.linalg.norm(rows[i - 1][4][2] - row[4][0]) <= PEPTIDE_BOND_MAX_ANG
         if i + 1 < len(rows):
-            bonded |= np.linalg.norm(row[4][2] - rows[i + 1][4][0]) <= PEPTIDE_BOND_MAX
+            bonded |= np.linalg.norm(row[4][2] - rows[i + 1][4][0]) <= PEPTIDE_BOND_MAX_ANG
         if bonded:
             keep.append(row)
     return keep, n_dropped
@@ -239,7 +239,7 @@ def parse_structure(
     path: str | Path,
     *,
     break_policy: str = "split",
-    break_distance: float = PEPTIDE_BOND_MAX,
+    break_distance: float = PEPTIDE_BOND_MAX_ANG,
     min_length: int = 1,
 ) -> ParseResult:
     """Read every protein chain of the first model of a PDB/mmCIF file (``.gz`` allowed).
