@@ -120,7 +120,7 @@ def write_backbone_pdb(
         lines.append(f"TER   {serial + 1:>5}      {names[last - 1]} {chain}{last:>4}")
         if multi:
             lines.append("ENDMDL")
-    lines.append("END")
+    lines.append(f"{'END':<80}")  # a fixed-width record: biopython reads columns 1-6
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
