@@ -82,9 +82,8 @@ def check_budget(settings: DesignSettings, model: Any,
     limit, where = memory_limit_bytes(device)
     if need > limit:
         option = "--length" if len(settings.lengths) == 1 else "--lengths"
-        fits = max(1, limit // max(batch_memory_bytes(model, 1, length), 1))
-        hint = (f"use --batch-size {fits}" if batch > 1 and fits < batch
-                else "design shorter chains")
+        fits = limit // batch_memory_bytes(model, 1, length)
+        hint = f"use --batch-size {fits}" if 1 <= fits < batch else "design shorter chains"
         raise ConfigError(f"{option} {length}: a batch of {batch} needs about "
                           f"{_size(need)} for its residue-pair features, more than the "
                           f"{_size(limit)} of {where}; {hint}")
@@ -93,9 +92,9 @@ def check_budget(settings: DesignSettings, model: Any,
     seconds = estimate_seconds(settings, model)
     if seconds > WARN_SECONDS:
         return (f"this run may take about {_duration(seconds)} on one CPU core "
-                f"({settings.num} designs x {len(settings.lengths)} lengths, "
-                f"{settings.sampler.steps} steps, up to {length} residues); lower --num, "
-                "--steps or the length for a quicker run")
+                f"({len(settings.names())} designs of up to {length} residues, "
+                f"{settings.sampler.steps} steps); lower --num, --steps or the length for a "
+                "quicker run")
     return None
 
 

@@ -255,13 +255,11 @@ def evaluate_designs(settings: EvalSettings, *, progress: bool = True,
     return rows, summary
 
 
-def _load(source, what: str, limit: int | None, seed: int, warn) -> tuple[list, list[str]]:
+def _load(source, what: str, limit: int | None, seed: int) -> tuple[list, list[str]]:
     structures, errors = load_structures(source, limit=limit, seed=seed)
     if not structures:
         why = f" ({len(errors)} skipped: {errors[0]})" if errors else ""
         raise DataError(f"{source}: no readable {what}{why}")
-    for reason in errors if warn is not None else ():
-        warn(f"skipped {reason}")
     return structures, errors
 
 
@@ -270,11 +268,20 @@ def _evaluate(settings: EvalSettings, progress: bool, warn):
     s = settings
     method = resolve_ss_method(s.ss_method)
     rng = np.random.default_rng(s.seed)
-    structures, errors = _load(s.designs, "design", s.limit, s.seed, warn)
+    structures, errors = _load(s.designs, "design", s.limit, s.seed)
     refs, ref_errors, ref_rows = [], [], []
     if s.reference is not None:
         refs, ref_errors = _load(s.reference, "reference structure", s.reference_limit,
-                                 s.seed + 1, warn)
+                                 s.seed + 1)
+    timings, motif, plans = {}, None, None
+    folder = Path(s.designs)
+    if folder.is_dir():  # the records of a design folder, read before the long part
+        names = {st.name for st in structures}
+        timings = read_timings(folder)
+        motif = read_motif_summary(folder, names)
+        plans = read_topology_summary(folder, names)
+    for reason in errors + ref_errors if warn is not None else ():
+        warn(f"skipped {reason}")
     max_reference = s.max_reference or None  # 0: every reference in the length window
     n = min(len(structures), s.max_diversity)
     work = len(structures) + len(refs) + n * (n - 1) // 2 + (len(structures) if refs else 0)
@@ -291,13 +298,6 @@ def _evaluate(settings: EvalSettings, progress: bool, warn):
             for row, (tm, name, k) in zip(rows, _novelty(structures, rows, refs, ref_rows,
                                                          max_reference, bar)):
                 row["novelty_tm"], row["novelty_ref"], row["novelty_n_compared"] = tm, name, k
-    timings, motif, plans = {}, None, None
-    folder = Path(s.designs)
-    if folder.is_dir():
-        names = {r["name"] for r in rows}
-        timings = read_timings(folder)
-        motif = read_motif_summary(folder, names)
-        plans = read_topology_summary(folder, names)
     for row in rows:
         key = Path(row["path"]).name.split(".")[0]
         row["time_s"] = timings.get(row["name"], timings.get(key))

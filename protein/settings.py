@@ -298,7 +298,11 @@ def _lengths(value: Any) -> tuple[int, ...]:
     if len(values) > LENGTHS_MAX:
         raise ConfigError(f"--lengths: {len(values)} lengths; at most {LENGTHS_MAX}")
     option = "--length" if len(values) == 1 else "--lengths"
-    values = tuple(check_int(v, option, lo=LENGTH_MIN, hi=LENGTH_MAX) for v in values)
+    try:
+        values = tuple(check_int(v, option, lo=LENGTH_MIN, hi=LENGTH_MAX) for v in values)
+    except ConfigError as e:
+        why = " (PDB residue numbers have four digits)" if "at most" in str(e) else ""
+        raise ConfigError(f"{e}{why}") from None
     if len(set(values)) != len(values):
         raise ConfigError(f"--lengths {','.join(map(str, values))}: give each length once "
                           "(--num sets the designs per length)")
