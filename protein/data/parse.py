@@ -142,6 +142,8 @@ def _load_model(path: Path, text: str):
             f"{path}: reading structures needs biopython: pip install 'flow3d[protein]'"
         ) from exc
     fmt = _detect_format(path, text)
+    if fmt == "pdb":
+        _check_coordinates(path, text)
     parser = MMCIFParser(QUIET=True) if fmt == "cif" else PDBParser(QUIET=True, PERMISSIVE=True)
     try:
         with warnings.catch_warnings():
@@ -154,6 +156,15 @@ def _load_model(path: Path, text: str):
     if not models:
         raise DataError(f"{path}: no atoms found (not a {fmt.upper()} file?)")
     return models[0]
+
+
+def _check_coordinates(path: Path, text: str) -> None:
+    """Refuse a PDB file with an ATOM/HETATM record cut before its coordinates end (column
+    54): a truncated file, which would otherwise read as a shorter chain."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(("ATOM", "HETATM")) and len(line.rstrip()) < 54:
+            raise DataError(f"{path}: line {number}: {line[:6].strip()} record without all its "
+                            "coordinates (a truncated file?)")
 
 
 def _best_atom(residue, name: str):
