@@ -446,9 +446,12 @@ class ProteinFlow:
         trans_0, quats_0 = self.prior(mask, generator)
         x0 = torch.cat([trans_0, quats_to_points(quats_0, self.s.rot_path)], dim=-1)
         v = self.velocity_fn(model, settings, cond)
-        # dopri5 re-evaluates the velocity after a hook, so it only reports when done
-        hooks = [] if on_step is None or settings.method == "dopri5" else [
-            lambda x, t, i: on_step()]
+        hooks = []
+        if on_step is not None and settings.method != "dopri5":  # dopri5 re-evaluates the
+            def report(x: Tensor, t: Tensor, i: int) -> None:  # velocity after a hook
+                on_step()  # and returns None: the state is left as it is
+
+            hooks.append(report)
         start = _time.perf_counter()
         res = solve(
             v, x0, method=settings.method, steps=settings.steps, manifold=self.manifold,

@@ -170,7 +170,7 @@ class DesignRecords:
     def write(self, folder: Path, order: list[str], motif: Motif | None) -> dict:
         """Write motif.json, topology.json and then timings.json with the entries in
         ``order`` (the run's order, so means do not depend on which run made a design);
-        returns the motif and topology records (``None`` where not kept)."""
+        returns the motif and topology records as written (``None`` where not kept)."""
         def ordered(per: dict) -> dict:
             return {name: per[name] for name in order if name in per}
 
@@ -182,7 +182,7 @@ class DesignRecords:
             out["topology"] = topology_record(ordered(self.topology))
             write_json(folder / TOPOLOGY_FILE, out["topology"])
         write_json(folder / TIMINGS_FILE, ordered(self.timings))
-        return out
+        return jsonable(out)  # as written: null where a score is undefined
 
 
 # ---- reading back (flow3d protein eval) ---------------------------------------------------------
