@@ -22,6 +22,7 @@ PDB files, ``designs.csv``, ``summary.json`` and PNG plots.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,8 @@ def design(settings: DesignSettings, out_dir: str | Path, *, overwrite: bool = F
     (:func:`protein.motif.motif_metrics` per design); with fold plans ``topology.json`` (every
     design's plan and how well its DSSP follows it)."""
     run = prepare_design(settings, out_dir, overwrite=overwrite, resume=resume, device=device)
+    if run.warning:
+        warnings.warn(run.warning, stacklevel=2)
     return run.execute(progress=progress)
 
 

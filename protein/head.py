@@ -582,7 +582,7 @@ class ReflowFrames(torch.utils.data.Dataset):
 
 def trajectory_dir(out_dir: Path) -> Path:
     """Where ``save_samples`` writes trajectories: a sibling ``<out>_trajectories`` folder."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # "." and "designs/" have a name to extend
     return out_dir.parent / f"{out_dir.name}_trajectories"
 
 

@@ -520,3 +520,27 @@ def test_killed_process_leaves_complete_files_and_resumes(uninterrupted, tmp_pat
     code, _, err = run(_design(out, *RUN, "--resume"), capsys)
     assert code == 0, err
     _same_run(uninterrupted, out)
+
+
+def test_resume_completes_drawn_fold_plans_bit_identically(tmp_path, capsys):
+    """Plans drawn per batch from a reference set: a resumed run draws the same ones, and its
+    topology.json equals an uninterrupted run's (strict JSON, null for undefined scores)."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    shutil.copy(MOTIF, pool / MOTIF.name)
+    args = ["--length", "12", "--num", "3", "--batch-size", "1", "--steps", "3",
+            "--topology-from", pool]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    for out in (whole, part):
+        assert run(_design(out, *args), capsys)[0] == 0
+    (part / "len012_001.pdb").unlink()
+    record = json.loads((part / "topology.json").read_text())
+    del record["designs"]["len012_002"]
+    (part / "topology.json").write_text(json.dumps(record))
+    code, printed, err = run(_design(part, *args, "--resume"), capsys)
+    assert code == 0 and "1 kept" in printed, err
+    assert (part / "topology.json").read_text() == (whole / "topology.json").read_text()
+    for name in ("len012_001.pdb", "len012_002.pdb"):
+        assert _atoms(part / name) == _atoms(whole / name)
+    json.loads((whole / "topology.json").read_text(),
+               parse_constant=lambda c: pytest.fail(f"{c} in topology.json"))
