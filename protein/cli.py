@@ -206,7 +206,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--reference", default=None,
                    help="real structures to compare with: a folder of PDB/mmCIF or a cache")
     e.add_argument("--out", default=None,
-                   help="output folder, empty or new (None: DESIGNS/eval)")
+                   help="output folder, empty or new (None: DESIGNS/eval, or NAME_eval beside "
+                        "a single file)")
     add_overwrite_flag(e)
     e.add_argument("--ss-method", default="pydssp",
                    help="secondary structure: pydssp, mkdssp or auto (mkdssp when installed)")

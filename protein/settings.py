@@ -324,7 +324,7 @@ class EvalSettings:
 
     ``designs``: a folder of PDB/mmCIF files, a file or a protein cache; ``reference``: real
     structures to compare with (novelty, side-by-side metrics); ``out``: the output folder
-    (``None``: ``DESIGNS/eval``). Costs are bounded: novelty TM-aligns each design against at
+    (``None``: :attr:`out_dir`). Costs are bounded: novelty TM-aligns each design against at
     most ``max_reference`` prefiltered references (0: all in the length window, exact and
     slow), diversity uses at most ``max_diversity`` designs; ``limit`` and
     ``reference_limit`` take seeded random subsets.
@@ -357,4 +357,10 @@ class EvalSettings:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out is not None else Path(self.designs) / "eval"
+        """``out``, else ``DESIGNS/eval`` (``NAME_eval`` beside a single design file)."""
+        if self.out is not None:
+            return Path(self.out)
+        designs = Path(self.designs)
+        if designs.is_file():
+            return designs.with_name(f"{designs.name.split('.')[0]}_eval")
+        return designs / "eval"
