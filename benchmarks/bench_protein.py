@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from flow3d.engine.config import load_recipe
-from protein.head import ProteinHead
+from protein.head import ProteinHead, ProteinSampleConfig
+from protein.settings import SamplerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "protein"
@@ -66,7 +67,8 @@ def _solve_seconds(head, model, batch: int, length: int, steps: int) -> float:
     g = torch.Generator(device=DEVICE).manual_seed(0)
     _sync()
     start = time.perf_counter()
-    head.flow.sample(model, batch, length, steps=steps, generator=g, device=DEVICE)
+    settings = SamplerSettings(steps=steps).resolved(ProteinSampleConfig())  # flow defaults
+    head.flow.sample(model, batch, length, settings, generator=g, device=DEVICE)
     _sync()
     return time.perf_counter() - start
 

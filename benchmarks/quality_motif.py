@@ -51,7 +51,7 @@ def _native_ss(motif) -> str:
 def run(num: int, steps: int, seed: int) -> list[dict]:
     from protein.data.filters import secondary_structure
     from protein.design import load_designer
-    from protein.eval import CA_CA_IDEAL, CA_CA_TOL, ca_ca_distances, count_clashes
+    from protein.metrics import ca_ca_valid_fraction, count_clashes
     from protein.motif import load_motif, motif_metrics, summarize_motif_metrics
 
     loaded = load_designer()
@@ -67,7 +67,7 @@ def run(num: int, steps: int, seed: int) -> list[dict]:
         ca_valid, clashes, kept = [], [], []
         for d in designs:
             ca = d.atoms[:, 1].astype(np.float64)
-            ca_valid.append((np.abs(ca_ca_distances(ca) - CA_CA_IDEAL) <= CA_CA_TOL).mean())
+            ca_valid.append(ca_ca_valid_fraction(ca))
             clashes.append(count_clashes(ca))
             ss = secondary_structure(d.atoms)
             kept.append(np.mean([ss[p] == n for p, n in zip(d.motif_positions.tolist(), native)]))

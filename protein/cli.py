@@ -4,47 +4,74 @@
     flow3d protein design --lengths 60,100,150 --format cif --trajectory --out designs/
     flow3d protein design --length 80 --motif 1abc.pdb --motif-segments A10-25@30 --out m/
     flow3d protein design --topology 1abc.pdb:A --num 8 --out folds/
+    flow3d protein design ... --out designs/ --resume      # continue an interrupted run
     flow3d protein eval designs/ --reference ../shared/data/proteins/ts50_pydssp/pdb
     flow3d protein cache [recipes/protein/tiny.yaml] [--force]
+
+Each command turns its flags into one settings object (:mod:`protein.settings`), which checks
+every value with a one-line error naming the option. The command modules import torch, so they
+are imported when a command runs: ``flow3d --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from flow3d.errors import ConfigError
+from flow3d.options import add_overwrite_flag, float_range, int_range
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "protein" / "tiny.yaml"
+HELP = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _lengths(text: str) -> tuple[int, ...]:
+    parse = int_range()
     try:
-        values = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--lengths {text!r}: expected e.g. 60,100,150") from None
-    if not values:
-        raise argparse.ArgumentTypeError("--lengths is empty")
-    return values
+        return tuple(parse(x) for x in text.replace(" ", "").split(",") if x)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 60,100,150") from None
+
+
+def _warn(message: str) -> None:
+    print(f"flow3d: warning: {message}", file=sys.stderr, flush=True)
+
+
+def design_settings(args: argparse.Namespace):
+    """The :class:`protein.settings.DesignSettings` of ``flow3d protein design``'s flags."""
+    from protein.settings import DesignSettings, SamplerSettings
+
+    if args.lengths is not None:
+        lengths = args.lengths
+    else:
+        lengths = None if args.length is None else (args.length,)
+    sampler = SamplerSettings(steps=args.steps, method=args.method, rot_rate=args.rot_rate,
+                              clash_guidance=args.clash_guidance,
+                              guidance_iters=args.guidance_iters)
+    return DesignSettings(
+        lengths=lengths, num=args.num, seed=args.seed, sampler=sampler,
+        batch_size=args.batch_size, residue=args.residue, format=args.format,
+        trajectory=args.trajectory, motif=args.motif, motif_segments=args.motif_segments,
+        ss=args.ss, topology=args.topology, topology_from=args.topology_from,
+        checkpoint=args.checkpoint, ema=not args.no_ema,
+    )  # fmt: skip
 
 
 def cmd_design(args: argparse.Namespace) -> int:
-    from protein.design import design
+    from protein.design import prepare_design
 
-    lengths = args.lengths if args.lengths else (args.length,)
-    report = design(
-        args.out, lengths=lengths, num=args.num, steps=args.steps, seed=args.seed,
-        checkpoint=args.checkpoint, fmt=args.format, trajectory=args.trajectory,
-        method=args.method, rot_rate=args.rot_rate, residue=args.residue,
-        clash_guidance=args.clash_guidance, guidance_iters=args.guidance_iters,
-        batch_size=args.batch_size, ema=not args.no_ema, device=args.device,
-        progress=not args.no_progress, motif=args.motif, motif_segments=args.motif_segments,
-        ss=args.ss, topology=args.topology, topology_from=args.topology_from,
-    )  # fmt: skip
+    run = prepare_design(design_settings(args), args.out, overwrite=args.overwrite,
+                         resume=args.resume, device=args.device)
+    if run.warning:
+        _warn(run.warning)
+    report = run.execute(progress=not args.no_progress)
     n = len(report.designs)
+    kept = f", {report.resumed} kept from the earlier run" if report.resumed else ""
     print(f"wrote {n} designs to {report.out_dir} in {report.seconds:.1f} s "
-          f"({report.seconds / max(n, 1):.2f} s per design; checkpoint {report.checkpoint})")
+          f"({report.seconds / max(n, 1):.2f} s per design{kept}; checkpoint "
+          f"{report.checkpoint})")
     if report.motif is not None:
         mean = report.motif["mean"]
         valid = mean["junction_valid"]
@@ -53,28 +80,46 @@ def cmd_design(args: argparse.Namespace) -> int:
               f"{'-' if valid is None else f'{valid:.2f}'}, motif-scaffold clashes "
               f"{mean['motif_scaffold_clashes']:.2f} per design (motif.json)")
     if report.topology is not None:
+        agreement = report.topology["mean"]["agreement"]
         print(f"fold plans followed: DSSP agrees with the plan on "
-              f"{report.topology['mean']['agreement']:.2f} of residues (topology.json)")
+              f"{'-' if agreement is None else f'{agreement:.2f}'} of residues (topology.json)")
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from protein.eval import eval_from_args, format_summary
+def eval_settings(args: argparse.Namespace):
+    """The :class:`protein.settings.EvalSettings` of ``flow3d protein eval``'s flags."""
+    from protein.settings import EvalSettings
 
-    summary, out = eval_from_args(args)
+    return EvalSettings(
+        designs=args.designs, reference=args.reference, out=args.out,
+        ss_method=args.ss_method, max_reference=args.max_reference,
+        max_diversity=args.max_diversity, reference_limit=args.reference_limit,
+        limit=args.limit, seed=args.seed,
+    )  # fmt: skip
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from protein.eval import format_summary, run_eval
+
+    settings = eval_settings(args)
+    summary = run_eval(settings, overwrite=args.overwrite, progress=not args.no_progress,
+                       warn=_warn)
     print(format_summary(summary))
-    print(f"wrote {out}/designs.csv, summary.json and plots")
+    print(f"wrote {settings.out_dir}/designs.csv, summary.json and plots")
     return 0
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
     from flow3d.engine.config import load_recipe
+    from flow3d.io import check_output_dir
     from protein.head import ProteinHead
 
     recipe = load_recipe(args.recipe, args.overrides)
     if recipe.head != "protein":
         raise ConfigError(f"{args.recipe}: head is {recipe.head!r}, not 'protein'")
     head = ProteinHead(recipe)
+    # a cache is reused or rebuilt, never mixed: only check that it can be written
+    check_output_dir(head.cache_path(), "data.cache_dir", overwrite=True)
     path = head.build_cache(force=args.force)
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     print(f"protein cache {path}: {len(meta.get('names', []))} chains")
@@ -83,37 +128,49 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``flow3d protein {design,eval,cache}``."""
-    from protein.eval import add_eval_arguments
-
     p = subparsers.add_parser("protein", help="protein backbones (ReQFlow): design, eval, cache")
     sub = p.add_subparsers(dest="protein_command", metavar="COMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    _add_design(sub)
+    _add_eval(sub)
+    _add_cache(sub)
 
-    d = sub.add_parser("design", help="design backbones with a checkpoint (default: bundled)")
-    d.add_argument("--length", type=int, default=100, help="residues per design (default 100)")
-    d.add_argument("--lengths", type=_lengths, default=None, help="several lengths: 60,100,150")
-    d.add_argument("--num", type=int, default=8, help="designs per length (default 8)")
-    d.add_argument("--steps", type=int, default=50, help="solver steps (default 50)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--format", choices=("pdb", "cif"), default="pdb")
+
+def _add_design(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser(
+        "design", help="design backbones with a checkpoint (default: bundled)",
+        description="Design protein backbones. Flags left at None take the checkpoint "
+                    "recipe's value. Each design is written as soon as its batch is done; "
+                    "an interrupted run continues with --resume.", formatter_class=HELP)
+    size = d.add_mutually_exclusive_group()
+    size.add_argument("--length", type=int_range(), default=None,
+                      help="residues per design (None: 100, or the fold plan's length)")
+    size.add_argument("--lengths", type=_lengths, default=None,
+                      help="several lengths, e.g. 60,100,150")
+    d.add_argument("--num", type=int_range(), default=8, help="designs per length")
+    d.add_argument("--steps", type=int_range(), default=50, help="solver steps")
+    d.add_argument("--seed", type=int_range(), default=0,
+                   help="random seed; each batch draws from (seed, length, first index)")
+    d.add_argument("--out", required=True,
+                   help="output folder: must be empty or new (see --overwrite, --resume)")
+    add_overwrite_flag(d, resumable=True)
+    d.add_argument("--format", default="pdb", help="file format: pdb or cif")
     d.add_argument("--trajectory", action="store_true",
                    help="also write the path as MODEL records (OUT_trajectories/)")
     d.add_argument("--checkpoint", default=None,
-                   help="checkpoint dir (default: bundled tiny_reflow_guided)")
+                   help="checkpoint folder (None: the bundled tiny_reflow_guided, or "
+                        "tiny_topology with a fold plan)")
     d.add_argument("--method", default=None, help="solver: euler, midpoint, heun, rk4, dopri5")
-    d.add_argument("--rot-rate", type=float, default=None,
-                   help="exponential rotation schedule rate (default: the recipe's; "
-                        "capped at --steps)")
-    d.add_argument("--clash-guidance", type=float, default=None, metavar="STRENGTH",
+    d.add_argument("--rot-rate", type=float_range(), default=None,
+                   help="exponential rotation schedule rate (capped at --steps)")
+    d.add_argument("--clash-guidance", type=float_range(), default=None, metavar="STRENGTH",
                    help="steer predicted CA positions away from steric clashes while t is in "
-                        "the recipe's sample.guidance_window (default [0.5, 1)); an "
-                        "inference-time prior, strength in [0, 1]; 0 = off (default: the "
-                        "checkpoint's recipe; the bundled default samples with 1.0)")
-    d.add_argument("--guidance-iters", type=int, default=None, metavar="N",
-                   help="gradient steps of clash guidance per network evaluation (default: the "
-                        "recipe's, 10; 30 with --motif). 30 gives cleaner geometry at 50+ steps "
-                        "but less secondary structure at 10 (docs/benchmarks.md)")
+                        "the recipe's sample.guidance_window; an inference-time prior, "
+                        "strength in [0, 1]; 0 = off (the bundled default samples with 1.0)")
+    d.add_argument("--guidance-iters", type=int_range(), default=None, metavar="N",
+                   help="gradient steps of clash guidance per network evaluation (the "
+                        "recipe's: 10, 30 with --motif). 30 gives cleaner geometry at 50+ "
+                        "steps but less secondary structure at 10 (docs/benchmarks.md)")
     d.add_argument("--motif", default=None, metavar="FILE",
                    help="scaffold a motif from this PDB/mmCIF file (with --motif-segments)")
     d.add_argument("--motif-segments", default=None, metavar="SPEC",
@@ -123,26 +180,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--ss", default=None, metavar="PLAN",
                    help="fold conditioning: a secondary-structure plan, one letter per residue "
                         "(H helix, E strand, L loop, ? free), e.g. LLEEEEELLEEEEELL...; sets "
-                        "the length; default checkpoint then tiny_topology")
+                        "the length")
     d.add_argument("--topology", default=None, metavar="FILE[:CHAIN]",
                    help="fold conditioning: follow this chain's secondary structure and which "
                         "of its helices and strands pack together (sets the length)")
     d.add_argument("--topology-from", default=None, metavar="DIR_OR_CACHE",
                    help="fold conditioning: each design draws the plan of a random chain of "
                         "this reference set, cropped to its length")
-    d.add_argument("--residue", choices=("GLY", "ALA"), default=None)
-    d.add_argument("--batch-size", type=int, default=None)
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--residue", default=None, help="residue names written: GLY or ALA")
+    d.add_argument("--batch-size", type=int_range(), default=None,
+                   help="designs sampled together (part of the run's seeding)")
+    d.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     d.add_argument("--no-ema", action="store_true", help="raw weights instead of EMA")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_design)
 
-    e = sub.add_parser("eval", help="evaluate designs (or real chains) and write CSV/JSON/PNG")
-    add_eval_arguments(e)
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "eval", help="evaluate designs (or real chains) and write CSV/JSON/PNG",
+        description="Evaluate a folder of designs (or real chains): CA-CA geometry, clashes, "
+                    "secondary structure, diversity and, against a reference set, novelty. "
+                    "Unreadable files are skipped with a warning.", formatter_class=HELP)
+    e.add_argument("designs", help="folder of PDB/mmCIF designs (or a protein cache)")
+    e.add_argument("--reference", default=None,
+                   help="real structures to compare with: a folder of PDB/mmCIF or a cache")
+    e.add_argument("--out", default=None,
+                   help="output folder, empty or new (None: DESIGNS/eval, or NAME_eval beside "
+                        "a single file)")
+    add_overwrite_flag(e)
+    e.add_argument("--ss-method", default="pydssp",
+                   help="secondary structure: pydssp, mkdssp or auto (mkdssp when installed)")
+    e.add_argument("--max-reference", type=int_range(), default=32,
+                   help="references TM-aligned per design for novelty (prefiltered); "
+                        "0 = every reference of length 0.5-2x (exact, slow)")
+    e.add_argument("--max-diversity", type=int_range(), default=64,
+                   help="designs used for pairwise TM diversity (random subset)")
+    e.add_argument("--reference-limit", type=int_range(), default=None,
+                   help="random subset of the reference set (None: all)")
+    e.add_argument("--limit", type=int_range(), default=None,
+                   help="random subset of the designs (None: all)")
+    e.add_argument("--seed", type=int_range(), default=0, help="seed of the random subsets")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("cache", help="build the preprocessed training cache once")
-    c.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE))
-    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    c.add_argument("--force", action="store_true", help="rebuild even if it exists")
+
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "cache", help="build the preprocessed training cache once",
+        description="Parse, filter and store the recipe's training chains once "
+                    "(data.cache_dir/proteins_<hash of sources and filters>); training and "
+                    "eval reuse it.", formatter_class=HELP)
+    c.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE),
+                   help="protein recipe whose data section names the sources and filters")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=[],
+                   help="recipe overrides, e.g. data.sources=[my_pdbs/] data.max_len=300")
+    c.add_argument("--force", action="store_true",
+                   help="rebuild even if a cache for these sources and filters exists")
     c.set_defaults(func=cmd_cache)

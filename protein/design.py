@@ -1,7 +1,18 @@
 """Design protein backbones with a trained checkpoint (the bundled one by default).
 
     from protein.design import design
-    report = design("designs/", lengths=(60, 100), num=8, steps=50, seed=0)
+    from protein.settings import DesignSettings, SamplerSettings
+    report = design(DesignSettings(lengths=(60, 100), num=8, seed=0,
+                                   sampler=SamplerSettings(steps=50)), "designs/")
+
+A run is checked before anything is sampled or written (:func:`prepare_design`): the settings
+(:class:`protein.settings.DesignSettings`), the output folder (empty, or ``overwrite`` to empty
+it, or ``resume``), the motif and fold-plan files, the checkpoint, and whether a batch fits in
+memory (:func:`protein.budget.check_budget`). It then writes ``run.json`` (the resolved
+settings), and each design as soon as its batch is complete (atomically), followed by the
+records (:mod:`protein.records`). A run that is killed leaves complete designs and records;
+``resume`` continues it with the same settings and makes exactly the designs an uninterrupted
+run would have made (each batch draws from its own seeded stream).
 
 ``demo(out_dir)`` is what ``make demo`` runs: a few designs with the bundled checkpoint,
 evaluated (CA-CA, clashes, secondary structure, diversity, novelty against real chains) into
@@ -10,14 +21,26 @@ PDB files, ``designs.csv``, ``summary.json`` and PNG plots.
 
 from __future__ import annotations
 
-import json
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
+from flow3d.engine.checkpoint import LoadedModel, load_model
+from flow3d.engine.checkpoint import bundle_checkpoint as _bundle
 from flow3d.errors import ConfigError, DataError
-from flow3d.io import atomic_write_text
+from flow3d.io import check_output_dir, is_temporary, prepare_output_dir
+from protein.budget import check_budget
+from protein.eval import run_eval
+from protein.head import design_name, trajectory_dir, write_design
+from protein.motif import Motif, load_motif
+from protein.records import RUN_FILE, DesignRecords, read_json, write_json
+from protein.settings import DesignSettings, EvalSettings, SamplerSettings
+from protein.topology import Topology, load_topology, reference_topologies
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_reflow_guided"
@@ -30,194 +53,228 @@ DEMO_MOTIF = (PROJECT_ROOT / "examples" / "protein" / "hairpin_3gknA.pdb", "A107
 
 @dataclass
 class DesignReport:
-    """What :func:`design` wrote: design files (and trajectories), the designs, wall time."""
+    """What a run wrote: every design file of the folder (``paths``, earlier ones of a
+    resumed run included), the designs made by this call, its wall time, the checkpoint, how
+    many designs were already complete, and the motif.json / topology.json records."""
 
     out_dir: Path
     paths: list[Path]
     designs: list
     seconds: float
     checkpoint: Path
+    resumed: int = 0
     motif: dict | None = None  # motif.json's content when a motif was scaffolded
     topology: dict | None = None  # topology.json's content when designs followed fold plans
 
 
-def load_designer(checkpoint: str | Path | None = None, *, ema: bool = True, device="cpu"):
+def load_designer(checkpoint: str | Path | None = None, *, ema: bool = True,
+                  device: str = "cpu") -> LoadedModel:
     """Load a protein checkpoint (default: the bundled
     ``checkpoints/protein/tiny_reflow_guided``)."""
-    from flow3d.engine.checkpoint import load_model
-
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
     if not path.exists():
-        raise DataError(f"{path}: checkpoint not found")
+        raise DataError(f"--checkpoint {path}: checkpoint not found")
     loaded = load_model(path, ema=ema, device=device)
     if loaded.recipe.head != "protein":
-        raise ConfigError(f"{path}: a {loaded.recipe.head!r} checkpoint, not a protein one")
+        raise ConfigError(f"--checkpoint {path}: a {loaded.recipe.head!r} checkpoint, not a "
+                          "protein one")
     return loaded
 
 
-def design(
-    out_dir: str | Path,
-    *,
-    lengths: Sequence[int] = (100,),
-    num: int = 8,
-    steps: int = 50,
-    seed: int = 0,
-    checkpoint: str | Path | None = None,
-    fmt: str = "pdb",
-    trajectory: bool = False,
-    method: str | None = None,
-    rot_rate: float | None = None,
-    clash_guidance: float | None = None,
-    guidance_iters: int | None = None,
-    residue: str | None = None,
-    batch_size: int | None = None,
-    ema: bool = True,
-    device: str = "cpu",
-    progress: bool = False,
-    motif: str | Path | None = None,
-    motif_segments: str | None = None,
-    ss: str | None = None,
-    topology: str | Path | None = None,
-    topology_from: str | Path | None = None,
-) -> DesignReport:
-    """Design ``num`` backbones per length and write them to ``out_dir``.
+@dataclass
+class DesignRun:
+    """A checked design run (:func:`prepare_design`); nothing is written until
+    :meth:`execute`. ``settings`` are resolved; ``previous`` holds the records of the designs
+    an earlier run completed (``resume``); ``warning`` is one line to show the user (a run
+    that will take hours), or ``None``."""
 
-    Files: ``len{L}_{i}.pdb`` (or ``.cif``) with N, CA, C, O, HEADER and CRYST1;
-    ``timings.json``; with ``trajectory`` the solver path as MODEL records in
-    ``<out_dir>_trajectories/``. With ``motif`` (a PDB/mmCIF file) and ``motif_segments``
-    (e.g. ``"A10-25@30"``, see :mod:`protein.motif`) every design scaffolds those residues,
-    and ``motif.json`` records how each design holds them (:func:`protein.motif.motif_metrics`).
+    settings: DesignSettings
+    out: Path
+    loaded: LoadedModel
+    motif: Motif | None = None
+    plan: Topology | list[Topology] | None = None
+    previous: DesignRecords = field(default_factory=DesignRecords)
+    overwrite: bool = False
+    warning: str | None = None
 
-    Fold conditioning (:mod:`protein.topology`; one of the three; the default checkpoint is
-    then the bundled ``tiny_topology``): ``ss`` a plan string of H/E/L (its length is the
-    design length), ``topology`` a PDB/mmCIF file (``FILE`` or ``FILE:CHAIN``) whose
-    secondary structure and element contacts every design follows (its length too), or
-    ``topology_from`` a reference set (folder of structures or protein cache) from which each
-    design draws a plan cropped to its length. ``topology.json`` records every design's plan
-    and how well its DSSP follows it.
-    """
-    lengths = tuple(int(n) for n in lengths)
-    if num < 1:
-        raise ConfigError(f"--num must be at least 1, got {num}")
-    if steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}")
-    if not lengths or min(lengths) < 2:
-        raise ConfigError(f"lengths must be at least 2 residues, got {list(lengths)}")
-    if clash_guidance is not None and not 0.0 <= clash_guidance <= 1.0:
-        raise ConfigError(f"--clash-guidance must be in [0, 1], got {clash_guidance}")
-    if guidance_iters is not None and guidance_iters < 1:
-        raise ConfigError(f"--guidance-iters must be at least 1, got {guidance_iters}")
-    if fmt not in ("pdb", "cif"):
-        raise ConfigError(f"--format must be pdb or cif, got {fmt!r}")
-    if (motif is None) != (motif_segments is None):
-        raise ConfigError("--motif FILE and --motif-segments SPEC go together")
-    plan = _fold_plan(ss, topology, topology_from)
-    if plan is not None:
-        if motif is not None:
-            raise ConfigError("--motif and fold plans (--ss/--topology/--topology-from) cannot "
-                              "be combined yet")
-        if not isinstance(plan, list):
-            lengths = (len(plan),)
-        checkpoint = TOPOLOGY_CHECKPOINT if checkpoint is None else checkpoint
-    motif_obj = None
-    if motif is not None:
-        from protein.motif import load_motif
-
-        motif_obj = load_motif(motif, motif_segments)  # sampling checks it fits the lengths
-    loaded = load_designer(checkpoint, ema=ema, device=device)
-    overrides: dict = {"lengths": lengths, "steps": steps, "format": fmt}
-    for key, value in (("method", method), ("rot_rate", rot_rate), ("residue", residue),
-                       ("batch_size", batch_size), ("clash_guidance", clash_guidance),
-                       ("guidance_iters", guidance_iters),
-                       ("motif_guidance_iters", guidance_iters)):
-        if value is not None:
-            overrides[key] = value
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num * len(lengths), desc="designs", unit="design")
-        overrides["progress"] = bar.update
-    start = time.perf_counter()
-    try:
-        designs = loaded.sample(num, seed=seed, trajectory=trajectory, motif=motif_obj,
-                                topology=plan, **overrides)
-    finally:
-        if bar is not None:
+    def execute(self, progress: bool = False) -> DesignReport:
+        """Create (or empty) the folder, write ``run.json``, then every missing design as
+        soon as its batch is complete, each batch followed by the records."""
+        s, out = self.settings, self.out
+        prepare_output_dir(out, overwrite=self.overwrite)
+        if s.trajectory:
+            prepare_output_dir(trajectory_dir(out), overwrite=self.overwrite)
+        write_json(out / RUN_FILE, {"command": "flow3d protein design",
+                                    "checkpoint_step": self.loaded.step,
+                                    "settings": s.to_dict()})
+        order = [design_name(length, i) for length, i in s.names()]
+        records = self.previous.only(order)
+        resumed = len(records.timings)
+        todo = [(length, start, size) for length, start, size in s.batches()
+                if not all(records.complete(design_name(length, start + k))
+                           for k in range(size))]
+        designs: list = []
+        bar = _Progress(progress, s, len(todo), resumed)
+        written = {"motif": None, "topology": None}
+        start = time.perf_counter()
+        try:
+            for batch in self.loaded.head.generate(
+                    self.loaded.model, s, motif=self.motif, topology=self.plan, batches=todo,
+                    on_step=bar.step):
+                for d in batch:
+                    if records.complete(d.name):  # kept from the earlier run
+                        continue
+                    write_design(d, out, fmt=s.format, residue=s.residue)
+                    records.add(d, self.motif)
+                    designs.append(d)
+                written = records.write(out, order, self.motif)
+                bar.written(len(records.timings))
+            if not todo:  # nothing left to make: the records are complete already
+                written = records.write(out, order, self.motif)
+        finally:
             bar.close()
-    seconds = time.perf_counter() - start
-    head = loaded.head
-    head.recipe = head.recipe.replace(sample=_replace(head.recipe.sample, overrides))
-    paths = head.save_samples(designs, Path(out_dir), fmt=fmt)
-    record = None
-    if motif_obj is not None:
-        record = _motif_record(designs, motif_obj)
-        atomic_write_text(Path(out_dir) / "motif.json", json.dumps(record, indent=1) + "\n")
-    plans = None
-    if plan is not None:
-        plans = _topology_record(designs)
-        atomic_write_text(Path(out_dir) / "topology.json", json.dumps(plans, indent=1) + "\n")
-    return DesignReport(Path(out_dir), paths, designs, seconds, Path(loaded.path), record,
-                        plans)
+        return DesignReport(out, [out / f"{name}.{s.format}" for name in order], designs,
+                            time.perf_counter() - start, Path(s.checkpoint), resumed,
+                            written["motif"], written["topology"])
 
 
-def _fold_plan(ss, topology, topology_from):
-    """The fold plan(s) asked for: a Topology, a list to draw from, or None."""
-    from protein.topology import Topology, load_topology, reference_topologies
+class _Progress:
+    """A progress bar over solver steps (fixed-step methods), with the designs written."""
 
-    given = [name for name, v in (("--ss", ss), ("--topology", topology),
-                                  ("--topology-from", topology_from)) if v is not None]
-    if len(given) > 1:
-        raise ConfigError(f"{' and '.join(given)}: give one fold plan option")
-    if ss is not None:
-        return Topology.from_string(ss)
-    if topology is not None:
-        return load_topology(topology)
-    if topology_from is not None:
-        return reference_topologies(topology_from)
+    def __init__(self, enabled: bool, settings: DesignSettings, batches: int, done: int):
+        fixed = settings.sampler.method != "dopri5"
+        self.total = len(settings.names())
+        self.bar = tqdm(total=batches * settings.sampler.steps if fixed else None,
+                        desc="designing", unit="step", disable=not enabled)
+        self.written(done)
+
+    def step(self) -> None:
+        self.bar.update(1)
+
+    def written(self, n: int) -> None:
+        self.bar.set_postfix_str(f"{n}/{self.total} designs written", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def prepare_design(settings: DesignSettings, out_dir: str | Path | None, *,
+                   overwrite: bool = False, resume: bool = False,
+                   device: str = "cpu") -> DesignRun:
+    """Check a run before any sampling: the output folder (the output rule of
+    :mod:`flow3d.io`; ``resume`` continues the run recorded in its ``run.json``), the fold
+    plan and motif files, the checkpoint (loaded), the resolved settings against an earlier
+    run's, and the memory a batch needs. Raises a one-line error naming the option at
+    fault; writes nothing."""
+    if overwrite and resume:
+        raise ConfigError("--overwrite and --resume: give one (replace the folder's designs, "
+                          "or continue the run in it)")
+    _check_device(device)
+    out = check_output_dir(out_dir, "--out", overwrite=overwrite, resume=resume,
+                           resumable=True)
+    if settings.trajectory:
+        check_output_dir(trajectory_dir(out), "--trajectory", overwrite=overwrite,
+                         resume=resume, resumable=True)
+    earlier = _earlier_run(out) if resume else None
+    plan = _fold_plan(settings)
+    motif = None if settings.motif is None else load_motif(settings.motif,
+                                                          settings.motif_segments)
+    default = DEFAULT_CHECKPOINT if plan is None else TOPOLOGY_CHECKPOINT
+    loaded = load_designer(settings.checkpoint or default, ema=settings.ema, device=device)
+    resolved = settings.resolved(loaded.recipe.sample, Path(loaded.path).resolve(),
+                                 plan_length=len(plan) if isinstance(plan, Topology) else None)
+    if plan is not None and not loaded.recipe.model.topology:
+        raise ConfigError(f"--checkpoint {resolved.checkpoint}: trained without fold plans "
+                          f"(model.topology is false), so {settings.plan_options()[0]} cannot "
+                          "be followed; use checkpoints/protein/tiny_topology")
+    if motif is not None:
+        for length in resolved.lengths:
+            motif.check_length(length)
+    warning = check_budget(resolved, loaded.recipe.model, device)
+    previous = DesignRecords.empty(motif=motif is not None, topology=plan is not None)
+    if earlier is not None:
+        _same_run(resolved, earlier, out)
+        previous = _complete_designs(out, resolved)
+    return DesignRun(resolved, out, loaded, motif, plan, previous, overwrite, warning)
+
+
+def design(settings: DesignSettings, out_dir: str | Path, *, overwrite: bool = False,
+           resume: bool = False, device: str = "cpu", progress: bool = False) -> DesignReport:
+    """Check (:func:`prepare_design`) and run a design job; see the module docstring.
+
+    Files: ``len{L}_{i}.pdb`` (or ``.cif``) with N, CA, C, O, HEADER and CRYST1,
+    ``run.json``, ``timings.json``; with ``settings.trajectory`` the solver path as MODEL
+    records in ``<out_dir>_trajectories/``; with a motif ``motif.json``
+    (:func:`protein.motif.motif_metrics` per design); with fold plans ``topology.json`` (every
+    design's plan and how well its DSSP follows it)."""
+    run = prepare_design(settings, out_dir, overwrite=overwrite, resume=resume, device=device)
+    if run.warning:
+        warnings.warn(run.warning, stacklevel=2)
+    return run.execute(progress=progress)
+
+
+def _check_device(device: str) -> None:
+    try:
+        torch.empty(0, device=torch.device(device))
+    except (RuntimeError, AssertionError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--device {device}: not usable here ({first})") from None
+
+
+def _earlier_run(out: Path) -> dict | None:
+    """The ``run.json`` of the run ``--resume`` continues; ``None`` for an empty or missing
+    folder (a resumed run that never started starts now)."""
+    path = out / RUN_FILE
+    if path.is_file():
+        record = read_json(path, "design run record")
+        if not isinstance(record.get("settings"), dict):
+            raise DataError(f"{path}: not a design run record (no \"settings\" object)")
+        return record
+    if out.is_dir() and any(not is_temporary(c) for c in out.iterdir()):
+        raise DataError(f"--resume {out}: no {RUN_FILE}, so not a run of flow3d protein design "
+                        "to continue; pass --overwrite to replace its contents")
     return None
 
 
-def _topology_record(designs) -> dict:
-    """topology.json: per design its plan (H/E/L), where it came from, and how its DSSP
-    (pydssp) and CAs follow it (:meth:`protein.topology.Topology.scores`)."""
-    from protein.data.filters import secondary_structure
-    from protein.topology import summarize_scores
-
-    per = {}
-    for d in designs:
-        ss = secondary_structure(d.atoms)
-        per[d.name] = {"source": d.topology.source, "plan": d.topology.string, "dssp": ss,
-                       **d.topology.scores(ss, d.atoms[:, 1])}
-    return {"mean": summarize_scores(list(per.values())), "designs": per}
-
-
-def _motif_record(designs, motif) -> dict:
-    """motif.json: the motif, and per design (and on average) how the design holds it."""
-    import numpy as np
-
-    from protein.motif import motif_metrics, summarize_motif_metrics
-
-    per = {}
-    for d in designs:
-        per[d.name] = motif_metrics(d.atoms, motif, d.motif_positions)
-        per[d.name]["positions"] = (np.asarray(d.motif_positions) + 1).tolist()  # 1-based
-    return {
-        "source": motif.source,
-        "segments": motif.spec,
-        # 1-based, as in the PDB files (each design's own under "designs" when drawn)
-        "positions": (motif.positions + 1).tolist() if motif.placed else None,
-        "sequence": motif.sequence,  # the motif's residues at those positions
-        "mean": summarize_motif_metrics(list(per.values())),
-        "designs": per,
-    }
+def _same_run(settings: DesignSettings, earlier: dict, out: Path) -> None:
+    """Refuse to resume a run made with other settings (one line naming the first)."""
+    try:
+        before = DesignSettings.from_dict(earlier["settings"])
+    except (ConfigError, TypeError) as e:
+        raise DataError(f"{out / RUN_FILE}: unreadable design settings ({e})") from None
+    diffs = settings.differences(before)
+    if diffs:
+        option, now, then = diffs[0]
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise ConfigError(f"--resume {out}: that run used {option} {then}, this one {now}"
+                          f"{more}; resume with the same settings or pass --overwrite")
 
 
-def _replace(cfg, overrides: dict):
-    import dataclasses
+def _complete_designs(out: Path, settings: DesignSettings) -> DesignRecords:
+    """The records of the designs an earlier run completed: structure file (and trajectory)
+    present and an entry in every record. The others are made again."""
+    records = DesignRecords.read(out, motif=settings.motif is not None,
+                                 topology=bool(settings.plan_options()))
+    done = []
+    for length, i in settings.names():
+        name = design_name(length, i)
+        files = [out / f"{name}.{settings.format}"]
+        if settings.trajectory:
+            files.append(trajectory_dir(out) / f"{name}_traj.pdb")
+        if records.complete(name) and all(f.is_file() for f in files):
+            done.append(name)
+    return records.only(done)
 
-    keep = {k: v for k, v in overrides.items() if k in {f.name for f in dataclasses.fields(cfg)}}
-    return dataclasses.replace(cfg, **keep)
+
+def _fold_plan(settings: DesignSettings) -> Topology | list[Topology] | None:
+    """The fold plan(s) asked for: a Topology, a list to draw from, or None."""
+    if settings.ss is not None:
+        return Topology.from_string(settings.ss)
+    if settings.topology is not None:
+        return load_topology(settings.topology)
+    if settings.topology_from is not None:
+        return reference_topologies(settings.topology_from)
+    return None
 
 
 def demo(out_dir: str | Path, *, num: int = 3, lengths: Sequence[int] = (60, 100),
@@ -225,19 +282,20 @@ def demo(out_dir: str | Path, *, num: int = 3, lengths: Sequence[int] = (60, 100
     """``make demo``: design a few backbones with the bundled checkpoint and evaluate them
     against real chains (TS50) when the shared data is present, then scaffold a real beta
     hairpin (``examples/protein``) into ``out_dir/motif`` (PDB files and ``motif.json``).
-    Returns the eval summary."""
-    from protein.eval import run_eval
-
+    A demo replaces its own earlier output. Returns the eval summary."""
     out_dir = Path(out_dir)
-    report = design(out_dir / "designs", lengths=lengths, num=num, steps=steps, seed=seed,
-                    progress=progress)
-    reference = REAL_REFERENCE if REAL_REFERENCE.is_dir() else None
-    summary = run_eval(report.out_dir, reference, out_dir / "eval", max_reference=16,
-                       reference_limit=20, progress=progress)
+    sampler = SamplerSettings(steps=steps)
+    report = design(DesignSettings(lengths=tuple(lengths), num=num, seed=seed, sampler=sampler),
+                    out_dir / "designs", overwrite=True, progress=progress)
+    reference = str(REAL_REFERENCE) if REAL_REFERENCE.is_dir() else None
+    summary = run_eval(EvalSettings(str(report.out_dir), reference, str(out_dir / "eval"),
+                                    max_reference=16, reference_limit=20),
+                       overwrite=True, progress=progress)
     summary["design_seconds"] = report.seconds
     motif_file, segments, length = DEMO_MOTIF
-    scaffolds = design(out_dir / "motif", lengths=(length,), num=num, steps=steps, seed=seed,
-                       motif=motif_file, motif_segments=segments, progress=progress)
+    scaffolds = design(DesignSettings(lengths=(length,), num=num, seed=seed, sampler=sampler,
+                                      motif=str(motif_file), motif_segments=segments),
+                       out_dir / "motif", overwrite=True, progress=progress)
     summary["motif"] = scaffolds.motif["mean"]
     return summary
 
@@ -246,6 +304,5 @@ def bundle_checkpoint(src: str | Path, dest: str | Path = DEFAULT_CHECKPOINT, *,
                       half: bool = False) -> Path:
     """A slim, ready-to-sample copy of a training checkpoint (EMA weights, recipe, step; see
     :func:`flow3d.engine.checkpoint.bundle_checkpoint`)."""
-    from flow3d.engine.checkpoint import bundle_checkpoint as bundle
+    return _bundle(src, dest, half=half)
 
-    return bundle(src, dest, half=half)

@@ -30,213 +30,42 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
-import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from flow3d.errors import DataError
-from flow3d.io import atomic_path, atomic_write_text
-from protein.data import find_structure_files, parse_structure
+from flow3d.io import atomic_path, atomic_write_text, check_output_dir, prepare_output_dir
+from protein.constants import CA_CA_IDEAL_ANG, CA_CA_TOL_ANG, PARTNER_RANGE_ANG, TM_CLUSTER
 from protein.data.filters import rg_scaling, secondary_structure, ss_fractions
+from protein.data.structures import Structure, load_structures
+from protein.metrics import ca_ca_distances, ca_ca_valid, count_clashes, valid_strand_fraction
+from protein.pdbio import write_backbone_pdb
+from protein.records import (
+    read_motif_summary,
+    read_timings,
+    read_topology_summary,
+    write_json,
+)
+from protein.settings import EvalSettings
 
 __all__ = [
-    "CA_CA_IDEAL",
-    "CA_CA_TOL",
-    "CLASH_DISTANCE",
-    "Structure",
-    "ca_ca_distances",
-    "count_clashes",
-    "valid_strand_fraction",
     "evaluate_designs",
-    "load_structures",
+    "format_summary",
     "run_eval",
     "structure_metrics",
     "tm_score",
 ]
 
-CA_CA_IDEAL = 3.80  # angstrom, trans peptide
-CA_CA_TOL = 0.20
-CLASH_DISTANCE = 3.0  # angstrom
-CLASH_MIN_SEPARATION = 2  # |i - j| >= 2: every non-adjacent pair
-# Non-adjacent CAs closer than a CA-CA bond: 17 of 681,643 pairs in 90 real chains (TS50 and
-# the Kortemme domains), the closest 3.57 A; true strand partners sit at 4.4-5.5 A.
-STRAND_MIN_CA_DISTANCE = 3.8  # angstrom
-TM_CLUSTER = 0.5
-TIMINGS_FILES = ("timings.json", "timings.csv")
 
-
-@dataclass
-class Structure:
-    """One backbone to evaluate: ``coords`` [L, 4, 3] angstrom (O may be NaN)."""
-
-    name: str
-    path: str
-    coords: np.ndarray
-    sequence: str
-    helix: float | None = None  # precomputed DSSP fractions (cache), else computed
-    strand: float | None = None
-    coil: float | None = None
-
-    def __len__(self) -> int:
-        return len(self.coords)
-
-
-# --- loading ------------------------------------------------------------------------------
-def load_structures(
-    source: str | os.PathLike | Sequence[str | os.PathLike],
-    *,
-    limit: int | None = None,
-    seed: int = 0,
-) -> tuple[list[Structure], list[str]]:
-    """Structures from a directory of PDB/mmCIF files, a list of files, or a protein cache.
-
-    Every chain of a file is one structure; chains are not split at breaks (a broken design
-    must show up in the CA-CA metric). ``limit`` takes a seeded random subset. Returns the
-    structures and one-line reasons for unreadable files.
-    """
-    from protein.data.cache import is_cache, load_cache
-
-    if isinstance(source, (str, os.PathLike)) and is_cache(source):
-        cache = load_cache(source)
-        idx = np.arange(len(cache))
-        if limit is not None and limit < len(idx):
-            idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
-        out = []
-        for i in idx:
-            ch = cache[int(i)]
-            out.append(Structure(ch.name, ch.source, np.asarray(ch.coords), ch.sequence,
-                                 ch.stats.helix_fraction, ch.stats.strand_fraction,
-                                 ch.stats.coil_fraction))
-        return out, []
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{path}: no such file or directory")
-        files = find_structure_files(path)
-        if not files:
-            raise DataError(f"{path}: no PDB/mmCIF files found")
-    else:
-        files = [Path(p) for p in source]
-    if limit is not None and limit < len(files):
-        pick = np.random.default_rng(seed).choice(len(files), limit, replace=False)
-        files = [files[i] for i in sorted(pick)]
-    structures, errors = [], []
-    for f in files:
-        try:
-            res = parse_structure(f, break_distance=math.inf)
-        except DataError as exc:
-            errors.append(str(exc))
-            continue
-        many = len(res.chains) > 1
-        for ch in res.chains:
-            name = ch.name if many else f.name.split(".")[0]
-            structures.append(Structure(name, str(f), ch.coords, ch.sequence))
-    if limit is not None and len(structures) > limit:
-        structures = structures[:limit]
-    return structures, errors
-
-
-def _read_timings(folder: Path) -> dict[str, float]:
-    """``timings.json`` ({name: seconds} or {"designs": {...}}) or ``timings.csv`` (name,seconds).
-
-    Names may be file names or stems; the stem is the key used.
-    """
-    for fname in TIMINGS_FILES:
-        path = folder / fname
-        if not path.is_file():
-            continue
-        try:
-            if fname.endswith(".json"):
-                data = json.loads(path.read_text())
-                data = data.get("designs", data) if isinstance(data, dict) else {}
-                items = data.items()
-            else:
-                rows = list(csv.reader(io.StringIO(path.read_text())))
-                items = [(r[0], r[1]) for r in rows[1:] if len(r) >= 2]
-            return {Path(str(k)).name.split(".")[0]: float(v) for k, v in items
-                    if isinstance(v, (int, float, str))}
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise DataError(f"{path}: cannot read timings ({exc})") from exc
-    return {}
-
-
-def _read_record(path: Path, names: set[str], what: str, summarize) -> dict | None:
-    """``summarize(record, per)`` of a per-design record written by ``flow3d protein
-    design`` (``per``: its entries for the evaluated ``names``); None when absent."""
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        per = [d for name, d in record["designs"].items() if name in names]
-        return summarize(record, per)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{path}: not a {what} record written by flow3d ({exc})") from exc
-
-
-def _read_motif(folder: Path, names: set[str]) -> dict | None:
-    """What ``motif.json`` (``flow3d protein design --motif``) recorded for the evaluated
-    designs: the motif, and its metrics averaged over those designs."""
-    from protein.motif import summarize_motif_metrics
-
-    return _read_record(folder / "motif.json", names, "motif", lambda record, per: {
-        "segments": record["segments"], "source": record["source"], "n": len(per),
-        **summarize_motif_metrics(per)})
-
-
-def _read_topology(folder: Path, names: set[str]) -> dict | None:
-    """What ``topology.json`` (``flow3d protein design --ss/--topology/--topology-from``)
-    recorded for the evaluated designs (:func:`protein.topology.summarize_scores`), and the
-    number of distinct plan sources."""
-    from protein.topology import summarize_scores
-
-    return _read_record(folder / "topology.json", names, "fold-plan", lambda record, per: {
-        **summarize_scores(per), "sources": len({d["source"] for d in per})})
-
-
-# --- per-structure metrics ------------------------------------------------------------------
-def ca_ca_distances(ca: np.ndarray) -> np.ndarray:
-    """Consecutive CA-CA distances ``[L - 1]``."""
-    return np.linalg.norm(np.diff(ca, axis=0), axis=-1)
-
-
-def count_clashes(ca: np.ndarray, threshold: float = CLASH_DISTANCE,
-                  min_separation: int = CLASH_MIN_SEPARATION) -> int:
-    """Number of CA pairs ``i < j`` with ``j - i >= min_separation`` closer than ``threshold``."""
-    d = np.linalg.norm(ca[:, None] - ca[None], axis=-1)  # [L, L]
-    i, j = np.triu_indices(len(ca), k=min_separation)
-    return int((d[i, j] < threshold).sum())
-
-
-def valid_strand_fraction(ss: str, ca: np.ndarray,
-                          min_distance: float = STRAND_MIN_CA_DISTANCE) -> float:
-    """Fraction of residues that are DSSP strand (``E``) and have no CA at ``|i - j| >= 2``
-    closer than ``min_distance``: strands whose partner is really beside them, not passing
-    through them (DSSP's H-bond energy is also satisfied by overlapping segments)."""
-    if len(ss) != len(ca):
-        raise ValueError(f"secondary structure has {len(ss)} residues, CA trace {len(ca)}")
-    if not len(ca):
-        return float("nan")
-    strand = np.frombuffer(ss.encode(), dtype=np.uint8) == ord("E")
-    if not strand.any():
-        return 0.0
-    d = np.linalg.norm(ca[:, None] - ca[None], axis=-1)  # [L, L]
-    sep = np.abs(np.arange(len(ca))[:, None] - np.arange(len(ca))[None])
-    d[sep < CLASH_MIN_SEPARATION] = np.inf
-    return float((strand & (d.min(1) >= min_distance)).mean())
-
-
+# --- per-structure metrics ----------------------------------------------------------------
 def _mkdssp_ss(coords: np.ndarray) -> str:
     """3-state SS from mkdssp run on a temporary poly-GLY PDB (H,G,I -> H; E,B -> E)."""
-    from protein.pdbio import write_backbone_pdb
-
     with tempfile.TemporaryDirectory() as tmp:
         pdb = write_backbone_pdb(Path(tmp) / "x.pdb", coords)
         out = Path(tmp) / "x.dssp"
@@ -253,10 +82,9 @@ def _mkdssp_ss(coords: np.ndarray) -> str:
 def resolve_ss_method(method: str) -> str:
     if method == "auto":
         return "mkdssp" if shutil.which("mkdssp") else "pydssp"
-    if method not in ("pydssp", "mkdssp"):
-        raise ValueError(f"ss_method must be auto, pydssp or mkdssp, got {method!r}")
     if method == "mkdssp" and not shutil.which("mkdssp"):
-        raise DataError("mkdssp: not installed (apt-get install dssp), use ss_method='pydssp'")
+        raise DataError("--ss-method mkdssp: mkdssp is not installed (apt-get install dssp); "
+                        "use pydssp")
     return method
 
 
@@ -264,7 +92,7 @@ def structure_metrics(s: Structure, ss_method: str = "pydssp") -> dict:
     """CA-CA, clash, Rg and SS metrics of one structure (one CSV row)."""
     ca = s.coords[:, 1].astype(np.float64)
     d = ca_ca_distances(ca)
-    valid = np.abs(d - CA_CA_IDEAL) <= CA_CA_TOL
+    valid = ca_ca_valid(d)
     rg = float(np.sqrt(((ca - ca.mean(0)) ** 2).sum(-1).mean()))
     if s.helix is not None and ss_method == "pydssp" and s.strand == 0:
         helix, strand, coil = s.helix, s.strand, s.coil  # cached, and no strand to check
@@ -411,74 +239,70 @@ def _set_summary(rows: list[dict]) -> dict:
     }
 
 
-def evaluate_designs(
-    designs: str | os.PathLike | Sequence[str | os.PathLike],
-    reference: str | os.PathLike | None = None,
-    *,
-    ss_method: str = "pydssp",
-    max_reference: int | None = 32,
-    max_diversity: int = 64,
-    reference_limit: int | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple[list[dict], dict]:
-    """Metrics per design and a summary; the reference set (dir, files or cache) is optional.
+def evaluate_designs(settings: EvalSettings, *, progress: bool = True,
+                     warn: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+    """Metrics per design and a summary of ``settings.designs`` (and of the reference set,
+    when given: ``summary["reference"]``, at most ``reference_limit`` chains, for a
+    side-by-side view). ``ss_method``: ``"pydssp"`` (default: fast, pure numpy, the same
+    everywhere), ``"mkdssp"`` (the reference DSSP binary, ~0.25 s per structure) or
+    ``"auto"`` (mkdssp when installed); designs and references always use the same method.
 
-    Returns ``(rows, summary)``; ``summary["reference"]`` holds the same set metrics computed on
-    the reference (at most ``reference_limit`` chains, seeded subset) for a side-by-side view.
-    ``limit`` evaluates a seeded random subset of the designs (e.g. 50 chains of a cache).
-    ``ss_method``: ``"pydssp"`` (default: fast, pure numpy, the same everywhere), ``"mkdssp"``
-    (the reference DSSP binary, ~0.25 s per structure) or ``"auto"`` (mkdssp when installed).
-    Designs and references always use the same method.
+    Files that cannot be read are skipped and listed in ``summary["unreadable"]`` (and told
+    to ``warn`` one line each, once something usable is known to remain); with nothing
+    readable left, a one-line DataError.
     """
-    rows, summary, _ = _evaluate(designs, reference, ss_method=ss_method,
-                                 max_reference=max_reference, max_diversity=max_diversity,
-                                 reference_limit=reference_limit, limit=limit, seed=seed,
-                                 progress=progress)
+    rows, summary, _ = _evaluate(settings, progress, warn)
     return rows, summary
 
 
-def _evaluate(designs, reference, *, ss_method, max_reference, max_diversity, reference_limit,
-              limit, seed, progress):
-    """``evaluate_designs`` plus what the plots need: (rows, summary, extras)."""
-    from tqdm.auto import tqdm
-
-    method = resolve_ss_method(ss_method)
-    rng = np.random.default_rng(seed)
-    structures, errors = load_structures(designs, limit=limit, seed=seed)
+def _load(source, what: str, limit: int | None, seed: int) -> tuple[list, list[str]]:
+    structures, errors = load_structures(source, limit=limit, seed=seed)
     if not structures:
-        raise DataError(f"{designs}: no readable design ({'; '.join(errors[:3])})")
+        why = f" ({len(errors)} skipped: {errors[0]})" if errors else ""
+        raise DataError(f"{source}: no readable {what}{why}")
+    return structures, errors
+
+
+def _evaluate(settings: EvalSettings, progress: bool, warn):
+    """``evaluate_designs`` plus what the plots need: (rows, summary, extras)."""
+    s = settings
+    method = resolve_ss_method(s.ss_method)
+    rng = np.random.default_rng(s.seed)
+    structures, errors = _load(s.designs, "design", s.limit, s.seed)
     refs, ref_errors, ref_rows = [], [], []
-    if reference is not None:
-        refs, ref_errors = load_structures(reference, limit=reference_limit, seed=seed + 1)
-        if not refs:
-            raise DataError(f"{reference}: no readable reference structure")
-    n = min(len(structures), max_diversity)
+    if s.reference is not None:
+        refs, ref_errors = _load(s.reference, "reference structure", s.reference_limit,
+                                 s.seed + 1)
+    timings, motif, plans = {}, None, None
+    folder = Path(s.designs)
+    if folder.is_dir():  # the records of a design folder, read before the long part
+        names = {st.name for st in structures}
+        timings = read_timings(folder)
+        motif = read_motif_summary(folder, names)
+        plans = read_topology_summary(folder, names)
+    for reason in errors + ref_errors if warn is not None else ():
+        warn(f"skipped {reason}")
+    max_reference = s.max_reference or None  # 0: every reference in the length window
+    n = min(len(structures), s.max_diversity)
     work = len(structures) + len(refs) + n * (n - 1) // 2 + (len(structures) if refs else 0)
     with tqdm(total=work, desc="protein eval", unit="op", disable=not progress) as bar:
         rows = []
-        for s in structures:
-            rows.append(structure_metrics(s, method))
+        for st in structures:
+            rows.append(structure_metrics(st, method))
             bar.update(1)
         for r in refs:
             ref_rows.append(structure_metrics(r, method))
             bar.update(1)
-        diversity = _diversity(structures, max_diversity, rng, bar)
+        diversity = _diversity(structures, s.max_diversity, rng, bar)
         if refs:
             for row, (tm, name, k) in zip(rows, _novelty(structures, rows, refs, ref_rows,
                                                          max_reference, bar)):
                 row["novelty_tm"], row["novelty_ref"], row["novelty_n_compared"] = tm, name, k
-    timings, motif, plans = {}, None, None
-    if isinstance(designs, (str, os.PathLike)) and Path(designs).is_dir():
-        timings = _read_timings(Path(designs))
-        motif = _read_motif(Path(designs), {r["name"] for r in rows})
-        plans = _read_topology(Path(designs), {r["name"] for r in rows})
     for row in rows:
         key = Path(row["path"]).name.split(".")[0]
         row["time_s"] = timings.get(row["name"], timings.get(key))
     summary = {
-        "designs": str(designs) if isinstance(designs, (str, os.PathLike)) else "files",
+        "designs": str(s.designs),
         "ss_method": method,
         **_set_summary(rows),
         "diversity": diversity,
@@ -503,11 +327,11 @@ def _evaluate(designs, reference, *, ss_method, max_reference, max_diversity, re
             "mean_compared_per_design": _mean(rows, "novelty_n_compared"),
             "prefilter": "length 0.5-2x, nearest by SS/Rg/CA-distance-histogram descriptor",
         }
-        summary["reference"] = {"source": str(reference), **_set_summary(ref_rows),
+        summary["reference"] = {"source": str(s.reference), **_set_summary(ref_rows),
                                 "unreadable": ref_errors}
     extras = {
         "ref_rows": ref_rows,
-        "design_ca": np.concatenate([ca_ca_distances(s.coords[:, 1]) for s in structures]),
+        "design_ca": np.concatenate([ca_ca_distances(st.coords[:, 1]) for st in structures]),
         "ref_ca": np.concatenate([ca_ca_distances(r.coords[:, 1]) for r in refs])
         if refs else np.array([]),
     }
@@ -550,7 +374,8 @@ def _plots(out_dir: Path, structures_rows: list[dict], ref_rows: list[dict],
     ax.hist(np.clip(design_ca, 2.5, 5.0), bins=bins, density=True, alpha=0.6, label="designs")
     if len(ref_ca):
         ax.hist(np.clip(ref_ca, 2.5, 5.0), bins=bins, density=True, alpha=0.5, label="reference")
-    ax.axvspan(CA_CA_IDEAL - CA_CA_TOL, CA_CA_IDEAL + CA_CA_TOL, color="grey", alpha=0.2)
+    ax.axvspan(CA_CA_IDEAL_ANG - CA_CA_TOL_ANG, CA_CA_IDEAL_ANG + CA_CA_TOL_ANG, color="grey",
+               alpha=0.2)
     ax.set_xlabel("consecutive CA-CA distance (A)")
     ax.set_ylabel("density")
     ax.legend()
@@ -596,82 +421,39 @@ def _plots(out_dir: Path, structures_rows: list[dict], ref_rows: list[dict],
     return written
 
 
-def run_eval(
-    design_dir: str | os.PathLike,
-    reference: str | os.PathLike | None,
-    out_dir: str | os.PathLike,
-    *,
-    ss_method: str = "pydssp",
-    max_reference: int | None = 32,
-    max_diversity: int = 64,
-    reference_limit: int | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict:
-    """Evaluate ``design_dir`` (against ``reference``) and write CSV, JSON and PNG plots.
+def check_eval_output(settings: EvalSettings, overwrite: bool = False) -> Path:
+    """Apply the output rule to ``settings.out_dir`` before any work (see
+    :func:`flow3d.io.check_output_dir`), and refuse a folder that is, or holds, the designs
+    or the reference set: ``--overwrite`` empties it first."""
+    out = check_output_dir(settings.out_dir, "--out", overwrite=overwrite)
+    for option, source in (("designs", settings.designs), ("--reference", settings.reference)):
+        if source is None:
+            continue
+        src = Path(source).resolve()
+        if out.resolve() == src or out.resolve() in src.parents:
+            raise DataError(f"--out {out}: holds the {option.lstrip('-')} it would evaluate "
+                            f"({source}); choose another folder")
+    return out
 
-    Files in ``out_dir``: ``designs.csv``, ``reference.csv`` (with a reference),
-    ``summary.json``, ``ca_ca_hist.png``, ``rg_vs_length.png``, ``ss_fractions.png``.
-    Returns the summary.
-    """
-    out_dir = Path(out_dir)
-    rows, summary, extras = _evaluate(
-        design_dir, reference, ss_method=ss_method, max_reference=max_reference,
-        max_diversity=max_diversity, reference_limit=reference_limit, limit=limit, seed=seed,
-        progress=progress)
+
+def run_eval(settings: EvalSettings, *, overwrite: bool = False, progress: bool = True,
+             warn: Callable[[str], None] | None = None) -> dict:
+    """Evaluate ``settings.designs`` (against ``settings.reference``) and write CSV, JSON and
+    PNG plots to ``settings.out_dir`` (refused when it is not empty, unless ``overwrite``:
+    then it is emptied first). Files: ``designs.csv``, ``reference.csv`` (with a
+    reference), ``summary.json`` (strict JSON: NaN as null), ``ca_ca_hist.png``,
+    ``rg_vs_length.png``, ``ss_fractions.png``. ``warn``: see :func:`evaluate_designs`.
+    Returns the summary."""
+    out_dir = check_eval_output(settings, overwrite)
+    rows, summary, extras = _evaluate(settings, progress, warn)
     ref_rows = extras["ref_rows"]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out_dir, overwrite=overwrite)
     _write_csv(out_dir / "designs.csv", rows)
     if ref_rows:
         _write_csv(out_dir / "reference.csv", ref_rows)
     summary["plots"] = _plots(out_dir, rows, ref_rows, extras["design_ca"], extras["ref_ca"])
-    atomic_write_text(out_dir / "summary.json", json.dumps(_jsonable(summary), indent=1) + "\n")
+    write_json(out_dir / "summary.json", summary)
     return summary
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-# --- command-line glue (wired into `flow3d protein eval` by protein/cli.py) ------------------
-def add_eval_arguments(parser) -> None:
-    """Arguments of ``flow3d protein eval DIR [--reference DIR_OR_CACHE] ...``."""
-    parser.add_argument("designs", help="folder of PDB/mmCIF designs (or a protein cache)")
-    parser.add_argument("--reference", default=None,
-                        help="real structures to compare with: a folder of PDB/mmCIF or a cache")
-    parser.add_argument("--out", default=None, help="output folder (default: DESIGNS/eval)")
-    parser.add_argument("--ss-method", default="pydssp", choices=("pydssp", "mkdssp", "auto"))
-    parser.add_argument("--max-reference", type=int, default=32,
-                        help="references TM-aligned per design for novelty (prefiltered); "
-                             "0 = every reference of length 0.5-2x (exact, slow)")
-    parser.add_argument("--max-diversity", type=int, default=64,
-                        help="designs used for pairwise TM diversity (random subset)")
-    parser.add_argument("--reference-limit", type=int, default=None,
-                        help="random subset of the reference set (default: all)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="random subset of the designs (default: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def eval_from_args(args) -> tuple[dict, Path]:
-    """Run ``run_eval`` from parsed ``add_eval_arguments`` args; returns (summary, out_dir)."""
-    designs = Path(args.designs)
-    out = Path(args.out) if args.out else designs / "eval"
-    summary = run_eval(designs, args.reference, out, ss_method=args.ss_method,
-                       max_reference=args.max_reference or None, max_diversity=args.max_diversity,
-                       reference_limit=args.reference_limit, limit=args.limit, seed=args.seed,
-                       progress=not args.no_progress)
-    return summary, out
 
 
 def format_summary(summary: dict) -> str:
@@ -704,9 +486,7 @@ def format_summary(summary: dict) -> str:
                      f"clashes {motif['motif_scaffold_clashes']:.2f} per design")
     plans = summary.get("topology")
     if plans and plans.get("n"):
-        from protein.topology import PARTNER_RANGE
-
-        lo, hi = PARTNER_RANGE
+        lo, hi = PARTNER_RANGE_ANG
         lines.append(f"fold plans ({plans['sources']} sources): DSSP agrees on "
                      f"{fmt(plans, 'agreement', '{:.3f}')} of planned residues (helix "
                      f"{fmt(plans, 'helix_agreement', '{:.3f}')}, strand "

@@ -25,8 +25,11 @@ weaker than the translation term exactly where local geometry, CA-CA, is decided
 
 from __future__ import annotations
 
+import dataclasses
 import time as _time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,11 +38,12 @@ from flow3d.core import so3
 from flow3d.core.manifolds import Euclidean, Product, SO3Matrix, SO3Quaternion
 from flow3d.core.paths import AffinePath, GeodesicPath
 from flow3d.core.solvers import solve
+from protein.constants import ANG_TO_NM, CA_CA_IDEAL_NM, CLASH_GUIDANCE_DISTANCE_NM, NM_TO_ANG
+from protein.geometry import Rigid, backbone_from_frames, superimpose
+from protein.settings import SamplerSettings
+from protein.topology import ADJ_UNKNOWN, UNKNOWN
 
 ROT_PATHS = ("quaternion", "matrix")
-ROT_SCHEDULES = ("exp", "linear")
-CA_CA_BOND = 0.38  # nm: consecutive CA-CA distance of a trans peptide
-CLASH_MIN_DIST = 0.38  # nm: non-adjacent CA pairs closer than this are pushed apart
 
 
 def nonadjacent_pairs(mask: Tensor) -> Tensor:
@@ -49,7 +53,8 @@ def nonadjacent_pairs(mask: Tensor) -> Tensor:
     return mask[:, :, None] * mask[:, None, :] * far
 
 
-def clash_energy(x: Tensor, pair: Tensor, min_dist: float = CLASH_MIN_DIST) -> Tensor:
+def clash_energy(x: Tensor, pair: Tensor,
+                 min_dist: float = CLASH_GUIDANCE_DISTANCE_NM) -> Tensor:
     """``sum_ij pair_ij relu(min_dist - |x_i - x_j|)^2`` per example ``[B]`` (each pair twice),
     with a distance that has a gradient at 0."""
     d = (x[:, :, None] - x[:, None, :]).pow(2).sum(-1).add(1e-9).sqrt()  # [B, L, L]
@@ -102,6 +107,21 @@ def masked_centre(x: Tensor, mask: Tensor) -> Tensor:
     m = mask[..., None].to(x.dtype)
     com = (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0)
     return (x - com) * m
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a batch is conditioned on besides its noisy frames (all optional): the residues
+    (``mask [B, L]``, default all present; ``res_idx [B, L]``, default ``0..L-1``), a motif
+    to scaffold (:class:`protein.motif.Motif`) at ``motif_positions [B, M]`` (default its own
+    positions), and fold plans ``ss [B, L]``, ``adj [B, L, L]`` (:mod:`protein.topology`)."""
+
+    mask: Tensor | None = None
+    res_idx: Tensor | None = None
+    motif: Any = None
+    motif_positions: Tensor | None = None
+    ss: Tensor | None = None
+    adj: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -229,8 +249,6 @@ class ProteinFlow:
         whole plan is hidden with ``topology_drop``, else the adjacency alone with
         ``adjacency_drop``, so one network samples with a full plan, with a secondary-structure
         string only, or with nothing."""
-        from protein.topology import ADJ_UNKNOWN, UNKNOWN
-
         u = torch.rand(ss.shape[0], 2, generator=generator, device=generator.device)
         u = u.to(ss.device)
         hide_all = u[:, 0] < self.s.topology_drop
@@ -241,7 +259,7 @@ class ProteinFlow:
 
     @staticmethod
     def clash_loss(trans: Tensor, trans_1: Tensor, mask: Tensor,
-                   min_dist: float = CLASH_MIN_DIST) -> Tensor:
+                   min_dist: float = CLASH_GUIDANCE_DISTANCE_NM) -> Tensor:
         """Steric penalty per example ``[B]`` (nm^2): ``relu(min_dist - d_ij)^2`` summed over
         predicted CA pairs ``|i - j| >= 2`` whose true distance is at least ``min_dist`` (the
         pairwise-distance aux loss only sees pairs closer than 0.6 nm in the data, so two
@@ -254,8 +272,6 @@ class ProteinFlow:
     def aux_loss(out: dict, trans_1: Tensor, quats_1: Tensor, mask: Tensor) -> Tensor:
         """Backbone-atom MSE plus pairwise-distance MSE (< 0.6 nm) of N, CA, C, O, in nm^2,
         per example ``[B]`` (FrameFlow Eq. 10-11)."""
-        from protein.geometry import ANG_TO_NM, NM_TO_ANG, Rigid, backbone_from_frames
-
         def atoms(quats: Tensor, trans: Tensor) -> Tensor:  # ideal geometry is in angstrom
             rigid = Rigid(quats, trans * NM_TO_ANG)
             return backbone_from_frames(rigid, mask=mask) * ANG_TO_NM  # [B, L, 4, 3] nm
@@ -277,7 +293,7 @@ class ProteinFlow:
     @staticmethod
     def steer_clashes(
         trans: Tensor, mask: Tensor, strength: float, *, iters: int = 10,
-        min_dist: float = CLASH_MIN_DIST, bond: float = CA_CA_BOND,
+        min_dist: float = CLASH_GUIDANCE_DISTANCE_NM, bond: float = CA_CA_IDEAL_NM,
         frozen: Tensor | None = None,
     ) -> Tensor:
         """Move predicted CA positions ``trans [B, L, 3]`` (nm) down the gradient of a
@@ -311,61 +327,47 @@ class ProteinFlow:
     def velocity_fn(
         self,
         model: nn.Module,
-        mask: Tensor | None = None,
-        res_idx: Tensor | None = None,
+        settings: SamplerSettings,
+        cond: Condition | None = None,
         *,
-        rot_schedule: str = "exp",
-        rot_rate: float = 10.0,
         self_condition: bool | None = None,
         min_one_minus_t: float = 1e-2,
-        clash_guidance: float = 0.0,
-        guidance_window: tuple[float, float] = (0.5, 1.0),
-        guidance_iters: int = 10,
-        steps: int | None = None,
-        motif=None,
-        motif_positions: Tensor | None = None,
-        ss: Tensor | None = None,
-        adj: Tensor | None = None,
-    ):
+    ) -> Callable[[Tensor, Tensor], Tensor]:
         """A ``velocity(x [B, L, 7|12], t) -> [B, L, 6]`` callable for the core solvers.
+
+        ``settings`` (resolved :class:`protein.settings.SamplerSettings`): the rotation
+        schedule and rate, clash guidance and the solver's step count. With the exponential
+        schedule the rate is capped at ``settings.steps``: an Euler step moves each rotation
+        ``rate * dt`` of the way to the predicted one, and above 1 it would overshoot it (at 10
+        steps and rate 40, four times past the prediction); the translation step lands at most
+        on its prediction in the same way (``dt / (1 - t)``).
 
         Self-conditioning: the translations predicted at the previous evaluation are fed back
         (held in the closure; it resets when time does not increase, i.e. at a new solve).
-        ``mask [B, L]`` must match the batch the solver passes. ``clash_guidance > 0`` steers
-        the predicted translations with :meth:`steer_clashes` while ``t`` is inside
+        ``cond.mask [B, L]`` must match the batch the solver passes. ``clash_guidance > 0``
+        steers the predicted translations with :meth:`steer_clashes` while ``t`` is inside
         ``guidance_window = (start, end)`` (an inference-time physical prior, like
-        RFdiffusion's potentials; off by default), with ``guidance_iters`` gradient steps per
-        evaluation.
+        RFdiffusion's potentials), with ``guidance_iters`` gradient steps per evaluation.
 
-        ``motif`` (:class:`protein.motif.Motif`): every prediction of the motif residues is
-        replaced by the motif superimposed on it (:meth:`place_motif`), and clash guidance
+        ``cond.motif`` (:class:`protein.motif.Motif`): every prediction of the motif residues
+        is replaced by the motif superimposed on it (:meth:`place_motif`), and clash guidance
         leaves them where they are, so the scaffold is predicted around a motif in the
-        network's own pose. ``motif_positions [B, M]``: where each design holds it (default:
-        ``motif.positions`` for all).
-
-        ``ss [B, L]``, ``adj [B, L, L]``: a fold plan (:mod:`protein.topology` codes) for a
-        trunk built with ``topology=True``.
-
-        ``steps``: the solver's step count, when known. With the exponential schedule the rate
-        is then capped at it: an Euler step moves each rotation ``rate * dt`` of the way to the
-        predicted one, and above 1 it would overshoot it (at 10 steps and rate 40, four times
-        past the prediction); the translation step lands at most on its prediction in the same
-        way (``dt / (1 - t)``).
+        network's own pose. ``cond.motif_positions [B, M]``: where each design holds it
+        (default: ``motif.positions`` for all). ``cond.ss [B, L]``, ``cond.adj [B, L, L]``: a
+        fold plan (:mod:`protein.topology` codes) for a trunk built with ``topology=True``.
         """
-        if rot_schedule not in ROT_SCHEDULES:
-            raise ValueError(f"rot_schedule must be one of {ROT_SCHEDULES}, got {rot_schedule!r}")
-        if guidance_iters < 1:
-            raise ValueError(f"guidance_iters must be at least 1, got {guidance_iters}")
-        g_start, g_end = (float(v) for v in guidance_window)
-        if not 0.0 <= g_start < g_end <= 1.0:
-            raise ValueError(f"guidance_window must satisfy 0 <= start < end <= 1, got "
-                             f"{tuple(guidance_window)}")
-        if rot_schedule == "exp" and steps is not None:
-            rot_rate = min(float(rot_rate), float(steps))
+        if not settings.is_resolved:
+            raise ValueError(f"sampler settings must be resolved against a recipe: {settings}")
+        cond = cond or Condition()
+        rot_rate = float(settings.rot_rate)
+        if settings.rot_schedule == "exp":
+            rot_rate = min(rot_rate, float(settings.steps))
+        g_start, g_end = settings.guidance_window
+        strength, iters = settings.clash_guidance, settings.guidance_iters
         use_sc = self.s.self_condition if self_condition is None else self_condition
         state: dict = {"trans_sc": None, "t": None}
-        flow = self
-        cond = {k: v for k, v in (("ss", ss), ("adj", adj)) if v is not None}
+        flow, motif, mask = self, cond.motif, cond.mask
+        plan = {k: v for k, v in (("ss", cond.ss), ("adj", cond.adj)) if v is not None}
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             B = x.shape[0]
@@ -380,21 +382,20 @@ class ProteinFlow:
             state["t"] = t_now
             sc = sc if use_sc else None
             m = mask if mask is not None else torch.ones_like(trans_t[..., 0])
-            out = model(trans_t, quats_t, t_b, m, res_idx, sc, **cond)
+            out = model(trans_t, quats_t, t_b, m, cond.res_idx, sc, **plan)
             pred, pred_q = out["trans"], out["quats"]
             pos = None
             if motif is not None:
-                pos = _motif_positions(motif, motif_positions, B)
+                pos = _motif_positions(motif, cond.motif_positions, B)
                 pred, pred_q = flow.place_motif(pred, pred_q, motif, pos)
             state["trans_sc"] = pred
-            if clash_guidance > 0 and g_start <= t_now < g_end:
+            if strength > 0 and g_start <= t_now < g_end:
                 frozen = None if pos is None else motif_mask(pos, m)
-                pred = flow.steer_clashes(pred, m, clash_guidance, iters=guidance_iters,
-                                          frozen=frozen)
+                pred = flow.steer_clashes(pred, m, strength, iters=iters, frozen=frozen)
             one_minus_t = (1.0 - t_b).clamp_min(min_one_minus_t)[:, None, None]
             v_trans = masked_centre((pred - trans_t) / one_minus_t, m)
             log = flow.rot_vf(quats_t, pred_q)  # [B, L, 3]
-            v_rot = rot_rate * log if rot_schedule == "exp" else log / one_minus_t
+            v_rot = rot_rate * log if settings.rot_schedule == "exp" else log / one_minus_t
             return torch.cat([v_trans, v_rot * m[..., None]], dim=-1)
 
         return velocity
@@ -408,8 +409,6 @@ class ProteinFlow:
         superimposes the motif's CAs on theirs (:func:`protein.geometry.superimpose`). The
         network is SE(3)-invariant, so the motif has no pose of its own: it takes the one the
         prediction gives it."""
-        from protein.geometry import superimpose
-
         B = trans.shape[0]
         pos = _motif_positions(motif, positions, B).to(trans.device)  # [B, M]
         rows = torch.arange(B, device=trans.device)[:, None]
@@ -427,46 +426,42 @@ class ProteinFlow:
         model: nn.Module,
         num: int,
         length: int,
+        settings: SamplerSettings,
         *,
-        steps: int = 50,
-        method: str = "euler",
-        rot_schedule: str = "exp",
-        rot_rate: float = 10.0,
+        cond: Condition | None = None,
         generator: torch.Generator | None = None,
         trajectory: bool = False,
         device: str | torch.device = "cpu",
-        clash_guidance: float = 0.0,
-        guidance_window: tuple[float, float] = (0.5, 1.0),
-        guidance_iters: int = 10,
-        motif=None,
-        motif_positions: Tensor | None = None,
-        ss: Tensor | None = None,
-        adj: Tensor | None = None,
+        on_step: Callable[[], None] | None = None,
     ) -> SampleResult:
-        """Draw ``num`` backbones of ``length`` residues in one batch (no padding); the
-        exponential rotation rate is capped at ``steps`` (see :meth:`velocity_fn`).
-        ``motif`` (:class:`protein.motif.Motif`): scaffold it at ``motif_positions [num, M]``
-        (default ``motif.positions``; see :meth:`velocity_fn`); at the end the motif is placed
-        once more on the CAs the trajectory gave its residues. ``ss [num, L]``, ``adj [num,
-        L, L]``: fold plans (see :meth:`velocity_fn`)."""
+        """Draw ``num`` backbones of ``length`` residues in one batch (no padding) with the
+        resolved sampler ``settings`` (see :meth:`velocity_fn`). ``cond``: a motif and its
+        positions ``[num, M]`` and fold plans ``ss [num, L]``, ``adj [num, L, L]`` (the mask
+        and residue index are the whole chain); at the end a motif is placed once more on the
+        CAs the trajectory gave its residues. ``on_step()`` is called after every solver step
+        (fixed-step methods; it does not change the result)."""
         mask = torch.ones(num, length, device=device)
         res_idx = torch.arange(length, device=device).expand(num, length)
+        cond = dataclasses.replace(cond or Condition(), mask=mask, res_idx=res_idx)
         trans_0, quats_0 = self.prior(mask, generator)
         x0 = torch.cat([trans_0, quats_to_points(quats_0, self.s.rot_path)], dim=-1)
-        v = self.velocity_fn(model, mask, res_idx, rot_schedule=rot_schedule, rot_rate=rot_rate,
-                             clash_guidance=clash_guidance, guidance_window=guidance_window,
-                             guidance_iters=guidance_iters, steps=steps, motif=motif,
-                             motif_positions=motif_positions, ss=ss, adj=adj)
+        v = self.velocity_fn(model, settings, cond)
+        hooks = []
+        if on_step is not None and settings.method != "dopri5":  # dopri5 re-evaluates the
+            def report(x: Tensor, t: Tensor, i: int) -> None:  # velocity after a hook
+                on_step()  # and returns None: the state is left as it is
+
+            hooks.append(report)
         start = _time.perf_counter()
         res = solve(
-            v, x0, method=method, steps=steps, manifold=self.manifold,
-            return_trajectory=trajectory,
+            v, x0, method=settings.method, steps=settings.steps, manifold=self.manifold,
+            return_trajectory=trajectory, hooks=hooks,
         )  # fmt: skip
         elapsed = _time.perf_counter() - start
         trans, rot = self.manifold.split_point(res.x)
-        if motif is not None:  # the exponential schedule stops short of the last prediction
-            trans, quats = self.place_motif(trans, points_to_quats(rot, self.s.rot_path), motif,
-                                            motif_positions)
+        if cond.motif is not None:  # the exponential schedule stops short of the last prediction
+            trans, quats = self.place_motif(trans, points_to_quats(rot, self.s.rot_path),
+                                            cond.motif, cond.motif_positions)
             rot = quats_to_points(quats, self.s.rot_path)
         traj = None
         if trajectory and res.trajectory is not None:

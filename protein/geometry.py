@@ -12,7 +12,7 @@ of Engh & Huber (1991) as tabulated by AlphaFold/OpenFold (``rigid_group_atom_po
 backbone group); O from the psi torsion with the ideal C=O bond and CA-C=O angle.
 
 Units: the geometry is unit-agnostic except the ideal coordinates, which are in angstrom. The
-models work in nanometres (``ANG_TO_NM``), the files in angstrom.
+models work in nanometres (``protein.constants.ANG_TO_NM``), the files in angstrom.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from flow3d.core.so3 import (
-    quat_canonical,
     quat_conj,
     quat_mul,
     quat_normalize,
@@ -33,8 +32,6 @@ from flow3d.core.so3 import (
 )
 
 __all__ = [
-    "ANG_TO_NM",
-    "NM_TO_ANG",
     "Rigid",
     "backbone_from_frames",
     "ca_centre",
@@ -48,9 +45,6 @@ __all__ = [
     "radius_of_gyration",
     "superimpose",
 ]
-
-ANG_TO_NM = 0.1
-NM_TO_ANG = 10.0
 
 # Ideal backbone geometry per residue type, angstrom, from the literature values of Engh & Huber
 # (1991) as tabulated in AlphaFold / OpenFold (residue_constants.rigid_group_atom_positions):
@@ -136,10 +130,6 @@ class Rigid:
         """``cat(trans, quat)`` ``[..., 7]``."""
         return torch.cat([self.trans, self.rots], dim=-1)
 
-    @classmethod
-    def from_rotmat(cls, rotmats: Tensor, trans: Tensor) -> Rigid:
-        return cls(rotmat_to_quat(rotmats), trans)
-
     @staticmethod
     def cat(rigids: Sequence[Rigid], dim: int = 0) -> Rigid:
         dim = _leading_dim(dim, len(rigids[0].shape))
@@ -179,9 +169,6 @@ class Rigid:
     def to(self, *args, **kwargs) -> Rigid:
         return Rigid(self.rots.to(*args, **kwargs), self.trans.to(*args, **kwargs))
 
-    def detach(self) -> Rigid:
-        return Rigid(self.rots.detach(), self.trans.detach())
-
     def unsqueeze(self, dim: int) -> Rigid:
         dim = _leading_dim(dim, len(self.shape) + 1)
         return Rigid(self.rots.unsqueeze(dim), self.trans.unsqueeze(dim))
@@ -204,10 +191,6 @@ class Rigid:
         R = self.rotmats()  # [..., 3, 3]
         return (R @ x.unsqueeze(-1)).squeeze(-1) + self.trans
 
-    def apply_rotation(self, v: Tensor) -> Tensor:
-        """Rotate vectors (no translation): ``R v``."""
-        return (self.rotmats() @ v.unsqueeze(-1)).squeeze(-1)
-
     def invert_apply(self, x: Tensor) -> Tensor:
         """Global -> local: ``R^T (x - t)``."""
         R = self.rotmats()
@@ -219,17 +202,9 @@ class Rigid:
         R_inv = quat_to_rotmat(rots)
         return Rigid(rots, -(R_inv @ self.trans.unsqueeze(-1)).squeeze(-1))
 
-    def translate(self, delta: Tensor) -> Rigid:
-        """Shift the origins by ``delta: [..., 3]`` (global frame)."""
-        return Rigid(self.rots, self.trans + delta)
-
     def scale_translation(self, factor: float) -> Rigid:
         """Change length units, e.g. ``rigid.scale_translation(ANG_TO_NM)``."""
         return Rigid(self.rots, self.trans * factor)
-
-    def canonical(self) -> Rigid:
-        """Same transforms with quaternions chosen so that ``w >= 0``."""
-        return Rigid(quat_canonical(self.rots), self.trans)
 
 
 def _leading_dim(dim: int, ndim: int) -> int:
@@ -394,7 +369,7 @@ def ca_centre(ca: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Centre positions on their (masked) mean: returns ``(ca - centroid, centroid)``.
 
     ``ca``: ``[..., L, 3]``; ``mask``: ``[..., L]`` (1 = real residue); ``centroid``:
-    ``[..., 3]``. Apply the same shift to frames with ``rigid.translate(-centroid[..., None, :])``.
+    ``[..., 3]``. Apply the same shift to frame origins: ``rigid.trans - centroid[..., None, :]``.
     """
     if mask is None:
         centroid = ca.mean(dim=-2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from flow3d.core.reflow import ReflowPairs, generate_pairs
+from flow3d.core.time import build_time_sampler
+from flow3d.engine.checkpoint import load_model
 from flow3d.engine.head import Head
 from flow3d.errors import ConfigError, DataError
 from flow3d.io import atomic_write_text
-from protein.flow import ROT_SCHEDULES, FlowSettings, ProteinFlow
+from flow3d.options import check_float, check_int
+from protein.constants import NM_TO_ANG
+from protein.data.cache import build_cache, load_cache
+from protein.data.dataset import ProteinDataset, collate_padded, length_batches
+from protein.data.filters import FilterConfig, secondary_structure, ss_fractions
+from protein.data.parse import BREAK_POLICIES, ONE_TO_THREE
+from protein.flow import Condition, FlowSettings, ProteinFlow, points_to_quats, quats_to_points
+from protein.geometry import Rigid, backbone_from_frames
+from protein.metrics import ca_ca_valid_fraction, count_clashes, valid_strand_fraction
 from protein.model import IPATrunk, TrunkConfig
+from protein.pdbio import write_backbone_cif, write_backbone_pdb
+from protein.settings import DesignSettings, SamplerSettings
+from protein.topology import Topology, draw_topologies
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "../shared/data/proteins"
@@ -89,10 +103,36 @@ class ProteinDataConfig:
     workers: int = 1
     reflow: ProteinReflowConfig | None = None  # set: train on teacher pairs instead
 
+    def __post_init__(self):
+        try:
+            for name in ("min_len", "max_len"):
+                if getattr(self, name) is not None:
+                    check_int(getattr(self, name), name, lo=1)
+            if None not in (self.min_len, self.max_len) and self.max_len < self.min_len:
+                raise ConfigError(f"max_len = {self.max_len}: below min_len = {self.min_len}")
+            if self.max_coil_fraction is not None:
+                check_float(self.max_coil_fraction, "max_coil_fraction", lo=0.0, hi=1.0)
+            if self.rg_quantile is not None:
+                check_float(self.rg_quantile, "rg_quantile", lo=0.0, hi=1.0, lo_open=True)
+            check_int(self.max_residues_sq, "max_residues_sq", lo=1)
+            check_int(self.workers, "workers", lo=1, hi=1024)
+            if self.break_policy not in BREAK_POLICIES:
+                raise ConfigError(f"break_policy {self.break_policy!r}: use one of "
+                                  f"{', '.join(BREAK_POLICIES)}")
+            if not self.sources or not all(str(s).strip() for s in self.sources):
+                raise ConfigError(f"sources = {list(self.sources)}: give one or more folders")
+            if not str(self.cache_dir).strip():
+                raise ConfigError("cache_dir: a folder is required (got an empty string)")
+        except ConfigError as e:  # the recipe loader names the file and section
+            raise ValueError(str(e)) from None
+
 
 @dataclass(frozen=True)
 class ProteinSampleConfig:
-    """Defaults of ``head.sample`` / ``flow3d protein design``."""
+    """The checkpoint's sampling defaults: what ``head.sample`` uses and what
+    ``flow3d protein design`` takes for every flag it is not given
+    (:meth:`protein.settings.DesignSettings.resolved`). Checked by the same code as the
+    command line's settings."""
 
     num: int = 8  # designs per length
     lengths: tuple[int, ...] = (100,)
@@ -111,14 +151,14 @@ class ProteinSampleConfig:
     format: str = "pdb"  # "pdb" | "cif"
 
     def __post_init__(self):
-        if self.rot_schedule not in ROT_SCHEDULES:
-            raise ValueError(f"rot_schedule must be one of {ROT_SCHEDULES}")
-        if any(n < 2 for n in self.lengths):
-            raise ValueError("lengths must be at least 2 residues")
-        if self.format not in ("pdb", "cif"):
-            raise ValueError("format must be 'pdb' or 'cif'")
-        if min(self.guidance_iters, self.motif_guidance_iters) < 1:
-            raise ValueError("guidance_iters and motif_guidance_iters must be at least 1")
+        try:
+            DesignSettings(lengths=self.lengths, num=self.num, batch_size=self.batch_size,
+                           residue=self.residue, format=self.format,
+                           sampler=SamplerSettings(guidance_iters=self.motif_guidance_iters))
+            SamplerSettings(**{f.name: getattr(self, f.name)
+                               for f in dataclasses.fields(SamplerSettings)})
+        except ConfigError as e:  # the recipe loader names the file and section
+            raise ValueError(str(e)) from None
 
 
 @dataclass
@@ -141,14 +181,17 @@ class Design:
 
     @property
     def name(self) -> str:
-        return f"len{self.length:03d}_{self.index:03d}"
+        return design_name(self.length, self.index)
+
+
+def design_name(length: int, index: int) -> str:
+    """The name (and file stem) of design ``index`` of ``length`` residues."""
+    return f"len{length:03d}_{index:03d}"
 
 
 def _plans(topology, length: int, num: int, seed: int):
     """Fold plans for ``num`` designs of ``length``: none, one plan for all, or drawn from a
     pool (seeded)."""
-    from protein.topology import Topology, draw_topologies
-
     if topology is None:
         return None
     if isinstance(topology, Topology):
@@ -169,8 +212,6 @@ def resolve_path(path: str | Path) -> Path:
 
 def frames_to_atoms(trans_nm: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
     """Frames (nm) -> backbone atoms ``[..., L, 4, 3]`` in angstrom (geometry's convention)."""
-    from protein.geometry import NM_TO_ANG, Rigid, backbone_from_frames
-
     return backbone_from_frames(Rigid(quats, trans_nm * NM_TO_ANG))
 
 
@@ -200,9 +241,7 @@ class ProteinHead(Head):
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         return resolve_path(d.cache_dir) / f"proteins_{digest}"
 
-    def filters(self):
-        from protein.data.filters import FilterConfig
-
+    def filters(self) -> FilterConfig:
         d = self.recipe.data
         return FilterConfig(
             min_len=d.min_len,
@@ -214,8 +253,6 @@ class ProteinHead(Head):
 
     def build_cache(self, *, force: bool = False):
         """Build (or reuse) the preprocessed cache; returns its path."""
-        from protein.data.cache import build_cache
-
         path = self.cache_path()
         if force or not _cache_exists(path):
             sources = [resolve_path(s) for s in self.recipe.data.sources]
@@ -232,9 +269,6 @@ class ProteinHead(Head):
         return path
 
     def train_dataset(self) -> torch.utils.data.Dataset:
-        from protein.data.cache import load_cache
-        from protein.data.dataset import ProteinDataset
-
         if self.recipe.data.reflow is not None:
             return ReflowFrames(self.reflow_pairs(), self.recipe.model.flow.rot_path)
 
@@ -244,8 +278,6 @@ class ProteinHead(Head):
         return ds
 
     def collate(self, items: Sequence[Any]) -> Any:
-        from protein.data.dataset import collate_padded
-
         batch = collate_padded(list(items))
         if "trans_0" in items[0]:  # reflow pairs: pad the sources like the targets
             B, L = batch["mask"].shape
@@ -295,20 +327,14 @@ class ProteinHead(Head):
         return dirs
 
     def _generate_pairs(self, teacher: str, length: int, out: Path) -> None:
-        from flow3d.core.reflow import generate_pairs
-        from flow3d.engine.checkpoint import load_model
-        from protein.flow import quats_to_points
-
         cfg = self.recipe.data.reflow
         loaded = load_model(resolve_path(teacher), ema=True)
         flow: ProteinFlow = loaded.head.flow
-        sample = loaded.recipe.sample
-        velocity = flow.velocity_fn(
-            loaded.model, rot_schedule=sample.rot_schedule,
-            rot_rate=sample.rot_rate if cfg.rot_rate is None else cfg.rot_rate,
+        settings = SamplerSettings(
+            steps=cfg.steps, method=cfg.method, rot_rate=cfg.rot_rate,
             clash_guidance=cfg.clash_guidance, guidance_window=cfg.guidance_window,
-            guidance_iters=sample.guidance_iters, steps=cfg.steps,
-        )  # fmt: skip
+        ).resolved(loaded.recipe.sample)  # fmt: skip
+        velocity = flow.velocity_fn(loaded.model, settings)
 
         def noise(n: int, generator: torch.Generator) -> torch.Tensor:
             trans, quats = flow.prior(torch.ones(n, length), generator)
@@ -326,11 +352,6 @@ class ProteinHead(Head):
 
     def record_pair_metrics(self, out: Path, info: dict | None = None) -> None:
         """Write ``out/metrics.json``: CA-CA validity, clashes and SS of each pair's end."""
-        from flow3d.core.reflow import ReflowPairs
-        from protein.data.filters import secondary_structure, ss_fractions
-        from protein.eval import count_clashes, valid_strand_fraction
-        from protein.flow import points_to_quats
-
         flow = self.flow
         pairs = ReflowPairs(out)
         metrics: dict[str, list] = {"ca_valid_fraction": [], "clashes": [], "helix": [],
@@ -341,7 +362,7 @@ class ProteinHead(Head):
             coords = atoms.double().numpy()
             ss = secondary_structure(coords)
             helix, strand, _ = ss_fractions(ss)
-            metrics["ca_valid_fraction"].append(ca_ca_valid_fraction(atoms[:, 1]))
+            metrics["ca_valid_fraction"].append(ca_ca_valid_fraction(coords[:, 1]))
             metrics["clashes"].append(count_clashes(coords[:, 1]))
             metrics["helix"].append(helix)
             metrics["strand"].append(strand)
@@ -352,8 +373,6 @@ class ProteinHead(Head):
 
     def epoch_batches(self, dataset, rng: np.random.Generator, batch_size: int):
         """Length-bucketed batches under the residues^2 budget, at most ``batch_size`` each."""
-        from protein.data.dataset import length_batches
-
         lengths = _dataset_lengths(dataset)
         batches = length_batches(lengths, rng, self.recipe.data.max_residues_sq)
         out = []
@@ -364,8 +383,6 @@ class ProteinHead(Head):
     # ---- training --------------------------------------------------------------------------
     def time_sampler(self):
         if self._time_sampler is None:
-            from flow3d.core.time import build_time_sampler
-
             ts = self.recipe.flow.time_sampler
             kwargs = {
                 "uniform": {},
@@ -383,142 +400,151 @@ class ProteinHead(Head):
 
     # ---- sampling --------------------------------------------------------------------------
     def sample(self, model: nn.Module, num: int | None = None, *, seed: int = 0, **overrides):
-        """``num`` designs per length in ``sample.lengths`` -> ``list[Design]``.
+        """``num`` designs per length in ``sample.lengths`` -> ``list[Design]`` (the engine's
+        generic entry: ``flow3d sample``, ``flow3d.load(...).sample``).
 
         Overrides: any :class:`ProteinSampleConfig` field plus ``trajectory=True``,
         ``motif`` (a :class:`protein.motif.Motif` to scaffold in every design) and
         ``topology``: a :class:`protein.topology.Topology` fold plan for every design (its
         length must be in ``lengths``), or a list of them to draw from, cropped to each length
         (:func:`protein.topology.draw_topologies`, seeded like the noise). Fold plans need a
-        trunk built with ``model.topology``.
+        trunk built with ``model.topology``. ``flow3d protein design`` calls
+        :meth:`generate` with its own :class:`protein.settings.DesignSettings` instead.
         """
         trajectory = bool(overrides.pop("trajectory", False))
-        progress = overrides.pop("progress", None)
         motif = overrides.pop("motif", None)
         topology = overrides.pop("topology", None)
-        if topology is not None and not self.recipe.model.topology:
-            raise ConfigError("this checkpoint was trained without fold plans (model.topology "
-                              "is false); use checkpoints/protein/tiny_topology")
         try:
             cfg = dataclasses.replace(self.recipe.sample, **overrides)
         except TypeError as e:
             raise ConfigError(f"sample overrides: {e}") from None
         except ValueError as e:
             raise ConfigError(f"sample: {e}") from None
-        num = cfg.num if num is None else num
-        iters = cfg.guidance_iters
+        settings = DesignSettings(
+            lengths=cfg.lengths, num=cfg.num if num is None else num, seed=seed,
+            sampler=SamplerSettings(steps=cfg.steps).resolved(cfg, motif=motif is not None),
+            batch_size=cfg.batch_size, residue=cfg.residue, format=cfg.format,
+            trajectory=trajectory,
+        )  # fmt: skip
+        batches = self.generate(model, settings, motif=motif, topology=topology)
+        return [d for batch in batches for d in batch]
+
+    def generate(
+        self,
+        model: nn.Module,
+        settings: DesignSettings,
+        *,
+        motif: Any = None,
+        topology: Any = None,
+        batches: Sequence[tuple[int, int, int]] | None = None,
+        on_step: Callable[[], None] | None = None,
+    ) -> Iterator[list[Design]]:
+        """Sample the designs of resolved ``settings`` batch by batch (``settings.batches()``,
+        or the given ``(length, first index, size)`` subset of them), yielding each batch's
+        designs as soon as they are complete. ``motif``: the loaded
+        :class:`protein.motif.Motif`; ``topology``: a fold plan or a pool to draw from (see
+        :meth:`sample`); ``on_step()``: called after every solver step.
+
+        Each batch draws from its own generator seeded by ``(seed, length, first index)``, and
+        motif placements and fold plans from streams of their own, so a batch comes out the
+        same whichever other batches are sampled (``--resume`` relies on it)."""
+        if not settings.is_resolved:
+            raise ValueError("design settings must be resolved against the checkpoint's recipe")
+        if topology is not None and not self.recipe.model.topology:
+            raise ConfigError("this checkpoint was trained without fold plans (model.topology "
+                              "is false); use checkpoints/protein/tiny_topology")
         if motif is not None:
-            iters = cfg.motif_guidance_iters
-            for length in cfg.lengths:
+            for length in settings.lengths:
                 motif.check_length(length)
-        device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        designs: list[Design] = []
         try:
-            for length in cfg.lengths:
-                done = 0
-                while done < num:
-                    b = min(cfg.batch_size, num - done)
-                    # One generator per (seed, length, batch): designs do not depend on the
-                    # other lengths asked for in the same call.
-                    stream = int(seed) * 1_000_003 + length * 1009 + done
-                    g = torch.Generator(device="cpu").manual_seed(stream)
-                    # motif placements and fold plans draw from streams of their own, so the
-                    # noise is the same with or without them
-                    pos = None
-                    if motif is not None:
-                        g_pos = torch.Generator(device="cpu").manual_seed(stream + 500_009)
-                        pos = motif.draw_positions(b, g_pos).to(device)
-                    plans = _plans(topology, length, b, stream + 700_001)
-                    cond = {}
-                    if plans is not None:
-                        cond = {"ss": torch.from_numpy(np.stack([p.codes for p in plans])),
-                                "adj": torch.from_numpy(np.stack([p.adj for p in plans]))}
-                        cond = {k: v.to(device) for k, v in cond.items()}
-                    res = self.flow.sample(
-                        model, b, length, steps=cfg.steps, method=cfg.method,
-                        rot_schedule=cfg.rot_schedule, rot_rate=cfg.rot_rate, generator=g,
-                        trajectory=trajectory, device=device, clash_guidance=cfg.clash_guidance,
-                        guidance_window=cfg.guidance_window, guidance_iters=iters, motif=motif,
-                        motif_positions=pos, **cond,
-                    )  # fmt: skip
-                    atoms = frames_to_atoms(res.trans, res.quats).float().cpu().numpy()
-                    traj = None
-                    if res.trajectory is not None:
-                        traj = torch.stack(
-                            [frames_to_atoms(tr, q) for tr, q in res.trajectory], dim=1
-                        ).float().cpu().numpy()  # [b, T, L, 4, 3]
-                    for i in range(b):
-                        designs.append(
-                            Design(
-                                length=length,
-                                atoms=atoms[i],
-                                trans=res.trans[i].cpu().numpy(),
-                                quats=res.quats[i].cpu().numpy(),
-                                seconds=res.seconds / b,
-                                seed=int(seed),
-                                index=done + i,
-                                trajectory=None if traj is None else traj[i],
-                                motif_positions=None if pos is None else pos[i].cpu().numpy(),
-                                residues=None if pos is None else _motif_residue_names(
-                                    motif, pos[i].tolist(), length, cfg.residue),
-                                topology=None if plans is None else plans[i],
-                            )
-                        )
-                    if progress is not None:
-                        progress(b)
-                    done += b
+            for length, start, size in settings.batches() if batches is None else batches:
+                yield self._sample_batch(model, settings, (length, start, size),
+                                         (motif, topology), on_step)
         finally:
             model.train(was_training)
-        return designs
+
+    def _sample_batch(self, model, settings: DesignSettings, batch: tuple[int, int, int],
+                      conditions: tuple, on_step) -> list[Design]:
+        (length, start, size), (motif, topology) = batch, conditions
+        device = next(model.parameters()).device
+        stream = settings.seed * 1_000_003 + length * 1009 + start
+        g = torch.Generator(device="cpu").manual_seed(stream)
+        # motif placements and fold plans draw from streams of their own, so the noise is the
+        # same with or without them
+        pos = None
+        if motif is not None:
+            g_pos = torch.Generator(device="cpu").manual_seed(stream + 500_009)
+            pos = motif.draw_positions(size, g_pos).to(device)
+        plans = _plans(topology, length, size, stream + 700_001)
+        cond = Condition(motif=motif, motif_positions=pos)
+        if plans is not None:
+            cond = dataclasses.replace(
+                cond, ss=torch.from_numpy(np.stack([p.codes for p in plans])).to(device),
+                adj=torch.from_numpy(np.stack([p.adj for p in plans])).to(device))
+        with torch.no_grad():
+            res = self.flow.sample(model, size, length, settings.sampler, cond=cond,
+                                   generator=g, trajectory=settings.trajectory, device=device,
+                                   on_step=on_step)
+        atoms = frames_to_atoms(res.trans, res.quats).float().cpu().numpy()
+        traj = None
+        if res.trajectory is not None:
+            traj = torch.stack(
+                [frames_to_atoms(tr, q) for tr, q in res.trajectory], dim=1
+            ).float().cpu().numpy()  # [b, T, L, 4, 3]
+        return [
+            Design(
+                length=length, atoms=atoms[i], trans=res.trans[i].cpu().numpy(),
+                quats=res.quats[i].cpu().numpy(), seconds=res.seconds / size,
+                seed=settings.seed, index=start + i,
+                trajectory=None if traj is None else traj[i],
+                motif_positions=None if pos is None else pos[i].cpu().numpy(),
+                residues=None if pos is None else _motif_residue_names(
+                    motif, pos[i].tolist(), length, settings.residue),
+                topology=None if plans is None else plans[i],
+            )
+            for i in range(size)
+        ]  # fmt: skip
 
     def save_samples(self, samples: Sequence[Design], out_dir: Path, *, fmt: str | None = None):
         """One PDB (or mmCIF) per design, ``timings.json`` (seconds per design, read by
         ``flow3d protein eval``) and, for designs with a trajectory, ``<out>_trajectories/
-        <name>_traj.pdb`` with one MODEL record per solver step (t = 0 ... 1)."""
-        from protein.pdbio import write_backbone_cif, write_backbone_pdb
-
+        <name>_traj.pdb`` with one MODEL record per solver step (t = 0 ... 1); format and
+        residue names from the recipe's ``sample`` section."""
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         fmt = fmt or self.recipe.sample.format
-        residue = self.recipe.sample.residue
         paths: list[Path] = []
-        timings = {}
         for d in samples:
-            header = f"FLOW3D DESIGN {d.name} SEED {d.seed}"
-            names = d.residues or residue
-            if fmt == "cif":
-                p = out_dir / f"{d.name}.cif"
-                write_backbone_cif(p, d.atoms, residue=names, header=header)
-            else:
-                p = out_dir / f"{d.name}.pdb"
-                write_backbone_pdb(p, d.atoms, residue=names, header=header)
-            paths.append(p)
-            timings[d.name] = d.seconds
-            if d.trajectory is not None:  # beside, not inside: eval reads every file in out_dir
-                tp = trajectory_dir(out_dir) / f"{d.name}_traj.pdb"
-                write_backbone_pdb(tp, d.trajectory, residue=names, header=header)
-                paths.append(tp)
+            paths += write_design(d, out_dir, fmt=fmt, residue=self.recipe.sample.residue)
+        timings = {d.name: d.seconds for d in samples}
         atomic_write_text(out_dir / "timings.json", json.dumps(timings, indent=1) + "\n")
         return paths
+
+
+def write_design(d: Design, out_dir: Path, *, fmt: str = "pdb", residue: str = "GLY"
+                 ) -> list[Path]:
+    """Write one design atomically: ``out_dir/<name>.pdb`` (or ``.cif``), and with a
+    trajectory ``<out>_trajectories/<name>_traj.pdb`` (beside ``out_dir``, not inside: eval
+    reads every structure file in ``out_dir``). Returns the paths written."""
+    header = f"FLOW3D DESIGN {d.name} SEED {d.seed}"
+    names = d.residues or residue
+    path = Path(out_dir) / f"{d.name}.{fmt}"
+    writer = write_backbone_cif if fmt == "cif" else write_backbone_pdb
+    paths = [writer(path, d.atoms, residue=names, header=header)]
+    if d.trajectory is not None:
+        tp = trajectory_dir(out_dir) / f"{d.name}_traj.pdb"
+        paths.append(write_backbone_pdb(tp, d.trajectory, residue=names, header=header))
+    return paths
 
 
 def _motif_residue_names(motif, positions: list[int], length: int, residue: str) -> list[str]:
     """``residue`` everywhere but at the motif's positions, which keep their own residue
     names (non-standard ones, ``X``, fall back to ``residue``)."""
-    from protein.data.parse import ONE_TO_THREE
-
     names = [residue] * length
     for p, aa in zip(positions, motif.sequence):
         names[p] = ONE_TO_THREE.get(aa, residue)
     return names
-
-
-def ca_ca_valid_fraction(ca: torch.Tensor, ideal: float = 3.80, tol: float = 0.20) -> float:
-    """Fraction of consecutive CA-CA distances (angstrom) within ``ideal +/- tol``."""
-    d = torch.linalg.vector_norm(ca[1:] - ca[:-1], dim=-1)
-    return float(((d - ideal).abs() <= tol).float().mean()) if len(d) else 1.0
 
 
 class ReflowFrames(torch.utils.data.Dataset):
@@ -526,9 +552,6 @@ class ReflowFrames(torch.utils.data.Dataset):
     (the teacher's backbone), ``trans_0``/``quats_0`` (its noise), ``res_idx``, ``seq``."""
 
     def __init__(self, dirs: Sequence[Path], rot_path: str):
-        from flow3d.core.reflow import ReflowPairs
-        from protein.flow import ProteinFlow
-
         self.flow = ProteinFlow(FlowSettings(rot_path=rot_path))
         self.items: list[tuple[ReflowPairs, int]] = []
         for d in dirs:
@@ -543,8 +566,6 @@ class ReflowFrames(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, k: int) -> dict:
-        from protein.flow import points_to_quats
-
         pairs, i = self.items[k]
         pair = pairs[i]
         t0, r0 = self.flow.manifold.split_point(pair["x_0"].float())
@@ -561,7 +582,7 @@ class ReflowFrames(torch.utils.data.Dataset):
 
 def trajectory_dir(out_dir: Path) -> Path:
     """Where ``save_samples`` writes trajectories: a sibling ``<out>_trajectories`` folder."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # "." and "designs/" have a name to extend
     return out_dir.parent / f"{out_dir.name}_trajectories"
 
 

@@ -34,7 +34,10 @@ import torch
 from torch import Tensor
 
 from flow3d.errors import ConfigError, DataError
-from protein.eval import CA_CA_IDEAL, CA_CA_TOL, CLASH_DISTANCE
+from protein.constants import ANG_TO_NM, CLASH_DISTANCE_ANG
+from protein.data.parse import parse_structure
+from protein.geometry import frames_from_backbone, superimpose
+from protein.metrics import ca_ca_valid
 
 __all__ = ["Motif", "MotifSegment", "load_motif", "motif_from_atoms", "motif_metrics",
            "parse_segments", "summarize_motif_metrics"]
@@ -147,8 +150,6 @@ def parse_segments(spec: str) -> tuple[MotifSegment, ...]:
 
 def load_motif(path: str | Path, spec: str) -> Motif:
     """Read the segments ``spec`` (see :func:`parse_segments`) from a PDB/mmCIF file."""
-    from protein.data import parse_structure
-
     segments = parse_segments(spec)
     path = Path(path)
     if not path.is_file():
@@ -181,8 +182,6 @@ def motif_from_atoms(atoms: np.ndarray, positions, sequence: str, *, source: str
                      segments: tuple[MotifSegment, ...]) -> Motif:
     """A :class:`Motif` from backbone ``atoms [M, 4, 3]`` (angstrom) that go to the 0-based
     design ``positions`` (any order: they are sorted here)."""
-    from protein.geometry import ANG_TO_NM, frames_from_backbone
-
     order = np.argsort(np.asarray(positions), kind="stable")
     atoms_a = np.asarray(atoms, dtype=np.float32)[order]  # [M, 4, 3]
     bb = torch.from_numpy(atoms_a).double()
@@ -195,15 +194,13 @@ def motif_from_atoms(atoms: np.ndarray, positions, sequence: str, *, source: str
 
 def _superposed_rmsd(a: np.ndarray, b: np.ndarray) -> float:
     """RMSD of point sets ``[N, 3]`` after the optimal superposition of ``a`` onto ``b``."""
-    from protein.geometry import superimpose
-
     ta, tb = torch.from_numpy(a).double(), torch.from_numpy(b).double()
     rot, shift = superimpose(ta, tb)
     return float(((ta @ rot.T + shift - tb) ** 2).sum(-1).mean().sqrt())
 
 
 def motif_metrics(atoms: np.ndarray, motif: Motif, positions=None, *,
-                  clash: float = CLASH_DISTANCE) -> dict:
+                  clash: float = CLASH_DISTANCE_ANG) -> dict:
     """How a design ``atoms [L, 4, 3]`` (angstrom) holds its motif at ``positions [M]``
     (0-based; default ``motif.positions``).
 
@@ -232,7 +229,7 @@ def motif_metrics(atoms: np.ndarray, motif: Motif, positions=None, *,
 
 
 def _junction_valid(junction: np.ndarray) -> float:
-    return float((np.abs(junction - CA_CA_IDEAL) <= CA_CA_TOL).mean())
+    return float(ca_ca_valid(junction).mean())
 
 
 def summarize_motif_metrics(per: list[dict]) -> dict:

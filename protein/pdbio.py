@@ -20,6 +20,7 @@ import torch
 
 from flow3d.errors import DataError
 from flow3d.io import atomic_write_text
+from protein.data.parse import THREE_TO_ONE
 from protein.geometry import ideal_cb
 
 __all__ = ["backbone_atom_records", "residue_names", "write_backbone", "write_backbone_cif",
@@ -51,8 +52,6 @@ def _as_models(atoms, path) -> np.ndarray:
 def residue_names(residue, length: int) -> list[str]:
     """``length`` three-letter names from ``"GLY"`` / ``"ALA"`` (every residue) or a sequence
     of standard names (one per residue)."""
-    from protein.data.parse import THREE_TO_ONE
-
     if isinstance(residue, str):
         if residue not in RESIDUES:
             raise ValueError(f"residue must be one of {RESIDUES}, got {residue!r}")
@@ -121,7 +120,7 @@ def write_backbone_pdb(
         lines.append(f"TER   {serial + 1:>5}      {names[last - 1]} {chain}{last:>4}")
         if multi:
             lines.append("ENDMDL")
-    lines.append("END")
+    lines.append(f"{'END':<80}")  # a fixed-width record: biopython reads columns 1-6
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 

@@ -26,14 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from flow3d.errors import ConfigError, DataError
+from protein.constants import CONTACT_DISTANCE_ANG, CONTACT_PAIRS, PARTNER_RANGE_ANG
+from protein.data.filters import secondary_structure
+from protein.data.parse import parse_structure
+from protein.data.structures import load_structures
 
 HELIX, STRAND, LOOP, UNKNOWN = 0, 1, 2, 3
 NOT_ADJACENT, ADJACENT, ADJ_UNKNOWN = 0, 1, 2
 PLAN_LETTERS = "HEL"  # code -> letter (``-`` and ``C`` also read as loop)
-CONTACT_DISTANCE = 6.0  # angstrom: two elements pack if enough of their CAs are this close
-CONTACT_PAIRS = 2  # ... at least this many CA pairs
 MIN_ELEMENT = 2  # runs of H or E shorter than this count as loop
-PARTNER_RANGE = (4.2, 5.6)  # angstrom: CA distance to the nearest partner in a real sheet
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,8 @@ class Topology:
     @classmethod
     def from_coords(cls, coords: np.ndarray, source: str = "") -> Topology:
         """A plan from a backbone ``[L, 4, 3]`` (N, CA, C, O; angstrom): pydssp, then
-        elements with :data:`CONTACT_PAIRS` CA pairs under :data:`CONTACT_DISTANCE` pack."""
-        from protein.data.filters import secondary_structure
-
+        elements with :data:`~protein.constants.CONTACT_PAIRS` CA pairs under
+        :data:`~protein.constants.CONTACT_DISTANCE_ANG` pack."""
         coords = np.asarray(coords, dtype=np.float64)
         return cls.from_ss(secondary_structure(coords), coords[:, 1], source)
 
@@ -121,8 +121,8 @@ class Topology:
         """How a structure (DSSP string, CAs ``[L, 3]`` angstrom) follows the plan: overall,
         helix and strand agreement, and for residues planned in strands that pair with
         another strand, the fraction whose nearest planned partner CA is within
-        :data:`PARTNER_RANGE` (real sheets: 4.4-5.5 A; closer is two strands on top of each
-        other)."""
+        :data:`~protein.constants.PARTNER_RANGE_ANG` (real sheets: 4.4-5.5 A; closer is two
+        strands on top of each other)."""
         ca = np.asarray(ca, dtype=np.float64)
         pair = ((self.adj == ADJACENT) & (self.codes[:, None] == STRAND)
                 & (self.codes[None, :] == STRAND))
@@ -131,7 +131,8 @@ class Topology:
         if rows.any():
             d = np.linalg.norm(ca[rows][:, None] - ca[None], axis=-1)
             near = np.where(pair[rows], d, np.inf).min(1)
-            partner = float(((near >= PARTNER_RANGE[0]) & (near <= PARTNER_RANGE[1])).mean())
+            lo, hi = PARTNER_RANGE_ANG
+            partner = float(((near >= lo) & (near <= hi)).mean())
         got = dssp_codes(ss)
         return {"agreement": self.agreement(got), "helix_agreement": self.agreement(got, HELIX),
                 "strand_agreement": self.agreement(got, STRAND),
@@ -155,7 +156,7 @@ def _elements(codes: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def block_adjacency(ca: np.ndarray, elements: list[tuple[int, int, int]], n: int,
-                    cutoff: float = CONTACT_DISTANCE, min_pairs: int = CONTACT_PAIRS
+                    cutoff: float = CONTACT_DISTANCE_ANG, min_pairs: int = CONTACT_PAIRS
                     ) -> np.ndarray:
     """``[n, n]`` adjacency of residues from their elements' contacts: 1 where the two
     residues lie in different elements with at least ``min_pairs`` CA pairs under ``cutoff``
@@ -175,8 +176,6 @@ def block_adjacency(ca: np.ndarray, elements: list[tuple[int, int, int]], n: int
 def load_topology(spec: str | os.PathLike) -> Topology:
     """A plan from ``FILE`` (a PDB/mmCIF file: its first chain) or ``FILE:CHAIN``; the chain
     is not split at breaks (DSSP sees a loop there)."""
-    from protein.data.parse import parse_structure
-
     spec = str(spec)
     path_str, chain = spec, None
     if not Path(spec).exists() and ":" in spec:
@@ -197,8 +196,6 @@ def load_topology(spec: str | os.PathLike) -> Topology:
 def reference_topologies(source: str | os.PathLike, limit: int | None = None
                          ) -> list[Topology]:
     """Plans of every chain of a reference set (a protein cache or a folder of structures)."""
-    from protein.eval import load_structures
-
     structures, _ = load_structures(source, limit=limit)
     if not structures:
         raise DataError(f"{source}: no chains to draw topologies from")

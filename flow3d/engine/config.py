@@ -360,6 +360,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
         raise ConfigError(f"{path}: not valid YAML{at}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (binary content)") from None
     if raw is None:
         raise ConfigError(f"{path}: empty recipe")
     if not isinstance(raw, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flow3d.io import is_temporary
 from protein.data.parse import (
     BACKBONE_ATOMS,
     RESTYPE_X,
@@ -43,11 +44,13 @@ def shared_protein_dir() -> Path | None:
 
 
 def find_structure_files(root: str | Path) -> list[Path]:
-    """All PDB/mmCIF files (plain or .gz) under ``root`` (or ``[root]`` for a file), sorted."""
+    """All PDB/mmCIF files (plain or .gz) under ``root`` (or ``[root]`` for a file), sorted;
+    temporaries of an interrupted writer (:func:`flow3d.io.is_temporary`) are not files to read."""
     root = Path(root)
     if root.is_file():
         return [root]
     return sorted(
         p for p in root.rglob("*")
         if p.is_file() and p.name.lower().endswith(STRUCTURE_SUFFIXES)
+        and not any(is_temporary(part) for part in p.relative_to(root).parts)
     )

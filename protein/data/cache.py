@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
 
 from flow3d.errors import DataError
 from flow3d.io import atomic_dir
@@ -99,8 +102,6 @@ def build_cache(
     report (and in ``meta.json``). Raises ``DataError`` when no file is found or nothing is
     kept.
     """
-    from tqdm.auto import tqdm
-
     filters = filters or FilterConfig()
     files: list[Path] = []
     for src in sources:
@@ -149,8 +150,6 @@ def _unique_names(names: list[str]) -> list[str]:
 
 def _write_cache(path: Path, chains: list[Chain], stats: list[ChainStats],
                  filters: FilterConfig, report: CacheReport) -> None:
-    from safetensors.numpy import save_file
-
     lengths = np.array([len(c) for c in chains], dtype=np.int64)
     arrays = {
         "coords": np.concatenate([c.coords for c in chains]).astype(np.float32),
@@ -230,9 +229,6 @@ class ProteinCache:
 
 def load_cache(path: str | os.PathLike) -> ProteinCache:
     """Open a cache directory written by ``build_cache``; ``DataError`` if it is not one."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     path = Path(path)
     arrays_file, meta_file = path / ARRAYS_FILE, path / META_FILE
     if not arrays_file.is_file() or not meta_file.is_file():

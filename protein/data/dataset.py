@@ -13,9 +13,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from protein.constants import ANG_TO_NM
 from protein.data.cache import ProteinCache
 from protein.data.parse import RESTYPE_X
-from protein.geometry import ANG_TO_NM, ca_centre, frames_from_backbone
+from protein.geometry import ca_centre, frames_from_backbone
+from protein.topology import ADJ_UNKNOWN, UNKNOWN, Topology
 
 __all__ = ["LengthBatchSampler", "ProteinDataset", "collate_padded", "length_batches"]
 
@@ -36,8 +38,6 @@ class ProteinDataset(torch.utils.data.Dataset):
         self.lengths = cache.lengths[self.indices]  # [n]
         self.topologies = None
         if topology:
-            from protein.topology import Topology
-
             self.topologies = [Topology.from_coords(np.asarray(cache[int(i)].coords))
                                for i in self.indices]
 
@@ -101,8 +101,6 @@ def collate_padded(items: list[dict]) -> dict:
         "name": [it.get("name", "") for it in items],
     }
     if "ss" in items[0]:
-        from protein.topology import ADJ_UNKNOWN, UNKNOWN
-
         batch["ss"] = torch.full((b, lmax), UNKNOWN, dtype=torch.long)
         batch["adj"] = torch.full((b, lmax, lmax), ADJ_UNKNOWN, dtype=torch.long)
         for k, it in enumerate(items):

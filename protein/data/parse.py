@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from flow3d.errors import DataError
+from protein.constants import PEPTIDE_BOND_MAX_ANG
 
 BACKBONE_ATOMS = ("N", "CA", "C", "O")
 
@@ -44,7 +45,6 @@ RESTYPE_X = 20
 PDB_SUFFIXES = (".pdb", ".ent", ".pdb1")
 CIF_SUFFIXES = (".cif", ".mmcif")
 BREAK_POLICIES = ("split", "filter")
-PEPTIDE_BOND_MAX = 2.0  # angstrom; C(i)-N(i+1) is 1.33 A in a real peptide bond
 
 
 @dataclass
@@ -142,6 +142,8 @@ def _load_model(path: Path, text: str):
             f"{path}: reading structures needs biopython: pip install 'flow3d[protein]'"
         ) from exc
     fmt = _detect_format(path, text)
+    if fmt == "pdb":
+        _check_coordinates(path, text)
     parser = MMCIFParser(QUIET=True) if fmt == "cif" else PDBParser(QUIET=True, PERMISSIVE=True)
     try:
         with warnings.catch_warnings():
@@ -154,6 +156,15 @@ def _load_model(path: Path, text: str):
     if not models:
         raise DataError(f"{path}: no atoms found (not a {fmt.upper()} file?)")
     return models[0]
+
+
+def _check_coordinates(path: Path, text: str) -> None:
+    """Refuse a PDB file with an ATOM/HETATM record cut before its coordinates end (column
+    54): a truncated file, which would otherwise read as a shorter chain."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(("ATOM", "HETATM")) and len(line.rstrip()) < 54:
+            raise DataError(f"{path}: line {number}: {line[:6].strip()} record without all its "
+                            "coordinates (a truncated file?)")
 
 
 def _best_atom(residue, name: str):
@@ -227,9 +238,9 @@ def _chain_residues(chain) -> tuple[list, int]:
             continue
         bonded = False
         if i > 0:
-            bonded |= np.linalg.norm(rows[i - 1][4][2] - row[4][0]) <= PEPTIDE_BOND_MAX
+            bonded |= np.linalg.norm(rows[i - 1][4][2] - row[4][0]) <= PEPTIDE_BOND_MAX_ANG
         if i + 1 < len(rows):
-            bonded |= np.linalg.norm(row[4][2] - rows[i + 1][4][0]) <= PEPTIDE_BOND_MAX
+            bonded |= np.linalg.norm(row[4][2] - rows[i + 1][4][0]) <= PEPTIDE_BOND_MAX_ANG
         if bonded:
             keep.append(row)
     return keep, n_dropped
@@ -239,7 +250,7 @@ def parse_structure(
     path: str | Path,
     *,
     break_policy: str = "split",
-    break_distance: float = PEPTIDE_BOND_MAX,
+    break_distance: float = PEPTIDE_BOND_MAX_ANG,
     min_length: int = 1,
 ) -> ParseResult:
     """Read every protein chain of the first model of a PDB/mmCIF file (``.gz`` allowed).

@@ -20,27 +20,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-
-def apply_frames(rots: Tensor, trans: Tensor, pts: Tensor) -> Tensor:
-    """Map local points to global: ``R p + t``. ``rots [B, L, 3, 3]``, ``trans [B, L, 3]``,
-    ``pts [B, L, ..., 3]`` -> ``[B, L, ..., 3]``."""
-    extra = pts.dim() - 3
-    R = rots.reshape(rots.shape[:2] + (1,) * extra + (3, 3))
-    t = trans.reshape(trans.shape[:2] + (1,) * extra + (3,))
-    return (R @ pts[..., None])[..., 0] + t
-
-
-def invert_apply_frames(rots: Tensor, trans: Tensor, pts: Tensor) -> Tensor:
-    """Map global points to local: ``R^T (p - t)`` (same shapes as :func:`apply_frames`)."""
-    extra = pts.dim() - 3
-    R = rots.reshape(rots.shape[:2] + (1,) * extra + (3, 3))
-    t = trans.reshape(trans.shape[:2] + (1,) * extra + (3,))
-    return (R.transpose(-1, -2) @ (pts - t)[..., None])[..., 0]
+from protein.geometry import Rigid
 
 
 class InvariantPointAttention(nn.Module):
     """IPA (AlphaFold2 Alg. 22) over node features ``s [B, L, c_s]`` and pair features
-    ``z [B, L, L, c_z]`` with frames ``(rots [B, L, 3, 3], trans [B, L, 3])``."""
+    ``z [B, L, L, c_z]`` with residue frames ``rigid [B, L]`` (:class:`protein.geometry.Rigid`).
+    """
 
     def __init__(
         self,
@@ -71,16 +57,17 @@ class InvariantPointAttention(nn.Module):
         nn.init.zeros_(self.linear_out.weight)
         nn.init.zeros_(self.linear_out.bias)
 
-    def forward(self, s: Tensor, z: Tensor, rots: Tensor, trans: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, s: Tensor, z: Tensor, rigid: Rigid, mask: Tensor) -> Tensor:
         B, L, _ = s.shape
+        points = rigid[..., None]  # [B, L, 1]: the same frame for every point of a residue
         H, C, Pq, Pv = self.num_heads, self.c_hidden, self.num_qk_points, self.num_v_points
         q = self.linear_q(s).view(B, L, H, C)
         k, v = self.linear_kv(s).view(B, L, H, 2 * C).split(C, dim=-1)  # [B, L, H, C] each
 
         q_pts = self.linear_q_points(s).view(B, L, H * Pq, 3)
-        q_pts = apply_frames(rots, trans, q_pts).view(B, L, H, Pq, 3)  # global frame
+        q_pts = points.apply(q_pts).view(B, L, H, Pq, 3)  # global frame
         kv_pts = self.linear_kv_points(s).view(B, L, H * (Pq + Pv), 3)
-        kv_pts = apply_frames(rots, trans, kv_pts).view(B, L, H, Pq + Pv, 3)
+        kv_pts = points.apply(kv_pts).view(B, L, H, Pq + Pv, 3)
         k_pts, v_pts = kv_pts.split([Pq, Pv], dim=-2)  # [B, L, H, P, 3]
 
         # Scalar term: [B, H, L, L]
@@ -104,7 +91,7 @@ class InvariantPointAttention(nn.Module):
 
         o = torch.einsum("bhij,bjhc->bihc", attn, v).reshape(B, L, H * C)
         o_pts = torch.einsum("bhij,bjhpx->bihpx", attn, v_pts)  # [B, L, H, Pv, 3] global
-        o_pts = invert_apply_frames(rots, trans, o_pts.reshape(B, L, H * Pv, 3))
+        o_pts = points.invert_apply(o_pts.reshape(B, L, H * Pv, 3))
         o_norm = torch.sqrt((o_pts**2).sum(-1) + self.eps)  # [B, L, H*Pv]
         o_pair = torch.einsum("bhij,bijc->bihc", attn, self.down_z(z)).reshape(B, L, -1)
         feats = torch.cat([o, o_pts.reshape(B, L, H * Pv * 3), o_norm, o_pair], dim=-1)

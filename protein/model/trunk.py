@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from flow3d.core.so3 import quat_mul, quat_normalize, quat_to_rotmat
+from flow3d.core.so3 import quat_normalize
+from protein.geometry import Rigid
 from protein.model.embed import EdgeEmbedder, NodeEmbedder
 from protein.model.ipa import InvariantPointAttention
 
@@ -93,14 +94,10 @@ class BackboneUpdate(nn.Module):
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, s: Tensor, quats: Tensor, trans: Tensor, mask: Tensor):
+    def forward(self, s: Tensor, rigid: Rigid, mask: Tensor) -> Rigid:
         upd = self.linear(s) * mask[..., None]  # [B, L, 6]
         q_upd = torch.cat([torch.ones_like(upd[..., :1]), upd[..., :3]], dim=-1)
-        q_upd = quat_normalize(q_upd)
-        rots = quat_to_rotmat(quats)  # [B, L, 3, 3]
-        trans = trans + (rots @ upd[..., 3:, None])[..., 0]
-        quats = quat_normalize(quat_mul(quats, q_upd))
-        return quats, trans
+        return rigid.compose(Rigid(quat_normalize(q_upd), upd[..., 3:]))
 
 
 class IPATrunk(nn.Module):
@@ -172,14 +169,13 @@ class IPATrunk(nn.Module):
             raise ValueError("this trunk was built without topology inputs (topology=False)")
         s = self.node_embed(res_idx, t, mask, ss)  # [B, L, C]
         z = self.edge_embed(s, trans_t, trans_sc, res_idx, mask, adj)  # [B, L, L, E]
-        quats, trans = quats_t, trans_t
+        rigid = Rigid(quats_t, trans_t)
         pad = mask < 0.5
         for block in self.blocks:
-            rots = quat_to_rotmat(quats)
-            s = block["ipa_norm"](s + block["ipa"](s, z, rots, trans, mask))
+            s = block["ipa_norm"](s + block["ipa"](s, z, rigid, mask))
             seq = block["seq"](s, src_key_padding_mask=pad)
             s = block["transition"](s + block["seq_out"](seq)) * mask[..., None]
-            quats, trans = block["bb_update"](s, quats, trans, mask)
+            rigid = block["bb_update"](s, rigid, mask)
             if "edge_transition" in block:
                 z = block["edge_transition"](s, z, mask)
-        return {"trans": trans, "quats": quats, "node": s}
+        return {"trans": rigid.trans, "quats": rigid.rots, "node": s}

@@ -76,7 +76,7 @@ def test_protein_cli_errors_are_one_line(tmp_path, capsys):
         main(["protein", "design", "--lengths", "a,b", "--out", str(tmp_path / "o")])
     rc = main(["protein", "design", "--clash-guidance", "2", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--clash-guidance must be in [0, 1]" in err
+    assert rc == 2 and "--clash-guidance = 2: must be at most 1" in err
     assert not (tmp_path / "o").exists()  # nothing written
 
 
@@ -123,15 +123,13 @@ def test_bundled_default_checkpoint_samples_guided_and_sane(tmp_path):
     import numpy as np
 
     from protein.design import DEFAULT_CHECKPOINT, load_designer
-    from protein.eval import count_clashes
-    from protein.head import ca_ca_valid_fraction
+    from protein.metrics import ca_ca_valid_fraction, count_clashes
 
     loaded = load_designer()
     assert loaded.path is None or Path(loaded.path).resolve() == DEFAULT_CHECKPOINT.resolve()
     assert loaded.recipe.sample.clash_guidance == 1.0
     designs = loaded.sample(2, seed=0, lengths=(60,), steps=10)
     for d in designs:
-        ca = torch.from_numpy(d.atoms[:, 1])
         assert np.isfinite(d.atoms).all() and d.atoms.shape == (60, 4, 3)
-        assert ca_ca_valid_fraction(ca) > 0.85
+        assert ca_ca_valid_fraction(d.atoms[:, 1]) > 0.85
         assert count_clashes(d.atoms[:, 1].astype(np.float64)) <= 2

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from flow3d.errors import ConfigError, DataError
+from protein.constants import NM_TO_ANG
 from protein.data import parse_structure, shared_protein_dir
 from protein.data.cache import build_cache, load_cache
 from protein.data.dataset import (
@@ -23,7 +24,7 @@ from protein.data.filters import (
     chain_stats,
     secondary_structure,
 )
-from protein.geometry import NM_TO_ANG, Rigid, backbone_from_frames
+from protein.geometry import Rigid, backbone_from_frames
 
 DATA = shared_protein_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason="real data ../shared/data/proteins absent")

@@ -9,19 +9,15 @@ import shutil
 import numpy as np
 import pytest
 
-from flow3d.errors import DataError
+from flow3d.cli import main
+from flow3d.errors import ConfigError, DataError
 from protein.data import find_structure_files, parse_structure, shared_protein_dir
 from protein.data.cache import build_cache
 from protein.data.filters import FilterConfig
-from protein.eval import (
-    ca_ca_distances,
-    count_clashes,
-    evaluate_designs,
-    greedy_clusters,
-    run_eval,
-    valid_strand_fraction,
-)
+from protein.eval import evaluate_designs, greedy_clusters, run_eval
+from protein.metrics import ca_ca_distances, count_clashes, valid_strand_fraction
 from protein.pdbio import write_backbone_pdb
+from protein.settings import EvalSettings
 
 DATA = shared_protein_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason="real data ../shared/data/proteins absent")
@@ -88,11 +84,18 @@ def design_dir(tmp_path_factory):
 
 
 @needs_data
-def test_evaluate_designs_real_and_broken(design_dir):
+def test_evaluate_designs_real_and_broken(design_dir, tmp_path):
     folder, files = design_dir
-    rows, summary = evaluate_designs(folder, files[:2], progress=False, max_reference=None)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for f in files[:2]:
+        shutil.copy(f, reference / f.name)
+    warnings = []
+    rows, summary = evaluate_designs(EvalSettings(str(folder), str(reference), max_reference=0),
+                                     progress=False, warn=warnings.append)
     by_name = {r["name"]: r for r in rows}
     assert len(rows) == 4 and any("junk.pdb" in e for e in summary["unreadable"])
+    assert len(warnings) == 1 and "skipped" in warnings[0] and "junk.pdb" in warnings[0]
     bad = by_name["squashed"]
     assert bad["ca_ca_valid_fraction"] == 0.0 and bad["n_clashes"] > 0
     assert bad["time_s"] == 0.5 and summary["time_per_design_s"] == 0.5
@@ -122,7 +125,8 @@ def test_run_eval_writes_outputs_and_reads_cache(design_dir, tmp_path):
     build_cache(files, cache, FilterConfig(min_len=40, max_coil_fraction=None, rg_quantile=None),
                 progress=False)
     out = tmp_path / "eval"
-    summary = run_eval(folder, cache, out, progress=False, max_reference=2)
+    summary = run_eval(EvalSettings(str(folder), str(cache), str(out), max_reference=2),
+                       progress=False)
     for name in ("designs.csv", "reference.csv", "summary.json", "ca_ca_hist.png",
                  "rg_vs_length.png", "ss_fractions.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
@@ -134,16 +138,24 @@ def test_run_eval_writes_outputs_and_reads_cache(design_dir, tmp_path):
     assert len(rows) == 4
     assert {"ca_ca_valid_fraction", "strand_valid", "novelty_tm"} <= set(rows[0])
     # the cache itself can be evaluated as a design set (real data side by side)
-    rows, summary = evaluate_designs(cache, progress=False)
+    rows, summary = evaluate_designs(EvalSettings(str(cache)), progress=False)
     assert summary["n"] == 3 and "reference" not in summary
+    # a second run into the same folder is refused unless it may replace it
+    with pytest.raises(DataError, match="--overwrite"):
+        run_eval(EvalSettings(str(folder), out=str(out)), progress=False)
+    (out / "stale.txt").write_text("from an earlier run")
+    run_eval(EvalSettings(str(folder), out=str(out)), overwrite=True, progress=False)
+    assert not (out / "stale.txt").exists() and not (out / "reference.csv").exists()
 
 
 @pytest.mark.skipif(shutil.which("mkdssp") is None, reason="mkdssp (apt package dssp) absent")
 @needs_data
 def test_mkdssp_and_pydssp_agree_roughly(design_dir):
     folder, _ = design_dir
-    rows_p, _ = evaluate_designs(folder, progress=False, ss_method="pydssp", max_diversity=2)
-    rows_m, s_m = evaluate_designs(folder, progress=False, ss_method="mkdssp", max_diversity=2)
+    rows_p, _ = evaluate_designs(EvalSettings(str(folder), ss_method="pydssp",
+                                              max_diversity=2), progress=False)
+    rows_m, s_m = evaluate_designs(EvalSettings(str(folder), ss_method="mkdssp",
+                                                max_diversity=2), progress=False)
     assert s_m["ss_method"] == "mkdssp"
     for a, b in zip(rows_p, rows_m):
         if a["name"] != "squashed":  # unphysical geometry: pydssp sees spurious H-bonds there
@@ -152,28 +164,25 @@ def test_mkdssp_and_pydssp_agree_roughly(design_dir):
 
 def test_eval_errors(tmp_path):
     with pytest.raises(DataError, match="no PDB/mmCIF"):
-        evaluate_designs(tmp_path, progress=False)
+        evaluate_designs(EvalSettings(str(tmp_path)), progress=False)
     with pytest.raises(DataError, match="no such file"):
-        evaluate_designs(tmp_path / "missing", progress=False)
+        evaluate_designs(EvalSettings(str(tmp_path / "missing")), progress=False)
     (tmp_path / "bad.pdb").write_text("garbage\n")
     with pytest.raises(DataError, match="no readable design"):
-        evaluate_designs(tmp_path, progress=False)
-    with pytest.raises(ValueError):
-        evaluate_designs(tmp_path, progress=False, ss_method="stride")
+        evaluate_designs(EvalSettings(str(tmp_path)), progress=False)
+    with pytest.raises(ConfigError, match="--ss-method"):
+        EvalSettings(str(tmp_path), ss_method="stride")
 
 
 @needs_data
-def test_cli_glue(design_dir, tmp_path):
-    import argparse
-
-    from protein.eval import add_eval_arguments, eval_from_args, format_summary
-
+def test_cli_eval_prints_the_table_and_what_it_skipped(design_dir, tmp_path, capsys):
     folder, files = design_dir
-    parser = argparse.ArgumentParser()
-    add_eval_arguments(parser)
-    args = parser.parse_args([str(folder), "--reference", str(files[0]), "--out",
-                              str(tmp_path / "ev"), "--max-reference", "1", "--no-progress"])
-    summary, out = eval_from_args(args)
-    assert out == tmp_path / "ev" and (out / "summary.json").is_file()
-    text = format_summary(summary)
-    assert "CA-CA" in text and "median novelty TM" in text and "seconds per design" in text
+    out = tmp_path / "ev"
+    rc = main(["protein", "eval", str(folder), "--reference", str(files[0]), "--out", str(out),
+               "--max-reference", "1", "--no-progress"])
+    assert rc == 0 and (out / "summary.json").is_file()
+    printed = capsys.readouterr()
+    assert "CA-CA" in printed.out and "median novelty TM" in printed.out
+    assert "seconds per design" in printed.out
+    skipped = [ln for ln in printed.err.splitlines() if "skipped" in ln]
+    assert len(skipped) == 1 and "junk.pdb" in skipped[0] and skipped[0].startswith("flow3d:")

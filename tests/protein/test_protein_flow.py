@@ -6,13 +6,21 @@ import pytest
 import torch
 
 from flow3d.core import so3
-from protein.flow import FlowSettings, ProteinFlow, masked_centre
+from flow3d.errors import ConfigError
+from protein.flow import Condition, FlowSettings, ProteinFlow, masked_centre
+from protein.head import ProteinSampleConfig
 from protein.model import IPATrunk, TrunkConfig
+from protein.settings import SamplerSettings
 
 TINY = TrunkConfig(
     num_blocks=2, node_dim=32, edge_dim=16, ipa_head_dim=8, num_heads=2,
     num_qk_points=4, num_v_points=4, seq_layers=1, seq_heads=2,
 )  # fmt: skip
+
+
+def _settings(**changes) -> SamplerSettings:
+    """Sampler settings with the recipe defaults (ProteinSampleConfig) for the rest."""
+    return SamplerSettings(**changes).resolved(ProteinSampleConfig())
 
 
 class Oracle(torch.nn.Module):
@@ -103,7 +111,7 @@ def test_protein_flow_sampler_with_oracle_reaches_the_data(rot_path, rot_schedul
     d = _data(B=2, L=9)
     flow = ProteinFlow(FlowSettings(rot_path=rot_path))
     res = flow.sample(
-        Oracle(d["trans"], d["quats"]), 2, 9, steps=20, rot_schedule=rot_schedule,
+        Oracle(d["trans"], d["quats"]), 2, 9, _settings(steps=20, rot_schedule=rot_schedule),
         generator=torch.Generator().manual_seed(0), trajectory=True,
     )  # fmt: skip
     assert res.nfe == 20 and len(res.trajectory) == 21
@@ -128,12 +136,13 @@ def test_exponential_rotation_rate_is_capped_at_the_number_of_steps():
         return so3.quat_angle(so3.quat_mul(so3.quat_inv(d["quats"]), so3.quat_normalize(quats)))
 
     for rate in (10.0, 40.0):
-        res = flow.sample(oracle, 2, 9, steps=10, rot_rate=rate,
+        res = flow.sample(oracle, 2, 9, _settings(steps=10, rot_rate=rate),
                           generator=torch.Generator().manual_seed(0))
         assert gap(res.quats).max() < 1e-3, rate
     trans_0, quats_0 = flow.prior(d["mask"][:, :9], torch.Generator().manual_seed(0))
     x0 = torch.cat([trans_0, quats_to_points(quats_0, "quaternion")], dim=-1)
-    v = flow.velocity_fn(oracle, d["mask"], d["res_idx"], rot_rate=40.0)
+    uncapped = _settings(steps=1000, rot_rate=40.0)  # the cap follows the settings' steps
+    v = flow.velocity_fn(oracle, uncapped, Condition(mask=d["mask"], res_idx=d["res_idx"]))
     x1 = solve(v, x0, method="euler", steps=10, manifold=flow.manifold).x
     _, rot = flow.manifold.split_point(x1)
     assert gap(rot).mean() > 0.1
@@ -158,8 +167,9 @@ def test_protein_flow_velocity_transforms_under_se3_float64():
     q2 = so3.quat_mul(q_g.expand_as(d["quats"]), d["quats"])
     x2 = torch.cat([d["trans"] @ R_g.T + shift, q2], -1)
     for schedule in ("exp", "linear"):
-        v = flow.velocity_fn(model, mask, d["res_idx"], rot_schedule=schedule)(x, t)
-        v2 = flow.velocity_fn(model, mask, d["res_idx"], rot_schedule=schedule)(x2, t)
+        settings, cond = _settings(rot_schedule=schedule), Condition(mask, d["res_idx"])
+        v = flow.velocity_fn(model, settings, cond)(x, t)
+        v2 = flow.velocity_fn(model, settings, cond)(x2, t)
         # translation velocities rotate with the frame; body-frame rotation velocities are invariant
         torch.testing.assert_close(v2[..., :3], v[..., :3] @ R_g.T, atol=1e-9, rtol=1e-9)
         torch.testing.assert_close(v2[..., 3:], v[..., 3:], atol=1e-9, rtol=1e-9)
@@ -232,9 +242,10 @@ def test_clash_guidance_with_an_oracle_of_clashing_frames_separates_them():
     quats = so3.random_quat((1, 10), generator=torch.Generator().manual_seed(0))
     flow = ProteinFlow()
     oracle = Oracle(x, quats)
-    plain = flow.sample(oracle, 1, 10, steps=10, generator=torch.Generator().manual_seed(0))
-    steered = flow.sample(oracle, 1, 10, steps=10, generator=torch.Generator().manual_seed(0),
-                          clash_guidance=1.0)
+    plain = flow.sample(oracle, 1, 10, _settings(steps=10),
+                        generator=torch.Generator().manual_seed(0))
+    steered = flow.sample(oracle, 1, 10, _settings(steps=10, clash_guidance=1.0),
+                          generator=torch.Generator().manual_seed(0))
     idx = torch.arange(10)
     far = (idx[:, None] - idx[None, :]).abs() >= 2
 
@@ -245,13 +256,17 @@ def test_clash_guidance_with_an_oracle_of_clashing_frames_separates_them():
     # the window bounds when it acts: the last Euler step (from t = 0.9) lands on the
     # prediction, so guidance that stops before it leaves the clashes in; one that only
     # covers it removes them
-    early = flow.sample(oracle, 1, 10, steps=10, generator=torch.Generator().manual_seed(0),
-                        clash_guidance=1.0, guidance_window=(0.0, 0.85))
-    late = flow.sample(oracle, 1, 10, steps=10, generator=torch.Generator().manual_seed(0),
-                       clash_guidance=1.0, guidance_window=(0.85, 1.0))
+    early = flow.sample(oracle, 1, 10, _settings(steps=10, clash_guidance=1.0,
+                                                 guidance_window=(0.0, 0.85)),
+                        generator=torch.Generator().manual_seed(0))
+    late = flow.sample(oracle, 1, 10, _settings(steps=10, clash_guidance=1.0,
+                                                guidance_window=(0.85, 1.0)),
+                       generator=torch.Generator().manual_seed(0))
     assert min_far(early.trans) < 0.2 < min_far(late.trans)
-    with pytest.raises(ValueError, match="guidance_window"):
-        flow.sample(oracle, 1, 10, steps=2, clash_guidance=1.0, guidance_window=(0.6, 0.4))
+    with pytest.raises(ConfigError, match="guidance_window"):
+        SamplerSettings(clash_guidance=1.0, guidance_window=(0.6, 0.4))
+    with pytest.raises(ValueError, match="resolved"):  # the flow needs every setting
+        flow.sample(oracle, 1, 10, SamplerSettings(steps=2))
 
 
 def test_clash_loss_penalises_only_new_close_pairs_and_pushes_them_apart():

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from flow3d.core.so3 import quat_to_rotmat, random_quat
+from protein.constants import ANG_TO_NM, NM_TO_ANG
 from protein.data import find_structure_files, parse_structure, shared_protein_dir
 from protein.geometry import (
-    ANG_TO_NM,
-    NM_TO_ANG,
     Rigid,
     backbone_from_frames,
     backbone_local_coords,

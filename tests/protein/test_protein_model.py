@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flow3d.core import so3
+from protein.geometry import Rigid
 from protein.model import InvariantPointAttention, IPATrunk, TrunkConfig
 
 TINY = TrunkConfig(
@@ -96,11 +97,12 @@ def test_protein_model_ipa_invariance_and_gradients(shape):
     s = torch.randn(B, L, 16, generator=g, dtype=torch.float64, requires_grad=True)
     z = torch.randn(B, L, L, 8, generator=g, dtype=torch.float64)
     q = so3.random_quat((B, L), generator=g, dtype=torch.float64)
-    R, tr = so3.quat_to_rotmat(q), torch.randn(B, L, 3, generator=g, dtype=torch.float64)
+    tr = torch.randn(B, L, 3, generator=g, dtype=torch.float64)
     mask = torch.ones(B, L, dtype=torch.float64)
-    out = ipa(s, z, R, tr, mask)
-    R_g = so3.quat_to_rotmat(so3.random_quat((), generator=g, dtype=torch.float64))
-    out2 = ipa(s, z, R_g @ R, tr @ R_g.T + 1.5, mask)
+    out = ipa(s, z, Rigid(q, tr), mask)
+    q_g = so3.random_quat((), generator=g, dtype=torch.float64)
+    moved = Rigid(q_g.expand(B, L, 4), torch.full((B, L, 3), 1.5, dtype=torch.float64))
+    out2 = ipa(s, z, moved.compose(Rigid(q, tr)), mask)  # a global rotation and shift
     torch.testing.assert_close(out, out2, atol=1e-10, rtol=1e-10)
     out.square().sum().backward()
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0

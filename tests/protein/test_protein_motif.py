@@ -12,8 +12,9 @@ import torch
 from flow3d.cli import main
 from flow3d.core import so3
 from flow3d.errors import ConfigError, DataError
+from protein.constants import NM_TO_ANG
 from protein.flow import ProteinFlow
-from protein.geometry import NM_TO_ANG, Rigid, backbone_from_frames, superimpose
+from protein.geometry import Rigid, backbone_from_frames, superimpose
 from protein.motif import load_motif, motif_metrics, parse_segments
 from protein.pdbio import write_backbone_pdb
 
@@ -147,7 +148,7 @@ def test_cli_design_with_motif(source_pdb, tmp_path, capsys):
     assert summary["motif"]["segments"] == "B3-12@20" and summary["motif"]["n"] == 2
     assert "motif B3-12@20: RMSD" in capsys.readouterr().out
     (out / "motif.json").write_text('{"designs": 3}')
-    assert main(["protein", "eval", str(out), "--no-progress"]) == 2
+    assert main(["protein", "eval", str(out), "--overwrite", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "motif.json: not a motif record" in err and len(err.splitlines()) == 1
     for args, msg in ((["--motif-segments", "B3-12@40"], "at least 49 residues"),
@@ -228,9 +229,11 @@ def test_designs_carry_the_motif_residue_names(tmp_path):
     sequence designer can keep them fixed."""
     from protein.data import parse_structure
     from protein.design import DEMO_MOTIF, design
+    from protein.settings import DesignSettings, SamplerSettings
 
-    report = design(tmp_path / "d", lengths=(40,), num=2, steps=5, motif=DEMO_MOTIF[0],
-                    motif_segments="A107-122@5-20")
+    settings = DesignSettings(lengths=(40,), num=2, sampler=SamplerSettings(steps=5),
+                              motif=str(DEMO_MOTIF[0]), motif_segments="A107-122@5-20")
+    report = design(settings, tmp_path / "d")
     for d in report.designs:
         back = parse_structure(tmp_path / "d" / f"{d.name}.pdb", break_distance=np.inf)
         seq = back.chains[0].sequence

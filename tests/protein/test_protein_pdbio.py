@@ -34,13 +34,28 @@ def test_round_trip(tmp_path, suffix, residue):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+@pytest.mark.parametrize("models", [1, 3])
+def test_biopython_reads_the_pdb_without_warnings(tmp_path, models):
+    """Every record is one biopython knows (an unpadded END used to warn on each file)."""
+    import warnings
+
+    from Bio.PDB import PDBParser
+
+    atoms = np.random.default_rng(0).normal(size=(models, 12, 4, 3)) * 5
+    path = write_backbone_pdb(tmp_path / "x.pdb", atoms if models > 1 else atoms[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any PDBConstructionWarning fails the test
+        structure = PDBParser().get_structure("x", str(path))
+    assert len(structure) == models and len(list(structure[0].get_residues())) == 12
+
+
 @needs_data
 def test_pdb_records_and_alanine_cb(tmp_path):
     chain = _real_chain()
     path = write_backbone_pdb(tmp_path / "a.pdb", torch.tensor(chain.coords), residue="ALA")
     lines = path.read_text().splitlines()
     assert lines[0].startswith("HEADER") and lines[1].startswith("CRYST1")
-    assert lines[-1] == "END"
+    assert lines[-1].rstrip() == "END"
     atoms = [ln for ln in lines if ln.startswith("ATOM")]
     assert all(len(ln) == 78 for ln in atoms)
     cb = np.array([[float(ln[30:38]), float(ln[38:46]), float(ln[46:54])]
