@@ -18,7 +18,7 @@ from pathlib import Path
 DEMOS: dict[str, str] = {
     "toy": "flow3d.toy.demo:demo",
     "protein": "protein.design:demo",
-    "mesh": "flow3d.mesh.generate:demo",
+    "mesh": "flow3d.mesh.pipeline:demo",
 }
 
 

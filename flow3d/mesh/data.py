@@ -25,9 +25,15 @@ from flow3d.io import atomic_path, atomic_write_text
 from flow3d.mesh.sdf import SHELL_EPS, mesh_sdf
 
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
+SUPERVISION_BOUNDS = 1.05  # SDF targets are drawn in [-1.05, 1.05]^3: the decoder's domain
+# CAPOD.cla's class order (folder classN is class N - 1), fixed by the dataset
+CAPOD_CLASSES = ("Human", "Dolphin", "Chair", "Airplane", "Tree", "Vase", "Desktop_computer",
+                 "Hand", "Dog", "Guitar", "Piano", "Spider", "Horse", "Gun", "Car")
 
 
-def _trimesh():
+def require_trimesh():
+    """trimesh, imported when first needed (it takes most of a second), or an ImportError
+    naming the extra to install."""
     try:
         import trimesh
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -44,7 +50,7 @@ def load_mesh(path: str | Path):
     the file for: missing or empty files, parse errors, point clouds, files without faces,
     non-finite vertices, out-of-range face indices, and zero-size geometry.
     """
-    trimesh = _trimesh()
+    trimesh = require_trimesh()
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such mesh file")
@@ -172,7 +178,7 @@ def sample_sdf_supervision(
     rng: np.random.Generator,
     near_std: tuple[float, ...] = (0.005, 0.02),
     eps: float = SHELL_EPS,
-    bounds: float = 1.05,
+    bounds: float = SUPERVISION_BOUNDS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Query points [M, 3] and their target SDF [M] (negative inside), M = sum of the counts.
 
@@ -207,21 +213,6 @@ def list_mesh_files(root: str | Path) -> list[Path]:
 _CLASS_DIR = re.compile(r"^class(\d+)$")
 
 
-def capod_class_names(root: str | Path) -> list[str]:
-    """Class names in CAPOD.cla order (Princeton Shape Benchmark format): folder classN is N-1."""
-    cla = Path(root) / "CAPOD.cla"
-    if not cla.is_file():
-        raise DataError(f"{cla}: CAPOD classification file not found")
-    names = []
-    for line in cla.read_text().splitlines()[2:]:
-        tok = line.split()
-        if len(tok) == 3 and not tok[0].isdigit():
-            names.append(tok[0])
-    if not names:
-        raise DataError(f"{cla}: no classes found")
-    return names
-
-
 def capod_class_of(path: str | Path) -> int:
     """Class id (0-based) of a CAPOD mesh from its folder name ``classN``; -1 if not CAPOD."""
     m = _CLASS_DIR.match(Path(path).parent.name)
@@ -238,23 +229,43 @@ def mesh_id(path: str | Path, root: str | Path | None = None) -> str:
     return "__".join(rel.with_suffix("").parts)
 
 
+_CAPOD_ID = re.compile(r"(?:^|__)class(\d+)__m(\d+)$")
+
+
+def capod_key(name: str | Path) -> tuple[int, int] | None:
+    """(class folder number, mesh number) of a CAPOD mesh, from its path (``class3/m12.obj``)
+    or its cache id (``capod__class3__m12``); None for any other mesh."""
+    if isinstance(name, Path):
+        name = f"{name.parent.name}__{name.stem}"
+    m = _CAPOD_ID.search(str(name))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def capod_heldout(keys, holdout_per_class: int) -> set[tuple[int, int]]:
+    """The split rule, the only copy: per class, the ``holdout_per_class`` meshes with the
+    highest numbers are held out, and at least one stays in training. ``keys`` are
+    :func:`capod_key` values; deterministic, so every run and every cache agree."""
+    by_class: dict[int, list[int]] = {}
+    for cls, num in keys:
+        by_class.setdefault(cls, []).append(num)
+    held = set()
+    for cls, nums in by_class.items():
+        nums = sorted(set(nums))
+        k = min(holdout_per_class, max(len(nums) - 1, 0))
+        held |= {(cls, n) for n in nums[len(nums) - k :]}
+    return held
+
+
 def capod_split(root: str | Path, holdout_per_class: int = 1) -> tuple[list[Path], list[Path]]:
-    """Deterministic (train, held_out) CAPOD files: the last ``holdout_per_class`` meshes of
-    each class by numeric id are held out (no randomness, so every run agrees)."""
+    """(train, held_out) CAPOD ``.obj`` files under ``root`` by :func:`capod_heldout`."""
     root = Path(root)
-    train, held = [], []
-    dirs = sorted(
-        (d for d in root.iterdir() if d.is_dir() and _CLASS_DIR.match(d.name)),
-        key=lambda d: int(_CLASS_DIR.match(d.name).group(1)),
-    )
-    if not dirs:
+    files = sorted((f for d in root.iterdir() if d.is_dir() and _CLASS_DIR.match(d.name)
+                    for f in d.glob("*.obj") if capod_key(f) is not None), key=capod_key)
+    if not files:
         raise DataError(f"{root}: no CAPOD classN folders")
-    for d in dirs:
-        files = sorted(d.glob("*.obj"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
-        k = min(holdout_per_class, max(len(files) - 1, 0))
-        train += files[: len(files) - k]
-        held += files[len(files) - k :]
-    return train, held
+    held = capod_heldout([capod_key(f) for f in files], holdout_per_class)
+    return ([f for f in files if capod_key(f) not in held],
+            [f for f in files if capod_key(f) in held])
 
 
 # ---- cache -----------------------------------------------------------------------------------
@@ -471,8 +482,9 @@ class MeshDataset(torch.utils.data.Dataset):
             if isinstance(split, str):
                 if split not in ("train", "heldout"):
                     raise DataError(f"split must be all/train/heldout or a list, got {split!r}")
-                held = {i for i in ids if _is_heldout(i, holdout_per_class, ids)}
-                keep = [i not in held if split == "train" else i in held for i in ids]
+                keys = [capod_key(i) for i in ids]
+                held = capod_heldout([k for k in keys if k is not None], holdout_per_class)
+                keep = [(k in held) == (split == "heldout") for k in keys]
             else:
                 wanted = set(split)
                 keep = [i in wanted for i in ids]
@@ -534,17 +546,3 @@ class MeshDataset(torch.utils.data.Dataset):
     def normalization(self, i: int) -> Normalization:
         t, _ = self._load(i)
         return Normalization(t["center"], float(t["scale"][0]))
-
-
-def _is_heldout(mid: str, holdout_per_class: int, all_ids: list[str]) -> bool:
-    """CAPOD ids look like 'classN__mK': held out = the last k ids of the class by number."""
-    m = re.match(r"^(?:.*__)?(class\d+)__m(\d+)$", mid)
-    if not m:
-        return False
-    same = sorted(
-        int(mm.group(2))
-        for i in all_ids
-        if (mm := re.match(r"^(?:.*__)?(class\d+)__m(\d+)$", i)) and mm.group(1) == m.group(1)
-    )
-    k = min(holdout_per_class, max(len(same) - 1, 0))
-    return int(m.group(2)) in same[len(same) - k :]

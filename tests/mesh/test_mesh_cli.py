@@ -40,7 +40,7 @@ def test_generate_bad_output_format_and_resolution(tmp_path, capsys):
     img.write_bytes(b"")
     code, _, err = run(["mesh", "generate", "--image", str(img), "--out", str(tmp_path / "m.txt")],
                        capsys)
-    assert code != 0 and "unsupported output format" in one_line_error(err)
+    assert code != 0 and "unsupported extension '.txt'" in one_line_error(err)
     code, _, err = run(["mesh", "generate", "--image", str(img), "--out", str(tmp_path / "m.glb"),
                         "--resolution", "100"], capsys)
     assert code != 0 and "--resolution" in one_line_error(err)
@@ -76,13 +76,13 @@ def test_reconstruct_empty_decode_names_the_input(tmp_path, capsys, monkeypatch)
     trimesh = pytest.importorskip("trimesh")
     if not (CKPT / "vae_cpu").exists():
         pytest.skip("bundled checkpoints/mesh/vae_cpu not present")
-    import flow3d.mesh.generate as generate
+    import flow3d.mesh.pipeline as pipeline
     from flow3d.errors import DataError
 
     def empty_decode(*args, **kwargs):
         raise DataError("the decoded SDF has no zero level set inside the box (empty mesh)")
 
-    monkeypatch.setattr(generate, "reconstruct_mesh", empty_decode)
+    monkeypatch.setattr(pipeline, "sdf_to_mesh", empty_decode)
     path = tmp_path / "thin.ply"
     trimesh.creation.box((1.0, 1.0, 0.01)).export(path)
     code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(tmp_path / "o.glb")],
