@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import re
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
 
 from flow3d.errors import DataError
-from flow3d.io import atomic_path, atomic_write_text
-from flow3d.mesh.sdf import SHELL_EPS, mesh_sdf
+from flow3d.io import atomic_path, atomic_write_text, is_temporary
+from flow3d.mesh.extract import extract_hierarchical
+from flow3d.mesh.render import render_views
+from flow3d.mesh.sdf import SHELL_EPS, mesh_sdf, mesh_sdf_fn
 
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
 SUPERVISION_BOUNDS = 1.05  # SDF targets are drawn in [-1.05, 1.05]^3: the decoder's domain
@@ -143,9 +151,6 @@ def make_watertight(mesh, resolution: int = 256, eps: float = SHELL_EPS):
     sheets). The zero level set is extracted with the sparse hierarchical marching cubes at
     ``resolution`` (a power of two >= 32) inside the bounding box of the normalised mesh.
     """
-    from flow3d.mesh.extract import extract_hierarchical
-    from flow3d.mesh.sdf import mesh_sdf_fn
-
     normed, norm = normalize_mesh(mesh)
     # Extraction box: a margin of a few cells so the shell around the boundary is closed.
     bounds = 1.0 + 4.0 / resolution + eps
@@ -207,7 +212,8 @@ def list_mesh_files(root: str | Path) -> list[Path]:
         raise DataError(f"{root}: no such folder")
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES
+                  and not is_temporary(p))
 
 
 _CLASS_DIR = re.compile(r"^class(\d+)$")
@@ -281,8 +287,6 @@ class CacheReport:
 
 
 def _seed_of(key: str, seed: int) -> int:
-    import zlib
-
     return zlib.crc32(key.encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
 
 
@@ -298,8 +302,6 @@ def _guarded(path, work) -> tuple[str, str | None, str | None]:
 
 
 def _save_record(cache_dir, file_name: str, tensors: dict, meta: dict) -> None:
-    from safetensors.numpy import save_file
-
     with atomic_path(Path(cache_dir) / file_name) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -365,10 +367,6 @@ def _write_report(path: Path, report: CacheReport) -> None:
 
 def _run_jobs(fn, jobs: list, workers: int, desc: str, progress: bool) -> CacheReport:
     """Run ``fn(job) -> (path, mesh id or None, error)`` over jobs, in ``workers`` processes."""
-    import time
-
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     kept, skipped = [], {}
     bar = tqdm(total=len(jobs), desc=desc, unit="mesh", disable=not progress)
@@ -396,8 +394,6 @@ def _run_jobs(fn, jobs: list, workers: int, desc: str, progress: bool) -> CacheR
 def _views_one(args) -> tuple[str, str | None, str | None]:
     """Worker: render one normalised mesh -> ``<mesh_id>.views.safetensors``."""
     path, root, cache_dir, n_views, image_size, backend, seed = args
-    from flow3d.mesh.render import render_views
-
     torch.set_num_threads(1)
 
     def work() -> str:
@@ -445,9 +441,14 @@ def build_view_cache(
 
 
 def _common_root(files: list[Path]) -> Path:
-    import os
-
     return Path(os.path.commonpath([str(f.parent.absolute()) for f in files]))
+
+
+def cached_meshes(cache_dir: str | Path) -> list[Path]:
+    """The per-mesh files of a cache folder (not their views, not a killed writer's
+    temporaries), sorted."""
+    return sorted(f for f in Path(cache_dir).glob("*.safetensors")
+                  if not f.stem.endswith(".views") and not is_temporary(f))
 
 
 class MeshDataset(torch.utils.data.Dataset):
@@ -472,9 +473,7 @@ class MeshDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ):
         self.cache_dir = Path(cache_dir)
-        files = sorted(
-            f for f in self.cache_dir.glob("*.safetensors") if not f.stem.endswith(".views")
-        )
+        files = cached_meshes(self.cache_dir)
         if not files:
             raise DataError(f"{self.cache_dir}: no cached meshes (*.safetensors)")
         ids = [f.stem for f in files]
@@ -501,9 +500,6 @@ class MeshDataset(torch.utils.data.Dataset):
 
     def _load(self, i: int):
         if i not in self._cache:
-            from safetensors import safe_open
-            from safetensors.numpy import load_file
-
             with safe_open(str(self.files[i]), "np") as f:
                 meta = f.metadata()
             tensors = load_file(str(self.files[i]))
@@ -538,8 +534,6 @@ class MeshDataset(torch.utils.data.Dataset):
 
     def source_path(self, i: int) -> Path:
         """The original mesh file of item ``i``, as recorded in its cache metadata."""
-        from safetensors import safe_open
-
         with safe_open(str(self.files[i]), "np") as f:
             return Path(f.metadata()["path"])
 

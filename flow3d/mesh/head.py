@@ -31,6 +31,7 @@ from flow3d.io import atomic_path
 from flow3d.mesh.data import (
     MeshDataset,
     build_mesh_cache,
+    cached_meshes,
     list_mesh_files,
     load_mesh,
     normalize_mesh,
@@ -225,7 +226,7 @@ class MeshFlowSampleConfig:
 def _ensure_cache(d: MeshDataConfig) -> Path:
     """Build the mesh cache of :mod:`flow3d.mesh.data` once (skipped when present)."""
     cache = Path(d.cache_dir)
-    if not any(cache.glob("*.safetensors")):
+    if not cached_meshes(cache):
         root = Path(d.root)
         if not root.exists():
             raise DataError(f"{root}: mesh folder not found (data.root)")
