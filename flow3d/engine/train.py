@@ -59,10 +59,11 @@ def check_run_dir(recipe: Recipe, *, resume: bool = False, overwrite: bool = Fal
     out = check_output_dir(cfg.out_dir, "trainer.out_dir", overwrite=overwrite, resume=resume,
                            resumable=True)
     if cfg.bundle_to:
-        bundle = check_output_dir(cfg.bundle_to, "trainer.bundle_to", overwrite=True)
+        bundle = Path(cfg.bundle_to)
         if bundle.exists() and not (overwrite or resume):
             raise DataError(f"trainer.bundle_to {bundle}: exists; pass --overwrite to replace "
                             "it or --resume to continue the run that wrote it")
+        check_output_dir(bundle, "trainer.bundle_to", overwrite=True)
     return out
 
 
