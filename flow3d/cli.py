@@ -52,8 +52,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-HELP = HelpFormatter
-
 
 # ---- settings ------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -221,13 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="flow3d",
         description="Rectified-flow generative modelling for 3D and scientific data.",
-        formatter_class=HELP,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a recipe (recipes/<head>/<name>.yaml)",
-                       formatter_class=HELP)
+                       formatter_class=HelpFormatter)
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="recipe overrides, e.g. trainer.max_steps=200")
@@ -238,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw samples from a checkpoint and save them",
-                       formatter_class=HELP)
+                       formatter_class=HelpFormatter)
     _add_sampling_flags(p)
     p.add_argument("--num", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output folder (written all at once)")
@@ -246,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="sample and score against the target (toy: energy "
-                                    "distance, MMD)", formatter_class=HELP)
+                                    "distance, MMD)", formatter_class=HelpFormatter)
     _add_sampling_flags(p)
     p.add_argument("--num", type=int, help="number of samples (default: recipe sample.num)")
     p.add_argument("--json", help="also write the report to this file")

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from contract import assert_user_error
+
 from flow3d.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,5 +24,6 @@ def check_method(method: str, name: str) -> str:
     """``method`` if it names a solver of :func:`flow3d.core.solvers.solve`, else a
     :class:`ConfigError` naming ``name`` (a recipe key or a command-line option)."""
     if method not in SOLVERS:
-        raise ConfigError(f"{name} = {method!r}: not a solver" + suggest(str(method), list(SOLVERS)))
+        raise ConfigError(f"{name} = {method!r}: not a solver"
+                          + suggest(str(method), list(SOLVERS)))
     return method

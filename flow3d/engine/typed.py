@@ -7,6 +7,7 @@ came from. Recipes (:mod:`flow3d.engine.config`) and sampling overrides
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -81,10 +82,8 @@ def coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, str):  # YAML 1.1 reads `1e3` (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)

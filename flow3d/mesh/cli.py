@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = msub.add_parser("generate", help="a mesh from an image (or a class)",
                         formatter_class=HelpFormatter)
     g.add_argument("--image", help="input image (PNG/JPEG), one object on a plain background")
-    g.add_argument("--class", dest="label", help="CAPOD class (e.g. chair) for the "
+    g.add_argument("--class", dest="label", metavar="NAME", help="CAPOD class (e.g. chair) for the "
                    "class-conditional model; cannot be combined with --image")
     g.add_argument("--out", required=True, help="output mesh (.glb, .obj, .ply, .stl)")
     g.add_argument("--ckpt", help="mesh_flow checkpoint (default: checkpoints/mesh/flow_image, "

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flow3d.engine.flow import affine_path, couple, flow_loss, time_sampler
 from flow3d.core.solvers import solve
 from flow3d.core.time import time_grid
+from flow3d.engine.flow import affine_path, couple, flow_loss, time_sampler
 from flow3d.engine.head import Head
 from flow3d.engine.keys import check_method, suggest
 from flow3d.engine.reflow import ReflowConfig, ensure_pairs, reflow_dataset

@@ -150,3 +150,17 @@ def test_generate_with_bundled_checkpoint(tmp_path, capsys):
     assert 0 < len(mesh.faces) <= 3000
     assert mesh.is_watertight
     assert len(mesh.split(only_watertight=False)) == 1
+
+
+@pytest.mark.parametrize("command", ["generate", "reconstruct", "eval"])
+def test_help_shows_defaults(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["mesh", command, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    expected = {"generate": ["--steps STEPS ODE solver steps (default: 50)", "(default: 5.0)",
+                             "(default: 128)", "(default: 50000)", "(default: euler)"],
+                "reconstruct": ["(default: 64)", "(default: 4096)"],
+                "eval": ["(default: normalized)", "(default: 100000)"]}[command]
+    for text in expected:
+        assert text in out, text

@@ -14,7 +14,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from contract import assert_user_error
 
 trimesh = pytest.importorskip("trimesh")
