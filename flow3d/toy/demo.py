@@ -45,7 +45,7 @@ def _checkpoint(bundled: Path, recipe: Path, run: Path, steps: int | None, *extr
     overrides = [f"trainer.out_dir={run}", "trainer.progress=false", *extra]
     if steps is not None:
         overrides.append(f"trainer.max_steps={steps}")
-    return train(load_recipe(recipe, overrides)), "trained now"
+    return train(load_recipe(recipe, overrides), overwrite=True), "trained now"  # its own folder
 
 
 def _demo(out_dir: Path, steps: int | None) -> dict:
