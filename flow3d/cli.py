@@ -121,6 +121,9 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 # ---- commands --------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume not in (None, "auto") and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume trainer.max_steps=300`: an override, not a checkpoint to resume from
+        args.overrides, args.resume = [*args.overrides, args.resume], "auto"
     recipe = load_recipe(args.recipe, args.overrides)
     if args.resume is not None and is_rank_zero():
         start = resume_checkpoint(recipe, args.resume)
@@ -263,7 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own, at import
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras and getattr(args, "func", None) is cmd_train and all(
+                "=" in e and not e.startswith("-") for e in extras):
+            args.overrides = [*args.overrides, *extras]  # overrides after --overwrite
+        elif extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
         if getattr(args, "func", None) is None:
             parser.print_help()
             return 2

@@ -252,3 +252,13 @@ def test_bad_checkpoints(tmp_path, capsys):
         for cmd in (["sample", ckpt, "--num", "3", "--out", tmp_path / "s"],
                     ["eval", ckpt, "--num", "3"]):
             assert_user_error(cmd, capsys, mentions=[ckpt.name, says], watch=[tmp_path])
+
+
+def test_train_overrides_may_follow_the_flags(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", str(RECIPE), *TINY[:-3], f"trainer.out_dir={run}"]
+    assert main([*argv, "--overwrite", "trainer.max_steps=1"]) == 0
+    assert main([*argv, "--resume", "trainer.max_steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "at step 1 of 2" in out
+    assert_user_error([*argv, "--resume", "--bogus"], capsys, mentions=["--bogus"], watch=[run])
