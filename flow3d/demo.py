@@ -1,8 +1,9 @@
 """``python -m flow3d.demo --out DIR``: run the main job of every head that has a demo.
 
 Each entry is ``"module:function"`` with ``function(out_dir: Path) -> None``; the demo of head
-``h`` writes under ``DIR/h``. A head whose demo module is not present yet is reported as such;
-a demo that fails makes the command fail (after the others have run).
+``h`` writes under ``DIR/h`` and replaces its own files there (fixed names), so ``make demo``
+can be run again. A head whose demo module is not present yet is reported as such; a demo that
+fails makes the command fail (after the others have run).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 DEMOS: dict[str, str] = {
     "toy": "flow3d.toy.demo:demo",
     "protein": "protein.design:demo",
-    "mesh": "flow3d.mesh.generate:demo",
+    "mesh": "flow3d.mesh.pipeline:demo",
 }
 
 

@@ -88,3 +88,14 @@ def test_head_register_adds_commands(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cli, "HEAD_COMMANDS", {"demohead": "_flow3d_demo_cli:register"})
     assert cli.main(["demohead"]) == 0
     assert capsys.readouterr().out == "ran demohead\n"
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("sample", "--seed SEED noise seed (default: 0)"),
+    ("eval", "--device DEVICE torch device (default: cpu)"),
+    ("train", "--overwrite"),
+])
+def test_help_shows_defaults(command, expected, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    assert expected in " ".join(capsys.readouterr().out.split())

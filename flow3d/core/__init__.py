@@ -41,7 +41,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "so3_jr_inv",
     ),
     "manifolds": ("Euclidean", "Manifold", "Product", "SO3Matrix", "SO3Quaternion"),
-    "solvers": ("METHOD_ORDER", "SOLVERS", "SolveOptionError", "SolveResult", "solve"),
+    "solvers": (
+        "METHOD_ORDER", "SOLVERS", "SolveOptionError", "SolveOptions", "SolveResult", "solve",
+    ),
     "analytic": ("GaussianFlow", "GaussianMixtureFlow"),
     "couplings": ("COUPLINGS", "independent_coupling", "ot_coupling", "ot_permutation"),
     "conversions": (

@@ -49,29 +49,32 @@ def generate_pairs(
     *,
     shard_size: int = 4096,
     batch_size: int | None = None,
-    method: str = "euler",
-    steps: int | None = 100,
-    grid=None,
     seed: int = 0,
-    manifold=None,
     device: str | torch.device = "cpu",
-    progress: bool = False,
+    **solve_kwargs,
 ) -> Path:
     """Draw ``num`` noise states, integrate each to ``t = 1``, save the pairs; return the
     manifest path.
 
     ``noise_fn(n, generator) -> x_0 [n, ...]`` draws source states on the CPU (seeded per shard
-    from ``seed``, so the output is a function of the arguments only). ``method``, ``steps``,
-    ``grid`` and ``manifold`` go to :func:`flow3d.core.solvers.solve`; ``batch_size`` (default
-    ``shard_size``) bounds the states integrated at once on ``device``.
+    from ``seed``, so the output is a function of the arguments only). ``solve_kwargs`` go to
+    :func:`flow3d.core.solvers.solve` (``method="euler"``; ``steps=100`` unless a ``grid`` is
+    given; ``manifold``, ``progress``, ...) and are recorded in the manifest; ``batch_size``
+    (default ``shard_size``) bounds the states integrated at once on ``device``.
     """
     if num < 1 or shard_size < 1:
         raise ValueError(f"num and shard_size must be >= 1, got {num}, {shard_size}")
     from safetensors.torch import save_file
 
     batch_size = batch_size or shard_size
-    solve_kwargs = {"method": method, "manifold": manifold}
-    solve_kwargs.update({"grid": grid} if grid is not None else {"steps": steps})
+    solve_kwargs.setdefault("method", "euler")
+    if solve_kwargs.get("grid") is None:
+        solve_kwargs.pop("grid", None)
+        solve_kwargs.setdefault("steps", 100)
+    else:
+        solve_kwargs.pop("steps", None)
+    method, steps = solve_kwargs["method"], solve_kwargs.get("steps")
+    grid, manifold = solve_kwargs.get("grid"), solve_kwargs.get("manifold")
     out_dir = Path(out_dir)
     shards, shape, dtype = [], None, None
     with atomic_dir(out_dir) as tmp:
@@ -84,7 +87,7 @@ def generate_pairs(
             parts = []
             for b in range(0, n, batch_size):
                 x = x_0[b : b + batch_size].to(device)
-                parts.append(solve(velocity, x, progress=progress, **solve_kwargs).x.cpu())
+                parts.append(solve(velocity, x, **solve_kwargs).x.cpu())
             x_1 = torch.cat(parts).contiguous()
             if not torch.isfinite(x_1).all():
                 raise ValueError(f"shard {shard}: the velocity produced non-finite states")

@@ -49,7 +49,9 @@ from torch import Tensor
 from flow3d.core.manifolds import Euclidean, Manifold
 from flow3d.errors import ConfigError
 
-__all__ = ["METHOD_ORDER", "SOLVERS", "SolveOptionError", "SolveResult", "solve"]
+__all__ = [
+    "METHOD_ORDER", "SOLVERS", "SolveOptionError", "SolveOptions", "SolveResult", "solve",
+]
 
 
 class SolveOptionError(ConfigError, ValueError):
@@ -194,6 +196,33 @@ def _make_grid(steps, grid, t0: float, t1: float) -> list[float] | None:
 # ---- the solver --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SolveOptions:
+    """How :func:`solve` runs, apart from where it goes (method, times, manifold).
+
+    Given to ``solve`` as keywords (``solve(v, x, steps=8, hooks=[h])``); an unknown keyword
+    is a TypeError, as for any signature.
+
+    Attributes:
+        hooks: ``hook(x, t_next, step) -> x`` called after each step (``step`` is the 0-based
+            index of the step just taken); e.g. inpainting or optimiser guidance.
+        atol, rtol: dopri5 error tolerances (per element; on a manifold the tangent error is
+            measured against ``atol + rtol``, i.e. a unit reference magnitude).
+        return_trajectory: also return the state at every time of ``times``.
+        progress: show a tqdm progress bar.
+        enable_grad: run with autograd enabled (default: ``torch.no_grad()``).
+        max_steps: dopri5 gives up (RuntimeError) after this many step attempts.
+    """
+
+    hooks: Sequence[Hook] = ()
+    atol: float = 1e-5
+    rtol: float = 1e-5
+    return_trajectory: bool = False
+    progress: bool = False
+    enable_grad: bool = False
+    max_steps: int = 100_000
+
+
 def solve(
     velocity: Velocity,
     x_init: Tensor,
@@ -204,13 +233,7 @@ def solve(
     t0: float = 0.0,
     t1: float = 1.0,
     manifold: Manifold | None = None,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
-    return_trajectory: bool = False,
-    hooks: Sequence[Hook] = (),
-    progress: bool = False,
-    enable_grad: bool = False,
-    max_steps: int = 100_000,
+    **options,
 ) -> SolveResult:
     """Integrate ``dx/dt = velocity(x, t)`` from ``t0`` to ``t1``.
 
@@ -225,15 +248,10 @@ def solve(
         grid: explicit strictly monotonic times (overrides ``t0``/``t1``); a descending grid
             integrates backwards. ``steps`` and ``grid`` together is an error.
         manifold: the state space; ``None`` or :class:`Euclidean` is plain R^n.
-        atol, rtol: dopri5 error tolerances (per element; on a manifold the tangent error is
-            measured against ``atol + rtol``, i.e. a unit reference magnitude).
-        return_trajectory: also return the state at every time of ``times``.
-        hooks: ``hook(x, t_next, step) -> x`` called after each step (``step`` is the 0-based
-            index of the step just taken); e.g. inpainting or optimiser guidance.
-        progress: show a tqdm progress bar.
-        enable_grad: run with autograd enabled (default: ``torch.no_grad()``).
-        max_steps: dopri5 gives up (RuntimeError) after this many step attempts.
+        **options: the fields of :class:`SolveOptions` (``hooks``, ``atol``, ``rtol``,
+            ``return_trajectory``, ``progress``, ``enable_grad``, ``max_steps``).
     """
+    opts = SolveOptions(**options)
     if method not in SOLVERS:
         raise SolveOptionError(f"unknown solver {method!r}; choose one of {SOLVERS}")
     if not isinstance(x_init, Tensor):
@@ -263,18 +281,16 @@ def solve(
         # a half-precision model output is widened so that stage sums are float32
         return v if v.dtype == state_dtype else v.to(state_dtype)
 
-    ctx = torch.enable_grad() if enable_grad else torch.no_grad()
+    ctx = torch.enable_grad() if opts.enable_grad else torch.no_grad()
     with ctx:
         x = x_init.to(state_dtype)
-        traj = [x.clone() if x is x_init else x] if return_trajectory else None
+        traj = [x.clone() if x is x_init else x] if opts.return_trajectory else None
+        m = manifold if lie else None
         if method == "dopri5":
-            x, out_times = _dopri5(
-                f, x, times, float(t0), float(t1), atol, rtol, manifold if lie else None,
-                hooks, traj, progress, max_steps,
-            )  # fmt: skip
+            t_range = (float(t0), float(t1)) if times is None else (times[0], times[-1])
+            x, out_times = _dopri5(f, x, times, t_range, m, traj, opts)
         else:
-            x = _fixed(f, x, times, _FIXED[method], manifold if lie else None, hooks, traj,
-                       progress)  # fmt: skip
+            x = _fixed(f, x, times, _FIXED[method], m, opts.hooks, traj, opts.progress)
             out_times = times
     times_t = torch.tensor(out_times, dtype=_time_dtype(x), device=x_init.device)
     if traj is not None:
@@ -326,10 +342,12 @@ def _rms(x: Tensor) -> float:
     return x.pow(2).mean().sqrt().item()
 
 
-def _dopri5(f, x, out_grid, t0, t1, atol, rtol, m, hooks, traj, progress, max_steps):
-    """Adaptive Dormand-Prince 5(4) with FSAL; returns (x, recorded times)."""
+def _dopri5(f, x, out_grid, t_range, m, traj, opts: SolveOptions):
+    """Adaptive Dormand-Prince 5(4) with FSAL from ``t_range = (t0, t1)``, stopping at every
+    time of ``out_grid`` when given; returns (x, recorded times)."""
+    t0, t1 = t_range
+    atol, rtol, max_steps, hooks = opts.atol, opts.rtol, opts.max_steps, opts.hooks
     if out_grid is not None:
-        t0, t1 = out_grid[0], out_grid[-1]
         stops = out_grid[1:]
     else:
         if t0 == t1:
@@ -368,7 +386,7 @@ def _dopri5(f, x, out_grid, t0, t1, atol, rtol, m, hooks, traj, progress, max_st
     times = [t0]
     stop_i = 0
     attempts = accepted = 0
-    with _progress_bar(progress, span, "dopri5") as bar:
+    with _progress_bar(opts.progress, span, "dopri5") as bar:
         while stop_i < len(stops):
             t_stop = stops[stop_i]
             remaining = abs(t_stop - t)

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from flow3d.engine.config import Recipe, dump_recipe, recipe_from_dict
 from flow3d.engine.head import Head
+from flow3d.engine.heads import get_head
 from flow3d.errors import DataError
 from flow3d.io import atomic_dir
 
@@ -41,9 +43,11 @@ __all__ = [
     "optimizer_state_from_flat",
     "optimizer_state_to_flat",
     "read_checkpoint",
+    "resolve_path",
     "write_checkpoint",
 ]
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FORMAT_VERSION = 1
 CHECKPOINT_FILES = (  # every checkpoint has these; ema.safetensors too unless bundled
     "weights.safetensors",
@@ -135,13 +139,25 @@ def _readable(folder: Path) -> None:
         os.chmod(f, 0o666 & ~umask)
 
 
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A relative path as given when it exists from the working directory, else relative to
+    the project root, where the bundled ``checkpoints/`` and ``recipes/`` live (so a recipe's
+    ``data.vae: checkpoints/mesh/vae_cpu`` works from any directory)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    q = PROJECT_ROOT / p
+    return q if q.exists() else p
+
+
 def _is_checkpoint(path: Path) -> bool:
     return all((path / name).is_file() for name in CHECKPOINT_FILES)
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """Accept a checkpoint directory or a run directory (then its ``checkpoints/last``)."""
-    path = Path(path)
+    """Accept a checkpoint directory or a run directory (then its latest checkpoint); a
+    relative path is also looked up from the project root (:func:`resolve_path`)."""
+    path = resolve_path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     if _is_checkpoint(path):
@@ -193,8 +209,6 @@ def ema_file(path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[Recipe, dict, dict]:
     """(recipe, weights, train meta) of a checkpoint directory."""
-    import yaml
-
     path = find_checkpoint(path)
     try:
         raw = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8"))
@@ -245,12 +259,18 @@ class LoadedModel:
         return self.head.save_samples(samples, Path(out_dir))
 
 
-def load_model(path: str | Path, ema: bool = True, device: str = "cpu") -> LoadedModel:
-    """Rebuild the head and network from a checkpoint directory and load its (EMA) weights."""
-    from flow3d.engine.heads import get_head
+def load_model(path: str | Path, ema: bool = True, device: str = "cpu", *,
+               head_name: str | None = None) -> LoadedModel:
+    """Rebuild the head and network from a checkpoint directory and load its (EMA) weights.
 
+    The one checkpoint loader: ``flow3d.load``, ``flow3d sample/eval``, the mesh pipelines (the
+    latent flow and its VAE) and reflow teachers all come through here. ``head_name`` (e.g.
+    ``"mesh_vae"``) refuses a checkpoint of another head with a one-line :class:`DataError`.
+    """
     ckpt = find_checkpoint(path)
     recipe, weights, meta = read_checkpoint(ckpt, ema=ema)
+    if head_name is not None and recipe.head != head_name:
+        raise DataError(f"{ckpt}: a {recipe.head!r} checkpoint, not {head_name}")
     head = get_head(recipe.head, where=str(ckpt / "recipe.yaml"))(recipe)
     model = head.build_model()
     try:

@@ -12,7 +12,6 @@ command-line overrides ``section.key=value`` are typed by the dataclass field th
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -21,8 +20,12 @@ from typing import Any, Literal
 
 import yaml
 
+from flow3d.engine.heads import get_head
+from flow3d.engine.keys import suggest
+from flow3d.engine.typed import coerce, from_dict, hints
 from flow3d.errors import ConfigError
 from flow3d.io import atomic_write_text
+from flow3d.options import check_float, check_int
 
 __all__ = [
     "FlowConfig",
@@ -36,6 +39,13 @@ __all__ = [
     "recipe_from_dict",
     "recipe_to_dict",
 ]
+
+
+# Bounds of the trainer section: wide enough for any real run, tight enough that a typo
+# (1e20 steps, lr 1e38) is an error before the first step, not an overflow after hours.
+MAX_STEPS = 10**9
+MAX_SEED = 2**63 - 1
+MAX_LR = 1.0  # AdamW steps larger than 1 per unit gradient diverge for any network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +112,28 @@ class TrainerConfig:
     bundle_half: bool = False  # ... with float16 weights
     tf32: bool = True  # on CUDA, float32 matmuls use TF32 tensor cores (~10 bits of mantissa)
 
+    def __post_init__(self):
+        """Every value is checked once, here, so a bad override fails before any work."""
+        name = "trainer.{}".format
+        for key in ("max_steps", "ckpt_every", "log_every"):
+            check_int(getattr(self, key), name(key), lo=1, hi=MAX_STEPS)
+        check_int(self.warmup_steps, name("warmup_steps"), lo=0, hi=MAX_STEPS)
+        check_int(self.batch_size, name("batch_size"), lo=1, hi=1 << 20)
+        check_int(self.accumulate, name("accumulate"), lo=1, hi=1 << 16)
+        check_int(self.devices, name("devices"), lo=1, hi=1 << 12)
+        check_int(self.num_nodes, name("num_nodes"), lo=1, hi=1 << 12)
+        check_int(self.num_workers, name("num_workers"), lo=0, hi=1 << 10)
+        check_int(self.seed, name("seed"), lo=0, hi=MAX_SEED)
+        check_float(self.lr, name("lr"), lo=0.0, hi=MAX_LR, lo_open=True)
+        # AdamW shrinks weights by lr * weight_decay per step: above 1 they change sign
+        check_float(self.weight_decay, name("weight_decay"), lo=0.0, hi=1.0 / self.lr)
+        check_float(self.min_lr_ratio, name("min_lr_ratio"), lo=0.0, hi=1.0)
+        check_float(self.ema_decay, name("ema_decay"), lo=0.0, hi=1.0)
+        if self.grad_clip is not None:
+            check_float(self.grad_clip, name("grad_clip"), lo=0.0, hi=1e6, lo_open=True)
+        if not str(self.out_dir).strip():
+            raise ConfigError("trainer.out_dir: an output folder is required (got '')")
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -122,140 +154,13 @@ class Recipe:
 _SECTIONS = ("head", "name", "model", "data", "sample", "flow", "trainer")
 
 
-# ---- typed construction --------------------------------------------------------------------
-def _suggest(key: str, valid: Sequence[str], prefix: str = "") -> str:
-    """`` (did you mean 'trainer.max_steps'?)`` or the list of valid keys."""
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    if close:
-        return f" (did you mean {prefix + close[0]!r}?)"
-    return f" (valid keys: {', '.join(prefix + v for v in valid)})"
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; convert lists to tuples and dicts to
-    dataclasses. Raises ConfigError naming ``key``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, where)
-            except ConfigError as e:
-                errors.append(e)
-        raise errors[0] if len(errors) == 1 else ConfigError(
-            f"{where}: {key} = {value!r} is not a {_type_name(tp)}"
-        )
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(
-                f"{where}: {key} = {value!r} is not one of {', '.join(map(repr, args))}"
-                + _suggest(str(value), [str(a) for a in args])
-            )
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.", where=where)
-    if origin in (tuple, list, Sequence) or tp in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: {key} = {value!r} must be a list")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: {key} needs {len(args)} items, got {len(value)}")
-            pairs = enumerate(zip(value, args))
-            items = [_coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in pairs]
-        else:
-            item_tp = args[0] if args else Any
-            items = [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
-        return list(items) if origin is list or tp is list else tuple(items)
-    if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: {key} = {value!r} must be a mapping")
-        return dict(value)
-    if value is None:
-        raise ConfigError(f"{where}: {key} must be a {_type_name(tp)}, got null")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} = {value!r} must be true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: {key} = {value!r} must be an integer")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key} = {value!r} must be a number")
-        return float(value)
-    if tp is str:
-        # YAML reads `precision: 32` or `name: 2024` as numbers; they are meant as text.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} = {value!r} must be a string")
-        return value
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: {key} = {value!r} must be a {_type_name(tp)}")
-    return value
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def from_dict(cls: type, data: Mapping[str, Any], *, prefix: str = "", where: str = "recipe"):
-    """Build frozen dataclass ``cls`` from a mapping; unknown keys, wrong types and missing
-    required fields raise a one-line ConfigError naming ``prefix + key`` and ``where``."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'recipe'} must be a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = _hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(
-                f"{where}: unknown key {prefix + str(key)!r}"
-                + _suggest(str(key), list(fields), prefix)
-            )
-        kwargs[key] = _coerce(value, hints[key], prefix + key, where)
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and name not in kwargs:
-            raise ConfigError(f"{where}: missing required key {prefix + name!r}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:  # a __post_init__ check of the head's dataclass
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or cls.__name__}: {e}") from None
-
-
 def recipe_from_dict(raw: Mapping[str, Any], *, where: str = "recipe") -> Recipe:
     """Build a :class:`Recipe` from a plain mapping (a parsed YAML file)."""
-    from flow3d.engine.heads import get_head
-
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: a recipe must be a YAML mapping, got {type(raw).__name__}")
     for key in raw:
         if key not in _SECTIONS:
-            raise ConfigError(f"{where}: unknown key {key!r}" + _suggest(str(key), _SECTIONS))
+            raise ConfigError(f"{where}: unknown key {key!r}" + suggest(str(key), _SECTIONS))
     if "head" not in raw:
         raise ConfigError(f"{where}: missing required key 'head'")
     head_cls = get_head(str(raw["head"]), where=where)
@@ -270,7 +175,7 @@ def recipe_from_dict(raw: Mapping[str, Any], *, where: str = "recipe") -> Recipe
     for key, cls in sections.items():
         value = raw.get(key) or {}
         kwargs[key] = from_dict(cls, value, prefix=f"{key}.", where=where)
-    kwargs["name"] = _coerce(raw.get("name", ""), str, "name", where)
+    kwargs["name"] = coerce(raw.get("name", ""), str, "name", where)
     return Recipe(**kwargs)
 
 
@@ -279,8 +184,6 @@ def _section_types(head: str | None, where: str) -> dict[str, Any]:
     types_: dict[str, Any] = {"head": str, "name": str}
     types_.update(flow=FlowConfig, trainer=TrainerConfig)
     if head is not None:
-        from flow3d.engine.heads import get_head
-
         head_cls = get_head(head, where=where)
         types_.update(
             model=head_cls.model_config, data=head_cls.data_config, sample=head_cls.sample_config
@@ -312,12 +215,12 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], *, where: str
                 valid = list(node_type)
             elif dataclasses.is_dataclass(node_type):
                 valid = [f.name for f in dataclasses.fields(node_type)]
-                node_type = _hints(node_type)
+                node_type = hints(node_type)
             else:
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth])} has no sub-keys")
             if part not in valid:
                 prefix = ".".join(parts[:depth]) + "." if depth else ""
-                hint = _suggest(part, valid, prefix)
+                hint = suggest(part, valid, prefix)
                 raise ConfigError(f"override {item!r}: unknown key {here!r}{hint}")
             node_type = node_type[part]
             if depth == len(parts) - 1:
@@ -353,9 +256,20 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe YAML file, apply ``section.key=value`` overrides, build the typed Recipe."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
+        what = "is a folder, not a recipe file" if path.is_dir() else "recipe file not found"
+        raise ConfigError(f"{path}: {what}")
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        raise ConfigError(f"{path}: is gzip-compressed; a recipe is a YAML text file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (binary data at byte {e.start}); a recipe "
+                          "is a YAML text file") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (NUL bytes); a recipe is a YAML text file")
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""

@@ -10,7 +10,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from flow3d.core.couplings import ot_coupling
+from flow3d.core.losses import time_weight, velocity_loss
+from flow3d.core.paths import AffinePath
+from flow3d.core.schedulers import build_scheduler
+from flow3d.core.time import build_time_sampler
 from flow3d.engine.config import FlowConfig
+from flow3d.engine.keys import suggest
 from flow3d.errors import ConfigError
 
 __all__ = ["affine_path", "couple", "flow_loss", "time_sampler"]
@@ -26,24 +32,17 @@ _TIME_KWARGS: dict[str, tuple[str, ...]] = {
 
 def time_sampler(flow: FlowConfig):
     """The training-time sampler of ``flow.time_sampler`` (:mod:`flow3d.core.time`)."""
-    from flow3d.core.time import build_time_sampler
-
     cfg = flow.time_sampler
     if cfg.name not in _TIME_KWARGS:
-        from flow3d.engine.config import _suggest
-
         raise ConfigError(
             f"flow.time_sampler.name: unknown sampler {cfg.name!r}"
-            + _suggest(cfg.name, sorted(_TIME_KWARGS))
+            + suggest(cfg.name, sorted(_TIME_KWARGS))
         )
     return build_time_sampler(cfg.name, **{k: getattr(cfg, k) for k in _TIME_KWARGS[cfg.name]})
 
 
 def affine_path(flow: FlowConfig):
     """``x_t = alpha_t x_1 + sigma_t x_0`` with ``flow.scheduler``."""
-    from flow3d.core.paths import AffinePath
-    from flow3d.core.schedulers import build_scheduler
-
     return AffinePath(build_scheduler(flow.scheduler))
 
 
@@ -56,8 +55,6 @@ def flow_loss(
     mask: Tensor | None = None,
 ) -> Tensor:
     """``flow.loss.kind`` between velocities, weighted per sample by ``flow.loss.time_weight``."""
-    from flow3d.core.losses import time_weight, velocity_loss
-
     cfg = flow.loss
     weight = None if cfg.time_weight == "none" else time_weight(t, cfg.time_weight)
     return velocity_loss(pred, target, kind=cfg.kind, mask=mask, weight=weight,
@@ -69,8 +66,6 @@ def couple(flow: FlowConfig, x_0: Tensor, x_1: Tensor) -> tuple[Tensor, Tensor]:
     if flow.coupling == "independent":
         return x_0, x_1
     if flow.coupling == "ot":
-        from flow3d.core.couplings import ot_coupling
-
         with torch.no_grad():
             return ot_coupling(x_0, x_1)
     raise ConfigError(

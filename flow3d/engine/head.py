@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from flow3d.engine import typed
+
 
 class Head(abc.ABC):
     """A domain plugged into the engine.
@@ -77,6 +79,12 @@ class Head(abc.ABC):
         """Draw ``num`` samples with the trained ``model``; ``overrides`` replace fields of
         ``self.recipe.sample`` (e.g. ``steps=10``)."""
 
+    def sample_settings(self, **overrides: Any) -> Any:
+        """``self.recipe.sample`` with ``overrides`` (e.g. ``steps=10``), typed and checked
+        like the recipe: an unknown key or a bad value is a one-line ConfigError."""
+        return typed.replace(self.recipe.sample, overrides, prefix="sample.",
+                             where="sample override")
+
     def save_samples(self, samples: Any, out_dir: Path) -> list[Path]:
         """Write samples to ``out_dir`` atomically; return the written paths."""
         raise NotImplementedError(f"head {self.name!r} does not save samples")
@@ -89,6 +97,6 @@ class Head(abc.ABC):
 #       Score samples against the target; used by `flow3d eval`.
 #   source(num, generator, device) -> Tensor                      (reflow)
 #   velocity_field(model) -> Callable[[Tensor, Tensor], Tensor]   (reflow)
-#   sample_settings(**overrides) -> dict                          (reflow)
-#       Together these let flow3d.engine.reflow draw (x_0, x_1) teacher pairs from a trained
-#       model with any solver and retrain on them, for any head.
+#       Together with sample_settings (above) these let flow3d.engine.reflow draw
+#       (x_0, x_1) teacher pairs from a trained model with any solver and retrain on them,
+#       for any head.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from flow3d.engine.head import Head
+from flow3d.engine.keys import suggest
 from flow3d.errors import ConfigError
 
 __all__ = ["HEADS", "HeadUnavailableError", "get_head"]
@@ -31,10 +32,8 @@ class HeadUnavailableError(ConfigError):
 
 def get_head(name: str, *, where: str = "recipe") -> type[Head]:
     """Resolve a head name to its class; unknown names suggest the closest known one."""
-    from flow3d.engine.config import _suggest
-
     if name not in HEADS:
-        raise ConfigError(f"{where}: unknown head {name!r}" + _suggest(name, sorted(HEADS)))
+        raise ConfigError(f"{where}: unknown head {name!r}" + suggest(name, sorted(HEADS)))
     module_name, _, attr = HEADS[name].partition(":")
     try:
         module = importlib.import_module(module_name)

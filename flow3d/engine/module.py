@@ -18,9 +18,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from flow3d.engine.checkpoint import (
     ema_file,
+    latest_checkpoint,
     optimizer_state_from_flat,
     read_train_state,
     write_checkpoint,
@@ -112,8 +114,6 @@ class FlowModule(L.LightningModule):
 
     # ---- resume ----------------------------------------------------------------------------
     def _load_resume(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
         meta, tensors = read_train_state(path)
         _load_weights(self.model, load_file(str(path / "weights.safetensors")), str(path))
         self.ema.load_state_dict(load_file(str(ema_file(path))))
@@ -182,10 +182,12 @@ class FlowModule(L.LightningModule):
         if self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
+            last = latest_checkpoint(self.ckpt_root)
+            kept = (f"the last good checkpoint is {last}" if last is not None
+                    else "no checkpoint was written")
             raise TrainingError(
                 f"loss is {loss.detach().item()} at step {self.step} "
-                f"(recipe {self.recipe.name or self.recipe.head}); training stopped, the last "
-                f"good checkpoint is kept in {self.ckpt_root}"
+                f"(recipe {self.recipe.name or self.recipe.head}); training stopped, {kept}"
             )
         self._micro_losses.append({k: float(v.detach()) for k, v in out.items()})
         self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True)

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import torch
 
+from flow3d.core.reflow import MANIFEST, ReflowPairs, generate_pairs
+from flow3d.core.time import time_grid
+from flow3d.engine.checkpoint import load_model
+from flow3d.engine.keys import check_method
 from flow3d.errors import ConfigError
-
-MANIFEST = "manifest.json"  # flow3d.core.reflow.MANIFEST (not imported: keeps this module light)
+from flow3d.options import check_int
 
 __all__ = ["ReflowConfig", "ensure_pairs", "reflow_dataset"]
 
@@ -41,12 +44,18 @@ class ReflowConfig:
     batch_size: int = 4096  # teacher batch per solve
     shard_size: int = 50000  # pairs per shard file
 
+    def __post_init__(self):
+        name = "data.reflow.{}".format
+        if not str(self.pairs_dir).strip():
+            raise ConfigError("data.reflow.pairs_dir: a folder is required (got '')")
+        for key, hi in (("num_pairs", 10**9), ("steps", 10**5), ("batch_size", 1 << 24),
+                        ("shard_size", 1 << 24)):
+            check_int(getattr(self, key), name(key), lo=1, hi=hi)
+        check_int(self.seed, name("seed"), lo=0, hi=2**63 - 1)
+        check_method(self.method, name("method"))
+
 
 def _generate(cfg: ReflowConfig, teacher: str, out: Path) -> None:
-    from flow3d.core.reflow import generate_pairs
-    from flow3d.core.time import time_grid
-    from flow3d.engine.checkpoint import load_model
-
     loaded = load_model(teacher, ema=True)
     settings = loaded.head.sample_settings(steps=cfg.steps, method=cfg.method)
     grid = time_grid(settings.steps, shift=getattr(settings, "shift", None))
@@ -87,6 +96,4 @@ def reflow_dataset(head, cfg: ReflowConfig, *, init_from: str | None = None):
 
     The engine calls ``head.prepare_data()`` on one process first (Lightning's
     ``prepare_data``), so under DDP only that process generates."""
-    from flow3d.core.reflow import ReflowPairs
-
     return ReflowPairs(ensure_pairs(head, cfg, init_from=init_from))

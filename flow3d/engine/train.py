@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,39 +24,47 @@ from flow3d.engine.checkpoint import (
     find_checkpoint,
     latest_checkpoint,
     read_checkpoint,
+    read_train_state,
 )
 from flow3d.engine.config import Recipe
 from flow3d.engine.heads import get_head
-from flow3d.errors import ConfigError
+from flow3d.errors import ConfigError, DataError
+from flow3d.io import check_output_dir, prepare_output_dir
 
-__all__ = ["checkpoint_root", "is_rank_zero", "train"]
+__all__ = ["check_run_dir", "checkpoint_root", "is_rank_zero", "resume_checkpoint", "train"]
 
 
 def checkpoint_root(recipe: Recipe) -> Path:
     return Path(recipe.trainer.out_dir) / "checkpoints"
 
 
-def _check(recipe: Recipe) -> None:
-    cfg = recipe.trainer
-    positive = ("max_steps", "batch_size", "accumulate", "devices", "num_nodes", "ckpt_every",
-                "log_every")
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"trainer.lr must be > 0, got {cfg.lr}")
-    if cfg.grad_clip is not None and cfg.grad_clip <= 0:
-        raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {cfg.grad_clip}")
-    if not 0.0 <= cfg.ema_decay <= 1.0:
-        raise ConfigError(f"trainer.ema_decay must be in [0, 1], got {cfg.ema_decay}")
-
-
-def _resume_path(recipe: Recipe, resume: str | os.PathLike | None) -> Path | None:
+def resume_checkpoint(recipe: Recipe, resume: str | os.PathLike | None) -> Path | None:
+    """The checkpoint a run continues from: None for a fresh run, the latest one under the
+    run's ``checkpoints/`` for ``"auto"`` (None when there is none yet), else ``resume``."""
     if resume is None:
         return None
     if str(resume) == "auto":
         return latest_checkpoint(checkpoint_root(recipe))
     return find_checkpoint(resume)
+
+
+def check_run_dir(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """The output rule (:mod:`flow3d.io`) for ``trainer.out_dir`` and ``trainer.bundle_to``:
+    a folder holding an earlier run is refused unless the run resumes it or replaces it.
+    Writes nothing."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in trainer.out_dir and --overwrite "
+                          "replaces it: give one of them")
+    cfg = recipe.trainer
+    out = check_output_dir(cfg.out_dir, "trainer.out_dir", overwrite=overwrite, resume=resume,
+                           resumable=True)
+    if cfg.bundle_to:
+        bundle = Path(cfg.bundle_to)
+        if bundle.exists() and not (overwrite or resume):
+            raise DataError(f"trainer.bundle_to {bundle}: exists; pass --overwrite to replace "
+                            "it or --resume to continue the run that wrote it")
+        check_output_dir(bundle, "trainer.bundle_to", overwrite=True)
+    return out
 
 
 def is_rank_zero() -> bool:
@@ -65,27 +74,70 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def train(recipe: Recipe, *, resume: str | os.PathLike | None = None) -> Path:
+def train(recipe: Recipe, *, resume: str | os.PathLike | None = None,
+          overwrite: bool = False) -> Path:
     """Train ``recipe`` and return its ``checkpoints/last`` directory.
 
     ``resume``: None (start fresh), ``"auto"`` (latest checkpoint under the run's out_dir, or
     fresh when there is none) or a checkpoint path. The run continues with exactly the batches,
-    noise and optimiser state of an uninterrupted run.
+    noise and optimiser state of an uninterrupted run. A fresh run refuses an ``out_dir`` that
+    holds files unless ``overwrite`` (which empties it first), so runs are never mixed. A run
+    that fails before writing a checkpoint removes the log folders it created.
     """
+    cfg = recipe.trainer
+    # DDP ranks > 0 are started by rank 0's trainer, after it has prepared the folder
+    lead = is_rank_zero()
+    out = Path(cfg.out_dir)
+    if lead:
+        check_run_dir(recipe, resume=resume is not None, overwrite=overwrite)
+    root = checkpoint_root(recipe)
+    start = resume_checkpoint(recipe, resume)
+    init_weights = None
+    if start is None and cfg.init_from:
+        _, init_weights, _ = read_checkpoint(cfg.init_from, ema=True)
+    head = get_head(recipe.head)(recipe)
+    created = not out.exists()
+    if lead:
+        prepare_output_dir(out, overwrite=overwrite)
+    logs_before = _log_versions(out)
+    step_before = _latest_step(root)
+    try:
+        return _fit(recipe, head, start, init_weights)
+    except BaseException:
+        if lead and _latest_step(root) == step_before:
+            _remove_new_logs(out, logs_before, created)
+        raise
+
+
+def _log_versions(out: Path) -> set[Path]:
+    return set((out / "logs").glob("*/version_*"))
+
+
+def _latest_step(root: Path) -> int | None:
+    last = latest_checkpoint(root)
+    return None if last is None else int(read_train_state(last)[0].get("step", 0))
+
+
+def _remove_new_logs(out: Path, before: set[Path], created: bool) -> None:
+    """After a run that wrote no checkpoint: its log versions (and the folders it created
+    for them) go, so a failed start leaves nothing that looks like a run."""
+    for version in _log_versions(out) - before:
+        shutil.rmtree(version, ignore_errors=True)
+    for folder in (out / "logs" / "csv", out / "logs" / "tb", out / "logs", out / "checkpoints",
+                   *([out] if created else [])):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+
+
+def _fit(recipe: Recipe, head, start: Path | None, init_weights) -> Path:
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from flow3d.engine.module import FlowModule
 
-    _check(recipe)
     cfg = recipe.trainer
     root = checkpoint_root(recipe)
-    start = _resume_path(recipe, resume)
-    init_weights = None
-    if start is None and cfg.init_from:
-        _, init_weights, _ = read_checkpoint(cfg.init_from, ema=True)
-    head = get_head(recipe.head)(recipe)
     module = FlowModule(head, recipe, ckpt_root=root, resume_from=start, init_weights=init_weights)
     remaining = cfg.max_steps - module.step
     if remaining <= 0:

@@ -13,21 +13,35 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import re
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+from tqdm import tqdm
 
 from flow3d.errors import DataError
-from flow3d.io import atomic_path, atomic_write_text
-from flow3d.mesh.sdf import SHELL_EPS, mesh_sdf
+from flow3d.io import atomic_path, atomic_write_text, is_temporary
+from flow3d.mesh.extract import extract_hierarchical
+from flow3d.mesh.render import render_views
+from flow3d.mesh.sdf import SHELL_EPS, mesh_sdf, mesh_sdf_fn
 
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
+SUPERVISION_BOUNDS = 1.05  # SDF targets are drawn in [-1.05, 1.05]^3: the decoder's domain
+# CAPOD.cla's class order (folder classN is class N - 1), fixed by the dataset
+CAPOD_CLASSES = ("Human", "Dolphin", "Chair", "Airplane", "Tree", "Vase", "Desktop_computer",
+                 "Hand", "Dog", "Guitar", "Piano", "Spider", "Horse", "Gun", "Car")
 
 
-def _trimesh():
+def require_trimesh():
+    """trimesh, imported when first needed (it takes most of a second), or an ImportError
+    naming the extra to install."""
     try:
         import trimesh
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -44,7 +58,7 @@ def load_mesh(path: str | Path):
     the file for: missing or empty files, parse errors, point clouds, files without faces,
     non-finite vertices, out-of-range face indices, and zero-size geometry.
     """
-    trimesh = _trimesh()
+    trimesh = require_trimesh()
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such mesh file")
@@ -137,9 +151,6 @@ def make_watertight(mesh, resolution: int = 256, eps: float = SHELL_EPS):
     sheets). The zero level set is extracted with the sparse hierarchical marching cubes at
     ``resolution`` (a power of two >= 32) inside the bounding box of the normalised mesh.
     """
-    from flow3d.mesh.extract import extract_hierarchical
-    from flow3d.mesh.sdf import mesh_sdf_fn
-
     normed, norm = normalize_mesh(mesh)
     # Extraction box: a margin of a few cells so the shell around the boundary is closed.
     bounds = 1.0 + 4.0 / resolution + eps
@@ -172,7 +183,7 @@ def sample_sdf_supervision(
     rng: np.random.Generator,
     near_std: tuple[float, ...] = (0.005, 0.02),
     eps: float = SHELL_EPS,
-    bounds: float = 1.05,
+    bounds: float = SUPERVISION_BOUNDS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Query points [M, 3] and their target SDF [M] (negative inside), M = sum of the counts.
 
@@ -201,25 +212,11 @@ def list_mesh_files(root: str | Path) -> list[Path]:
         raise DataError(f"{root}: no such folder")
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MESH_SUFFIXES
+                  and not is_temporary(p))
 
 
 _CLASS_DIR = re.compile(r"^class(\d+)$")
-
-
-def capod_class_names(root: str | Path) -> list[str]:
-    """Class names in CAPOD.cla order (Princeton Shape Benchmark format): folder classN is N-1."""
-    cla = Path(root) / "CAPOD.cla"
-    if not cla.is_file():
-        raise DataError(f"{cla}: CAPOD classification file not found")
-    names = []
-    for line in cla.read_text().splitlines()[2:]:
-        tok = line.split()
-        if len(tok) == 3 and not tok[0].isdigit():
-            names.append(tok[0])
-    if not names:
-        raise DataError(f"{cla}: no classes found")
-    return names
 
 
 def capod_class_of(path: str | Path) -> int:
@@ -238,23 +235,43 @@ def mesh_id(path: str | Path, root: str | Path | None = None) -> str:
     return "__".join(rel.with_suffix("").parts)
 
 
+_CAPOD_ID = re.compile(r"(?:^|__)class(\d+)__m(\d+)$")
+
+
+def capod_key(name: str | Path) -> tuple[int, int] | None:
+    """(class folder number, mesh number) of a CAPOD mesh, from its path (``class3/m12.obj``)
+    or its cache id (``capod__class3__m12``); None for any other mesh."""
+    if isinstance(name, Path):
+        name = f"{name.parent.name}__{name.stem}"
+    m = _CAPOD_ID.search(str(name))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def capod_heldout(keys, holdout_per_class: int) -> set[tuple[int, int]]:
+    """The split rule, the only copy: per class, the ``holdout_per_class`` meshes with the
+    highest numbers are held out, and at least one stays in training. ``keys`` are
+    :func:`capod_key` values; deterministic, so every run and every cache agree."""
+    by_class: dict[int, list[int]] = {}
+    for cls, num in keys:
+        by_class.setdefault(cls, []).append(num)
+    held = set()
+    for cls, nums in by_class.items():
+        nums = sorted(set(nums))
+        k = min(holdout_per_class, max(len(nums) - 1, 0))
+        held |= {(cls, n) for n in nums[len(nums) - k :]}
+    return held
+
+
 def capod_split(root: str | Path, holdout_per_class: int = 1) -> tuple[list[Path], list[Path]]:
-    """Deterministic (train, held_out) CAPOD files: the last ``holdout_per_class`` meshes of
-    each class by numeric id are held out (no randomness, so every run agrees)."""
+    """(train, held_out) CAPOD ``.obj`` files under ``root`` by :func:`capod_heldout`."""
     root = Path(root)
-    train, held = [], []
-    dirs = sorted(
-        (d for d in root.iterdir() if d.is_dir() and _CLASS_DIR.match(d.name)),
-        key=lambda d: int(_CLASS_DIR.match(d.name).group(1)),
-    )
-    if not dirs:
+    files = sorted((f for d in root.iterdir() if d.is_dir() and _CLASS_DIR.match(d.name)
+                    for f in d.glob("*.obj") if capod_key(f) is not None), key=capod_key)
+    if not files:
         raise DataError(f"{root}: no CAPOD classN folders")
-    for d in dirs:
-        files = sorted(d.glob("*.obj"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
-        k = min(holdout_per_class, max(len(files) - 1, 0))
-        train += files[: len(files) - k]
-        held += files[len(files) - k :]
-    return train, held
+    held = capod_heldout([capod_key(f) for f in files], holdout_per_class)
+    return ([f for f in files if capod_key(f) not in held],
+            [f for f in files if capod_key(f) in held])
 
 
 # ---- cache -----------------------------------------------------------------------------------
@@ -270,8 +287,6 @@ class CacheReport:
 
 
 def _seed_of(key: str, seed: int) -> int:
-    import zlib
-
     return zlib.crc32(key.encode()) ^ (seed * 0x9E3779B1 & 0xFFFFFFFF)
 
 
@@ -287,8 +302,6 @@ def _guarded(path, work) -> tuple[str, str | None, str | None]:
 
 
 def _save_record(cache_dir, file_name: str, tensors: dict, meta: dict) -> None:
-    from safetensors.numpy import save_file
-
     with atomic_path(Path(cache_dir) / file_name) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -354,10 +367,6 @@ def _write_report(path: Path, report: CacheReport) -> None:
 
 def _run_jobs(fn, jobs: list, workers: int, desc: str, progress: bool) -> CacheReport:
     """Run ``fn(job) -> (path, mesh id or None, error)`` over jobs, in ``workers`` processes."""
-    import time
-
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     kept, skipped = [], {}
     bar = tqdm(total=len(jobs), desc=desc, unit="mesh", disable=not progress)
@@ -385,8 +394,6 @@ def _run_jobs(fn, jobs: list, workers: int, desc: str, progress: bool) -> CacheR
 def _views_one(args) -> tuple[str, str | None, str | None]:
     """Worker: render one normalised mesh -> ``<mesh_id>.views.safetensors``."""
     path, root, cache_dir, n_views, image_size, backend, seed = args
-    from flow3d.mesh.render import render_views
-
     torch.set_num_threads(1)
 
     def work() -> str:
@@ -434,9 +441,14 @@ def build_view_cache(
 
 
 def _common_root(files: list[Path]) -> Path:
-    import os
-
     return Path(os.path.commonpath([str(f.parent.absolute()) for f in files]))
+
+
+def cached_meshes(cache_dir: str | Path) -> list[Path]:
+    """The per-mesh files of a cache folder (not their views, not a killed writer's
+    temporaries), sorted."""
+    return sorted(f for f in Path(cache_dir).glob("*.safetensors")
+                  if not f.stem.endswith(".views") and not is_temporary(f))
 
 
 class MeshDataset(torch.utils.data.Dataset):
@@ -461,9 +473,7 @@ class MeshDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ):
         self.cache_dir = Path(cache_dir)
-        files = sorted(
-            f for f in self.cache_dir.glob("*.safetensors") if not f.stem.endswith(".views")
-        )
+        files = cached_meshes(self.cache_dir)
         if not files:
             raise DataError(f"{self.cache_dir}: no cached meshes (*.safetensors)")
         ids = [f.stem for f in files]
@@ -471,8 +481,9 @@ class MeshDataset(torch.utils.data.Dataset):
             if isinstance(split, str):
                 if split not in ("train", "heldout"):
                     raise DataError(f"split must be all/train/heldout or a list, got {split!r}")
-                held = {i for i in ids if _is_heldout(i, holdout_per_class, ids)}
-                keep = [i not in held if split == "train" else i in held for i in ids]
+                keys = [capod_key(i) for i in ids]
+                held = capod_heldout([k for k in keys if k is not None], holdout_per_class)
+                keep = [(k in held) == (split == "heldout") for k in keys]
             else:
                 wanted = set(split)
                 keep = [i in wanted for i in ids]
@@ -489,9 +500,6 @@ class MeshDataset(torch.utils.data.Dataset):
 
     def _load(self, i: int):
         if i not in self._cache:
-            from safetensors import safe_open
-            from safetensors.numpy import load_file
-
             with safe_open(str(self.files[i]), "np") as f:
                 meta = f.metadata()
             tensors = load_file(str(self.files[i]))
@@ -526,25 +534,9 @@ class MeshDataset(torch.utils.data.Dataset):
 
     def source_path(self, i: int) -> Path:
         """The original mesh file of item ``i``, as recorded in its cache metadata."""
-        from safetensors import safe_open
-
         with safe_open(str(self.files[i]), "np") as f:
             return Path(f.metadata()["path"])
 
     def normalization(self, i: int) -> Normalization:
         t, _ = self._load(i)
         return Normalization(t["center"], float(t["scale"][0]))
-
-
-def _is_heldout(mid: str, holdout_per_class: int, all_ids: list[str]) -> bool:
-    """CAPOD ids look like 'classN__mK': held out = the last k ids of the class by number."""
-    m = re.match(r"^(?:.*__)?(class\d+)__m(\d+)$", mid)
-    if not m:
-        return False
-    same = sorted(
-        int(mm.group(2))
-        for i in all_ids
-        if (mm := re.match(r"^(?:.*__)?(class\d+)__m(\d+)$", i)) and mm.group(1) == m.group(1)
-    )
-    k = min(holdout_per_class, max(len(same) - 1, 0))
-    return int(m.group(2)) in same[len(same) - k :]

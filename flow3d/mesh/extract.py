@@ -35,6 +35,19 @@ _NEW_POINTS = np.array(
 )
 
 
+@dataclass(frozen=True)
+class ExtractBudget:
+    """How much work extraction does at once, and where: ``chunk`` caps the points of one
+    sdf_fn call (decoder memory), ``max_batch_points`` the candidate points materialised at
+    once on the host, ``block`` the marching-cubes block edge in cells; ``device`` is where
+    the points are sent (default: the CPU)."""
+
+    chunk: int = 262_144
+    max_batch_points: int = 262_144
+    block: int = 64
+    device: str | torch.device | None = None
+
+
 @dataclass
 class ExtractResult:
     """vertices [V, 3] float32 (in the sdf_fn's coordinates), faces [F, 3] int64 (outward)."""
@@ -229,12 +242,11 @@ def extract_dense(
     resolution: int,
     bounds: float = 1.0,
     *,
-    chunk: int = 262_144,
-    block: int = 64,
-    device: str | torch.device | None = None,
     close_boundary: bool = True,
+    budget: ExtractBudget = ExtractBudget(),
 ) -> ExtractResult:
     """Evaluate all (R + 1)^3 grid points, then marching cubes on the sign-change cells."""
+    chunk, block, device = budget.chunk, budget.block, budget.device
     t_start = time.perf_counter()
     n = resolution + 1
     vol = np.empty(n**3, dtype=np.float32)  # [n^3] row-major (i, j, k)
@@ -289,28 +301,25 @@ def extract_hierarchical(
     coarse: int = 32,
     band: int = 1,
     bounds: float = 1.0,
-    chunk: int = 262_144,
-    max_batch_points: int = 262_144,
-    block: int = 64,
     near: float = math.sqrt(3.0) / 2.0,
-    device: str | torch.device | None = None,
     close_boundary: bool = True,
+    budget: ExtractBudget = ExtractBudget(),
 ) -> ExtractResult:
     """Sparse coarse-to-fine extraction; same triangles as :func:`extract_dense` at ``resolution``.
 
     resolution = coarse * 2^k cells per axis. A cell is refined when its corners change sign or
-    min |sdf| < near * cell size; the refined set is dilated by ``band`` cells. ``chunk`` caps
-    the points of one sdf_fn call (decoder memory), ``max_batch_points`` the candidate points
-    materialised at once on the host, ``block`` the marching-cubes block edge in cells.
-    ``close_boundary`` caps solids cut by the box (see :func:`extract_dense`'s twin rule).
+    min |sdf| < near * cell size; the refined set is dilated by ``band`` cells.
+    ``close_boundary`` caps solids cut by the box (see :func:`extract_dense`'s twin rule);
+    ``budget`` bounds memory (:class:`ExtractBudget`).
     """
+    chunk, max_batch_points, block = budget.chunk, budget.max_batch_points, budget.block
     levels = math.log2(resolution / coarse) if coarse > 0 else -1
     if levels < 0 or levels != int(levels):
         raise ValueError(f"resolution {resolution} must be coarse ({coarse}) times a power of 2")
     if band < 0:
         raise ValueError(f"band must be >= 0, got {band}")
     t_start = time.perf_counter()
-    device = device or "cpu"
+    device = budget.device or "cpu"
     n = resolution + 1
     step = resolution // coarse
     h_world = 2.0 * bounds / resolution

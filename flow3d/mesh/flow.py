@@ -107,8 +107,12 @@ class LatentFlow(nn.Module):
             nn.init.zeros_(layer.bias)
 
     # ---- conditioning -----------------------------------------------------------------
-    def context(self, *, images: Tensor | None = None, labels: Tensor | None = None) -> Tensor:
-        """Condition context: image tokens ``[B, T, W]`` or class embeddings ``[B, 1, W]``."""
+    def context(self, *, images: Tensor | None = None,
+                labels: Tensor | None = None) -> Tensor | None:
+        """The condition this model takes, from whichever of ``images`` ``[B, 1, R, R]`` and
+        ``labels`` ``[B]`` it needs (the other is ignored): image tokens ``[B, T, W]``, class
+        embeddings ``[B, 1, W]``, or None for an unconditional model. The one place where the
+        conditioning mode is switched on (training, sampling and the generate pipeline)."""
         if self.cond == "image":
             if images is None:
                 raise ValueError("image-conditioned flow needs images")
@@ -119,7 +123,7 @@ class LatentFlow(nn.Module):
             if (labels < 0).any() or (labels >= self.num_classes).any():
                 raise ValueError(f"class labels must lie in [0, {self.num_classes})")
             return self.class_emb(labels)[:, None]
-        raise ValueError("unconditional flow takes no condition")
+        return None
 
     def null_context(self, batch: int) -> Tensor | None:
         """The "no condition" context used for classifier-free guidance."""

@@ -16,13 +16,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from flow3d.core.guidance import ClassifierFreeGuidance
+from flow3d.core.solvers import solve
+from flow3d.core.time import time_grid
+from flow3d.engine.checkpoint import ema_file, find_checkpoint, load_model
+from flow3d.engine.flow import affine_path, flow_loss, time_sampler
 from flow3d.engine.head import Head
+from flow3d.engine.keys import check_method
 from flow3d.errors import ConfigError, DataError
+from flow3d.io import atomic_path
+from flow3d.mesh.data import (
+    MeshDataset,
+    build_mesh_cache,
+    cached_meshes,
+    list_mesh_files,
+    load_mesh,
+    normalize_mesh,
+)
 from flow3d.mesh.flow import COND_MODES, LatentFlow
 from flow3d.mesh.image_encoder import prepare_image
+from flow3d.mesh.postprocess import check_resolution, export_mesh, sdf_to_mesh
+from flow3d.mesh.render import render_views
 from flow3d.mesh.vae import SDFVAE, VAELossWeights, vae_loss
+from flow3d.options import check_float, check_int
 
 __all__ = [
     "CONDITION_AZIMUTHS",
@@ -48,8 +67,6 @@ def condition_images(
     render_size: int = 96,
 ) -> Tensor:
     """Renders of a normalised mesh prepared like a user's photo: ``[V, 1, R, R]``."""
-    from flow3d.mesh.render import render_views
-
     images, _ = render_views(
         mesh, len(azimuths), render_size, elevations=list(elevations),
         azimuths=list(azimuths), backend="numpy",
@@ -58,6 +75,22 @@ def condition_images(
 
 
 # ---- recipe sections ------------------------------------------------------------------------
+MIN_FACES, MAX_FACES = 4, 10**8  # a decimation budget: a tetrahedron up to any real mesh
+
+
+def _check_widths(width: int, heads: int, section: str) -> None:
+    check_int(width, f"{section}.width", lo=1, hi=1 << 16)
+    check_int(heads, f"{section}.heads", lo=1, hi=1024)
+    if width % heads:
+        raise ConfigError(f"{section}.width = {width}: must be divisible by {section}.heads "
+                          f"= {heads}")
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "heldout", "all"):
+        raise ConfigError(f"sample.split = {split!r}: must be train, heldout or all")
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshVAEModelConfig:
     width: int = 64
@@ -73,6 +106,23 @@ class MeshVAEModelConfig:
     num_grad: int = 128  # points per shape for the normal and eikonal terms
     loss: VAELossWeights = VAELossWeights()
 
+    def __post_init__(self):
+        _check_widths(self.width, self.heads, "model")
+        for key in ("latent_dim", "num_latents"):
+            check_int(getattr(self, key), f"model.{key}", lo=1, hi=1 << 14)
+        for key in ("enc_layers", "dec_layers"):
+            check_int(getattr(self, key), f"model.{key}", lo=0, hi=256)
+        check_int(self.num_freqs, "model.num_freqs", lo=0, hi=32)
+        check_int(self.num_grad, "model.num_grad", lo=0, hi=1 << 20)
+        check_float(self.truncation, "model.truncation", lo=0.0, hi=10.0, lo_open=True)
+        if self.query_sampling not in ("fps", "random"):
+            raise ConfigError(f"model.query_sampling = {self.query_sampling!r}: must be 'fps' "
+                              "or 'random'")
+        if not self.train_latents:
+            raise ConfigError("model.train_latents: give at least one latent count")
+        for i, m in enumerate(self.train_latents):
+            check_int(m, f"model.train_latents[{i}]", lo=1, hi=1 << 14)
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshDataConfig:
@@ -86,6 +136,17 @@ class MeshDataConfig:
     cache_volume: int = 8192
     workers: int = 1
 
+    def __post_init__(self):
+        for key in ("root", "cache_dir"):
+            if not str(getattr(self, key)).strip():
+                raise ConfigError(f"data.{key}: a folder is required (got '')")
+        check_int(self.holdout_per_class, "data.holdout_per_class", lo=0, hi=1 << 20)
+        for key in ("n_surface", "n_query", "cache_surface"):
+            check_int(getattr(self, key), f"data.{key}", lo=1, hi=1 << 24)
+        for key in ("cache_near", "cache_volume"):
+            check_int(getattr(self, key), f"data.{key}", lo=0, hi=1 << 24)
+        check_int(self.workers, "data.workers", lo=1, hi=1024)
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshVAESampleConfig:
@@ -94,6 +155,11 @@ class MeshVAESampleConfig:
     split: str = "heldout"
     num_latents: int = 64
     resolution: int = 128
+
+    def __post_init__(self):
+        _check_split(self.split)
+        check_int(self.num_latents, "sample.num_latents", lo=1, hi=1 << 14)
+        check_resolution(self.resolution, "sample.resolution")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,13 +175,30 @@ class MeshFlowModelConfig:
 
     def __post_init__(self):
         if self.cond not in COND_MODES:
-            raise ValueError(f"cond must be one of {COND_MODES}, got {self.cond!r}")
+            raise ConfigError(f"model.cond = {self.cond!r}: must be one of "
+                              f"{', '.join(COND_MODES)}")
+        _check_widths(self.width, self.heads, "model")
+        check_int(self.depth, "model.depth", lo=1, hi=256)
+        check_int(self.num_classes, "model.num_classes", lo=1, hi=1 << 20)
+        check_int(self.image_resolution, "model.image_resolution", lo=8, hi=1024)
+        check_int(self.image_channels, "model.image_channels", lo=8, hi=4096)
+        for key in ("image_resolution", "image_channels"):  # stride-8 CNN, GroupNorm(8)
+            if getattr(self, key) % 8:
+                raise ConfigError(f"model.{key} = {getattr(self, key)}: must be a multiple "
+                                  "of 8")
+        check_float(self.cond_drop, "model.cond_drop", lo=0.0, hi=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshFlowDataConfig(MeshDataConfig):
     vae: str = "checkpoints/mesh/vae_cpu"  # frozen SDF-VAE checkpoint
     num_latents: int = 64
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not str(self.vae).strip():
+            raise ConfigError("data.vae: a mesh_vae checkpoint is required (got '')")
+        check_int(self.num_latents, "data.num_latents", lo=1, hi=1 << 14)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,14 +211,22 @@ class MeshFlowSampleConfig:
     faces: int = 50000
     split: str = "heldout"  # meshes whose renders/classes condition `sample`
 
+    def __post_init__(self):
+        check_int(self.steps, "sample.steps", lo=1, hi=10**5)
+        check_method(self.method, "sample.method")
+        check_float(self.cfg, "sample.cfg", lo=0.0, hi=100.0)
+        if self.shift is not None:
+            check_float(self.shift, "sample.shift", lo=0.0, hi=1e3, lo_open=True)
+        check_resolution(self.resolution, "sample.resolution")
+        check_int(self.faces, "sample.faces", lo=MIN_FACES, hi=MAX_FACES)
+        _check_split(self.split)
+
 
 # ---- helpers shared by both heads --------------------------------------------------------
 def _ensure_cache(d: MeshDataConfig) -> Path:
     """Build the mesh cache of :mod:`flow3d.mesh.data` once (skipped when present)."""
-    from flow3d.mesh.data import build_mesh_cache, list_mesh_files
-
     cache = Path(d.cache_dir)
-    if not any(cache.glob("*.safetensors")):
+    if not cached_meshes(cache):
         root = Path(d.root)
         if not root.exists():
             raise DataError(f"{root}: mesh folder not found (data.root)")
@@ -171,8 +262,6 @@ class MeshVAEHead(Head):
         _ensure_cache(self.recipe.data)
 
     def train_dataset(self) -> torch.utils.data.Dataset:
-        from flow3d.mesh.data import MeshDataset
-
         d = self.recipe.data
         return MeshDataset(_ensure_cache(d), d.n_surface, d.n_query, split="train",
                            holdout_per_class=d.holdout_per_class)
@@ -195,10 +284,7 @@ class MeshVAEHead(Head):
     @torch.no_grad()
     def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:
         """Reconstructions (normalised coordinates) of the first ``num`` meshes of the split."""
-        from flow3d.mesh.data import MeshDataset
-        from flow3d.mesh.generate import decode_mesh
-
-        cfg = dataclasses.replace(self.recipe.sample, **overrides)
+        cfg = self.sample_settings(**overrides)
         d = self.recipe.data
         ds = MeshDataset(_ensure_cache(d), min(4096, d.cache_surface), 16, split=cfg.split,
                          holdout_per_class=d.holdout_per_class, seed=seed)
@@ -207,12 +293,10 @@ class MeshVAEHead(Head):
             it = ds[i]
             z, _, _ = model.encode(it["surface_points"][None], it["surface_normals"][None],
                                    cfg.num_latents, sample=False)
-            out.append(decode_mesh(model, z, cfg.resolution))
+            out.append(sdf_to_mesh(model.sdf_fn(z), cfg.resolution))
         return out
 
     def save_samples(self, samples, out_dir: Path) -> list[Path]:
-        from flow3d.mesh.postprocess import export_mesh
-
         return [export_mesh(m, Path(out_dir) / f"recon_{i:03d}.glb") for i, m in enumerate(samples)]
 
 
@@ -230,24 +314,6 @@ class _LatentItems(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         n, v = divmod(i, self.views)
         return {"x_1": self.latents[n], "image": self.images[n, v], "label": self.labels[n]}
-
-
-def load_vae(path: str | Path) -> SDFVAE:
-    """The frozen SDF-VAE of a ``mesh_vae`` checkpoint."""
-    from flow3d.engine.checkpoint import load_model
-    from flow3d.mesh.generate import resolve_checkpoint
-
-    path = resolve_checkpoint(path)  # bundled checkpoints are named relative to the project
-    try:
-        loaded = load_model(path)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: VAE checkpoint not found") from e
-    if loaded.recipe.head != "mesh_vae":
-        raise ConfigError(f"{path}: is a {loaded.recipe.head!r} checkpoint, not mesh_vae")
-    vae = loaded.model.eval()
-    for p in vae.parameters():
-        p.requires_grad_(False)
-    return vae
 
 
 def encode_meshes(vae: SDFVAE, surface: Tensor, normals: Tensor, num_latents: int,
@@ -277,37 +343,30 @@ class MeshFlowHead(Head):
     def build_model(self) -> LatentFlow:
         m = self.recipe.model
         return LatentFlow(
-            self.vae.latent_dim if self._vae is not None else self._latent_dim(), m.width,
-            m.heads, m.depth, m.cond, m.num_classes, m.image_resolution, m.image_channels,
-            m.cond_drop,
+            self.vae.latent_dim, m.width, m.heads, m.depth, m.cond, m.num_classes,
+            m.image_resolution, m.image_channels, m.cond_drop,
         )
-
-    def _latent_dim(self) -> int:
-        from flow3d.engine.checkpoint import read_checkpoint
-        from flow3d.mesh.generate import resolve_checkpoint
-
-        try:
-            recipe, _, _ = read_checkpoint(resolve_checkpoint(self.recipe.data.vae))
-        except FileNotFoundError as e:
-            raise DataError(f"{self.recipe.data.vae}: VAE checkpoint not found (data.vae)") from e
-        return recipe.model.latent_dim
 
     @property
     def vae(self) -> SDFVAE:
+        """The frozen SDF-VAE of ``data.vae``, read once per head (the flow's latent size and
+        every decode use this one copy)."""
         if self._vae is None:
-            self._vae = load_vae(self.recipe.data.vae)
+            try:
+                loaded = load_model(self.recipe.data.vae, head_name="mesh_vae")
+            except FileNotFoundError:
+                raise DataError(f"{self.recipe.data.vae}: VAE checkpoint not found "
+                                "(data.vae)") from None
+            self._vae = loaded.model.requires_grad_(False)
         return self._vae
 
     # ---- data ----------------------------------------------------------------------------
     def _latent_cache(self) -> Path:
         """Keyed by the VAE's weights (not its path: a VAE retrained in place must not reuse
         stale latents, and the same VAE on another machine finds the same cache)."""
-        from flow3d.engine.checkpoint import ema_file, find_checkpoint
-        from flow3d.mesh.generate import resolve_checkpoint
-
         d = self.recipe.data
         try:
-            ckpt = find_checkpoint(resolve_checkpoint(d.vae))
+            ckpt = find_checkpoint(d.vae)
         except FileNotFoundError as e:
             raise DataError(f"{d.vae}: VAE checkpoint not found (data.vae)") from e
         h = hashlib.sha1(ema_file(ckpt).read_bytes())
@@ -319,10 +378,6 @@ class MeshFlowHead(Head):
         self.train_dataset()
 
     def train_dataset(self) -> torch.utils.data.Dataset:
-        from safetensors.torch import load_file, save_file
-
-        from flow3d.io import atomic_path
-
         path = self._latent_cache()
         if path.is_file():
             t = load_file(str(path))
@@ -340,8 +395,6 @@ class MeshFlowHead(Head):
         return _LatentItems(latents, images, labels)
 
     def _encode_training_set(self) -> dict[str, Tensor]:
-        from flow3d.mesh.data import MeshDataset, load_mesh, normalize_mesh
-
         d, m = self.recipe.data, self.recipe.model
         ds = MeshDataset(_ensure_cache(d), min(4096, d.cache_surface), 16, split="train",
                          holdout_per_class=d.holdout_per_class)
@@ -363,19 +416,12 @@ class MeshFlowHead(Head):
             model.latent_std.fill_(max(std, 1e-6))
 
     def context(self, model: LatentFlow, batch: dict[str, Tensor]) -> Tensor | None:
-        if model.cond == "image":
-            return model.context(images=batch["image"])
-        if model.cond == "class":
-            labels = batch["label"]
-            if (labels < 0).any():
-                raise DataError("class-conditional training needs CAPOD meshes only "
-                                "(a mesh without a class is in the training set)")
-            return model.context(labels=labels)
-        return None
+        if model.cond == "class" and (batch["label"] < 0).any():
+            raise DataError("class-conditional training needs CAPOD meshes only "
+                            "(a mesh without a class is in the training set)")
+        return model.context(images=batch["image"], labels=batch["label"])
 
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
-        from flow3d.engine.flow import affine_path, flow_loss, time_sampler
-
         with torch.no_grad():
             self._set_stats(model)
         x_1 = model.from_latent(batch["x_1"])  # [B, M, C] standardised
@@ -394,8 +440,6 @@ class MeshFlowHead(Head):
 
         if ctx is None or cfg_weight == 0:
             return cond
-        from flow3d.core.guidance import ClassifierFreeGuidance
-
         null = model.null_context(ctx.shape[0])
 
         def uncond(x, t):
@@ -407,10 +451,7 @@ class MeshFlowHead(Head):
     def sample_latents(self, model: LatentFlow, ctx: Tensor | None, num: int, *, seed: int = 0,
                        **overrides: Any) -> Tensor:
         """Integrate noise ``[num, M, C]`` to VAE latents (un-standardised)."""
-        from flow3d.core.solvers import solve
-        from flow3d.core.time import time_grid
-
-        cfg = dataclasses.replace(self.recipe.sample, **overrides)
+        cfg = self.sample_settings(**overrides)
         g = torch.Generator().manual_seed(seed)
         x_0 = torch.randn(num, self.recipe.data.num_latents, model.x_in.in_features, generator=g)
         grid = time_grid(cfg.steps, shift=cfg.shift)
@@ -421,24 +462,16 @@ class MeshFlowHead(Head):
     def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:
         """Meshes for the first ``num`` held-out meshes' renders (image mode), classes
         ``0, 1, ...`` (class mode) or plain noise (unconditional)."""
-        from flow3d.mesh.generate import decode_mesh
-
-        cfg = dataclasses.replace(self.recipe.sample, **overrides)
-        if model.cond == "image":
-            ctx = model.context(images=self.split_images(cfg.split)[:num])
-        elif model.cond == "class":
-            ctx = model.context(labels=torch.arange(num) % model.num_classes)
-        else:
-            ctx = None
+        cfg = self.sample_settings(**overrides)
+        images = self.split_images(cfg.split)[:num] if model.cond == "image" else None
+        ctx = model.context(images=images, labels=torch.arange(num) % model.num_classes)
         num = num if ctx is None else ctx.shape[0]
         z = self.sample_latents(model, ctx, num, seed=seed, **overrides)
-        return [decode_mesh(self.vae, z[i : i + 1], cfg.resolution, faces=cfg.faces)
+        return [sdf_to_mesh(self.vae.sdf_fn(z[i : i + 1]), cfg.resolution, faces=cfg.faces)
                 for i in range(num)]
 
     def split_images(self, split: str) -> Tensor:
         """The first conditioning view of every mesh of a cache split: ``[N, 1, R, R]``."""
-        from flow3d.mesh.data import MeshDataset, load_mesh, normalize_mesh
-
         d = self.recipe.data
         ds = MeshDataset(_ensure_cache(d), 16, 16, split=split,
                          holdout_per_class=d.holdout_per_class)
@@ -450,7 +483,5 @@ class MeshFlowHead(Head):
         return torch.cat(out)
 
     def save_samples(self, samples, out_dir: Path) -> list[Path]:
-        from flow3d.mesh.postprocess import export_mesh
-
         out = Path(out_dir)
         return [export_mesh(m, out / f"sample_{i:03d}.glb") for i, m in enumerate(samples)]

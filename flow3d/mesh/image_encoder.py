@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from flow3d.errors import DataError
 
-__all__ = ["ImageEncoder", "prepare_image", "load_image"]
+__all__ = ["ImageEncoder", "foreground", "load_image", "prepare_image", "read_image"]
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -56,26 +56,49 @@ class ImageEncoder(nn.Module):
         return self.forward(images).mean(1)
 
 
-def prepare_image(rgb: np.ndarray, resolution: int = 64) -> Tensor:
-    """Any ``[H, W]`` / ``[H, W, 3|4]`` uint8 or float image -> ``[1, R, R]`` float in [0, 1].
+# What a user's image must be: sizes known from the header, before any pixel is decoded
+MIN_IMAGE_SIDE = 16  # below this there is no shape to read
+MAX_IMAGE_SIDE = 8192  # larger photos are downscaled to 64 px anyway: resize them first
+MIN_OBJECT_FRACTION = 1e-3  # of the pixels differ from the background, else "no object"
+BACKGROUND_TOLERANCE = 0.05  # grey levels within this of the border median are background
 
-    Grayscale, alpha composited on white, mapped to ``1 - |a - background|`` (the median
-    border value is the background, so dark or light backgrounds both become white), the
-    foreground is cropped to a square with a 10% margin and resized: the model sees objects
-    the way it was trained on renders, whatever the photo's framing.
-    """
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """Any ``[H, W]`` / ``[H, W, 3|4]`` uint8 or float image -> grey ``[H, W]`` in [0, 1],
+    alpha composited on white."""
     a = np.asarray(rgb, dtype=np.float32)
     if a.max() > 1.0:
         a = a / 255.0
     if a.ndim == 3 and a.shape[-1] == 4:
         a = a[..., :3] * a[..., 3:] + (1.0 - a[..., 3:])
-    if a.ndim == 3:
-        a = a[..., :3].mean(-1)
-    if a.ndim != 2 or min(a.shape) < 2:
-        raise ValueError(f"image must be 2D grey or RGB(A), got shape {np.shape(rgb)}")
-    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    bg = float(np.median(border))
-    fg = np.abs(a - bg) > 0.05
+    if a.ndim == 3 and a.shape[-1] in (1, 3):
+        a = a.mean(-1)
+    if a.ndim != 2:
+        raise ValueError(f"image must be [H, W] grey or [H, W, 3|4] RGB(A), got shape "
+                         f"{np.shape(rgb)}")
+    if min(a.shape) < 2:
+        raise ValueError(f"image is {a.shape[1]}x{a.shape[0]} pixels; at least 2x2 is needed")
+    return a
+
+
+def foreground(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """(object mask ``[H, W]``, background grey level): pixels further than
+    ``BACKGROUND_TOLERANCE`` from the median border value, so dark or light backgrounds
+    both work."""
+    a = _grey(rgb)
+    bg = float(np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])))
+    return np.abs(a - bg) > BACKGROUND_TOLERANCE, bg
+
+
+def prepare_image(rgb: np.ndarray, resolution: int = 64) -> Tensor:
+    """Any ``[H, W]`` / ``[H, W, 3|4]`` uint8 or float image -> ``[1, R, R]`` float in [0, 1].
+
+    Grayscale, alpha composited on white, mapped to ``1 - |a - background|`` (see
+    :func:`foreground`), the foreground is cropped to a square with a 10% margin and resized:
+    the model sees objects the way it was trained on renders, whatever the photo's framing.
+    """
+    a = _grey(rgb)
+    fg, bg = foreground(a)
     if fg.any():
         ys, xs = np.nonzero(fg)
         cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
@@ -95,18 +118,45 @@ def prepare_image(rgb: np.ndarray, resolution: int = 64) -> Tensor:
     return out[0].clamp(0, 1)  # [1, R, R]
 
 
-def load_image(path: str | Path, resolution: int = 64) -> Tensor:
-    """Read an image file (PNG/JPEG via matplotlib's reader) -> ``[1, R, R]``."""
+def read_image(path: str | Path) -> np.ndarray:
+    """A user's image file as ``[H, W, 3|4]`` floats in [0, 1], checked before it is used: its
+    size is read from the header and refused before decoding when it is absurd, a truncated or
+    non-image file is a :class:`DataError` naming it, and so is an image with no object on it
+    (blank, or fully transparent)."""
+    from PIL import Image, UnidentifiedImageError
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the size is checked here, with a message of our own
     try:
-        import matplotlib.image as mpimg
+        with Image.open(path) as im:
+            w, h = im.size
+            if max(w, h) > MAX_IMAGE_SIDE:
+                raise DataError(f"{path}: image is {w}x{h} pixels; the largest side accepted is "
+                                f"{MAX_IMAGE_SIDE} (the model sees 64x64: resize it first)")
+            if min(w, h) < MIN_IMAGE_SIDE:
+                raise DataError(f"{path}: image is {w}x{h} pixels; at least "
+                                f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} is needed to see an object")
+            has_alpha = "A" in im.getbands() or "transparency" in im.info
+            im = im.convert("RGBA" if has_alpha else "RGB")
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file (PNG, JPEG, ...)") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
+        raise DataError(f"{path}: cannot read image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    rgb = np.asarray(im, dtype=np.float32) / 255.0  # [H, W, 3|4]
+    mask, _ = foreground(rgb)
+    if mask.mean() < MIN_OBJECT_FRACTION:
+        what = "fully transparent" if has_alpha and rgb[..., 3].max() == 0 else "blank"
+        raise DataError(f"{path}: no object in the image ({what}: under "
+                        f"{MIN_OBJECT_FRACTION:.1%} of the pixels differ from the background); "
+                        "give a photo or render of one object")
+    return rgb
 
-        rgb = mpimg.imread(path)
-    except Exception as e:  # any decoder failure is the user's file
-        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
-    try:
-        return prepare_image(rgb, resolution)
-    except ValueError as e:
-        raise DataError(f"{path}: {e}") from e
+
+def load_image(path: str | Path, resolution: int = 64) -> Tensor:
+    """Read and check an image file (:func:`read_image`) -> ``[1, R, R]``."""
+    return prepare_image(read_image(path), resolution)

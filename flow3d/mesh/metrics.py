@@ -1,11 +1,19 @@
 """Mesh reconstruction metrics: Chamfer-L1/L2, F-score, normal consistency, volume IoU.
 
-Both meshes are mapped into the ground truth's normalised frame (the GT's bounding-box centre
-at the origin, its longest side spanning [-1, 1]; the prediction gets the *same* translation
-and scale, so a prediction at the wrong size or place is penalised), then ``n_points`` surface
-points with face normals are drawn from each (same seed for both, so a mesh against itself
-scores exactly Chamfer 0 and F-score 1). With d_PG the distance from each predicted point to
-the nearest GT point and d_GP the reverse (scipy cKDTree):
+Both meshes are first put in one frame (``frame``, see :data:`FRAMES`); the ground truth is
+always normalised (bounding-box centre at the origin, longest side spanning [-1, 1]):
+
+* ``"normalized"``: the prediction is taken as it is. A generated mesh is produced in exactly
+  that frame (the model was trained on normalised meshes), so its size and place are part of
+  what is scored. The default of ``flow3d mesh eval``.
+* ``"each"``: the prediction is normalised on its own as well, for a prediction in some other
+  coordinates; errors of scale and position are forgiven.
+* ``"gt"``: the prediction gets the ground truth's translation and scale, for meshes in one
+  coordinate system (a reconstruction in the input's frame, a registered scan).
+
+Then ``n_points`` surface points with face normals are drawn from each (same seed for both, so
+a mesh against itself scores exactly Chamfer 0 and F-score 1). With d_PG the distance from each
+predicted point to the nearest GT point and d_GP the reverse (scipy cKDTree):
 
     chamfer_l1 = (mean d_PG + mean d_GP) / 2,   chamfer_l2 = (mean d_PG^2 + mean d_GP^2) / 2
     fscore@tau = 2 P R / (P + R),  P = mean[d_PG < tau],  R = mean[d_GP < tau]
@@ -27,6 +35,11 @@ from flow3d.mesh.data import normalize_mesh, sample_surface
 from flow3d.mesh.sdf import SHELL_EPS, mesh_occupancy
 
 FSCORE_TAUS = (0.01, 0.02, 0.05)
+FRAMES = {
+    "normalized": "ground truth normalised to centre 0 and longest side 2; prediction as is",
+    "each": "each mesh normalised on its own to centre 0 and longest side 2",
+    "gt": "both meshes through the ground truth's normalisation",
+}
 
 
 def _fscore(d_pg: np.ndarray, d_gp: np.ndarray, tau: float) -> float:
@@ -43,21 +56,26 @@ def mesh_metrics(
     n_volume: int = 100_000,
     taus: tuple[float, ...] = FSCORE_TAUS,
     eps: float = SHELL_EPS,
+    frame: str = "gt",
 ) -> dict[str, float]:
-    """Compare two trimesh meshes (any coordinates); see the module docstring for definitions.
+    """Compare two trimesh meshes in ``frame`` (see the module docstring for the frames and
+    the definitions).
 
     Keys: chamfer_l1, chamfer_l2, fscore@0.01, fscore@0.02, fscore@0.05, normal_consistency,
     volume_iou (omitted when ``n_volume == 0``).
     """
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # heavy: imported when scoring
 
     for name, m in (("prediction", pred), ("ground truth", gt)):
         if m is None or len(m.faces) == 0:
             raise DataError(f"{name} mesh has no faces: cannot compute metrics")
         if m.area <= 0:
             raise DataError(f"{name} mesh has zero surface area: cannot compute metrics")
+    if frame not in FRAMES:
+        raise ValueError(f"frame must be one of {sorted(FRAMES)}, got {frame!r}")
     gt_n, norm = normalize_mesh(gt)
-    pred_n = norm.apply(pred)
+    pred_n = {"gt": norm.apply, "each": lambda m: normalize_mesh(m)[0],
+              "normalized": lambda m: m}[frame](pred)
     p_pts, p_nrm = sample_surface(pred_n, n_points, np.random.default_rng(seed))  # [n, 3] x2
     g_pts, g_nrm = sample_surface(gt_n, n_points, np.random.default_rng(seed))
     d_pg, i_pg = cKDTree(g_pts).query(p_pts, workers=1)  # [n]

@@ -1,4 +1,4 @@
-"""Post-processing of extracted meshes: floaters, decimation, watertightness, export."""
+"""From an SDF to a file: surface extraction, floaters, decimation, watertightness, export."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from flow3d.errors import DataError
+from flow3d.errors import ConfigError, DataError
 from flow3d.io import atomic_path
+from flow3d.mesh.data import SUPERVISION_BOUNDS, make_watertight, require_trimesh
+from flow3d.mesh.extract import extract_hierarchical
+from flow3d.options import check_int
 
 EXPORT_FORMATS = (".glb", ".obj", ".ply", ".stl")
 
 
-def _trimesh(mesh):
-    import trimesh
-
-    return trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=False)
+def _as_trimesh(mesh):
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    return require_trimesh().Trimesh(vertices, faces, process=False)
 
 
 def remove_floaters(mesh, keep: str | float = "largest"):
@@ -25,8 +27,7 @@ def remove_floaters(mesh, keep: str | float = "largest"):
     keep every component whose area is at least f times the total area (the largest is always
     kept). Returns a new mesh.
     """
-    import trimesh
-
+    trimesh = require_trimesh()
     if len(mesh.faces) == 0:
         return mesh.copy()
     labels = trimesh.graph.connected_component_labels(
@@ -59,19 +60,55 @@ def decimate(mesh, faces: int):
         import fast_simplification  # noqa: F401
     except ImportError as e:
         raise ImportError("decimation needs fast_simplification: pip install 'flow3d[mesh]'") from e
-    out = _trimesh(mesh).simplify_quadric_decimation(face_count=int(faces))
+    out = _as_trimesh(mesh).simplify_quadric_decimation(face_count=int(faces))
     out.remove_unreferenced_vertices()
     return out
+
+
+MIN_RESOLUTION, MAX_RESOLUTION = 32, 512  # extraction grids: the coarse level up to 512^3
+
+
+def check_resolution(value: int, name: str = "--resolution") -> int:
+    """An extraction grid :func:`sdf_to_mesh` takes (a power of two in [32, 512]), else a
+    :class:`ConfigError` naming ``name``."""
+    check_int(value, name)
+    if not MIN_RESOLUTION <= value <= MAX_RESOLUTION or value & (value - 1):
+        raise ConfigError(f"{name} = {value}: must be a power of two between {MIN_RESOLUTION} "
+                          f"and {MAX_RESOLUTION}")
+    return value
+
+
+def sdf_to_mesh(sdf_fn, resolution: int = 128, *, faces: int | None = None,
+                keep: str | float | None = "largest", coarse: int = 32):
+    """The surface of a decoded SDF ``sdf_fn(points [N, 3]) -> [N]`` as a trimesh in the
+    normalised frame: sparse hierarchical marching cubes over the decoder's domain, then
+    (``keep``) floater removal (``"largest"`` leaves one connected piece) and (``faces``)
+    quadric decimation. Decimation can open or split a thin surface; then a coarser extraction
+    (always closed) is taken instead."""
+    def extract(res: int):
+        out = extract_hierarchical(sdf_fn, res, coarse=min(coarse, res), bounds=SUPERVISION_BOUNDS)
+        mesh = require_trimesh().Trimesh(out.vertices, out.faces, process=True)
+        if len(mesh.faces) == 0:
+            raise DataError("the decoded SDF has no zero level set inside the box (empty mesh)")
+        return remove_floaters(mesh, keep) if keep is not None else mesh
+
+    mesh = extract(resolution)
+    res = resolution
+    while faces is not None and len(mesh.faces) > faces:
+        small = decimate(mesh, faces)
+        if small.is_watertight or not mesh.is_watertight or res <= min(coarse, resolution):
+            return small
+        res //= 2
+        mesh = extract(res)
+    return mesh
 
 
 def ensure_watertight(mesh, resolution: int = 256):
     """Return ``mesh`` if it is a closed, consistently wound solid; otherwise remesh the target
     solid of :func:`flow3d.mesh.sdf.mesh_sdf` with :func:`flow3d.mesh.data.make_watertight`."""
-    m = _trimesh(mesh)
+    m = _as_trimesh(mesh)
     if m.is_watertight and m.is_winding_consistent and m.volume > 0:
         return m
-    from flow3d.mesh.data import make_watertight
-
     return make_watertight(m, resolution)
 
 
@@ -85,5 +122,5 @@ def export_mesh(mesh, path: str | Path) -> Path:
     if len(mesh.faces) == 0:
         raise DataError(f"{path}: refusing to write a mesh with no faces")
     with atomic_path(path) as tmp:
-        _trimesh(mesh).export(tmp, file_type=suffix[1:])
+        _as_trimesh(mesh).export(tmp, file_type=suffix[1:])
     return path

@@ -8,15 +8,19 @@ import json
 import logging
 from pathlib import Path
 
+import torch
+
+from flow3d.engine.checkpoint import PROJECT_ROOT, load_model
+from flow3d.engine.config import load_recipe
+from flow3d.engine.train import train
 from flow3d.io import atomic_write_text
 
 __all__ = ["BUNDLED", "RECIPE", "demo"]
 
-_ROOT = Path(__file__).resolve().parents[2]
-RECIPE = _ROOT / "recipes" / "toy" / "eight_gaussians.yaml"
-REFLOW_RECIPE = _ROOT / "recipes" / "toy" / "eight_gaussians_reflow.yaml"
-BUNDLED = _ROOT / "checkpoints" / "toy" / "eight_gaussians"
-BUNDLED_REFLOW = _ROOT / "checkpoints" / "toy" / "eight_gaussians_reflow"
+RECIPE = PROJECT_ROOT / "recipes" / "toy" / "eight_gaussians.yaml"
+REFLOW_RECIPE = PROJECT_ROOT / "recipes" / "toy" / "eight_gaussians_reflow.yaml"
+BUNDLED = PROJECT_ROOT / "checkpoints" / "toy" / "eight_gaussians"
+BUNDLED_REFLOW = PROJECT_ROOT / "checkpoints" / "toy" / "eight_gaussians_reflow"
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +30,6 @@ def demo(out_dir: Path, *, steps: int | None = None) -> dict:
 
     ``steps`` overrides both recipes' ``trainer.max_steps`` when training is needed.
     """
-    import torch
-
     out_dir = Path(out_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 2D MLP: more threads only add contention
@@ -38,20 +40,15 @@ def demo(out_dir: Path, *, steps: int | None = None) -> dict:
 
 
 def _checkpoint(bundled: Path, recipe: Path, run: Path, steps: int | None, *extra: str):
-    from flow3d.engine.config import load_recipe
-    from flow3d.engine.train import train
-
     if (bundled / "recipe.yaml").is_file():
         return bundled, "bundled checkpoint"
     overrides = [f"trainer.out_dir={run}", "trainer.progress=false", *extra]
     if steps is not None:
         overrides.append(f"trainer.max_steps={steps}")
-    return train(load_recipe(recipe, overrides)), "trained now"
+    return train(load_recipe(recipe, overrides), overwrite=True), "trained now"  # its own folder
 
 
 def _demo(out_dir: Path, steps: int | None) -> dict:
-    from flow3d.engine.checkpoint import load_model
-
     ckpt, source = _checkpoint(BUNDLED, RECIPE, out_dir / "run", steps)
     base = load_model(ckpt)
     num = base.recipe.sample.num

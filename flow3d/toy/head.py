@@ -21,11 +21,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flow3d.core.solvers import solve
+from flow3d.core.time import time_grid
 from flow3d.engine.flow import affine_path, couple, flow_loss, time_sampler
 from flow3d.engine.head import Head
+from flow3d.engine.keys import check_method, suggest
 from flow3d.engine.reflow import ReflowConfig, ensure_pairs, reflow_dataset
 from flow3d.errors import ConfigError
 from flow3d.io import atomic_path
+from flow3d.options import check_float, check_int
 from flow3d.toy.metrics import energy_distance, mmd_rbf
 from flow3d.toy.model import VelocityMLP
 from flow3d.toy.targets import TARGETS, sample_target
@@ -39,6 +43,11 @@ class ToyModelConfig:
     depth: int = 3
     num_freqs: int = 16
 
+    def __post_init__(self):
+        check_int(self.width, "model.width", lo=1, hi=1 << 16)
+        check_int(self.depth, "model.depth", lo=1, hi=256)
+        check_int(self.num_freqs, "model.num_freqs", lo=0, hi=64)
+
 
 @dataclasses.dataclass(frozen=True)
 class ToyDataConfig:
@@ -51,9 +60,12 @@ class ToyDataConfig:
 
     def __post_init__(self):
         if self.target not in TARGETS:
-            raise ValueError(f"target {self.target!r} is not one of {sorted(TARGETS)}")
-        if self.num_train < 2:
-            raise ValueError(f"num_train must be >= 2, got {self.num_train}")
+            raise ConfigError(f"data.target = {self.target!r}: not a toy target"
+                              + suggest(self.target, sorted(TARGETS)))
+        check_int(self.num_train, "data.num_train", lo=2, hi=10**8)
+        check_float(self.radius, "data.radius", lo=0.0, hi=1e6, lo_open=True)
+        check_float(self.std, "data.std", lo=0.0, hi=1e6, lo_open=True)
+        check_int(self.seed, "data.seed", lo=0, hi=2**63 - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +76,15 @@ class ToySampleConfig:
     shift: float | None = None  # SD3 time shift of the grid
     eval_num: int = 2000  # target samples the metrics compare against
     eval_seed: int = 12345
+
+    def __post_init__(self):
+        check_int(self.num, "sample.num", lo=1, hi=10**8)
+        check_int(self.steps, "sample.steps", lo=1, hi=10**5)
+        check_method(self.method, "sample.method")
+        if self.shift is not None:
+            check_float(self.shift, "sample.shift", lo=0.0, hi=1e3, lo_open=True)
+        check_int(self.eval_num, "sample.eval_num", lo=2, hi=10**8)
+        check_int(self.eval_seed, "sample.eval_seed", lo=0, hi=2**63 - 1)
 
 
 class _Points(torch.utils.data.Dataset):
@@ -127,20 +148,11 @@ class ToyHead(Head):
         return {"loss": loss}
 
     # ---- sampling ----------------------------------------------------------------------
-    def sample_settings(self, **overrides: Any) -> ToySampleConfig:
-        try:
-            return dataclasses.replace(self.recipe.sample, **overrides)
-        except TypeError as e:
-            raise ConfigError(f"toy sample: {e}") from None
-
     def velocity_field(self, model: nn.Module):
         """The callable ``v(x, t)`` the solvers integrate (conditioning would be bound here)."""
         return lambda x, t: model(x, t)
 
     def solve_from(self, model: nn.Module, x_0: Tensor, cfg: ToySampleConfig) -> Tensor:
-        from flow3d.core.solvers import solve
-        from flow3d.core.time import time_grid
-
         grid = time_grid(cfg.steps, shift=cfg.shift).to(x_0.device)
         return solve(self.velocity_field(model), x_0, method=cfg.method, grid=grid).x
 

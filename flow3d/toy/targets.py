@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from flow3d.errors import ConfigError
+
 __all__ = ["TARGETS", "sample_target"]
 
 
@@ -51,8 +53,6 @@ TARGETS = {"eight_gaussians": eight_gaussians, "two_moons": two_moons,
 def sample_target(name: str, n: int, *, seed: int = 0, radius: float = 3.0,
                   std: float = 0.15) -> Tensor:
     """``n`` exact samples ``[n, 2]`` (float32) from target ``name``."""
-    from flow3d.errors import ConfigError
-
     if name not in TARGETS:
         raise ConfigError(f"data.target: unknown toy target {name!r} (choose from "
                           f"{', '.join(sorted(TARGETS))})")

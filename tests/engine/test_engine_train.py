@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,10 +179,24 @@ def test_init_from_starts_from_checkpoint_weights(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6)
 
 
-def test_bad_trainer_values_are_config_errors(tmp_path):
-    recipe = load_recipe(RECIPE, [*TINY, "trainer.max_steps=0", f"trainer.out_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match="trainer.max_steps must be >= 1"):
-        train(recipe)
+@pytest.mark.parametrize(("override", "expected"), [
+    ("trainer.max_steps=0", "trainer.max_steps = 0: must be at least 1"),
+    ("trainer.max_steps=1e20", "trainer.max_steps = 100000000000000000000: must be at most"),
+    ("trainer.lr=nan", "trainer.lr = nan: must be a finite number"),
+    ("trainer.lr=1e38", "trainer.lr = 1e+38: must be at most 1"),
+    ("trainer.lr=0", "trainer.lr = 0: must be above 0"),
+    ("trainer.batch_size=-2", "trainer.batch_size = -2: must be at least 1"),
+    ("trainer.ema_decay=1.5", "trainer.ema_decay = 1.5: must be at most 1"),
+    ("trainer.out_dir=''", "trainer.out_dir: an output folder is required"),
+    ("model.width=-4", "model.width = -4: must be at least 1"),
+    ("data.std=inf", "data.std = inf: must be a finite number"),
+    ("sample.steps=0", "sample.steps = 0: must be at least 1"),
+    ("sample.method=eulr", "sample.method = 'eulr': not a solver (did you mean 'euler'?)"),
+])
+def test_bad_recipe_values_are_config_errors_when_loaded(override, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)) as info:
+        load_recipe(RECIPE, [*TINY, override])
+    assert str(info.value).startswith(f"{RECIPE}: ") and "\n" not in str(info.value)
 
 
 def test_learning_rate_schedule():

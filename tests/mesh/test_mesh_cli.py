@@ -40,7 +40,7 @@ def test_generate_bad_output_format_and_resolution(tmp_path, capsys):
     img.write_bytes(b"")
     code, _, err = run(["mesh", "generate", "--image", str(img), "--out", str(tmp_path / "m.txt")],
                        capsys)
-    assert code != 0 and "unsupported output format" in one_line_error(err)
+    assert code != 0 and "unsupported extension '.txt'" in one_line_error(err)
     code, _, err = run(["mesh", "generate", "--image", str(img), "--out", str(tmp_path / "m.glb"),
                         "--resolution", "100"], capsys)
     assert code != 0 and "--resolution" in one_line_error(err)
@@ -76,13 +76,13 @@ def test_reconstruct_empty_decode_names_the_input(tmp_path, capsys, monkeypatch)
     trimesh = pytest.importorskip("trimesh")
     if not (CKPT / "vae_cpu").exists():
         pytest.skip("bundled checkpoints/mesh/vae_cpu not present")
-    import flow3d.mesh.generate as generate
+    import flow3d.mesh.pipeline as pipeline
     from flow3d.errors import DataError
 
     def empty_decode(*args, **kwargs):
         raise DataError("the decoded SDF has no zero level set inside the box (empty mesh)")
 
-    monkeypatch.setattr(generate, "reconstruct_mesh", empty_decode)
+    monkeypatch.setattr(pipeline, "sdf_to_mesh", empty_decode)
     path = tmp_path / "thin.ply"
     trimesh.creation.box((1.0, 1.0, 0.01)).export(path)
     code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(tmp_path / "o.glb")],
@@ -150,3 +150,17 @@ def test_generate_with_bundled_checkpoint(tmp_path, capsys):
     assert 0 < len(mesh.faces) <= 3000
     assert mesh.is_watertight
     assert len(mesh.split(only_watertight=False)) == 1
+
+
+@pytest.mark.parametrize("command", ["generate", "reconstruct", "eval"])
+def test_help_shows_defaults(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["mesh", command, "--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    expected = {"generate": ["--steps STEPS ODE solver steps (default: 50)", "(default: 5.0)",
+                             "(default: 128)", "(default: 50000)", "(default: euler)"],
+                "reconstruct": ["(default: 64)", "(default: 4096)"],
+                "eval": ["(default: normalized)", "(default: 100000)"]}[command]
+    for text in expected:
+        assert text in out, text

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from flow3d.mesh.extract import extract_dense, extract_hierarchical
+from flow3d.mesh.extract import ExtractBudget, extract_dense, extract_hierarchical
 from flow3d.mesh.sdf import ANALYTIC_SDFS, sphere_sdf
 
 
@@ -19,7 +19,7 @@ def _chamfer_l1(a: np.ndarray, b: np.ndarray) -> float:
 def test_hierarchical_matches_dense(name):
     fn = ANALYTIC_SDFS[name]
     dense = extract_dense(fn, 128)
-    sparse = extract_hierarchical(fn, 128, coarse=16, block=32)
+    sparse = extract_hierarchical(fn, 128, coarse=16, budget=ExtractBudget(block=32))
     assert len(dense.faces) > 1000
     assert sparse.vertices.shape == dense.vertices.shape
     assert sparse.faces.shape == dense.faces.shape
@@ -46,7 +46,7 @@ def test_query_budget_at_256_and_chunked_calls():
         calls.append(len(p))
         return ANALYTIC_SDFS["torus"](p)
 
-    res = extract_hierarchical(fn, 256, coarse=32, chunk=50_000)
+    res = extract_hierarchical(fn, 256, coarse=32, budget=ExtractBudget(chunk=50_000))
     assert max(calls) <= 50_000
     assert res.n_queries == sum(calls) == sum(res.queries_per_level)
     assert res.n_queries <= 0.10 * 257**3

@@ -10,8 +10,8 @@ import torch
 trimesh = pytest.importorskip("trimesh")
 
 from flow3d.engine.config import recipe_from_dict  # noqa: E402
-from flow3d.mesh.generate import decode_mesh  # noqa: E402
 from flow3d.mesh.head import MeshFlowHead, MeshVAEHead  # noqa: E402
+from flow3d.mesh.postprocess import sdf_to_mesh  # noqa: E402
 from flow3d.mesh.sdf import sphere_sdf  # noqa: E402
 
 
@@ -98,17 +98,9 @@ def test_flow_head_loss_and_latent_sampling(vae_ckpt, tmp_path, cond):
     assert z.shape == (4, 16, 4) and torch.isfinite(z).all()
 
 
-class _SphereVAE:
-    """Stands in for an SDFVAE: a sphere's SDF, scaled by the first latent value."""
-
-    def sdf_fn(self, z):
-        r = float(z[0, 0, 0])
-        return lambda p: sphere_sdf(torch.as_tensor(p, dtype=torch.float32), radius=r)
-
-
-def test_decode_mesh_is_one_watertight_piece_and_respects_budget():
-    z = torch.full((1, 4, 2), 0.6)
-    mesh = decode_mesh(_SphereVAE(), z, 64, faces=2000)
+def test_sdf_to_mesh_is_one_watertight_piece_and_respects_budget():
+    mesh = sdf_to_mesh(lambda p: sphere_sdf(torch.as_tensor(p, dtype=torch.float32), 0.6), 64,
+                       faces=2000)
     assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1
     assert len(mesh.faces) <= 2000
     radius = torch.as_tensor(mesh.vertices).norm(dim=-1)

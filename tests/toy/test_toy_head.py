@@ -94,7 +94,7 @@ def test_sample_overrides_and_save(head, tmp_path):
     x = head.sample(model, 50, seed=3, steps=3, method="midpoint")
     assert x.shape == (50, 2)
     torch.testing.assert_close(x, head.sample(model, 50, seed=3, steps=3, method="midpoint"))
-    with pytest.raises(ConfigError, match="toy sample"):
+    with pytest.raises(ConfigError, match="did you mean .sample.steps"):
         head.sample(model, 5, stepz=3)
     paths = head.save_samples(x, tmp_path / "out")
     assert [p.name for p in paths] == ["samples.npy", "samples.png"]
