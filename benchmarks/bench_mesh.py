@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -31,15 +30,11 @@ DATA = ROOT.parent / "shared" / "data" / "meshes"
 CKPT = ROOT / "checkpoints" / "mesh"
 
 
-def is_heldout(path: Path) -> bool:
-    m = re.fullmatch(r"m(\d+)", path.stem)
-    return bool(m) and path.parent.name.startswith("class") and int(m.group(1)) % 11 in (0, 10)
-
-
 def capod_files() -> tuple[list[Path], list[Path]]:
-    files = sorted((DATA / "capod").glob("class*/m*.obj"),
-                   key=lambda p: (int(p.parent.name[5:]), int(p.stem[1:])))
-    return [f for f in files if not is_heldout(f)], [f for f in files if is_heldout(f)]
+    """The split the bundled models were trained with (recipes: holdout_per_class 2)."""
+    from flow3d.mesh.data import capod_split
+
+    return capod_split(DATA / "capod", holdout_per_class=2)
 
 
 def class_of(path: Path) -> int:
@@ -98,10 +93,12 @@ def throughput(steps: int = 5) -> list[str]:
 
 
 def wall_time(resolutions=(128, 256), steps: int = 50) -> list[str]:
-    from flow3d.mesh.generate import DEMO_IMAGE, decode_mesh, load_pipeline
+    from flow3d.engine.checkpoint import load_model
     from flow3d.mesh.image_encoder import load_image
+    from flow3d.mesh.pipeline import DEMO_IMAGE
+    from flow3d.mesh.postprocess import sdf_to_mesh
 
-    pipe = load_pipeline(CKPT / "flow_image")
+    pipe = load_model(CKPT / "flow_image", head_name="mesh_flow")
     model = pipe.model
     rows = []
     for res in resolutions:
@@ -110,7 +107,7 @@ def wall_time(resolutions=(128, 256), steps: int = 50) -> list[str]:
         ctx = model.context(images=img[None])
         z = pipe.head.sample_latents(model, ctx, 1, steps=steps, cfg=5.0)
         t1 = time.perf_counter()
-        mesh = decode_mesh(pipe.vae, z, res, faces=50000)
+        mesh = sdf_to_mesh(pipe.head.vae.sdf_fn(z), res, faces=50000)
         t2 = time.perf_counter()
         rows.append(f"| image -> mesh, {steps} Euler steps + CFG, extraction {res}^3 | "
                     f"{t2 - t0:.1f} s (flow {t1 - t0:.1f} s, decode+extract+post {t2 - t1:.1f} s)"
@@ -151,11 +148,12 @@ def _or_none(fn, *args, **kwargs):
 
 def vae_quality(train: list[Path], held: list[Path], n_train: int, res: int,
                 vae_name: str = "vae_cpu") -> dict:
+    from flow3d.engine.checkpoint import load_model
     from flow3d.mesh.data import load_mesh
-    from flow3d.mesh.generate import reconstruct_mesh
-    from flow3d.mesh.head import load_vae
+    from flow3d.mesh.pipeline import ReconstructSettings, reconstruct
 
-    vae = load_vae(CKPT / vae_name)
+    vae = load_model(CKPT / vae_name, head_name="mesh_vae").model
+    settings = ReconstructSettings(resolution=res)
     rng = np.random.default_rng(0)
     picks = {"train": [train[i] for i in sorted(rng.choice(len(train), n_train, replace=False))],
              "heldout": held}
@@ -164,7 +162,7 @@ def vae_quality(train: list[Path], held: list[Path], n_train: int, res: int,
         rows = []
         for f in files:
             gt = load_mesh(f)
-            rows.append(_score(_or_none(reconstruct_mesh, vae, gt, resolution=res), gt))
+            rows.append(_score(_or_none(reconstruct, settings, mesh=gt, vae=vae), gt))
         out[split] = {k: _mean(rows, k) for k in rows[0]} | {"n": len(rows)}
     return out
 
@@ -200,11 +198,12 @@ def class_mean_meshes(train: list[Path], grid: int = 32) -> dict[int, object]:
 
 
 def image_quality(train: list[Path], held: list[Path], cfgs, steps: int, res: int) -> dict:
+    from flow3d.engine.checkpoint import load_model
     from flow3d.mesh.data import load_mesh, normalize_mesh
-    from flow3d.mesh.generate import generate_mesh, load_pipeline
     from flow3d.mesh.head import CONDITION_AZIMUTHS, CONDITION_ELEVATIONS, condition_images
+    from flow3d.mesh.pipeline import GenerateSettings, generate
 
-    pipe = load_pipeline(CKPT / "flow_image")
+    pipe = load_model(CKPT / "flow_image", head_name="mesh_flow")
     enc = pipe.model.image_encoder
     r = enc.resolution
     # retrieval database: six views of every training mesh
@@ -231,8 +230,8 @@ def image_quality(train: list[Path], held: list[Path], cfgs, steps: int, res: in
         best = train[int(owners[int((feats @ q[0]).argmax())])]
         preds["retrieval"], _ = normalize_mesh(load_mesh(best))
         for w in cfgs:
-            preds[f"ours (cfg {w:g})"] = _or_none(generate_mesh, pipe, img, steps=steps, cfg=w,
-                                                  resolution=res, faces=50000)
+            settings = GenerateSettings(steps=steps, cfg=w, resolution=res, faces=50000)
+            preds[f"ours (cfg {w:g})"] = _or_none(generate, settings, image=img, models=pipe)
         for name, p in preds.items():
             rows[name].append(_score(p, gt, norm))
     return {k: {kk: _mean(v, kk) for kk in v[0]} | {"n": len(v)} for k, v in rows.items()}

@@ -85,9 +85,9 @@ def run_one(sdf: str, method: str, resolution: int, out: str) -> None:
     base = _rss_mib()
     t0 = time.perf_counter()
     if method == "dense":
-        res = extract_dense(fn, resolution, chunk=262_144)
+        res = extract_dense(fn, resolution)  # default ExtractBudget: chunks of 262,144
     else:
-        res = extract_hierarchical(fn, resolution, coarse=32, band=1, chunk=262_144)
+        res = extract_hierarchical(fn, resolution, coarse=32, band=1)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     np.save(out + ".npy", res.vertices)

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv=None) -> dict:
     from flow3d.mesh.data import MeshDataset, load_mesh
-    from flow3d.mesh.generate import reconstruct_mesh
     from flow3d.mesh.metrics import mesh_metrics
+    from flow3d.mesh.pipeline import ReconstructSettings, reconstruct
     from flow3d.mesh.vae import SDFVAE, VAELossWeights, vae_loss
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     for i in picks[:8]:
         gt = load_mesh(ROOT / ds.source_path(i))
         with torch.no_grad():
-            pred = reconstruct_mesh(model, gt, num_latents=args.latents, resolution=128)
+            pred = reconstruct(ReconstructSettings(latents=args.latents), mesh=gt, vae=model)
         rows.append(mesh_metrics(pred, gt, n_points=20_000, n_volume=0))
     keys = ("fscore@0.02", "fscore@0.05", "normal_consistency", "chamfer_l1")
     out = {k: round(float(np.mean([r[k] for r in rows])), 3) for k in keys}
