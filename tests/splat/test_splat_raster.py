@@ -8,8 +8,7 @@ import warnings
 import pytest
 import torch
 
-from flow3d.splat import Cameras, Gaussians, RenderSettings, render, sh
-from flow3d.splat import backend_cpu
+from flow3d.splat import Cameras, Gaussians, RenderSettings, backend_cpu, render, sh
 from flow3d.splat.project import project
 
 FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh")
