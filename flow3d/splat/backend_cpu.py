@@ -38,7 +38,7 @@ from flow3d.splat.render import RenderSettings, rasterize_dense
 
 SOURCE = Path(__file__).with_name("csrc") / "raster_cpu.cpp"
 CXXFLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-fno-fast-math"]
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -72,7 +72,8 @@ def build_library(verbose: bool = False) -> Path:
         cmd = [cxx, *CXXFLAGS, str(SOURCE), "-o", tmp]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            msg = (res.stderr.strip().splitlines() or ["unknown error"])[0]
+            lines = res.stderr.strip().splitlines() or ["unknown error"]
+            msg = next((ln for ln in lines if "error" in ln), lines[0])
             raise RuntimeError(f"{' '.join(cmd)} failed: {msg}")
         if verbose:
             print(" ".join(cmd))  # noqa: T201
@@ -90,8 +91,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.flow3d_bin_fill.argtypes = head + [ptr] * 4
     for s in ("f32", "f64"):
         getattr(lib, f"flow3d_bin_rects_{s}").argtypes = head + [ptr] * 6
-        getattr(lib, f"flow3d_forward_{s}").argtypes = head + [ptr] * 13
-        getattr(lib, f"flow3d_backward_{s}").argtypes = head + [ptr] * 21
+        getattr(lib, f"flow3d_forward_{s}").argtypes = head + [ptr] * 14
+        getattr(lib, f"flow3d_backward_{s}").argtypes = head + [ptr] * 22
         for f in ("bin_rects", "forward", "backward"):
             getattr(lib, f"flow3d_{f}_{s}").restype = None
     lib.flow3d_bin_fill.restype = None
@@ -135,7 +136,8 @@ class _Grid:
 
 def bin_tiles(lib, grid: _Grid, means2d, conics, opacities, depths, radii):
     """Per camera, the Gaussians touching each tile, sorted by (depth, index):
-    ``offsets [C*T+1]`` (int64) into ``ids [F]`` (int32 Gaussian indices)."""
+    ``offsets [C*T+1]`` (int64) into ``ids [F]`` (int32 Gaussian indices), and each Gaussian's
+    pixel rectangle ``rects [C, N, 4]`` (x0, x1, y0, y1 inclusive; empty when x0 > x1)."""
     n_cams, n = opacities.shape
     sfx = "f64" if means2d.dtype == torch.float64 else "f32"
     rects = torch.empty(n_cams, n, 4, dtype=torch.int32)
@@ -147,7 +149,7 @@ def bin_tiles(lib, grid: _Grid, means2d, conics, opacities, depths, radii):
     ids = torch.empty(int(offsets[-1]), dtype=torch.int32)
     order = torch.argsort(depths, dim=1, stable=True).contiguous()  # int64 [C, N]
     lib.flow3d_bin_fill(*grid.head, _p(rects), _p(order), _p(offsets), _p(ids))
-    return offsets, ids
+    return offsets, ids, rects
 
 
 class RasterizeTiles(torch.autograd.Function):
@@ -164,18 +166,18 @@ class RasterizeTiles(torch.autograd.Function):
         grid = _Grid(n_cams, n, cameras, settings)
         sfx = "f64" if dtype == torch.float64 else "f32"
         bg = torch.tensor(settings.background, dtype=dtype)
-        offsets, ids = bin_tiles(lib, grid, means2d, conics, opacities, depths, radii)
+        offsets, ids, rects = bin_tiles(lib, grid, means2d, conics, opacities, depths, radii)
         rgb = torch.empty(n_cams, grid.h, grid.w, 3, dtype=dtype)
         alpha = torch.empty(n_cams, grid.h, grid.w, 1, dtype=dtype)
         depth = torch.empty_like(alpha)
         t_final = torch.empty_like(alpha)
         n_last = torch.empty(n_cams, grid.h, grid.w, dtype=torch.int32)
         getattr(lib, f"flow3d_forward_{sfx}")(
-            *grid.head, _p(offsets), _p(ids), _p(means2d), _p(conics), _p(colors),
+            *grid.head, _p(offsets), _p(ids), _p(rects), _p(means2d), _p(conics), _p(colors),
             _p(opacities), _p(depths), _p(bg), _p(rgb), _p(alpha), _p(depth), _p(t_final),
             _p(n_last))
         ctx.save_for_backward(means2d, conics, colors, opacities, depths, bg, alpha, depth,
-                              t_final, n_last, offsets, ids)
+                              t_final, n_last, offsets, ids, rects)
         ctx.grid, ctx.lib, ctx.sfx = grid, lib, sfx
         return rgb, alpha, depth
 
@@ -183,14 +185,14 @@ class RasterizeTiles(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_rgb, g_alpha, g_depth):
         (means2d, conics, colors, opacities, depths, bg, alpha, depth, t_final, n_last, offsets,
-         ids) = ctx.saved_tensors
+         ids, rects) = ctx.saved_tensors
         grads_in = [torch.zeros_like(o) if g is None else g.to(means2d.dtype).contiguous()
                     for g, o in ((g_rgb, alpha.expand(*alpha.shape[:3], 3)), (g_alpha, alpha),
                                  (g_depth, depth))]
         frag_grad = torch.empty(ids.numel(), 10, dtype=means2d.dtype)
         outs = [torch.zeros_like(t) for t in (means2d, conics, colors, opacities, depths)]
         getattr(ctx.lib, f"flow3d_backward_{ctx.sfx}")(
-            *ctx.grid.head, _p(offsets), _p(ids), _p(means2d), _p(conics), _p(colors),
+            *ctx.grid.head, _p(offsets), _p(ids), _p(rects), _p(means2d), _p(conics), _p(colors),
             _p(opacities), _p(depths), _p(bg), _p(alpha), _p(depth), _p(t_final), _p(n_last),
             *(_p(g) for g in grads_in), _p(frag_grad), *(_p(o) for o in outs))
         return (*outs, None, None, None, None)

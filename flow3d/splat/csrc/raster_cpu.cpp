@@ -28,7 +28,8 @@ inline int64_t clamp64(double v, int64_t lo, int64_t hi) {
   return static_cast<int64_t>(v);
 }
 
-// The pixel rectangle where alpha can reach alpha_min: o exp(-power) >= alpha_min means
+// The pixel rectangle [x0, x1] x [y0, y1] (inclusive, clamped to the image; empty when
+// x0 > x1) where alpha can reach alpha_min: o exp(-power) >= alpha_min means
 // d^T Q d <= 2 log(o / alpha_min) with Q the conic, whose extent along x is
 // sqrt(2 L (Q^-1)_xx). One pixel of margin; the per-pixel test decides exactly, so the output
 // does not depend on the tile size (the 3-sigma radii only decide which Gaussians are kept,
@@ -55,16 +56,17 @@ void rects_impl(const Params& p, const S* means2d, const S* conics, const S* opa
     const double x0 = std::floor(mx - ex - 0.5), x1 = std::ceil(mx + ex - 0.5);
     const double y0 = std::floor(my - ey - 0.5), y1 = std::ceil(my + ey - 0.5);
     if (x1 < 0 || y1 < 0 || x0 > p.W - 1 || y0 > p.H - 1) continue;
-    r[0] = static_cast<int32_t>(clamp64(x0, 0, p.W - 1) / p.ts);
-    r[1] = static_cast<int32_t>(clamp64(x1, 0, p.W - 1) / p.ts);
-    r[2] = static_cast<int32_t>(clamp64(y0, 0, p.H - 1) / p.ts);
-    r[3] = static_cast<int32_t>(clamp64(y1, 0, p.H - 1) / p.ts);
+    r[0] = static_cast<int32_t>(clamp64(x0, 0, p.W - 1));
+    r[1] = static_cast<int32_t>(clamp64(x1, 0, p.W - 1));
+    r[2] = static_cast<int32_t>(clamp64(y0, 0, p.H - 1));
+    r[3] = static_cast<int32_t>(clamp64(y1, 0, p.H - 1));
   }
   for (int64_t i = 0; i < p.C * p.N; ++i) {
     const int32_t* r = rects + 4 * i;
     int64_t* cnt = counts + (i / p.N) * T;
-    for (int32_t ty = r[2]; ty <= r[3]; ++ty)
-      for (int32_t tx = r[0]; tx <= r[1]; ++tx) ++cnt[ty * p.tiles_x + tx];
+    if (r[0] > r[1]) continue;
+    for (int32_t ty = r[2] / p.ts; ty <= r[3] / p.ts; ++ty)
+      for (int32_t tx = r[0] / p.ts; tx <= r[1] / p.ts; ++tx) ++cnt[ty * p.tiles_x + tx];
   }
 }
 
@@ -79,8 +81,9 @@ void fill_impl(const Params& p, const int32_t* rects, const int64_t* order,
     for (int64_t k = 0; k < p.N; ++k) {
       const int64_t g = order[c * p.N + k];
       const int32_t* r = rects + 4 * (c * p.N + g);
-      for (int32_t ty = r[2]; ty <= r[3]; ++ty)
-        for (int32_t tx = r[0]; tx <= r[1]; ++tx)
+      if (r[0] > r[1]) continue;
+      for (int32_t ty = r[2] / p.ts; ty <= r[3] / p.ts; ++ty)
+        for (int32_t tx = r[0] / p.ts; tx <= r[1] / p.ts; ++tx)
           ids[cursor[ty * p.tiles_x + tx]++] = static_cast<int32_t>(g);
     }
   }
@@ -90,19 +93,35 @@ void fill_impl(const Params& p, const int32_t* rects, const int64_t* order,
 template <typename S>
 struct Frag {
   S mx, my, a, b, c, o, r, g, bl, z;
+  // power above which alpha < alpha_min for sure: log(o / alpha_min) plus a margin far above
+  // exp's rounding, so skipping exp there changes nothing
+  S pw_max;
+  int32_t x0, x1, y0, y1;  // the pixel rectangle it can touch (see rects_impl)
 };
 
 template <typename S>
 void gather(const Params& p, int64_t cam, const int32_t* ids, int64_t start, int64_t end,
-            const S* means2d, const S* conics, const S* colors, const S* opac, const S* depths,
-            std::vector<Frag<S>>& out) {
+            const int32_t* rects, const S* means2d, const S* conics, const S* colors,
+            const S* opac, const S* depths, std::vector<Frag<S>>& out) {
   out.resize(end - start);
   for (int64_t k = start; k < end; ++k) {
     const int64_t i = cam * p.N + ids[k];
+    const int32_t* r = rects + 4 * i;
     out[k - start] = {means2d[2 * i], means2d[2 * i + 1], conics[3 * i], conics[3 * i + 1],
                       conics[3 * i + 2], opac[i], colors[3 * i], colors[3 * i + 1],
-                      colors[3 * i + 2], depths[i]};
+                      colors[3 * i + 2], depths[i],
+                      S(std::log(double(opac[i]) / p.alpha_min) + 1e-3 + 1e-3 * std::abs(
+                          std::log(double(opac[i]) / p.alpha_min))),
+                      r[0], r[1], r[2], r[3]};
   }
+}
+
+// The fragments (tile-list positions, in depth order) whose rectangle covers row py.
+template <typename S>
+void row_list(const std::vector<Frag<S>>& fr, int64_t py, std::vector<int32_t>& row) {
+  row.clear();
+  for (int32_t k = 0; k < static_cast<int32_t>(fr.size()); ++k)
+    if (fr[k].y0 <= py && py <= fr[k].y1) row.push_back(k);
 }
 
 // The same expression, in the same order, as rasterize_dense, so both agree to the last bit
@@ -114,7 +133,8 @@ inline S power_of(const Frag<S>& f, S dx, S dy) {
 
 template <typename S>
 void forward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
-                  const S* means2d, const S* conics, const S* colors, const S* opac,
+                  const int32_t* rects, const S* means2d, const S* conics, const S* colors,
+                  const S* opac,
                   const S* depths, const S* bg, S* rgb, S* alpha, S* depth, S* t_final,
                   int32_t* n_last) {
   const int64_t T = p.tiles_x * p.tiles_y;
@@ -122,24 +142,26 @@ void forward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
 #pragma omp parallel num_threads(p.threads)
   {
     std::vector<Frag<S>> fr;
+    std::vector<int32_t> row;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t job = 0; job < p.C * T; ++job) {
       const int64_t cam = job / T, tile = job % T;
       const int64_t tx = tile % p.tiles_x, ty = tile / p.tiles_x;
-      gather(p, cam, ids, offsets[job], offsets[job + 1], means2d, conics, colors, opac, depths,
-             fr);
-      const int64_t M = static_cast<int64_t>(fr.size());
+      gather(p, cam, ids, offsets[job], offsets[job + 1], rects, means2d, conics, colors, opac,
+             depths, fr);
       const int64_t y_end = std::min(p.H, (ty + 1) * p.ts), x_end = std::min(p.W, (tx + 1) * p.ts);
       for (int64_t py = ty * p.ts; py < y_end; ++py) {
+        row_list(fr, py, row);
         for (int64_t px = tx * p.ts; px < x_end; ++px) {
           const S fx = S(px) + S(0.5), fy = S(py) + S(0.5);
           S tr = 1, cr = 0, cg = 0, cb = 0, cz = 0;
           int32_t last = 0;
-          for (int64_t k = 0; k < M; ++k) {
+          for (const int32_t k : row) {
             const Frag<S>& f = fr[k];
+            if (px < f.x0 || px > f.x1) continue;
             const S dx = fx - f.mx, dy = fy - f.my;
             const S pw = power_of(f, dx, dy);
-            if (pw < 0) continue;
+            if (pw < 0 || pw > f.pw_max) continue;
             const S al = std::min(amax, f.o * std::exp(-pw));
             if (al < amin) continue;
             const S tn = tr * (S(1) - al);
@@ -170,8 +192,8 @@ void forward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
 // the tile's task (no atomics), then are summed per Gaussian.
 template <typename S>
 void backward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
-                   const S* means2d, const S* conics, const S* colors, const S* opac,
-                   const S* depths, const S* bg, const S* alpha, const S* depth,
+                   const int32_t* rects, const S* means2d, const S* conics, const S* colors,
+                   const S* opac, const S* depths, const S* bg, const S* alpha, const S* depth,
                    const S* t_final, const int32_t* n_last, const S* g_rgb, const S* g_alpha,
                    const S* g_depth, S* frag_grad /* [F,10] */, S* g_means2d, S* g_conics,
                    S* g_colors, S* g_opac, S* g_depths) {
@@ -180,16 +202,19 @@ void backward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
 #pragma omp parallel num_threads(p.threads)
   {
     std::vector<Frag<S>> fr;
+    std::vector<int32_t> row;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t job = 0; job < p.C * T; ++job) {
       const int64_t cam = job / T, tile = job % T;
       const int64_t tx = tile % p.tiles_x, ty = tile / p.tiles_x;
       const int64_t start = offsets[job];
-      gather(p, cam, ids, start, offsets[job + 1], means2d, conics, colors, opac, depths, fr);
+      gather(p, cam, ids, start, offsets[job + 1], rects, means2d, conics, colors, opac, depths,
+             fr);
       S* gf = frag_grad + 10 * start;
       std::fill(gf, gf + 10 * fr.size(), S(0));
       const int64_t y_end = std::min(p.H, (ty + 1) * p.ts), x_end = std::min(p.W, (tx + 1) * p.ts);
       for (int64_t py = ty * p.ts; py < y_end; ++py) {
+        row_list(fr, py, row);
         for (int64_t px = tx * p.ts; px < x_end; ++px) {
           const int64_t pix = (cam * p.H + py) * p.W + px;
           const int32_t last = n_last[pix];
@@ -202,11 +227,15 @@ void backward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
           const S dl_da = g_alpha[pix] - (acc > 0 ? g_depth[pix] * depth[pix] / acc : S(0));
           const S dl_dtf = -dl_da + gr * bg[0] + gg * bg[1] + gb * bg[2];
           S tr = tf, sr = 0, sg = 0, sb = 0, sz = 0;  // sums over the fragments behind
-          for (int64_t k = last - 1; k >= 0; --k) {
+          // the row's fragments before `last`, back to front
+          auto j = std::lower_bound(row.begin(), row.end(), last) - row.begin();
+          while (--j >= 0) {
+            const int32_t k = row[j];
             const Frag<S>& f = fr[k];
+            if (px < f.x0 || px > f.x1) continue;
             const S dx = fx - f.mx, dy = fy - f.my;
             const S pw = power_of(f, dx, dy);
-            if (pw < 0) continue;
+            if (pw < 0 || pw > f.pw_max) continue;
             const S vis = std::exp(-pw);
             const S raw = f.o * vis;
             const S al = std::min(amax, raw);
@@ -266,7 +295,7 @@ Params make_params(int64_t C, int64_t N, int64_t W, int64_t H, int64_t ts, doubl
 
 extern "C" {
 
-int flow3d_raster_abi_version() { return 1; }
+int flow3d_raster_abi_version() { return 2; }
 
 void flow3d_bin_fill(FLOW3D_ARGS_P, const int32_t* rects, const int64_t* order,
                      const int64_t* offsets, int32_t* ids) {
@@ -280,20 +309,22 @@ void flow3d_bin_fill(FLOW3D_ARGS_P, const int32_t* rects, const int64_t* order,
     rects_impl<S>(FLOW3D_P, means2d, conics, opac, radii, rects, counts);                     \
   }                                                                                           \
   void flow3d_forward_##SUFFIX(FLOW3D_ARGS_P, const int64_t* offsets, const int32_t* ids,     \
-                               const S* means2d, const S* conics, const S* colors,            \
-                               const S* opac, const S* depths, const S* bg, S* rgb, S* alpha, \
+                               const int32_t* rects, const S* means2d, const S* conics,       \
+                               const S* colors, const S* opac, const S* depths, const S* bg,  \
+                               S* rgb, S* alpha,                                              \
                                S* depth, S* t_final, int32_t* n_last) {                       \
-    forward_impl<S>(FLOW3D_P, offsets, ids, means2d, conics, colors, opac, depths, bg, rgb,   \
+    forward_impl<S>(FLOW3D_P, offsets, ids, rects, means2d, conics, colors, opac, depths, bg, rgb,   \
                     alpha, depth, t_final, n_last);                                           \
   }                                                                                           \
   void flow3d_backward_##SUFFIX(FLOW3D_ARGS_P, const int64_t* offsets, const int32_t* ids,    \
-                                const S* means2d, const S* conics, const S* colors,           \
-                                const S* opac, const S* depths, const S* bg, const S* alpha,  \
+                                const int32_t* rects, const S* means2d, const S* conics,      \
+                                const S* colors, const S* opac, const S* depths, const S* bg, \
+                                const S* alpha,                                               \
                                 const S* depth, const S* t_final, const int32_t* n_last,      \
                                 const S* g_rgb, const S* g_alpha, const S* g_depth,           \
                                 S* frag_grad, S* g_means2d, S* g_conics, S* g_colors,         \
                                 S* g_opac, S* g_depths) {                                     \
-    backward_impl<S>(FLOW3D_P, offsets, ids, means2d, conics, colors, opac, depths, bg,       \
+    backward_impl<S>(FLOW3D_P, offsets, ids, rects, means2d, conics, colors, opac, depths, bg,       \
                      alpha, depth, t_final, n_last, g_rgb, g_alpha, g_depth, frag_grad,       \
                      g_means2d, g_conics, g_colors, g_opac, g_depths);                        \
   }
