@@ -131,55 +131,74 @@ inline S power_of(const Frag<S>& f, S dx, S dy) {
   return S(0.5) * (f.a * (dx * dx) + f.c * (dy * dy)) + (f.b * dx) * dy;
 }
 
+// One image row of a tile at a time, fragments outer and the row's pixels inner: a fragment
+// is evaluated only on the pixels of its rectangle, and each pixel still sees its fragments in
+// depth order and stops on its own, so the result is the per-pixel loop's to the bit.
 template <typename S>
 void forward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
                   const int32_t* rects, const S* means2d, const S* conics, const S* colors,
-                  const S* opac,
-                  const S* depths, const S* bg, S* rgb, S* alpha, S* depth, S* t_final,
-                  int32_t* n_last) {
+                  const S* opac, const S* depths, const S* bg, S* rgb, S* alpha, S* depth,
+                  S* t_final, int32_t* n_last) {
   const int64_t T = p.tiles_x * p.tiles_y;
   const S amin = S(p.alpha_min), amax = S(p.alpha_max), tmin = S(p.t_min);
 #pragma omp parallel num_threads(p.threads)
   {
     std::vector<Frag<S>> fr;
-    std::vector<int32_t> row;
+    std::vector<int32_t> row, last(p.ts);
+    std::vector<S> tr(p.ts), cr(p.ts), cg(p.ts), cb(p.ts), cz(p.ts);
+    std::vector<char> done(p.ts);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t job = 0; job < p.C * T; ++job) {
       const int64_t cam = job / T, tile = job % T;
       const int64_t tx = tile % p.tiles_x, ty = tile / p.tiles_x;
       gather(p, cam, ids, offsets[job], offsets[job + 1], rects, means2d, conics, colors, opac,
              depths, fr);
-      const int64_t y_end = std::min(p.H, (ty + 1) * p.ts), x_end = std::min(p.W, (tx + 1) * p.ts);
+      const int64_t x_beg = tx * p.ts;
+      const int64_t y_end = std::min(p.H, (ty + 1) * p.ts), x_end = std::min(p.W, x_beg + p.ts);
+      const int64_t nx = x_end - x_beg;
       for (int64_t py = ty * p.ts; py < y_end; ++py) {
         row_list(fr, py, row);
-        for (int64_t px = tx * p.ts; px < x_end; ++px) {
-          const S fx = S(px) + S(0.5), fy = S(py) + S(0.5);
-          S tr = 1, cr = 0, cg = 0, cb = 0, cz = 0;
-          int32_t last = 0;
-          for (const int32_t k : row) {
-            const Frag<S>& f = fr[k];
-            if (px < f.x0 || px > f.x1) continue;
-            const S dx = fx - f.mx, dy = fy - f.my;
+        std::fill(tr.begin(), tr.end(), S(1));
+        std::fill(cr.begin(), cr.end(), S(0)); std::fill(cg.begin(), cg.end(), S(0));
+        std::fill(cb.begin(), cb.end(), S(0)); std::fill(cz.begin(), cz.end(), S(0));
+        std::fill(last.begin(), last.end(), 0); std::fill(done.begin(), done.end(), 0);
+        int64_t alive = nx;
+        const S fy = S(py) + S(0.5);
+        for (const int32_t k : row) {
+          const Frag<S>& f = fr[k];
+          const S dy = fy - f.my;
+          const int64_t a1 = std::min<int64_t>(f.x1, x_end - 1);
+          for (int64_t px = std::max<int64_t>(f.x0, x_beg); px <= a1; ++px) {
+            const int64_t j = px - x_beg;
+            if (done[j]) continue;
+            const S dx = (S(px) + S(0.5)) - f.mx;
             const S pw = power_of(f, dx, dy);
             if (pw < 0 || pw > f.pw_max) continue;
             const S al = std::min(amax, f.o * std::exp(-pw));
             if (al < amin) continue;
-            const S tn = tr * (S(1) - al);
-            if (tn <= tmin) break;
-            const S w = al * tr;
-            cr += w * f.r; cg += w * f.g; cb += w * f.bl; cz += w * f.z;
-            tr = tn;
-            last = static_cast<int32_t>(k + 1);
+            const S tn = tr[j] * (S(1) - al);
+            if (tn <= tmin) {  // stop before this fragment
+              done[j] = 1;
+              --alive;
+              continue;
+            }
+            const S w = al * tr[j];
+            cr[j] += w * f.r; cg[j] += w * f.g; cb[j] += w * f.bl; cz[j] += w * f.z;
+            tr[j] = tn;
+            last[j] = k + 1;
           }
-          const int64_t pix = (cam * p.H + py) * p.W + px;
-          const S acc = S(1) - tr;
-          rgb[3 * pix] = cr + tr * bg[0];
-          rgb[3 * pix + 1] = cg + tr * bg[1];
-          rgb[3 * pix + 2] = cb + tr * bg[2];
+          if (alive == 0) break;
+        }
+        for (int64_t j = 0; j < nx; ++j) {
+          const int64_t pix = (cam * p.H + py) * p.W + x_beg + j;
+          const S acc = S(1) - tr[j];
+          rgb[3 * pix] = cr[j] + tr[j] * bg[0];
+          rgb[3 * pix + 1] = cg[j] + tr[j] * bg[1];
+          rgb[3 * pix + 2] = cb[j] + tr[j] * bg[2];
           alpha[pix] = acc;
-          depth[pix] = acc > 0 ? cz / acc : S(0);
-          t_final[pix] = tr;
-          n_last[pix] = last;
+          depth[pix] = acc > 0 ? cz[j] / acc : S(0);
+          t_final[pix] = tr[j];
+          n_last[pix] = last[j];
         }
       }
     }
@@ -188,8 +207,9 @@ void forward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
 
 // Back to front over each pixel's contributing fragments (gsplat's approach): T_i is recovered
 // from the stored final transmittance by T_i = T_{i+1} / (1 - alpha_i), and the colour and
-// depth "behind" fragment i are running sums. Gradients go to a per-fragment buffer owned by
-// the tile's task (no atomics), then are summed per Gaussian.
+// depth "behind" fragment i are running sums. As in the forward pass, a tile row at a time with
+// fragments outer; each fragment's gradient is summed over the row's pixels into a
+// per-fragment buffer owned by the tile's task (no atomics), then summed per Gaussian.
 template <typename S>
 void backward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
                    const int32_t* rects, const S* means2d, const S* conics, const S* colors,
@@ -202,7 +222,10 @@ void backward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
 #pragma omp parallel num_threads(p.threads)
   {
     std::vector<Frag<S>> fr;
-    std::vector<int32_t> row;
+    std::vector<int32_t> row, last(p.ts);
+    // per pixel of the row: transmittance walking back, sums behind, incoming gradients
+    std::vector<S> tr(p.ts), tf(p.ts), sr(p.ts), sg(p.ts), sb(p.ts), sz(p.ts), gr(p.ts),
+        gg(p.ts), gb(p.ts), dl_dd(p.ts), dl_dtf(p.ts);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t job = 0; job < p.C * T; ++job) {
       const int64_t cam = job / T, tile = job % T;
@@ -212,55 +235,69 @@ void backward_impl(const Params& p, const int64_t* offsets, const int32_t* ids,
              fr);
       S* gf = frag_grad + 10 * start;
       std::fill(gf, gf + 10 * fr.size(), S(0));
-      const int64_t y_end = std::min(p.H, (ty + 1) * p.ts), x_end = std::min(p.W, (tx + 1) * p.ts);
+      const int64_t x_beg = tx * p.ts;
+      const int64_t y_end = std::min(p.H, (ty + 1) * p.ts), x_end = std::min(p.W, x_beg + p.ts);
+      const int64_t nx = x_end - x_beg;
       for (int64_t py = ty * p.ts; py < y_end; ++py) {
-        row_list(fr, py, row);
-        for (int64_t px = tx * p.ts; px < x_end; ++px) {
-          const int64_t pix = (cam * p.H + py) * p.W + px;
-          const int32_t last = n_last[pix];
-          if (last == 0) continue;
-          const S fx = S(px) + S(0.5), fy = S(py) + S(0.5);
-          const S tf = t_final[pix], acc = alpha[pix];
-          const S gr = g_rgb[3 * pix], gg = g_rgb[3 * pix + 1], gb = g_rgb[3 * pix + 2];
+        int32_t max_last = 0;
+        for (int64_t j = 0; j < nx; ++j) {
+          const int64_t pix = (cam * p.H + py) * p.W + x_beg + j;
+          last[j] = n_last[pix];
+          max_last = std::max(max_last, last[j]);
+          const S acc = alpha[pix];
+          gr[j] = g_rgb[3 * pix]; gg[j] = g_rgb[3 * pix + 1]; gb[j] = g_rgb[3 * pix + 2];
           // depth = D / A: dL/dD = g / A, and A's own gradient gains -g D / A^2 = -g depth / A
-          const S dl_dd = acc > 0 ? g_depth[pix] / acc : S(0);
+          dl_dd[j] = acc > 0 ? g_depth[pix] / acc : S(0);
           const S dl_da = g_alpha[pix] - (acc > 0 ? g_depth[pix] * depth[pix] / acc : S(0));
-          const S dl_dtf = -dl_da + gr * bg[0] + gg * bg[1] + gb * bg[2];
-          S tr = tf, sr = 0, sg = 0, sb = 0, sz = 0;  // sums over the fragments behind
-          // the row's fragments before `last`, back to front
-          auto j = std::lower_bound(row.begin(), row.end(), last) - row.begin();
-          while (--j >= 0) {
-            const int32_t k = row[j];
-            const Frag<S>& f = fr[k];
-            if (px < f.x0 || px > f.x1) continue;
-            const S dx = fx - f.mx, dy = fy - f.my;
+          dl_dtf[j] = -dl_da + gr[j] * bg[0] + gg[j] * bg[1] + gb[j] * bg[2];
+          tf[j] = tr[j] = t_final[pix];
+          sr[j] = sg[j] = sb[j] = sz[j] = S(0);
+        }
+        if (max_last == 0) continue;
+        row_list(fr, py, row);
+        const S fy = S(py) + S(0.5);
+        auto r = std::lower_bound(row.begin(), row.end(), max_last) - row.begin();
+        while (--r >= 0) {
+          const int32_t k = row[r];
+          const Frag<S>& f = fr[k];
+          const S dy = fy - f.my;
+          S G[10] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+          bool any = false;
+          const int64_t a1 = std::min<int64_t>(f.x1, x_end - 1);
+          for (int64_t px = std::max<int64_t>(f.x0, x_beg); px <= a1; ++px) {
+            const int64_t j = px - x_beg;
+            if (k >= last[j]) continue;
+            const S dx = (S(px) + S(0.5)) - f.mx;
             const S pw = power_of(f, dx, dy);
             if (pw < 0 || pw > f.pw_max) continue;
             const S vis = std::exp(-pw);
             const S raw = f.o * vis;
             const S al = std::min(amax, raw);
             if (al < amin) continue;
-            const S om = S(1) - al;
-            const S ti = tr / om;
+            any = true;
+            const S inv_om = S(1) / (S(1) - al);
+            const S ti = tr[j] * inv_om;
             const S w = al * ti;
-            S* g = gf + 10 * k;
-            g[5] += gr * w; g[6] += gg * w; g[7] += gb * w;
-            g[9] += dl_dd * w;
-            const S dl_dal = gr * (ti * f.r - sr / om) + gg * (ti * f.g - sg / om) +
-                             gb * (ti * f.bl - sb / om) + dl_dd * (ti * f.z - sz / om) -
-                             dl_dtf * tf / om;
+            G[5] += gr[j] * w; G[6] += gg[j] * w; G[7] += gb[j] * w;
+            G[9] += dl_dd[j] * w;
+            // d/d alpha_i of sum_j c_j w_j + T_N bg: T_i c_i minus what lies behind / (1 - a_i)
+            const S dl_dal = ti * (gr[j] * f.r + gg[j] * f.g + gb[j] * f.bl + dl_dd[j] * f.z) -
+                             inv_om * (gr[j] * sr[j] + gg[j] * sg[j] + gb[j] * sb[j] +
+                                       dl_dd[j] * sz[j] + dl_dtf[j] * tf[j]);
             if (raw <= amax) {
-              g[8] += dl_dal * vis;
+              G[8] += dl_dal * vis;
               const S dl_dpw = -dl_dal * al;
-              g[2] += dl_dpw * S(0.5) * dx * dx;
-              g[3] += dl_dpw * dx * dy;
-              g[4] += dl_dpw * S(0.5) * dy * dy;
-              g[0] -= dl_dpw * (f.a * dx + f.b * dy);
-              g[1] -= dl_dpw * (f.c * dy + f.b * dx);
+              G[2] += dl_dpw * S(0.5) * dx * dx;
+              G[3] += dl_dpw * dx * dy;
+              G[4] += dl_dpw * S(0.5) * dy * dy;
+              G[0] -= dl_dpw * (f.a * dx + f.b * dy);
+              G[1] -= dl_dpw * (f.c * dy + f.b * dx);
             }
-            sr += w * f.r; sg += w * f.g; sb += w * f.bl; sz += w * f.z;
-            tr = ti;
+            sr[j] += w * f.r; sg[j] += w * f.g; sb[j] += w * f.bl; sz[j] += w * f.z;
+            tr[j] = ti;
           }
+          if (any)
+            for (int q = 0; q < 10; ++q) gf[10 * k + q] += G[q];
         }
       }
     }
