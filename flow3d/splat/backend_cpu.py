@@ -186,9 +186,9 @@ class RasterizeTiles(torch.autograd.Function):
     def backward(ctx, g_rgb, g_alpha, g_depth):
         (means2d, conics, colors, opacities, depths, bg, alpha, depth, t_final, n_last, offsets,
          ids, rects) = ctx.saved_tensors
-        grads_in = [torch.zeros_like(o) if g is None else g.to(means2d.dtype).contiguous()
-                    for g, o in ((g_rgb, alpha.expand(*alpha.shape[:3], 3)), (g_alpha, alpha),
-                                 (g_depth, depth))]
+        grads_in = [torch.zeros(*alpha.shape[:3], k, dtype=alpha.dtype) if g is None
+                    else g.to(alpha.dtype).contiguous()
+                    for g, k in ((g_rgb, 3), (g_alpha, 1), (g_depth, 1))]
         frag_grad = torch.empty(ids.numel(), 10, dtype=means2d.dtype)
         outs = [torch.zeros_like(t) for t in (means2d, conics, colors, opacities, depths)]
         getattr(ctx.lib, f"flow3d_backward_{ctx.sfx}")(
