@@ -14,7 +14,9 @@ Binning uses the exact extent where ``opacity * exp(-power)`` can reach ``alpha_
 does not depend on the tile size. The backward pass is gsplat's ``rasterize_to_pixels``
 backward: per pixel, walk the contributing fragments back to front from the stored final
 transmittance and count; per-Gaussian gradients are summed from per-fragment buffers, not atomics.
-Threads: ``torch.get_num_threads()``.
+Threads: ``torch.get_num_threads()``. On a machine whose cores are shared with other jobs, set
+``OMP_WAIT_POLICY=PASSIVE``: spinning OpenMP waiters (torch's and this kernel's) otherwise take
+the core their partner thread needs (see docs/benchmarks.md, "Splat rasterizer").
 """
 
 from __future__ import annotations
