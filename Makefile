@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	  echo "make: could not install $(TORCH): give pip PyTorch's CPU wheel index with" \
 	       "make install TORCH_INDEX=URL (see the Makefile)" >&2; exit 1; }
 	$(PIP) install -q -e ".[all,dev]"
+	# compile the splat CPU rasterizer's kernel now (g++ with OpenMP), not in the first test
+	$(PYTHON) -c "from flow3d.splat.backend_cpu import build_library; build_library()" || \
+	  echo "make: the splat CPU kernel did not build; splat renders fall back to the slow reference" >&2
 	@mkdir -p .make && touch $(STAMP)
 
 install: $(STAMP)
