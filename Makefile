@@ -35,7 +35,7 @@ test-slow: $(STAMP)
 	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PIP) install -q "flow_matching" --no-deps || true
+	$(PIP) install -q "flow_matching" "torchdiffeq>=0.2" --no-deps || true
 	$(PYTHON) -m benchmarks.run_all
 
 lint: $(STAMP)
