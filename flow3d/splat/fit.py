@@ -48,7 +48,8 @@ from flow3d.splat.render import BACKENDS, RenderSettings, render
 
 SCENE_SUFFIXES = (".ply", ".splat", ".spz")
 # settings that may differ between a run and its --resume
-RESUMABLE_CHANGES = ("out", "steps", "overwrite", "resume", "progress", "checkpoint_every")
+RESUMABLE_CHANGES = ("out", "steps", "overwrite", "resume", "progress", "checkpoint_every",
+                     "max_minutes")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class FitSettings:
     opacity_reset_every: int = 3000
     grad_threshold: float = 2e-4
     checkpoint_every: int = 500  # 0: never
+    max_minutes: float | None = None  # stop early after this much wall-clock time
     progress: bool = True
     overwrite: bool = False
     resume: bool = False
@@ -96,6 +98,8 @@ class FitSettings:
         check_int(self.densify_every, "--densify-every", lo=1)
         check_int(self.opacity_reset_every, "opacity_reset_every", lo=1)
         check_int(self.checkpoint_every, "--checkpoint-every", lo=0)
+        if self.max_minutes is not None:
+            check_float(self.max_minutes, "--max-minutes", lo=0.0, lo_open=True)
         if self.densify_until is not None:
             check_int(self.densify_until, "--densify-until", lo=0)
         for name in ("ssim_weight", "depth_weight", "mask_weight"):
@@ -159,6 +163,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="colour behind the object (masked datasets are composited on it)")
     p.add_argument("--checkpoint-every", type=int_range(0), default=500,
                    help="steps between checkpoints in <stem>.fit/ (0: none)")
+    p.add_argument("--max-minutes", type=float_range(0.0, lo_open=True), default=None,
+                   help="stop after this many minutes of optimisation (the learning-rate "
+                        "and densification schedules still span --steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_overwrite_flag(p, resumable=True)
 
@@ -171,7 +178,8 @@ def settings_from_args(args: argparse.Namespace) -> FitSettings:
         densify_until=args.densify_until, densify_every=args.densify_every,
         depth_weight=args.depth_weight, mask_weight=args.mask_weight,
         background=(1.0, 1.0, 1.0) if args.background == "white" else (0.0, 0.0, 0.0),
-        checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
+        progress=not args.no_progress,
         overwrite=args.overwrite, resume=args.resume)
 
 
@@ -201,11 +209,11 @@ def fit(s: FitSettings) -> dict:
         start, order = load_checkpoint(checkpoint, s, params, generator)
     # 4. optimise
     t0 = time.perf_counter()
-    optimise(params, train, targets, s, extent, generator, start, order)
+    last = optimise(params, train, targets, s, extent, generator, start, order)
     seconds = time.perf_counter() - t0
     # 5. evaluate and write
     scene = params.gaussians().detach().check_finite("fitted scene")
-    metrics = {"dataset": str(s.dataset), "steps": s.steps, "resumed_from": start,
+    metrics = {"dataset": str(s.dataset), "steps": last, "resumed_from": start,
                "seconds": round(seconds, 2), "backend": s.backend,
                "num_gaussians": len(scene), "train_views": len(train),
                "test_views": 0 if test is None else len(test),
@@ -311,9 +319,12 @@ def inside_silhouettes(points: Tensor, views: PosedImages) -> Tensor:
 
 
 def optimise(params: SplatParams, train: PosedImages, targets: Tensor, s: FitSettings,
-             extent: float, generator: torch.Generator, start: int, order: Tensor) -> None:
+             extent: float, generator: torch.Generator, start: int, order: Tensor) -> int:
+    """Steps ``start`` to ``s.steps`` (or until ``s.max_minutes``); returns the last step."""
     from tqdm import tqdm
 
+    deadline = None if s.max_minutes is None else time.perf_counter() + 60 * s.max_minutes
+    done = start
     settings = RenderSettings(background=s.background)
     control = s.control
     bar = tqdm(total=s.steps, initial=start, disable=not s.progress, desc="fit",
@@ -344,7 +355,10 @@ def optimise(params: SplatParams, train: PosedImages, targets: Tensor, s: FitSet
         bar.update(1)
         if done % 10 == 0 or done == s.steps:
             bar.set_postfix(loss=f"{value:.4f}", n=len(params))
+        if deadline is not None and time.perf_counter() > deadline:
+            break
     bar.close()
+    return done
 
 
 def step_loss(out, train: PosedImages, targets: Tensor, view: int, s: FitSettings) -> Tensor:
