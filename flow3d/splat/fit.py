@@ -206,8 +206,10 @@ def fit(s: FitSettings) -> dict:
     params = SplatParams(initial_gaussians(train, s, generator), learning_rates(s, extent))
     start, order = 0, torch.empty(0, dtype=torch.long)
     if checkpoint is not None:
-        start, order = load_checkpoint(checkpoint, s, params, generator)
+        start, order = load_checkpoint(checkpoint, params, generator)
     # 4. optimise
+    if checkpoint is None:  # an earlier run's checkpoint must not outlive --overwrite
+        shutil.rmtree(s.run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     last = optimise(params, train, targets, s, extent, generator, start, order)
     seconds = time.perf_counter() - t0
@@ -228,23 +230,27 @@ def fit(s: FitSettings) -> dict:
     return metrics
 
 
-def check_outputs(s: FitSettings) -> Path | None:
+def check_outputs(s: FitSettings) -> dict | None:
     """The output rule for the scene, its metrics and the run folder; returns the checkpoint
-    to resume from (None: start afresh)."""
+    to resume from (None: start afresh), read before any write probe."""
     ckpt = s.run_dir / "checkpoint.pt"
-    has_ckpt = ckpt.is_file()
-    if s.resume and has_ckpt:
+    if s.resume and ckpt.is_file():
+        state = read_checkpoint(ckpt, s)
         check_output_file(s.out, overwrite=True, suffixes=SCENE_SUFFIXES)
         check_output_file(s.metrics_path, overwrite=True)
-        return ckpt
+        return state
     if s.resume and s.out.exists():
         raise DataError(f"--resume: {s.run_dir} holds no checkpoint and {s.out} exists (the run "
                         "finished); pass --overwrite to fit again")
-    check_output_file(s.out, overwrite=s.overwrite, suffixes=SCENE_SUFFIXES)
-    check_output_file(s.metrics_path, "--out", overwrite=s.overwrite)
+    # every refusal before the first write probe (a probe touches the folder's mtime)
     if s.run_dir.exists() and not s.overwrite and not s.resume:
         raise DataError(f"--out {s.out}: {s.run_dir} holds an interrupted run; pass --resume "
                         "to continue it or --overwrite to start again")
+    if s.metrics_path.exists() and not s.overwrite and not s.out.exists():
+        raise DataError(f"--out {s.out}: {s.metrics_path} exists; pass --overwrite to "
+                        "replace it")
+    check_output_file(s.out, overwrite=s.overwrite, suffixes=SCENE_SUFFIXES)
+    check_output_file(s.metrics_path, "--out", overwrite=s.overwrite)
     return None
 
 
@@ -414,22 +420,28 @@ def save_checkpoint(s: FitSettings, params: SplatParams, generator: torch.Genera
     return path
 
 
-def load_checkpoint(path: Path, s: FitSettings, params: SplatParams,
-                    generator: torch.Generator) -> tuple[int, Tensor]:
+def read_checkpoint(path: Path, s: FitSettings) -> dict:
+    """The checkpoint at ``path``, refused when damaged or written with other settings."""
     try:
         state = torch.load(path, weights_only=False)
+        saved, step = state["settings"], int(state["step"])
     except Exception as e:  # noqa: BLE001 - a damaged file is the user's to remove
-        raise DataError(f"{path}: cannot be read as a checkpoint ({e}); pass --overwrite to "
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot be read as a checkpoint ({msg}); pass --overwrite to "
                         "start again") from None
-    saved = state["settings"]
     changed = sorted(k for k, v in s.as_dict().items()
                      if k not in RESUMABLE_CHANGES and _plain(saved.get(k)) != _plain(v))
     if changed:
         raise ConfigError(f"--resume {path}: settings differ from the interrupted run's "
                           f"({', '.join(changed)}); pass --overwrite to start again")
-    if state["step"] > s.steps:
-        raise ConfigError(f"--resume {path}: the run is at step {state['step']}, beyond "
-                          f"--steps {s.steps}")
+    if step > s.steps:
+        raise ConfigError(f"--resume {path}: the run is at step {step}, beyond --steps "
+                          f"{s.steps}")
+    return state
+
+
+def load_checkpoint(state: dict, params: SplatParams, generator: torch.Generator
+                    ) -> tuple[int, Tensor]:
     params.load_state_dict(state["params"])
     generator.set_state(state["generator"])
     return state["step"], state["order"]
