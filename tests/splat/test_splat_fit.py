@@ -238,3 +238,13 @@ def test_render_bad_inputs(tmp_path, capsys):
                        "--out", out], capsys, ["x"], [tmp_path])
     assert_user_error(["splat", "render", str(tmp_path / "ok.ply"), str(folder), "--out",
                        str(tmp_path / "taken")], capsys, ["taken", "--overwrite"], [tmp_path])
+
+
+@pytest.mark.slow
+def test_demo_runs(tmp_path):
+    from flow3d.splat.demo import demo
+
+    out = demo(tmp_path / "demo", steps=30, size=32, views=8)
+    for key in ("scene", "png", "metrics"):
+        assert Path(out[key]).is_file()
+    assert out["test_psnr"] > 15
