@@ -89,11 +89,11 @@ import resource, sys, torch
 from flow3d.splat import Cameras, Gaussians, render
 from flow3d.splat.density import SplatParams
 n, size = int(sys.argv[1]), int(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 g = torch.Generator().manual_seed(0)
 pts = torch.randn(n, 3, generator=g) * 0.3
 gs = Gaussians.from_points(pts, torch.rand(n, 3, generator=g), scale=0.01, opacity=0.5,
                            sh_degree=3)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 p = SplatParams(gs, {k: 1e-3 for k in ("means", "quats", "log_scales", "opacity_logits",
                                         "sh0", "shN")})
 cam = Cameras.orbit(1, radius=2.5, width=size, height=size)
@@ -197,7 +197,7 @@ def main() -> None:
         mem = results["memory"]
         print(f"\nPeak memory, {mem['gaussians']} Gaussians (SH degree 3) at {mem['size']}^2, "
               f"two training steps with the cpu backend: {mem['peak_mib']} MiB resident "
-              f"({mem['step_mib']} MiB above the process before the optimiser state)")
+              f"({mem['step_mib']} MiB above the process before it built the Gaussians)")
 
 
 if __name__ == "__main__":

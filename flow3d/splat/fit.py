@@ -77,7 +77,7 @@ class FitSettings:
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
     # adaptive density control
-    densify_from: int = 500
+    densify_from: int | None = None  # None: min(500, steps / 10) (3DGS: 500 of 30k)
     densify_until: int | None = None  # None: half the steps (3DGS: 15k of 30k)
     densify_every: int = 100
     opacity_reset_every: int = 3000
@@ -95,7 +95,8 @@ class FitSettings:
         check_int(self.sh_every, "--sh-every", lo=1)
         check_int(self.max_gaussians, "--max-gaussians", lo=1)
         check_int(self.init_points, "--init-points", lo=1)
-        check_int(self.densify_from, "densify_from", lo=0)
+        if self.densify_from is not None:
+            check_int(self.densify_from, "--densify-from", lo=0)
         check_int(self.densify_every, "--densify-every", lo=1)
         check_int(self.opacity_reset_every, "opacity_reset_every", lo=1)
         check_int(self.checkpoint_every, "--checkpoint-every", lo=0)
@@ -117,6 +118,10 @@ class FitSettings:
             raise ConfigError(f"background {self.background}: expected three numbers")
         if self.overwrite and self.resume:
             raise ConfigError("--overwrite and --resume: choose one")
+
+    @property
+    def densify_start(self) -> int:
+        return min(500, self.steps // 10) if self.densify_from is None else self.densify_from
 
     @property
     def densify_stop(self) -> int:
@@ -154,6 +159,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cap on the number of Gaussians (memory control)")
     p.add_argument("--init-points", type=int_range(1), default=20_000,
                    help="initial Gaussians (from depth, or random)")
+    p.add_argument("--densify-from", type=int_range(0), default=None,
+                   help="first densification step (default: min(500, steps / 10))")
     p.add_argument("--densify-until", type=int_range(0), default=None,
                    help="last densification step (default: half the steps)")
     p.add_argument("--densify-every", type=int_range(1), default=100)
@@ -177,7 +184,8 @@ def settings_from_args(args: argparse.Namespace) -> FitSettings:
         dataset=Path(args.dataset), out=Path(args.out), steps=args.steps,
         sh_degree=args.sh_degree, sh_every=args.sh_every, backend=args.backend, seed=args.seed,
         max_gaussians=args.max_gaussians, init_points=args.init_points,
-        densify_until=args.densify_until, densify_every=args.densify_every,
+        densify_from=args.densify_from, densify_until=args.densify_until,
+        densify_every=args.densify_every,
         depth_weight=args.depth_weight, mask_weight=args.mask_weight,
         background=(1.0, 1.0, 1.0) if args.background == "white" else (0.0, 0.0, 0.0),
         checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes,
@@ -390,7 +398,7 @@ def step_loss(out, train: PosedImages, targets: Tensor, view: int, s: FitSetting
 def refine(params: SplatParams, control: DensityControl, s: FitSettings, extent: float,
            generator: torch.Generator, done: int) -> None:
     """Adaptive density control and opacity reset after ``done`` steps (3DGS schedule)."""
-    if s.densify_from < done <= s.densify_stop and done % s.densify_every == 0:
+    if s.densify_start < done <= s.densify_stop and done % s.densify_every == 0:
         density.densify(params, control, extent, generator)
         density.prune(params, control, extent, prune_big=done > s.opacity_reset_every)
         params.reset_stats()
