@@ -33,7 +33,7 @@ def demo_mesh(out_dir: Path) -> Path:
     return path
 
 
-def demo(out_dir: str | Path, *, steps: int = 200, size: int = 64, views: int = 16,
+def demo(out_dir: str | Path, *, steps: int = 200, size: int = 48, views: int = 12,
          backend: str = "cpu") -> dict:
     """Views -> fit -> render in ``out_dir`` (created; earlier demo files replaced). Returns
     the paths written and the held-out metrics."""
@@ -51,7 +51,7 @@ def demo(out_dir: str | Path, *, steps: int = 200, size: int = 64, views: int = 
                                        size=size)).parent
     scene_path = out / "scene.ply"
     metrics = fit(FitSettings(dataset=dataset, out=scene_path, steps=steps, sh_degree=1,
-                              sh_every=steps // 2, init_points=4000, densify_from=50,
+                              sh_every=steps // 2, init_points=2000, densify_from=50,
                               densify_every=50, opacity_reset_every=10 * steps,
                               backend=backend, progress=False, checkpoint_every=0))
     # held-out views: ground truth above, the fitted scene below
