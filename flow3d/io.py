@@ -174,7 +174,6 @@ def check_output_dir(path: str | os.PathLike | None, option: str = "--out", *,
     out = _non_empty(path, option)
     if out.exists() and not out.is_dir():
         raise DataError(f"{option} {out}: is a file, not a folder")
-    _probe_writable(out, option, out)
     if out.is_dir() and not (overwrite or resume):
         entries = [c for c in out.iterdir() if not is_temporary(c)]
         if entries:
@@ -182,6 +181,8 @@ def check_output_dir(path: str | os.PathLike | None, option: str = "--out", *,
                 if resumable else "--overwrite to replace them"
             raise DataError(f"{option} {out}: folder is not empty ({len(entries)} entries); "
                             f"pass {flags}")
+    # probed last: the probe file touches the folder's mtime, which a refusal must not do
+    _probe_writable(out, option, out)
     return out
 
 
