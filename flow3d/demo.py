@@ -20,6 +20,7 @@ DEMOS: dict[str, str] = {
     "toy": "flow3d.toy.demo:demo",
     "protein": "protein.design:demo",
     "mesh": "flow3d.mesh.pipeline:demo",
+    "splat": "flow3d.splat.demo:demo",
 }
 
 
