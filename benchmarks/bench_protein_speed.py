@@ -79,7 +79,7 @@ def main(argv=None):
         m = head.build_model().eval()
         m.fast = v != "plain"
         if v == "bf16":
-            m.cfg = type(m.cfg)(**{**m.cfg.__dict__, "pair_precision": "bf16"})
+            m.set_pair_precision("bf16")
         models[v] = m
     ref = interpolant_cls = icfg = None
     if "reqflow" in variants:

@@ -14,6 +14,7 @@ AlphaFold2 Alg. 22 and 23). The flow velocity is derived from the prediction in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -182,6 +183,12 @@ class IPATrunk(nn.Module):
             if i < cfg.num_blocks - 1:
                 block["edge_transition"] = EdgeTransition(cfg.node_dim, cfg.edge_dim)
             self.blocks.append(block)
+
+    def set_pair_precision(self, precision: str) -> IPATrunk:
+        """Switch the pair products' precision at inference ("fp32" | "bf16"; see
+        :class:`TrunkConfig`); the parameters are untouched. Returns the trunk."""
+        self.cfg = dataclasses.replace(self.cfg, pair_precision=precision)
+        return self
 
     def forward(
         self,
