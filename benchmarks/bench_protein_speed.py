@@ -20,12 +20,15 @@ Configurations: ``fwdL`` one forward pass (no grad, self-conditioning input give
 L; ``sLxN`` one design of length L with N Euler steps (self-conditioning, exponential rotation
 schedule at rate 10, as the recipe); ``trainBxL`` one training step at batch B, length L on
 random frames: forward + backward of a mean-squared error on the predicted translations +
-AdamW (the same proxy on both sides, so the network's cost is what is compared).
+AdamW (the same proxy on both sides, so the network's cost is what is compared); the bf16
+variant trains under ``torch.autocast("cpu", bfloat16)``, what ``trainer.precision:
+bf16-mixed`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -129,9 +132,14 @@ def main(argv=None):
             net = ref if v == "reqflow" else models[v]
             opt = torch.optim.AdamW(net.parameters(), lr=1e-12)  # timing only
 
+            # bf16: the trainer's precision=bf16-mixed (autocast), the pair precision setting
+            # itself applies at inference only
+            ctx = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if v == "bf16"
+                   else contextlib.nullcontext)
+
             def step():
                 net.train()
-                with torch.enable_grad():
+                with torch.enable_grad(), ctx():
                     pred = net(rb)["pred_trans"] / 10.0 if v == "reqflow" else net(*oa)["trans"]
                     loss = ((pred - oa[0]) ** 2).mean()
                     opt.zero_grad(set_to_none=True)

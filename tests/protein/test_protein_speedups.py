@@ -105,6 +105,24 @@ def test_fast_path_matches_plain_float64_and_gradients():
         assert _max_diff(model(*args), outs[False]) < 1e-9
 
 
+def test_fast_path_matches_plain_with_fold_plans():
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = IPATrunk(dataclasses.replace(SMALL, topology=True)).eval()
+    _randomise(model)
+    args = _inputs(2, 14, pad=2)
+    g = torch.Generator().manual_seed(3)
+    plan = {"ss": torch.randint(0, 4, (2, 14), generator=g),
+            "adj": torch.randint(0, 3, (2, 14, 14), generator=g)}
+    model.fast = False
+    with torch.no_grad():
+        plain = model(*args, **plan)
+        model.fast = True
+        fast = model(*args, **plan)
+    assert _max_diff(fast, plain) < 2e-5
+
+
 def test_relative_position_cache_follows_indices_and_weights():
     torch.manual_seed(0)
     model = IPATrunk(SMALL).eval()
