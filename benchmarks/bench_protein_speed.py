@@ -65,7 +65,7 @@ def main(argv=None):
     def log(rec):
         rec["load1"] = round(os.getloadavg()[0], 2)
         line = json.dumps(rec)
-        print(line, flush=True)
+        print(line, file=sys.stderr, flush=True)  # stdout: the markdown section only
         if out:
             out.write(line + "\n")
             out.flush()
@@ -198,6 +198,14 @@ def main(argv=None):
         log({"event": "summary", "config": name, "reps": args.reps, "cpu_median_s": med,
              "wall_median_s": medw})
     base = "reqflow" if "reqflow" in variants else variants[0]
+    print("## Protein sampler speed: fast path, bf16 pairs, plain twin (bench_protein_speed)\n")
+    print(f"`python -m benchmarks.bench_protein_speed {' '.join(argv or sys.argv[1:])}`: "
+          f"`recipes/protein/base.yaml` ({sum(p.numel() for p in next(iter(models.values())).parameters()):,} "
+          f"parameters, untrained), {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+          f"process CPU seconds, median of {args.reps} interleaved runs; load average "
+          f"{os.getloadavg()[0]:.1f} at the end (a shared machine). Variants: see the script's "
+          "docstring; fwdL = one forward, sLxN = one design of length L in N Euler steps, "
+          "trainBxL = forward + backward + AdamW at batch B.")
     print(f"\n| configuration | {' | '.join(f'{v} CPU s' for v in variants)} | "
           f"{' | '.join(f'{v} / {base}' for v in variants if v != base)} |")
     print("|---" * (1 + 2 * len(variants) - 1) + "|")
