@@ -196,7 +196,7 @@ class EdgeEmbedder(nn.Module):
         dd = torch.cat([dist, dist_sc], dim=-1)  # [B, L, L, 2 * num_bins]
         pd = pair_dtype or node.dtype
         h = nn.functional.linear(dd.to(pd), W[:, 2 * F + R:].to(pd).contiguous())  # [B,L,L,E]
-        h = h + rel.to(pd) if torch.is_grad_enabled() else h.add_(rel.to(pd))
+        h = h.add_(rel.to(pd))
         h = _add_ij(h, a_i, a_j)
         h = torch.relu_(h)
         h = torch.relu_(nn.functional.linear(h, lin1.weight.to(pd), lin1.bias.to(pd)))
@@ -209,9 +209,6 @@ class EdgeEmbedder(nn.Module):
 
 
 def _add_ij(h: Tensor, a_i: Tensor, a_j: Tensor) -> Tensor:
-    """``h [B, L, L, C] + a_i[:, :, None] + a_j[:, None]`` in ``h``'s dtype, in place when no
-    gradient is recorded."""
-    a_i, a_j = a_i.to(h.dtype)[:, :, None, :], a_j.to(h.dtype)[:, None, :, :]
-    if torch.is_grad_enabled():
-        return h + a_i + a_j
-    return h.add_(a_i).add_(a_j)
+    """``h [B, L, L, C] + a_i[:, :, None] + a_j[:, None]`` in ``h``'s dtype, in place (``h``
+    is a fresh matrix product whose value no backward needs, so autograd allows it)."""
+    return h.add_(a_i.to(h.dtype)[:, :, None, :]).add_(a_j.to(h.dtype)[:, None, :, :])

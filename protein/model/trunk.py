@@ -113,8 +113,9 @@ class EdgeTransition(nn.Module):
         pd = pair_dtype or z.dtype
         # a contiguous copy of the weight slice: MKL's product with the strided one is slower
         h = nn.functional.linear(z.to(pd), W[:, :E].to(pd).contiguous())  # [B, L, L, hidden]
-        h = torch.relu_(_add_ij(h, a_i, a_j))
-        h = torch.relu_(nn.functional.linear(h, lin1.weight.to(pd), lin1.bias.to(pd)))
+        relu = torch.relu if torch.is_grad_enabled() else torch.relu_
+        h = relu(_add_ij(h, a_i, a_j))
+        h = relu(nn.functional.linear(h, lin1.weight.to(pd), lin1.bias.to(pd)))
         out = nn.functional.linear(h, self.out.weight.to(pd), self.out.bias.to(pd))
         z = self.norm(z + out.to(z.dtype))
         if full_mask:
