@@ -198,8 +198,9 @@ class EdgeEmbedder(nn.Module):
         h = nn.functional.linear(dd.to(pd), W[:, 2 * F + R:].to(pd).contiguous())  # [B,L,L,E]
         h = h.add_(rel.to(pd))
         h = _add_ij(h, a_i, a_j)
-        h = torch.relu_(h)
-        h = torch.relu_(nn.functional.linear(h, lin1.weight.to(pd), lin1.bias.to(pd)))
+        relu = torch.relu if torch.is_grad_enabled() else torch.relu_  # see EdgeTransition
+        h = relu(h)
+        h = relu(nn.functional.linear(h, lin1.weight.to(pd), lin1.bias.to(pd)))
         out = norm(nn.functional.linear(h, lin2.weight.to(pd), lin2.bias.to(pd)).to(node.dtype))
         if self.adj_embed is not None:
             out = out + self.adj_embed(_codes(adj, (B, L, L), ADJ_UNKNOWN, node.device))

@@ -113,6 +113,7 @@ class EdgeTransition(nn.Module):
         pd = pair_dtype or z.dtype
         # a contiguous copy of the weight slice: MKL's product with the strided one is slower
         h = nn.functional.linear(z.to(pd), W[:, :E].to(pd).contiguous())  # [B, L, L, hidden]
+        # out of place under autograd: the in-place ReLU's backward costs extra copies
         relu = torch.relu if torch.is_grad_enabled() else torch.relu_
         h = relu(_add_ij(h, a_i, a_j))
         h = relu(nn.functional.linear(h, lin1.weight.to(pd), lin1.bias.to(pd)))
