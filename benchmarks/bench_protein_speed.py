@@ -60,7 +60,7 @@ def main(argv=None):
     from protein.head import ProteinHead
     from protein.settings import SamplerSettings
 
-    out = open(args.out, "a") if args.out else None
+    out = open(args.out, "a") if args.out else None  # noqa: SIM115 (appended to per record)
 
     def log(rec):
         rec["load1"] = round(os.getloadavg()[0], 2)
@@ -89,9 +89,8 @@ def main(argv=None):
         here = os.getcwd()
         sys.path.insert(0, os.path.abspath(args.reqflow))
         os.chdir(args.reqflow)
-        from hydra import compose, initialize_config_dir
-
         from data.interpolant import Interpolant as interpolant_cls  # noqa: N813
+        from hydra import compose, initialize_config_dir
         from models.flow_model import FlowModel
 
         with initialize_config_dir(config_dir=os.path.abspath("configs"), version_base=None):
@@ -199,9 +198,10 @@ def main(argv=None):
              "wall_median_s": medw})
     base = "reqflow" if "reqflow" in variants else variants[0]
     print("## Protein sampler speed: fast path, bf16 pairs, plain twin (bench_protein_speed)\n")
+    n_params = sum(p.numel() for p in next(iter(models.values())).parameters())
     print(f"`python -m benchmarks.bench_protein_speed {' '.join(argv or sys.argv[1:])}`: "
-          f"`recipes/protein/base.yaml` ({sum(p.numel() for p in next(iter(models.values())).parameters()):,} "
-          f"parameters, untrained), {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+          f"`recipes/protein/base.yaml` ({n_params:,} parameters, untrained), "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, "
           f"process CPU seconds, median of {args.reps} interleaved runs; load average "
           f"{os.getloadavg()[0]:.1f} at the end (a shared machine). Variants: see the script's "
           "docstring; fwdL = one forward, sLxN = one design of length L in N Euler steps, "

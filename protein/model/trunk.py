@@ -25,7 +25,6 @@ from protein.geometry import Rigid
 from protein.model.embed import EdgeEmbedder, NodeEmbedder, _add_ij
 from protein.model.ipa import InvariantPointAttention
 
-
 PAIR_PRECISIONS = ("fp32", "bf16")
 
 
