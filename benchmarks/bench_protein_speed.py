@@ -214,6 +214,8 @@ def main(argv=None):
         cells = [f"{m[v]:.3f}" for v in variants]
         ratios = [f"{m[v] / m[base]:.2f}" for v in variants if v != base]
         print(f"| {name} | {' | '.join(cells)} | {' | '.join(ratios)} |")
+    if out:
+        out.close()
     return summary
 
 

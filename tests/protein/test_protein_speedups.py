@@ -136,9 +136,19 @@ def test_relative_position_cache_follows_indices_and_weights():
     assert _max_diff(_run(model, args, fast=True), _run(model, args, fast=False)) < 2e-5
 
 
-def test_pair_precision_is_checked():
+def test_pair_precision_is_checked_and_a_recipe_key():
+    from flow3d.engine.config import load_recipe
+    from flow3d.errors import ConfigError
+    from protein.head import ProteinHead
+
     with pytest.raises(ValueError, match="pair_precision"):
         TrunkConfig(pair_precision="fp16")
+    base = ROOT / "recipes" / "protein" / "base.yaml"
+    recipe = load_recipe(base, ["model.pair_precision=bf16"])
+    assert ProteinHead(recipe).build_model().cfg.pair_precision == "bf16"
+    assert ProteinHead(load_recipe(base)).build_model().cfg.pair_precision == "fp32"
+    with pytest.raises(ConfigError, match="pair_precision"):
+        load_recipe(base, ["model.pair_precision=fp16"])
 
 
 def _designs(loaded, fast, precision, L=48, steps=10, num=2):
