@@ -173,3 +173,29 @@ def test_bundled_tiny_checkpoint_designs_unchanged():
     bf16 = _designs(loaded, fast=True, precision="bf16")
     dev = (bf16 - plain).norm(dim=-1)
     assert dev.pow(2).mean().sqrt() < 0.25 and dev.max() < 1.5
+
+
+def test_design_pair_precision_option(tmp_path):
+    import argparse
+
+    from flow3d.errors import ConfigError
+    from protein.cli import design_settings, register
+    from protein.design import prepare_design
+    from protein.settings import DesignSettings, SamplerSettings
+
+    with pytest.raises(ConfigError, match="--pair-precision"):
+        DesignSettings(pair_precision="fp16")
+    settings = DesignSettings(lengths=(30,), num=1, sampler=SamplerSettings(steps=2),
+                              checkpoint=str(TINY_CKPT), pair_precision="bf16")
+    run = prepare_design(settings, tmp_path / "out")
+    assert run.loaded.model.cfg.pair_precision == "bf16"
+    assert DesignSettings.from_dict(run.settings.to_dict()) == run.settings  # run.json
+    other = DesignSettings.from_dict({**run.settings.to_dict(), "pair_precision": None})
+    assert ("--pair-precision", "bf16", "(unset)") in run.settings.differences(other)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["protein", "design", "--out", str(tmp_path / "o"),
+                              "--pair-precision", "bf16"])
+    assert design_settings(args).pair_precision == "bf16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["protein", "design", "--out", "o", "--pair-precision", "fp16"])
