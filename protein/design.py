@@ -181,6 +181,8 @@ def prepare_design(settings: DesignSettings, out_dir: str | Path | None, *,
                                                           settings.motif_segments)
     default = DEFAULT_CHECKPOINT if plan is None else TOPOLOGY_CHECKPOINT
     loaded = load_designer(settings.checkpoint or default, ema=settings.ema, device=device)
+    if settings.pair_precision is not None:
+        loaded.model.set_pair_precision(settings.pair_precision)
     resolved = settings.resolved(loaded.recipe.sample, Path(loaded.path).resolve(),
                                  plan_length=len(plan) if isinstance(plan, Topology) else None)
     if plan is not None and not loaded.recipe.model.topology:

@@ -23,6 +23,7 @@ from typing import Any
 from flow3d.core.solvers import SOLVERS
 from flow3d.errors import ConfigError
 from flow3d.options import check_float, check_int
+from protein.model.trunk import PAIR_PRECISIONS
 
 __all__ = ["DesignSettings", "EvalSettings", "SamplerSettings"]
 
@@ -154,8 +155,13 @@ class DesignSettings:
     topology_from: str | None = None  # ... or a reference set to draw plans from
     checkpoint: str | None = None
     ema: bool = True
+    # the trunk's pair products, "fp32" | "bf16" (protein.model.TrunkConfig.pair_precision);
+    # None: the checkpoint recipe's (fp32 unless it says otherwise)
+    pair_precision: str | None = None
 
     def __post_init__(self) -> None:
+        if self.pair_precision is not None:
+            _choice(self.pair_precision, "--pair-precision", PAIR_PRECISIONS)
         if self.lengths is not None:
             _set(self, "lengths", _lengths(self.lengths))
         _set(self, "num", check_int(self.num, "--num", lo=1, hi=NUM_MAX))
@@ -266,7 +272,7 @@ OPTION_NAMES = {
     "residue": "--residue", "format": "--format", "trajectory": "--trajectory",
     "motif": "--motif", "motif_segments": "--motif-segments", "ss": "--ss",
     "topology": "--topology", "topology_from": "--topology-from",
-    "checkpoint": "--checkpoint", "ema": "--no-ema",
+    "checkpoint": "--checkpoint", "ema": "--no-ema", "pair_precision": "--pair-precision",
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ AlphaFold2 Alg. 22 and 23). The flow velocity is derived from the prediction in
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,10 @@ from torch import Tensor, nn
 
 from flow3d.core.so3 import quat_normalize
 from protein.geometry import Rigid
-from protein.model.embed import EdgeEmbedder, NodeEmbedder
+from protein.model.embed import EdgeEmbedder, NodeEmbedder, _add_ij
 from protein.model.ipa import InvariantPointAttention
+
+PAIR_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,16 @@ class TrunkConfig:
     max_relpos: int = 32
     dropout: float = 0.0
     topology: bool = False  # fold conditioning inputs (protein.topology): ss [B, L], adj [B, L, L]
+    # the dtype of the matrix products over all L^2 residue pairs (the edge embedder's and the
+    # edge transitions' MLPs) at inference: "fp32" (the model's own dtype), or "bf16" (bfloat16,
+    # several times faster on CPUs with AMX; designs change within a stated tolerance, see
+    # tests/protein/test_protein_speedups.py). Training and float64 always use the model dtype.
+    pair_precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.pair_precision not in PAIR_PRECISIONS:
+            raise ValueError(f"pair_precision must be one of {PAIR_PRECISIONS}, "
+                             f"got {self.pair_precision!r}")
 
 
 class NodeTransition(nn.Module):
@@ -73,13 +86,40 @@ class EdgeTransition(nn.Module):
         self.out = nn.Linear(hidden, edge_dim)
         self.norm = nn.LayerNorm(edge_dim)
 
-    def forward(self, s: Tensor, z: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, s: Tensor, z: Tensor, mask: Tensor, *, fast: bool = False,
+                pair_dtype: torch.dtype | None = None, full_mask: bool = False) -> Tensor:
+        if fast:
+            return self._forward_fast(s, z, mask, pair_dtype, full_mask)
         B, L, _ = s.shape
         p = self.node_proj(s)
         feats = torch.cat(
             [z, p[:, :, None, :].expand(B, L, L, -1), p[:, None, :, :].expand(B, L, L, -1)], -1
         )
         z = self.norm(z + self.out(self.mlp(feats)))
+        return z * (mask[:, :, None] * mask[:, None, :])[..., None]
+
+    def _forward_fast(self, s, z, mask, pair_dtype, full_mask):
+        """The same function without the ``[B, L, L, edge + 2 * bias]`` concatenation: the
+        first Linear on ``[z_ij, p_i, p_j]`` is ``W_z z_ij + (W_i p_i + b) + W_j p_j`` (its
+        weight sliced at run time), the node parts computed per residue and broadcast.
+        ``pair_dtype`` (bfloat16): the pair products in that dtype (an approximation)."""
+        lin0, lin1 = self.mlp[0], self.mlp[2]
+        E, nb = z.shape[-1], self.node_proj.out_features
+        W = lin0.weight
+        p = self.node_proj(s)  # [B, L, nb]
+        a_i = nn.functional.linear(p, W[:, E:E + nb], lin0.bias)  # [B, L, hidden]
+        a_j = nn.functional.linear(p, W[:, E + nb:])
+        pd = pair_dtype or z.dtype
+        # a contiguous copy of the weight slice: MKL's product with the strided one is slower
+        h = nn.functional.linear(z.to(pd), W[:, :E].to(pd).contiguous())  # [B, L, L, hidden]
+        # out of place under autograd: the in-place ReLU's backward costs extra copies
+        relu = torch.relu if torch.is_grad_enabled() else torch.relu_
+        h = relu(_add_ij(h, a_i, a_j))
+        h = relu(nn.functional.linear(h, lin1.weight.to(pd), lin1.bias.to(pd)))
+        out = nn.functional.linear(h, self.out.weight.to(pd), self.out.bias.to(pd))
+        z = self.norm(z + out.to(z.dtype))
+        if full_mask:
+            return z
         return z * (mask[:, :, None] * mask[:, None, :])[..., None]
 
 
@@ -106,6 +146,9 @@ class IPATrunk(nn.Module):
     def __init__(self, cfg: TrunkConfig):
         super().__init__()
         self.cfg = cfg
+        # True: the factorised pair updates (same parameters, the same function up to float
+        # rounding); False: the plain reference path, kept as the slow twin for tests.
+        self.fast = True
         self.node_embed = NodeEmbedder(cfg.node_dim, topology=cfg.topology)
         self.edge_embed = EdgeEmbedder(cfg.node_dim, cfg.edge_dim, max_relpos=cfg.max_relpos,
                                        topology=cfg.topology)
@@ -142,6 +185,12 @@ class IPATrunk(nn.Module):
                 block["edge_transition"] = EdgeTransition(cfg.node_dim, cfg.edge_dim)
             self.blocks.append(block)
 
+    def set_pair_precision(self, precision: str) -> IPATrunk:
+        """Switch the pair products' precision at inference ("fp32" | "bf16"; see
+        :class:`TrunkConfig`); the parameters are untouched. Returns the trunk."""
+        self.cfg = dataclasses.replace(self.cfg, pair_precision=precision)
+        return self
+
     def forward(
         self,
         trans_t: Tensor,  # [B, L, 3] nm
@@ -168,7 +217,14 @@ class IPATrunk(nn.Module):
         if not self.cfg.topology and (ss is not None or adj is not None):
             raise ValueError("this trunk was built without topology inputs (topology=False)")
         s = self.node_embed(res_idx, t, mask, ss)  # [B, L, C]
-        z = self.edge_embed(s, trans_t, trans_sc, res_idx, mask, adj)  # [B, L, L, E]
+        fast = {}
+        if self.fast:
+            pd = None
+            if (self.cfg.pair_precision == "bf16" and dtype == torch.float32
+                    and not torch.is_grad_enabled()):
+                pd = torch.bfloat16
+            fast = {"fast": True, "pair_dtype": pd, "full_mask": bool((mask == 1).all())}
+        z = self.edge_embed(s, trans_t, trans_sc, res_idx, mask, adj, **fast)  # [B, L, L, E]
         rigid = Rigid(quats_t, trans_t)
         pad = mask < 0.5
         for block in self.blocks:
@@ -177,5 +233,5 @@ class IPATrunk(nn.Module):
             s = block["transition"](s + block["seq_out"](seq)) * mask[..., None]
             rigid = block["bb_update"](s, rigid, mask)
             if "edge_transition" in block:
-                z = block["edge_transition"](s, z, mask)
+                z = block["edge_transition"](s, z, mask, **fast)
         return {"trans": rigid.trans, "quats": rigid.rots, "node": s}
