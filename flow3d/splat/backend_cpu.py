@@ -34,9 +34,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from flow3d.splat.backend_torch import rasterize_dense
 from flow3d.splat.cameras import Cameras
 from flow3d.splat.project import Projected
-from flow3d.splat.render import RenderSettings, rasterize_dense
+from flow3d.splat.settings import RenderSettings
 
 SOURCE = Path(__file__).with_name("csrc") / "raster_cpu.cpp"
 CXXFLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-fno-fast-math"]

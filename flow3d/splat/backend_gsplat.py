@@ -23,7 +23,7 @@ from flow3d.errors import Flow3dError
 from flow3d.splat.cameras import Cameras
 from flow3d.splat.gaussians import Gaussians
 from flow3d.splat.project import Projected
-from flow3d.splat.render import RenderOutput, RenderSettings
+from flow3d.splat.settings import RenderOutput, RenderSettings
 
 GSPLAT_ALPHA_MAX = 0.999  # gsplat's compiled-in clamp
 
