@@ -41,6 +41,7 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_BOUNDS",
+    "DENSE_TABLE_MAX",
     "OFFSETS_3X3X3",
     "SparseVoxels",
     "active_voxels",
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 DEFAULT_BOUNDS = 1.125
+DENSE_TABLE_MAX = 1 << 24  # entries of the dense lookup table (128 MiB of int64 at most)
 # The 27 offsets of a 3x3x3 neighbourhood, the centre (0, 0, 0) at index 13.
 OFFSETS_3X3X3 = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=torch.long)
 
@@ -92,16 +94,29 @@ class SparseVoxels:
         if len(keys) > 1 and (self.sorted_keys[1:] == self.sorted_keys[:-1]).any():
             raise ValueError("duplicate voxels in a sparse voxel set")
         self._neighbors: dict[tuple, Tensor] = {}
+        self._table: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.coords)
 
-    def lookup(self, coords: Tensor, batch: Tensor) -> Tensor:
+    def lookup(self, coords: Tensor, batch: Tensor, *, dense: bool | None = None) -> Tensor:
         """Row index ``[N]`` of each voxel ``coords: [N, 3]`` of shape ``batch: [N]``; -1 if
-        it is not active or lies outside the grid."""
+        it is not active or lies outside the grid.
+
+        ``dense``: index a dense ``[B * R^3]`` table of rows (built once; the fast path, used
+        by default while the table has at most :data:`DENSE_TABLE_MAX` entries) instead of the
+        binary search over sorted keys (any R)."""
         R = self.resolution
-        inside = ((coords >= 0) & (coords < R)).all(-1)
-        keys = voxel_keys(coords.clamp(0, R - 1), batch, R)
+        inside = ((coords >= 0) & (coords < R)).all(-1) & (batch >= 0) & (batch < self.num_shapes)
+        keys = voxel_keys(coords.clamp(0, R - 1), batch.clamp(0, max(self.num_shapes - 1, 0)), R)
+        if dense is None:
+            dense = self.num_shapes * R**3 <= DENSE_TABLE_MAX
+        if dense:
+            if self._table is None:
+                self._table = torch.full((self.num_shapes * R**3,), -1, dtype=torch.long,
+                                         device=keys.device)
+                self._table[self.sorted_keys] = self.order
+            return torch.where(inside, self._table[keys], torch.full_like(keys, -1))
         if len(self.sorted_keys) == 0:
             return torch.full_like(keys, -1)
         pos = torch.searchsorted(self.sorted_keys, keys).clamp(max=len(self.sorted_keys) - 1)

@@ -33,6 +33,10 @@ def test_neighbor_gather_matches_dense_twin(n, shapes, R):
     coords, batch = _random_set(n, shapes, R)
     v = SparseVoxels(coords, batch, R)
     assert torch.equal(v.neighbors(), neighbor_index_dense(coords, batch, R))
+    q = coords[:, None] + OFFSETS_3X3X3  # both lookup paths agree, misses included
+    qb = batch[:, None].expand(-1, 27)
+    torch.testing.assert_close(v.lookup(q.reshape(-1, 3), qb.reshape(-1), dense=True),
+                               v.lookup(q.reshape(-1, 3), qb.reshape(-1), dense=False))
     centre = v.neighbors()[:, 13]  # offset (0, 0, 0)
     assert torch.equal(centre, torch.arange(len(coords)))
     assert torch.equal(OFFSETS_3X3X3[13], torch.zeros(3, dtype=torch.long))
@@ -42,7 +46,9 @@ def test_lookup_misses_and_outside_grid():
     coords = torch.tensor([[0, 0, 0], [3, 2, 1]])
     v = SparseVoxels(coords, torch.zeros(2, dtype=torch.long), 4)
     q = torch.tensor([[3, 2, 1], [0, 0, 0], [1, 1, 1], [-1, 0, 0], [4, 2, 1]])
-    assert v.lookup(q, torch.zeros(5, dtype=torch.long)).tolist() == [1, 0, -1, -1, -1]
+    for dense in (True, False):
+        got = v.lookup(q, torch.zeros(5, dtype=torch.long), dense=dense)
+        assert got.tolist() == [1, 0, -1, -1, -1]
     assert v.lookup(q[:1], torch.ones(1, dtype=torch.long)).tolist() == [-1]  # other shape
     with pytest.raises(ValueError, match="duplicate"):
         SparseVoxels(torch.tensor([[1, 1, 1], [1, 1, 1]]), torch.zeros(2, dtype=torch.long), 4)
