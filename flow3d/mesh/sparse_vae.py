@@ -277,13 +277,14 @@ def svae_loss(
     batch: SparseBatch,
     *,
     generator: torch.Generator | None = None,
-    weights: VAELossWeights = VAELossWeights(),
+    weights: VAELossWeights | None = None,
     num_grad: int = 256,
     stats_momentum: float = 0.01,
 ) -> dict[str, Tensor]:
     """SDF L1 + L2, normal, eikonal and KL terms (see :func:`flow3d.mesh.vae.vae_loss`), every
     term and ``"loss"``. ``num_grad`` surface points and as many band queries per shape get the
     autograd gradient terms. In training mode the running latent statistics are updated."""
+    weights = VAELossWeights() if weights is None else weights
     tau = model.truncation
     v = batch.voxels
     z, mu, logvar = model.encode(v, batch.surface_points, batch.surface_normals,
