@@ -91,6 +91,27 @@ def decoder_speed(model, path: Path, resolution: int) -> str:
             f"{resolution}^3 | {res.n_queries:,} | {res.seconds:.1f} | {len(res.faces)} |")
 
 
+def latent_report(model, path: Path) -> str:
+    """Scale of the latent: per-channel std of the posterior means against the mean posterior
+    sigma (a flow samples latents to within about sigma)."""
+    from flow3d.mesh.data import load_mesh, normalize_mesh, sample_surface
+    from flow3d.mesh.voxels import SparseVoxels, shape_active_voxels
+
+    normed, _ = normalize_mesh(load_mesh(path))
+    c = torch.from_numpy(shape_active_voxels(normed, model.resolution, model.bounds))
+    v = SparseVoxels(c, torch.zeros(len(c), dtype=torch.long), model.resolution, 1)
+    pts, nrm = sample_surface(normed, 8192, np.random.default_rng(0))
+    with torch.no_grad():
+        _, mu, logvar = model.encode(v, torch.from_numpy(pts), torch.from_numpy(nrm),
+                                     torch.zeros(len(pts), dtype=torch.long), sample=False)
+    sigma = (0.5 * logvar).exp().mean(0)
+    return (f"latent of {path.parent.name}/{path.name}: mean |mu| per channel "
+            f"{[round(float(x), 3) for x in mu.abs().mean(0)]}, std of mu "
+            f"{[round(float(x), 3) for x in mu.std(0)]}, mean posterior sigma "
+            f"{[round(float(x), 3) for x in sigma]}; running latent_std "
+            f"{[round(float(s), 3) for s in model.latent_std]}")
+
+
 def mixing_speed(model, path: Path, width: int = 32, batch: int = 4) -> str:
     """One 3x3x3 sparse convolution against windowed attention, forward + backward."""
     from flow3d.mesh.data import load_mesh, normalize_mesh
@@ -151,8 +172,8 @@ def main(argv=None) -> None:
 
     recipe = load_model(args.ckpt).recipe
     files = heldout_files(recipe.data.holdout_per_class)[: args.max_heldout]
-    print(f"checkpoint {args.ckpt}; latent std per channel "
-          f"{[round(float(s), 3) for s in model.latent_std]}")
+    print(f"checkpoint {args.ckpt} (step {load_model(args.ckpt).step})")
+    print(latent_report(model, files[0]))
     for res in args.resolutions:
         rows = {f"{p.parent.name}/{p.name}": reconstruct_and_score(model, p, res) for p in files}
         print(table(rows, f"\nHeld-out CAPOD at {res}^3 ({len(rows)} meshes)"))

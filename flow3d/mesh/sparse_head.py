@@ -78,21 +78,31 @@ def voxel_dir(cache_dir: str | Path, resolution: int) -> Path:
 
 
 def _voxels_one(args) -> tuple[str, str | None, str | None]:
-    record, out_dir, resolution, bounds = args
+    record, out_dir, resolution, bounds, per_voxel = args
     torch.set_num_threads(1)
 
     def work() -> str:
         from safetensors import safe_open
 
-        from flow3d.mesh.data import load_mesh, normalize_mesh
+        from flow3d.mesh.data import _seed_of, load_mesh, normalize_mesh
+        from flow3d.mesh.sdf import mesh_sdf
         from flow3d.mesh.voxels import shape_active_voxels
 
         with safe_open(str(record), "np") as f:
             meta = f.metadata()
         mesh, _ = normalize_mesh(load_mesh(meta["path"]))
         coords = shape_active_voxels(mesh, resolution, bounds)
-        _save_record(out_dir, f"{meta['mesh_id']}.safetensors",
-                     {"coords": np.ascontiguousarray(coords, dtype=np.int16)},
+        # Uniform supervision inside every active voxel: near-surface samples (std <= 0.02)
+        # rarely reach the outer layer of the dilated shell, where the decoder must still
+        # say "outside"; without these, it left spurious sheets there.
+        rng = np.random.default_rng(_seed_of(meta["mesh_id"] + "/voxels", 0))
+        u = np.repeat(coords, per_voxel, axis=0) + rng.random((len(coords) * per_voxel, 3))
+        pts = (u * (2 * bounds / resolution) - bounds).astype(np.float32)
+        tensors = {
+            "coords": np.ascontiguousarray(coords, dtype=np.int16),
+            "voxel_query_points": pts, "voxel_query_sdf": mesh_sdf(mesh, pts),
+        }
+        _save_record(out_dir, f"{meta['mesh_id']}.safetensors", tensors,
                      {"resolution": str(resolution), "bounds": repr(bounds), **meta})
         return meta["mesh_id"]
 
@@ -100,13 +110,14 @@ def _voxels_one(args) -> tuple[str, str | None, str | None]:
 
 
 def build_voxel_cache(cache_dir: str | Path, resolution: int = 32, bounds: float = DEFAULT_BOUNDS,
-                      *, workers: int = 1, progress: bool = True):
-    """Active voxels of every cached mesh (missing ones only) into :func:`voxel_dir`."""
+                      *, per_voxel: int = 8, workers: int = 1, progress: bool = True):
+    """Active voxels of every cached mesh (missing ones only) into :func:`voxel_dir`, with
+    ``per_voxel`` uniform points in each and their target SDF."""
     cache_dir = Path(cache_dir)
     out = voxel_dir(cache_dir, resolution)
     out.mkdir(parents=True, exist_ok=True)
     records = sorted(f for f in cache_dir.glob("*.safetensors") if not f.stem.endswith(".views"))
-    jobs = [(r, out, resolution, bounds) for r in records
+    jobs = [(r, out, resolution, bounds, per_voxel) for r in records
             if not (out / r.name).is_file()]
     report = _run_jobs(_voxels_one, jobs, workers, "active voxels", progress)
     _write_report(out / "report.json", report)
@@ -115,8 +126,9 @@ def build_voxel_cache(cache_dir: str | Path, resolution: int = 32, bounds: float
 
 # ---- dataset ---------------------------------------------------------------------------------
 class SparseMeshDataset(MeshDataset):
-    """:class:`MeshDataset` items plus ``coords: [M, 3]`` (active voxels); the query points
-    are drawn among those inside active voxels."""
+    """:class:`MeshDataset` items plus ``coords: [M, 3]`` (active voxels); half the query
+    points are the cache's SDF samples that lie inside active voxels (mostly near the
+    surface), half the voxel cache's uniform samples of the active voxels."""
 
     def __init__(self, cache_dir, resolution: int = 32, bounds: float = DEFAULT_BOUNDS,
                  n_surface: int = 8192, n_query: int = 4096, split="all",
@@ -134,8 +146,11 @@ class SparseMeshDataset(MeshDataset):
             f = self.voxel_dir / self.files[i].name
             if not f.is_file():
                 raise DataError(f"{f}: active voxels not cached (build_voxel_cache)")
-            coords = load_file(str(f))["coords"].astype(np.int64)
+            vt = load_file(str(f))
+            coords = vt["coords"].astype(np.int64)
             t, _ = self._load(i)
+            t["voxel_query_points"], t["voxel_query_sdf"] = (
+                vt["voxel_query_points"], vt["voxel_query_sdf"])
             R = self.resolution
             occ = np.zeros((R, R, R), dtype=bool)
             occ[coords[:, 0], coords[:, 1], coords[:, 2]] = True
@@ -151,13 +166,18 @@ class SparseMeshDataset(MeshDataset):
         coords, q_in = self.voxels(i)
         rng = np.random.default_rng([self.seed, i, self.epoch])
         s = rng.choice(len(t["surface_points"]), self.n_surface, replace=False)
-        q = q_in[rng.choice(len(q_in), self.n_query, replace=len(q_in) < self.n_query)]
+        n_near = self.n_query - self.n_query // 2
+        q = q_in[rng.choice(len(q_in), n_near, replace=len(q_in) < n_near)]
+        n_vox = len(t["voxel_query_points"])
+        qv = rng.choice(n_vox, self.n_query // 2, replace=n_vox < self.n_query // 2)
         return {
             "coords": torch.from_numpy(coords),
             "surface_points": torch.from_numpy(t["surface_points"][s]),
             "surface_normals": torch.from_numpy(t["surface_normals"][s]),
-            "query_points": torch.from_numpy(t["query_points"][q]),
-            "query_sdf": torch.from_numpy(t["query_sdf"][q]),
+            "query_points": torch.from_numpy(
+                np.concatenate([t["query_points"][q], t["voxel_query_points"][qv]])),
+            "query_sdf": torch.from_numpy(
+                np.concatenate([t["query_sdf"][q], t["voxel_query_sdf"][qv]])),
             "class_id": int(meta["class_id"]),
             "mesh_id": meta["mesh_id"],
             "index": i,

@@ -388,9 +388,10 @@ def decode_sparse(model: SparseSDFVAE, z: Tensor, coords: Tensor, resolution: in
                                 chunk=chunk, start_cells=coords.cpu().numpy())
 
 
-def encode_mesh(model: SparseSDFVAE, normed_mesh, *, n_points: int = 16384, seed: int = 0,
+def encode_mesh(model: SparseSDFVAE, normed_mesh, *, n_points: int = 8192, seed: int = 0,
                 coords: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
-    """Active voxels ``[M, 3]`` and mean latents ``[M, C]`` of a normalised trimesh."""
+    """Active voxels ``[M, 3]`` and mean latents ``[M, C]`` of a normalised trimesh
+    (``n_points`` surface samples: as many as a training item holds)."""
     from flow3d.mesh.data import sample_surface
     from flow3d.mesh.voxels import shape_active_voxels
 
@@ -407,7 +408,7 @@ def encode_mesh(model: SparseSDFVAE, normed_mesh, *, n_points: int = 16384, seed
 
 
 def reconstruct_sparse(model: SparseSDFVAE, mesh, resolution: int = 256, *,
-                       n_points: int = 16384, seed: int = 0):
+                       n_points: int = 8192, seed: int = 0):
     """Encode a mesh (any coordinates) and decode it at ``resolution``^3: a watertight
     trimesh in the input's own coordinates (the inverse of :func:`normalize_mesh`)."""
     from flow3d.mesh.data import normalize_mesh

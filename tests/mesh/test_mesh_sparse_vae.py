@@ -209,3 +209,29 @@ def test_checkpoint_round_trip(tmp_path):
         outs.append(m.query(m.decode(mu, b.voxels), b.voxels, b.query_points, b.query_batch))
     torch.testing.assert_close(outs[0], outs[1])
     assert float(loaded.model.latent_std[0]) == 2.5
+
+
+def test_voxel_cache_and_dataset(tmp_path):
+    """One small mesh through the SDF cache, the voxel cache and a collated batch."""
+    import trimesh
+
+    from flow3d.mesh.data import build_mesh_cache
+    from flow3d.mesh.sparse_head import SparseMeshDataset, build_voxel_cache, collate_sparse
+
+    path = tmp_path / "class1" / "m1.obj"
+    path.parent.mkdir()
+    trimesh.creation.icosphere(2, radius=0.5).export(path)
+    build_mesh_cache([path], tmp_path / "cache", n_surface=1024, n_near=2048, n_volume=512,
+                     root=tmp_path, progress=False)
+    report = build_voxel_cache(tmp_path / "cache", 16, per_voxel=2, progress=False)
+    assert report.kept == ["class1__m1"] and not report.skipped
+    ds = SparseMeshDataset(tmp_path / "cache", 16, n_surface=512, n_query=256)
+    item = ds[0]
+    occ = np.zeros((16,) * 3, bool)
+    c = item["coords"].numpy()
+    occ[c[:, 0], c[:, 1], c[:, 2]] = True
+    q = np.floor((item["query_points"].numpy() + 1.125) / (2.25 / 16)).astype(int)
+    assert item["query_points"].shape == (256, 3) and occ[q[:, 0], q[:, 1], q[:, 2]].all()
+    b = collate_sparse([item, ds[0]], 16)
+    assert b.voxels.num_shapes == 2 and len(b.voxels) == 2 * len(c)
+    assert b.query_batch.tolist() == [0] * 256 + [1] * 256
