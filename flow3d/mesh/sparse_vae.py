@@ -11,9 +11,9 @@ convolutions (issue 15):
   Gaussian ``q(z | X)`` per voxel, ``z: [M, C]``.
 * decoder: residual sparse convolutions over ``z`` give features ``f: [M, W]``; a query ``p``
   interpolates them trilinearly from the 8 voxel centres around it (missing voxels contribute
-  a learned empty feature), appends periodic Fourier features of its position in voxel units
-  (continuous across voxels, so the field is continuous), and a small MLP gives the truncated
-  SDF ``s(p) ~ clamp(SDF(p), -tau, tau)``.
+  one of two learned features: outside, or enclosed by the active set), appends periodic
+  Fourier features of its position in voxel units (continuous across voxels, so the field is
+  continuous), and a small MLP gives the truncated SDF ``s(p) ~ clamp(SDF(p), -tau, tau)``.
 
 The field is defined inside active voxels; :func:`masked_sdf_fn` gives every other point the
 sign of its component of the inactive voxels (:func:`flow3d.mesh.voxels.voxel_labels`), so the
@@ -156,7 +156,10 @@ class SparseSDFVAE(nn.Module):
         self.from_latent = nn.Linear(latent_dim, width)
         self.dec_blocks = nn.ModuleList(SparseResBlock(width) for _ in range(dec_blocks))
         self.dec_norm = nn.LayerNorm(width)
-        self.empty_feature = nn.Parameter(torch.zeros(width))  # interpolation outside the set
+        # interpolation from missing voxels: one feature for the outside, one for enclosed
+        # voxels (a single one cannot say which side of the surface the set's border is on;
+        # with it the decoder put spurious sheets on both borders of the shell)
+        self.empty_feature = nn.Parameter(torch.zeros(2, width))
         self.query_embed = PeriodicEmbedding(num_freqs)
         self.sdf_mlp = nn.Sequential(
             nn.Linear(width + self.query_embed.out_dim, mlp_width), nn.SiLU(),
@@ -226,10 +229,11 @@ class SparseSDFVAE(nn.Module):
         w = u - base  # [Q, 3] in [0, 1)
         cell = _CELL.to(points.device)
         corners = base.long()[:, None, :] + cell  # [Q, 8, 3]
-        rows = voxels.lookup(corners.reshape(-1, 3), point_batch.repeat_interleave(8))
-        rows = rows.view(-1, 8)
-        table = torch.cat([feats, self.empty_feature[None]])  # row M: the empty feature
-        f = table[torch.where(rows < 0, len(feats), rows)]  # [Q, 8, W]
+        corners, cb = corners.reshape(-1, 3), point_batch.repeat_interleave(8)
+        rows = voxels.lookup(corners, cb)
+        empty = len(feats) + voxels.enclosed(corners, cb).long()  # row M outside, M + 1 inside
+        table = torch.cat([feats, self.empty_feature])
+        f = table[torch.where(rows < 0, empty, rows).view(-1, 8)]  # [Q, 8, W]
         wc = torch.where(cell.bool(), w[:, None, :], 1 - w[:, None, :]).prod(-1)  # [Q, 8]
         f = (wc[..., None] * f).sum(1)
         x = torch.cat([f, self.query_embed(u + 0.5)], -1)

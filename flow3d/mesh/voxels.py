@@ -95,6 +95,7 @@ class SparseVoxels:
             raise ValueError("duplicate voxels in a sparse voxel set")
         self._neighbors: dict[tuple, Tensor] = {}
         self._table: Tensor | None = None
+        self._enclosed: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -122,6 +123,21 @@ class SparseVoxels:
         pos = torch.searchsorted(self.sorted_keys, keys).clamp(max=len(self.sorted_keys) - 1)
         found = (self.sorted_keys[pos] == keys) & inside
         return torch.where(found, self.order[pos], torch.full_like(pos, -1))
+
+    def enclosed(self, coords: Tensor, batch: Tensor) -> Tensor:
+        """``[N]`` bool: the voxel is inactive and enclosed by active voxels (label -1 of
+        :func:`voxel_labels`); False for active voxels, outside ones and off-grid ones."""
+        R = self.resolution
+        if self._enclosed is None:
+            grids = [torch.from_numpy(voxel_labels(self.coords[self.batch == b].cpu().numpy(), R)
+                                      == -1) for b in range(self.num_shapes)]
+            self._enclosed = (torch.stack(grids).reshape(-1) if grids else
+                              torch.zeros(0, dtype=torch.bool)).to(coords.device)
+        inside = ((coords >= 0) & (coords < R)).all(-1) & (batch >= 0) & (batch < self.num_shapes)
+        keys = voxel_keys(coords.clamp(0, R - 1), batch.clamp(0, max(self.num_shapes - 1, 0)), R)
+        if len(self._enclosed) == 0:
+            return torch.zeros_like(inside)
+        return inside & self._enclosed[keys]
 
     def neighbors(self, offsets: Tensor = OFFSETS_3X3X3) -> Tensor:
         """``[M, K]`` row of the voxel at ``coords + offsets[k]``, -1 where not active."""

@@ -89,3 +89,18 @@ def test_zero_level_voxels_close_a_hole():
     corner = sphere_sdf(torch.from_numpy(corner_points(R)).float(), r).numpy()
     sealed = active_voxels(holed, R, corner_sdf=corner)
     assert (voxel_labels(sealed, R) == -1).sum() > 0
+
+
+def test_enclosed_matches_labels():
+    R = 32
+    _, act = _sphere_active(R)
+    c = torch.from_numpy(np.concatenate([act, act]))
+    b = torch.arange(2).repeat_interleave(len(act))
+    v = SparseVoxels(c, b, R)
+    lab = voxel_labels(act, R)
+    q = torch.tensor([[16, 16, 16], [0, 0, 0], list(act[0]), [-1, 5, 5], [16, 16, 16]])
+    qb = torch.tensor([0, 0, 1, 0, 2])  # shape 2 does not exist
+    assert v.enclosed(q, qb).tolist() == [True, False, False, False, False]
+    grid = torch.from_numpy(np.argwhere(np.ones((R, R, R), bool)))
+    got = v.enclosed(grid, torch.ones(len(grid), dtype=torch.long)).view(R, R, R).numpy()
+    assert np.array_equal(got, lab == -1)
