@@ -17,6 +17,7 @@ convolution against windowed attention over key-serialised voxels (forward + bac
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from pathlib import Path
 
@@ -87,8 +88,10 @@ def decoder_speed(model, path: Path, resolution: int) -> str:
     fn(pts)
     qps = len(pts) / (time.perf_counter() - t)
     res = decode_sparse(model, mu, coords, resolution)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return (f"| {path.parent.name}/{path.name} | {len(coords)} | {t_enc:.2f} | {qps:,.0f} | "
-            f"{resolution}^3 | {res.n_queries:,} | {res.seconds:.1f} | {len(res.faces)} |")
+            f"{resolution}^3 | {res.n_queries:,} | {res.seconds:.1f} | {len(res.faces)} | "
+            f"{peak:.0f} |")
 
 
 def latent_report(model, path: Path) -> str:
@@ -187,7 +190,8 @@ def main(argv=None) -> None:
             print(table(rows, f"\ntrimesh objects at {res}^3"))
     if not args.no_speed:
         print("\n| mesh | active voxels | encode s | decoder queries/s | res | extraction "
-              "queries | extraction s | faces |\n|---|---|---|---|---|---|---|---|")
+              "queries | extraction s | faces | process peak RSS MiB |\n"
+              "|---|---|---|---|---|---|---|---|---|")
         for res in (256, 512):
             print(decoder_speed(model, files[0], res))
     if args.mixing:

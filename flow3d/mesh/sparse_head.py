@@ -98,9 +98,16 @@ def _voxels_one(args) -> tuple[str, str | None, str | None]:
         rng = np.random.default_rng(_seed_of(meta["mesh_id"] + "/voxels", 0))
         u = np.repeat(coords, per_voxel, axis=0) + rng.random((len(coords) * per_voxel, 3))
         pts = (u * (2 * bounds / resolution) - bounds).astype(np.float32)
+        from safetensors.numpy import load_file
+
+        from flow3d.mesh.sparse_vae import orient_normals
+
+        cached = load_file(str(record))
         tensors = {
             "coords": np.ascontiguousarray(coords, dtype=np.int16),
             "voxel_query_points": pts, "voxel_query_sdf": mesh_sdf(mesh, pts),
+            "surface_normals": orient_normals(mesh, cached["surface_points"],
+                                              cached["surface_normals"]),
         }
         _save_record(out_dir, f"{meta['mesh_id']}.safetensors", tensors,
                      {"resolution": str(resolution), "bounds": repr(bounds), **meta})
@@ -112,7 +119,8 @@ def _voxels_one(args) -> tuple[str, str | None, str | None]:
 def build_voxel_cache(cache_dir: str | Path, resolution: int = 32, bounds: float = DEFAULT_BOUNDS,
                       *, per_voxel: int = 8, workers: int = 1, progress: bool = True):
     """Active voxels of every cached mesh (missing ones only) into :func:`voxel_dir`, with
-    ``per_voxel`` uniform points in each and their target SDF."""
+    ``per_voxel`` uniform points in each and their target SDF, and the cached surface normals
+    oriented out of the target solid (:func:`~flow3d.mesh.sparse_vae.orient_normals`)."""
     cache_dir = Path(cache_dir)
     out = voxel_dir(cache_dir, resolution)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +159,7 @@ class SparseMeshDataset(MeshDataset):
             t, _ = self._load(i)
             t["voxel_query_points"], t["voxel_query_sdf"] = (
                 vt["voxel_query_points"], vt["voxel_query_sdf"])
+            t["surface_normals"] = vt["surface_normals"]  # oriented out of the target solid
             R = self.resolution
             occ = np.zeros((R, R, R), dtype=bool)
             occ[coords[:, 0], coords[:, 1], coords[:, 2]] = True

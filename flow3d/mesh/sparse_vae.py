@@ -50,6 +50,7 @@ __all__ = [
     "SparseSDFVAE",
     "decode_sparse",
     "masked_sdf_fn",
+    "orient_normals",
     "reconstruct_sparse",
     "sparse_conv_dense",
     "svae_loss",
@@ -392,6 +393,25 @@ def decode_sparse(model: SparseSDFVAE, z: Tensor, coords: Tensor, resolution: in
                                 chunk=chunk, start_cells=coords.cpu().numpy())
 
 
+def orient_normals(mesh, points: np.ndarray, normals: np.ndarray, delta: float = 0.01
+                   ) -> np.ndarray:
+    """Flip surface normals ``[N, 3]`` to point out of the target solid of
+    :func:`flow3d.mesh.sdf.mesh_sdf`: ``n`` is kept where ``s(p + delta n) >= s(p - delta n)``.
+
+    Face normals follow the triangles' winding, which many meshes get backwards (whole CAPOD
+    models are inverted), while the target SDF's sign comes from winding numbers and does not
+    care: an encoder fed raw normals learns "inside is behind the normal" and inverts the field
+    of an inverted mesh. Open sheets (s the same on both sides) keep their normal.
+    """
+    from flow3d.mesh.sdf import mesh_sdf
+
+    p = np.asarray(points, dtype=np.float64)
+    n = np.asarray(normals, dtype=np.float64)
+    s = mesh_sdf(mesh, np.concatenate([p + delta * n, p - delta * n]))
+    flip = s[: len(p)] < s[len(p) :]
+    return np.where(flip[:, None], -n, n).astype(np.float32)
+
+
 def encode_mesh(model: SparseSDFVAE, normed_mesh, *, n_points: int = 8192, seed: int = 0,
                 coords: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
     """Active voxels ``[M, 3]`` and mean latents ``[M, C]`` of a normalised trimesh
@@ -404,6 +424,7 @@ def encode_mesh(model: SparseSDFVAE, normed_mesh, *, n_points: int = 8192, seed:
     c = torch.from_numpy(np.asarray(coords, dtype=np.int64))
     voxels = SparseVoxels(c, torch.zeros(len(c), dtype=torch.long), model.resolution, 1)
     pts, nrm = sample_surface(normed_mesh, n_points, np.random.default_rng(seed))
+    nrm = orient_normals(normed_mesh, pts, nrm)
     pts_t = torch.from_numpy(pts)
     with torch.no_grad():
         _, mu, _ = model.encode(voxels, pts_t, torch.from_numpy(nrm),

@@ -220,7 +220,9 @@ def test_voxel_cache_and_dataset(tmp_path):
 
     path = tmp_path / "class1" / "m1.obj"
     path.parent.mkdir()
-    trimesh.creation.icosphere(2, radius=0.5).export(path)
+    sphere = trimesh.creation.icosphere(2, radius=0.5)
+    sphere.invert()  # inward face normals: the cache must orient them out of the solid
+    sphere.export(path)
     build_mesh_cache([path], tmp_path / "cache", n_surface=1024, n_near=2048, n_volume=512,
                      root=tmp_path, progress=False)
     report = build_voxel_cache(tmp_path / "cache", 16, per_voxel=2, progress=False)
@@ -232,6 +234,22 @@ def test_voxel_cache_and_dataset(tmp_path):
     occ[c[:, 0], c[:, 1], c[:, 2]] = True
     q = np.floor((item["query_points"].numpy() + 1.125) / (2.25 / 16)).astype(int)
     assert item["query_points"].shape == (256, 3) and occ[q[:, 0], q[:, 1], q[:, 2]].all()
+    outward = (item["surface_normals"] * item["surface_points"]).sum(1)
+    assert (outward > 0).all()
     b = collate_sparse([item, ds[0]], 16)
     assert b.voxels.num_shapes == 2 and len(b.voxels) == 2 * len(c)
     assert b.query_batch.tolist() == [0] * 256 + [1] * 256
+
+
+def test_orient_normals_follows_the_target_solid():
+    import trimesh
+
+    from flow3d.mesh.data import sample_surface
+    from flow3d.mesh.sparse_vae import orient_normals
+
+    mesh = trimesh.creation.icosphere(2, radius=0.5)
+    pts, nrm = sample_surface(mesh, 500, np.random.default_rng(0))
+    flipped = nrm.copy()
+    flipped[::3] *= -1  # inconsistent winding
+    out = orient_normals(mesh, pts, flipped)
+    np.testing.assert_allclose(out, nrm, atol=1e-6)
