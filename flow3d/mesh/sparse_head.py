@@ -127,7 +127,7 @@ def build_voxel_cache(cache_dir: str | Path, resolution: int = 32, bounds: float
     records = sorted(f for f in cache_dir.glob("*.safetensors") if not f.stem.endswith(".views"))
     jobs = [(r, out, resolution, bounds, per_voxel) for r in records
             if not (out / r.name).is_file()]
-    report = _run_jobs(_voxels_one, jobs, workers, "active voxels", progress)
+    report = _run_jobs(_voxels_one, jobs, workers, "active voxels", progress and bool(jobs))
     _write_report(out / "report.json", report)
     return report
 
