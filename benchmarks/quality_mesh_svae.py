@@ -52,6 +52,29 @@ def reconstruct_and_score(model, path: Path, resolution: int) -> dict:
     return m
 
 
+def ceiling_and_score(path: Path, resolution: int) -> dict:
+    """The target SDF itself (winding number + shell), extracted from its own active voxels
+    with the same masked extraction: what a perfect decoder would score."""
+    from flow3d.mesh.data import load_mesh, normalize_mesh
+    from flow3d.mesh.extract import extract_hierarchical
+    from flow3d.mesh.metrics import mesh_metrics
+    from flow3d.mesh.sdf import mesh_sdf_fn
+    from flow3d.mesh.sparse_vae import masked_sdf_fn
+    from flow3d.mesh.voxels import DEFAULT_BOUNDS, shape_active_voxels
+
+    gt = load_mesh(path)
+    normed, norm = normalize_mesh(gt)
+    t = time.perf_counter()
+    c = shape_active_voxels(normed)
+    fn = masked_sdf_fn(mesh_sdf_fn(normed), c, 32, DEFAULT_BOUNDS, 0.1)
+    res = extract_hierarchical(fn, resolution, coarse=32, bounds=DEFAULT_BOUNDS, start_cells=c)
+    pred = norm.invert(res.mesh)
+    m = mesh_metrics(pred, gt, n_volume=0)
+    m.update(watertight=float(pred.is_watertight), seconds=time.perf_counter() - t,
+             faces=len(pred.faces))
+    return m
+
+
 def table(rows: dict[str, dict], title: str) -> str:
     head = "| mesh | F@0.02 | F@0.05 | NC | Chamfer-L1 | watertight | faces | s |"
     lines = [title, "", head, "|---|---|---|---|---|---|---|---|"]
@@ -167,6 +190,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-objects", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--mixing", action="store_true")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also score the target SDF itself, extracted the same way")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -184,6 +209,14 @@ def main(argv=None) -> None:
         print(f"| **mean ({len(rows)})** | **{m['fscore@0.02']:.3f}** | {m['fscore@0.05']:.3f} | "
               f"**{m['normal_consistency']:.3f}** | {m['chamfer_l1']:.4f} | "
               f"{int(m['watertight'])}/{len(rows)} | {m['faces']} | {m['seconds']:.1f} |")
+        if args.ceiling:
+            rows = {f"{p.parent.name}/{p.name}": ceiling_and_score(p, res) for p in files}
+            print(table(rows, f"\nCeiling: the target SDF on its own active voxels at {res}^3"))
+            m = mean_row(rows)
+            print(f"| **mean ({len(rows)})** | **{m['fscore@0.02']:.3f}** | "
+                  f"{m['fscore@0.05']:.3f} | **{m['normal_consistency']:.3f}** | "
+                  f"{m['chamfer_l1']:.4f} | {int(m['watertight'])}/{len(rows)} | {m['faces']} | "
+                  f"{m['seconds']:.1f} |")
         if not args.no_objects:
             rows = {name: reconstruct_and_score(model, DATA / "trimesh_models" / "objects" / name,
                                                 res) for name in OBJECTS}
