@@ -20,10 +20,12 @@ HEADS: dict[str, str] = {
     "protein": "protein.head:ProteinHead",
     "mesh_vae": "flow3d.mesh.head:MeshVAEHead",
     "mesh_flow": "flow3d.mesh.head:MeshFlowHead",
+    "mesh_svae": "flow3d.mesh.sparse_head:MeshSVAEHead",
 }
 
 # the pip extra that provides each head's optional dependencies
-EXTRAS: dict[str, str] = {"protein": "protein", "mesh_vae": "mesh", "mesh_flow": "mesh"}
+EXTRAS: dict[str, str] = {"protein": "protein", "mesh_vae": "mesh", "mesh_flow": "mesh",
+                          "mesh_svae": "mesh"}
 
 
 class HeadUnavailableError(ConfigError):

@@ -304,13 +304,16 @@ def extract_hierarchical(
     near: float = math.sqrt(3.0) / 2.0,
     close_boundary: bool = True,
     budget: ExtractBudget = ExtractBudget(),
+    start_cells: np.ndarray | None = None,
 ) -> ExtractResult:
     """Sparse coarse-to-fine extraction; same triangles as :func:`extract_dense` at ``resolution``.
 
     resolution = coarse * 2^k cells per axis. A cell is refined when its corners change sign or
     min |sdf| < near * cell size; the refined set is dilated by ``band`` cells.
     ``close_boundary`` caps solids cut by the box (see :func:`extract_dense`'s twin rule);
-    ``budget`` bounds memory (:class:`ExtractBudget`).
+    ``budget`` bounds memory (:class:`ExtractBudget`). ``start_cells`` ([M, 3] indices on the
+    coarse grid): start from these coarse cells instead of the whole coarse grid (the active
+    voxels of a sparse-voxel latent); the caller must make sure the surface lies in them.
     """
     chunk, max_batch_points, block = budget.chunk, budget.max_batch_points, budget.block
     levels = math.log2(resolution / coarse) if coarse > 0 else -1
@@ -349,11 +352,18 @@ def extract_hierarchical(
         for i in range(0, len(cells), per):
             yield (cells[i : i + per, None, :] + scale * offsets).reshape(-1, 3)
 
-    axis = np.arange(0, resolution + 1, step, dtype=np.int64)
-    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-    per_level = [evaluate_new([grid])]
+    if start_cells is None:
+        axis = np.arange(0, resolution + 1, step, dtype=np.int64)
+        grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+        per_level = [evaluate_new([grid])]
+        cells = grid[(grid < resolution).all(axis=1)]  # [M, 3] lower corners at this level
+    else:
+        cells = np.asarray(start_cells, dtype=np.int64).reshape(-1, 3) * step
+        cells = cells[((cells >= 0) & (cells < resolution)).all(axis=1)]
+        if len(cells) == 0:
+            raise ValueError("start_cells holds no cell inside the grid")
+        per_level = [evaluate_new([(cells[:, None, :] + step * _CORNERS).reshape(-1, 3)])]
     parents = None  # kept cells of the previous level; their children are this level's cells
-    cells = grid[(grid < resolution).all(axis=1)]  # [M, 3] lower corners at this level
     while True:
         # Cells of this level, in batches: the coarse grid, or the 8 children of each parent.
         source = [cells] if parents is None else expand(parents, _CORNERS, step)
@@ -373,6 +383,9 @@ def extract_hierarchical(
         if len(kept) == 0:  # no surface anywhere
             cells = kept
             break
+        if parents is None and start_cells is not None:
+            # Dilation can leave the start cells: evaluate the new cells' corners.
+            per_level[-1] += evaluate_new(expand(kept, _CORNERS, step))
         if parents is not None:
             # Dilation can reach cells whose parent was not refined: evaluate their corners.
             parent_keys = _keys((kept // (2 * step)) * (2 * step), n)
