@@ -2,7 +2,7 @@
 
     flow3d mesh generate (--image PHOTO.png | --class chair) --out MESH.glb [--steps 50 --cfg 5
                          --resolution 128 --faces 50000 --seed 0] [--ckpt DIR] [--png T.png]
-    flow3d mesh reconstruct IN_MESH --out OUT_MESH [--vae DIR --latents 64]
+    flow3d mesh reconstruct IN_MESH --out OUT_MESH [--vae DIR] [--resolution 256]
     flow3d mesh eval PRED GT [--frame normalized|each|gt] [--png TURNTABLE.png] [--json REPORT.json]
 
 Each command turns its arguments into the task's settings (:mod:`flow3d.mesh.pipeline`), which
@@ -56,13 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(g)
     g.set_defaults(func=cmd_generate)
 
-    r = msub.add_parser("reconstruct", help="encode and decode a mesh through the SDF-VAE",
+    r = msub.add_parser("reconstruct", help="encode and decode a mesh through the SDF-VAE "
+                        "(sparse-voxel by default)",
                         formatter_class=HelpFormatter)
     r.add_argument("mesh", help="input mesh (any format trimesh reads)")
     r.add_argument("--out", required=True, help="output mesh (input's own coordinates)")
-    r.add_argument("--vae", help="mesh_vae checkpoint (default: checkpoints/mesh/vae_cpu)")
-    r.add_argument("--latents", type=int, default=64, help="number of latent tokens M")
-    r.add_argument("--points", type=int, default=4096, help="surface samples encoded")
+    r.add_argument("--vae", help="SDF-VAE checkpoint: sparse-voxel (default: "
+                   "checkpoints/mesh/svae_cpu) or vector-set (e.g. checkpoints/mesh/vae_cpu)")
+    r.add_argument("--latents", type=int, default=None,
+                   help="vector-set VAE only: number of latent tokens M (default 64)")
+    r.add_argument("--points", type=int, default=None,
+                   help="surface samples encoded (default: 8192 sparse-voxel, 4096 vector-set)")
     r.add_argument("--resolution", type=int, default=128, help="extraction grid")
     r.add_argument("--seed", type=int, default=0, help="surface sampling seed")
     add_overwrite_flag(r)

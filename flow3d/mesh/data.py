@@ -102,6 +102,17 @@ def load_mesh(path: str | Path):
     return mesh
 
 
+def is_watertight_file(path: str | Path) -> bool:
+    """Whether the mesh in ``path`` (already readable by :func:`load_mesh`) is closed as
+    written: vertices merged by position, every triangle kept (zero-area ones included)."""
+    trimesh = require_trimesh()
+    loaded = trimesh.load(Path(path), force="mesh", process=False)
+    merged = trimesh.Trimesh(np.asarray(loaded.vertices, dtype=np.float64),
+                             np.asarray(loaded.faces, dtype=np.int64), process=True,
+                             validate=False)
+    return bool(merged.is_watertight)
+
+
 @dataclass(frozen=True, eq=False)
 class Normalization:
     """x_norm = (x - center) / scale; invert maps outputs back to the input's coordinates."""

@@ -38,12 +38,19 @@ from flow3d.engine.checkpoint import PROJECT_ROOT, LoadedModel, load_model
 from flow3d.engine.keys import check_method, suggest
 from flow3d.errors import ConfigError, DataError
 from flow3d.io import atomic_write_text, check_output_file
-from flow3d.mesh.data import CAPOD_CLASSES, load_mesh, normalize_mesh, sample_surface
+from flow3d.mesh.data import (
+    CAPOD_CLASSES,
+    is_watertight_file,
+    load_mesh,
+    normalize_mesh,
+    sample_surface,
+)
 from flow3d.mesh.head import MAX_FACES, MIN_FACES
 from flow3d.mesh.image_encoder import prepare_image, read_image
 from flow3d.mesh.metrics import FRAMES, mesh_metrics
 from flow3d.mesh.postprocess import EXPORT_FORMATS, check_resolution, export_mesh, sdf_to_mesh
 from flow3d.mesh.render import save_png, turntable_png
+from flow3d.mesh.sparse_vae import SparseSDFVAE, reconstruct_sparse
 from flow3d.options import check_float, check_int
 
 __all__ = [
@@ -185,12 +192,14 @@ def generate(settings: GenerateSettings, *, image=None, models: LoadedModel | No
 # ---- reconstruct -------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ReconstructSettings:
-    """Everything ``flow3d mesh reconstruct`` needs, checked once."""
+    """Everything ``flow3d mesh reconstruct`` needs, checked once. The VAE is the sparse-voxel
+    one by default (``checkpoints/mesh/svae_cpu``); a vector-set ``mesh_vae`` checkpoint (e.g.
+    ``checkpoints/mesh/vae_cpu``) also works, and only it takes ``latents``."""
 
     mesh: str | None = None  # the input mesh file (any format trimesh reads)
-    vae: str | None = None  # a mesh_vae checkpoint; default: the bundled one
-    latents: int = 64  # latent tokens M (one checkpoint encodes with any M)
-    points: int = 4096  # surface samples encoded; M of them are the latent queries
+    vae: str | None = None  # a mesh_svae or mesh_vae checkpoint; default: svae_cpu
+    latents: int | None = None  # vector-set VAE only: latent tokens M (None: 64)
+    points: int | None = None  # surface samples encoded (None: 8192 sparse, 4096 vector set)
     resolution: int = 128
     seed: int = 0
     out: str | None = None
@@ -198,38 +207,60 @@ class ReconstructSettings:
 
     def __post_init__(self):
         _input(self.mesh, "mesh", "mesh file")
-        check_int(self.points, "--points", lo=16, hi=1 << 20)
-        check_int(self.latents, "--latents", lo=1, hi=self.points)
+        if self.points is not None:
+            check_int(self.points, "--points", lo=16, hi=1 << 20)
+        if self.latents is not None:
+            check_int(self.latents, "--latents", lo=1, hi=self.points or VECTOR_SET_POINTS)
         check_resolution(self.resolution, "--resolution")
         check_int(self.seed, "--seed", lo=0, hi=2**63 - 1)
         _output(self.out, "--out", self.overwrite, EXPORT_FORMATS)
 
     @property
     def checkpoint(self) -> Path:
-        return Path(self.vae) if self.vae is not None else CHECKPOINTS / "vae_cpu"
+        return Path(self.vae) if self.vae is not None else CHECKPOINTS / "svae_cpu"
+
+
+VECTOR_SET_POINTS, VECTOR_SET_LATENTS, SPARSE_POINTS = 4096, 64, 8192
+RECONSTRUCT_HEADS = ("mesh_svae", "mesh_vae")
 
 
 @torch.no_grad()
 def reconstruct(settings: ReconstructSettings, *, mesh=None, vae=None):
     """``settings.mesh`` (or ``mesh``) through the SDF-VAE, in the input's own coordinates;
-    written to ``settings.out`` when set. ``vae`` lets a caller skip step 2."""
+    written to ``settings.out`` when set. ``vae`` (a loaded model) lets a caller skip step 2."""
     # 1. read the mesh: a broken file fails here, before the VAE is loaded
     where = settings.mesh or "mesh"
     mesh = mesh if mesh is not None else load_mesh(settings.mesh)
-    # 2. load the VAE
-    vae = vae or load_model(settings.checkpoint, head_name="mesh_vae").model
-    # 3. normalise (bounding box to [-1, 1]) and sample the surface
-    normed, norm = normalize_mesh(mesh)
-    points, normals = sample_surface(normed, settings.points, np.random.default_rng(settings.seed))
-    # 4. encode: mean latents, farthest-point queries (deterministic)
-    _, mu, _ = vae.encode(torch.from_numpy(points)[None], torch.from_numpy(normals)[None],
-                          settings.latents, sample=False, query_sampling="fps")
-    # 5. decode
-    sdf = vae.sdf_fn(mu)
-    # 6. extract, then back to the input's coordinates
+    # 2. load the VAE: sparse-voxel (mesh_svae) or vector-set (mesh_vae)
+    if vae is None:
+        loaded = load_model(settings.checkpoint)
+        if loaded.recipe.head not in RECONSTRUCT_HEADS:
+            raise DataError(f"{settings.checkpoint}: a {loaded.recipe.head!r} checkpoint, not "
+                            f"an SDF-VAE ({' or '.join(RECONSTRUCT_HEADS)})")
+        vae = loaded.model
+    sparse = isinstance(vae, SparseSDFVAE)
+    if sparse and settings.latents is not None:
+        raise ConfigError("--latents: only the vector-set VAE (a mesh_vae checkpoint) takes a "
+                          "number of latent tokens; the sparse-voxel VAE has one per voxel")
     try:
-        recon = norm.invert(sdf_to_mesh(sdf, settings.resolution))
-    except DataError as e:  # the decoder's complaint, said about the user's file
+        if sparse:
+            # 3-6. normalise, encode the active voxels, decode and extract from them
+            recon = reconstruct_sparse(vae, mesh, settings.resolution,
+                                       n_points=settings.points or SPARSE_POINTS,
+                                       seed=settings.seed)
+        else:
+            # 3. normalise (bounding box to [-1, 1]) and sample the surface
+            normed, norm = normalize_mesh(mesh)
+            points, normals = sample_surface(normed, settings.points or VECTOR_SET_POINTS,
+                                             np.random.default_rng(settings.seed))
+            # 4. encode: mean latents, farthest-point queries (deterministic)
+            _, mu, _ = vae.encode(torch.from_numpy(points)[None],
+                                  torch.from_numpy(normals)[None],
+                                  settings.latents or VECTOR_SET_LATENTS, sample=False,
+                                  query_sampling="fps")
+            # 5-6. decode, extract, then back to the input's coordinates
+            recon = norm.invert(sdf_to_mesh(vae.sdf_fn(mu), settings.resolution))
+    except (DataError, ValueError) as e:  # the decoder's complaint, said about the user's file
         raise DataError(f"{where}: cannot reconstruct: {e}") from None
     # 7. export
     if settings.out is not None:
@@ -267,13 +298,17 @@ class MeshEvalSettings:
 def evaluate(settings: MeshEvalSettings, *, pred=None, gt=None) -> dict:
     """Metrics of the prediction against the ground truth in ``settings.frame``; the report
     (``frame`` and the inputs with the metrics) is written to ``settings.json`` when set."""
-    # 1. read both meshes
-    pred = pred if pred is not None else load_mesh(settings.pred)
+    # 1. read both meshes; watertightness is that of the file as written (load_mesh drops
+    # zero-area triangles for the metrics, which can open a closed mesh's topology)
+    watertight = pred.is_watertight if pred is not None else None
+    if pred is None:
+        pred = load_mesh(settings.pred)
+        watertight = is_watertight_file(settings.pred)
     gt = gt if gt is not None else load_mesh(settings.gt)
     # 2. score them in one frame
     metrics = mesh_metrics(pred, gt, settings.points, settings.seed, frame=settings.frame,
                            n_volume=settings.volume_points)
-    metrics["watertight"] = float(pred.is_watertight)
+    metrics["watertight"] = float(watertight)
     report = {"pred": settings.pred, "gt": settings.gt, "frame": settings.frame,
               "points": settings.points, **metrics}
     # 3. write the report and the turntable

@@ -85,12 +85,34 @@ def test_reconstruct_empty_decode_names_the_input(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(pipeline, "sdf_to_mesh", empty_decode)
     path = tmp_path / "thin.ply"
     trimesh.creation.box((1.0, 1.0, 0.01)).export(path)
-    code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(tmp_path / "o.glb")],
-                       capsys)
+    code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(tmp_path / "o.glb"),
+                        "--vae", str(CKPT / "vae_cpu")], capsys)
     assert code != 0
     line = one_line_error(err)
     assert "thin.ply" in line and "empty mesh" in line
     assert not (tmp_path / "o.glb").exists()
+
+
+def test_reconstruct_defaults_to_the_sparse_voxel_vae(tmp_path, capsys):
+    """The bundled sparse-voxel VAE reconstructs a box closed, in its own coordinates; it has no
+    --latents (one latent per active voxel), which is a one-line error."""
+    trimesh = pytest.importorskip("trimesh")
+    if not (CKPT / "svae_cpu").exists():
+        pytest.skip("bundled checkpoints/mesh/svae_cpu not present")
+    path = tmp_path / "box.ply"
+    box = trimesh.creation.box((2.0, 1.0, 0.6))
+    box.apply_translation((5.0, 0.0, 0.0))
+    box.export(path)
+    out = tmp_path / "o.glb"
+    code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(out)], capsys)
+    assert code == 0, err
+    recon = trimesh.load(out, force="mesh")
+    assert recon.is_watertight
+    np.testing.assert_allclose(recon.bounds, box.bounds, atol=0.06)
+    code, _, err = run(["mesh", "reconstruct", str(path), "--out", str(tmp_path / "x.glb"),
+                        "--latents", "16"], capsys)
+    assert code == 2 and "--latents" in one_line_error(err)
+    assert not (tmp_path / "x.glb").exists()
 
 
 def test_eval_missing_mesh(tmp_path, capsys):
@@ -160,7 +182,7 @@ def test_help_shows_defaults(command, capsys):
     out = " ".join(capsys.readouterr().out.split())
     expected = {"generate": ["--steps STEPS ODE solver steps (default: 50)", "(default: 5.0)",
                              "(default: 128)", "(default: 50000)", "(default: euler)"],
-                "reconstruct": ["(default: 64)", "(default: 4096)"],
+                "reconstruct": ["(default: 128)", "default: 8192 sparse-voxel"],
                 "eval": ["(default: normalized)", "(default: 100000)"]}[command]
     for text in expected:
         assert text in out, text

@@ -238,7 +238,7 @@ def test_reconstruct_a_folder_or_missing_mesh(tmp_path, capsys, no_models):
 def test_reconstruct_with_a_flow_checkpoint(box, tmp_path, capsys):
     assert_user_error(["mesh", "reconstruct", box, "--out", tmp_path / "o.glb", "--vae",
                        CKPT / "flow_image"], capsys,
-                      mentions=["a 'mesh_flow' checkpoint, not mesh_vae"], watch=[tmp_path])
+                      mentions=["a 'mesh_flow' checkpoint, not an SDF-VAE"], watch=[tmp_path])
 
 
 # ---- eval --------------------------------------------------------------------------------------
