@@ -445,9 +445,11 @@ def run(args: argparse.Namespace) -> int:
             print(out)  # noqa: T201
             return 0
         host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
-        print(f"flow3d view: http://{host}:{server.get_port()}/ (Ctrl-C to stop)",  # noqa: T201
-              flush=True)
+        # Ctrl-C is caught from before the address is printed: a user (or a test) may press it
+        # as soon as the line appears, while the server's threads still hold the GIL
         with contextlib.suppress(KeyboardInterrupt):
+            print(f"flow3d view: http://{host}:{server.get_port()}/ (Ctrl-C to stop)",  # noqa: T201
+                  flush=True)
             while True:
                 time.sleep(3600)
         return 0
