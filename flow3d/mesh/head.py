@@ -223,8 +223,11 @@ class MeshFlowSampleConfig:
 
 
 # ---- helpers shared by both heads --------------------------------------------------------
-def _ensure_cache(d: MeshDataConfig) -> Path:
-    """Build the mesh cache of :mod:`flow3d.mesh.data` once (skipped when present)."""
+def ensure_mesh_cache(d, id_root: Path | None = None) -> Path:
+    """Build the mesh cache of :mod:`flow3d.mesh.data` once (skipped when it holds finished
+    records; a killed build's temporaries do not count). ``d`` is a data config with ``root``,
+    ``cache_dir``, ``cache_surface/near/volume`` and ``workers`` (both mesh heads' have them);
+    mesh ids are paths relative to ``id_root`` (default ``d.root``)."""
     cache = Path(d.cache_dir)
     if not cached_meshes(cache):
         root = Path(d.root)
@@ -233,7 +236,8 @@ def _ensure_cache(d: MeshDataConfig) -> Path:
         files = [f for f in list_mesh_files(root) if "edge_cases" not in f.parts]
         build_mesh_cache(
             files, cache, n_surface=d.cache_surface, n_near=d.cache_near,
-            n_volume=d.cache_volume, workers=d.workers, root=root,
+            n_volume=d.cache_volume, workers=d.workers,
+            root=root if id_root is None else id_root,
         )
     return cache
 
@@ -259,11 +263,11 @@ class MeshVAEHead(Head):
         )
 
     def prepare_data(self) -> None:
-        _ensure_cache(self.recipe.data)
+        ensure_mesh_cache(self.recipe.data)
 
     def train_dataset(self) -> torch.utils.data.Dataset:
         d = self.recipe.data
-        return MeshDataset(_ensure_cache(d), d.n_surface, d.n_query, split="train",
+        return MeshDataset(ensure_mesh_cache(d), d.n_surface, d.n_query, split="train",
                            holdout_per_class=d.holdout_per_class)
 
     def collate(self, items):
@@ -286,7 +290,7 @@ class MeshVAEHead(Head):
         """Reconstructions (normalised coordinates) of the first ``num`` meshes of the split."""
         cfg = self.sample_settings(**overrides)
         d = self.recipe.data
-        ds = MeshDataset(_ensure_cache(d), min(4096, d.cache_surface), 16, split=cfg.split,
+        ds = MeshDataset(ensure_mesh_cache(d), min(4096, d.cache_surface), 16, split=cfg.split,
                          holdout_per_class=d.holdout_per_class, seed=seed)
         out = []
         for i in range(min(num, len(ds))):
@@ -396,7 +400,7 @@ class MeshFlowHead(Head):
 
     def _encode_training_set(self) -> dict[str, Tensor]:
         d, m = self.recipe.data, self.recipe.model
-        ds = MeshDataset(_ensure_cache(d), min(4096, d.cache_surface), 16, split="train",
+        ds = MeshDataset(ensure_mesh_cache(d), min(4096, d.cache_surface), 16, split="train",
                          holdout_per_class=d.holdout_per_class)
         items = [ds[i] for i in range(len(ds))]
         latents = encode_meshes(self.vae, _stack(items, "surface_points"),
@@ -473,7 +477,7 @@ class MeshFlowHead(Head):
     def split_images(self, split: str) -> Tensor:
         """The first conditioning view of every mesh of a cache split: ``[N, 1, R, R]``."""
         d = self.recipe.data
-        ds = MeshDataset(_ensure_cache(d), 16, 16, split=split,
+        ds = MeshDataset(ensure_mesh_cache(d), 16, 16, split=split,
                          holdout_per_class=d.holdout_per_class)
         out = []
         for i in range(len(ds)):

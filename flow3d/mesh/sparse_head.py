@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from flow3d.engine.head import Head
 from flow3d.errors import DataError
 from flow3d.mesh.data import MeshDataset, _guarded, _run_jobs, _save_record, _write_report
+from flow3d.mesh.head import ensure_mesh_cache
 from flow3d.mesh.sparse_vae import SparseBatch, SparseSDFVAE, svae_loss
 from flow3d.mesh.vae import VAELossWeights
 from flow3d.mesh.voxels import DEFAULT_BOUNDS, SparseVoxels
@@ -215,16 +216,8 @@ def collate_sparse(items, resolution: int) -> SparseBatch:
 
 # ---- the head ----------------------------------------------------------------------------------
 def _ensure_cache(d: MeshSVAEDataConfig, m: MeshSVAEModelConfig) -> Path:
-    from flow3d.mesh.data import build_mesh_cache, list_mesh_files
-
-    cache = Path(d.cache_dir)
-    if not any(cache.glob("*.safetensors")):
-        root = Path(d.root)
-        if not root.exists():
-            raise DataError(f"{root}: mesh folder not found (data.root)")
-        files = [f for f in list_mesh_files(root) if "edge_cases" not in f.parts]
-        build_mesh_cache(files, cache, n_surface=d.cache_surface, n_near=d.cache_near,
-                         n_volume=d.cache_volume, workers=d.workers, root=root.parent)
+    """The mesh cache (ids relative to the folder above ``data.root``), then its voxel sets."""
+    cache = ensure_mesh_cache(d, id_root=Path(d.root).parent)
     build_voxel_cache(cache, m.resolution, m.bounds, workers=d.workers)
     return cache
 
