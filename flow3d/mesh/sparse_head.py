@@ -19,7 +19,14 @@ from torch import Tensor, nn
 
 from flow3d.engine.head import Head
 from flow3d.errors import DataError
-from flow3d.mesh.data import MeshDataset, _guarded, _run_jobs, _save_record, _write_report
+from flow3d.mesh.data import (
+    MeshDataset,
+    _guarded,
+    _run_jobs,
+    _save_record,
+    _write_report,
+    cached_meshes,
+)
 from flow3d.mesh.head import ensure_mesh_cache
 from flow3d.mesh.sparse_vae import SparseBatch, SparseSDFVAE, svae_loss
 from flow3d.mesh.vae import VAELossWeights
@@ -125,7 +132,7 @@ def build_voxel_cache(cache_dir: str | Path, resolution: int = 32, bounds: float
     cache_dir = Path(cache_dir)
     out = voxel_dir(cache_dir, resolution)
     out.mkdir(parents=True, exist_ok=True)
-    records = sorted(f for f in cache_dir.glob("*.safetensors") if not f.stem.endswith(".views"))
+    records = cached_meshes(cache_dir)
     jobs = [(r, out, resolution, bounds, per_voxel) for r in records
             if not (out / r.name).is_file()]
     report = _run_jobs(_voxels_one, jobs, workers, "active voxels", progress and bool(jobs))
