@@ -133,6 +133,7 @@ def _probe_writable(folder: Path, option: str, shown: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise DataError(f"{option} {shown}: {existing} is a file, not a folder")
+    before = existing.stat()
     try:
         fd, probe = tempfile.mkstemp(prefix=".flow3d-probe.", suffix=".tmp", dir=existing)
     except OSError as e:
@@ -140,6 +141,9 @@ def _probe_writable(folder: Path, option: str, shown: Path) -> None:
                         f"({e.strerror or type(e).__name__})") from None
     os.close(fd)
     os.unlink(probe)
+    # leave no trace: a refused run must not even move the folder's modification time
+    with contextlib.suppress(OSError):
+        os.utime(existing, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def _non_empty(path: str | os.PathLike | None, option: str) -> Path:
@@ -181,7 +185,7 @@ def check_output_dir(path: str | os.PathLike | None, option: str = "--out", *,
                 if resumable else "--overwrite to replace them"
             raise DataError(f"{option} {out}: folder is not empty ({len(entries)} entries); "
                             f"pass {flags}")
-    # probed last: the probe file touches the folder's mtime, which a refusal must not do
+    # refusals first, then the (traceless) write probe
     _probe_writable(out, option, out)
     return out
 

@@ -253,7 +253,7 @@ def check_outputs(s: FitSettings) -> dict | None:
     if s.resume and s.out.exists():
         raise DataError(f"--resume: {s.run_dir} holds no checkpoint and {s.out} exists (the run "
                         "finished); pass --overwrite to fit again")
-    # every refusal before the first write probe (a probe touches the folder's mtime)
+    # every refusal first, then the write probes
     if s.run_dir.exists() and not s.overwrite and not s.resume:
         raise DataError(f"--out {s.out}: {s.run_dir} holds an interrupted run; pass --resume "
                         "to continue it or --overwrite to start again")
