@@ -260,10 +260,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value is a comma-separated list of numbers that may start with a minus sign
+# (argparse would take "-1,0,0,1,1,1" for an option): "--box -1,..." becomes "--box=-1,...".
+NUMBER_LIST_OPTIONS = ("--box",)
+
+
+def _join_negative_lists(argv: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in NUMBER_LIST_OPTIONS and i + 1 < len(argv) and argv[i + 1][:1] == "-" and \
+                argv[i + 1][1:2] in tuple("0123456789."):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere, before or after the sub-command
-    argv = [a for a in argv if a != "--debug"]
+    argv = _join_negative_lists([a for a in argv if a != "--debug"])
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own, at import
     try:

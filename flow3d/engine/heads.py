@@ -21,11 +21,13 @@ HEADS: dict[str, str] = {
     "mesh_vae": "flow3d.mesh.head:MeshVAEHead",
     "mesh_flow": "flow3d.mesh.head:MeshFlowHead",
     "mesh_svae": "flow3d.mesh.sparse_head:MeshSVAEHead",
+    "mesh_structure": "flow3d.mesh.sparse_gen_head:MeshStructureHead",
+    "mesh_slat": "flow3d.mesh.sparse_gen_head:MeshSLatHead",
 }
 
 # the pip extra that provides each head's optional dependencies
 EXTRAS: dict[str, str] = {"protein": "protein", "mesh_vae": "mesh", "mesh_flow": "mesh",
-                          "mesh_svae": "mesh"}
+                          "mesh_svae": "mesh", "mesh_structure": "mesh", "mesh_slat": "mesh"}
 
 
 class HeadUnavailableError(ConfigError):

@@ -1,8 +1,9 @@
 """``flow3d mesh generate | reconstruct | eval``: added to the ``flow3d`` command by register().
 
-    flow3d mesh generate (--image PHOTO.png | --class chair) --out MESH.glb [--steps 50 --cfg 5
-                         --resolution 128 --faces 50000 --seed 0] [--ckpt DIR] [--png T.png]
+    flow3d mesh generate (--image PHOTO.png | --class chair) --out MESH.glb [--steps 50 --cfg 3
+                         --resolution 256 --faces 50000 --seed 0] [--ckpt DIR] [--png T.png]
     flow3d mesh reconstruct IN_MESH --out OUT_MESH [--vae DIR] [--resolution 256]
+    flow3d mesh edit IN_MESH --box x0,y0,z0,x1,y1,z1 (--class NAME | --image PNG) --out OUT.glb
     flow3d mesh eval PRED GT [--frame normalized|each|gt] [--png TURNTABLE.png] [--json REPORT.json]
 
 Each command turns its arguments into the task's settings (:mod:`flow3d.mesh.pipeline`), which
@@ -19,9 +20,11 @@ import time
 from flow3d.cli import HelpFormatter
 from flow3d.mesh.metrics import FRAMES, format_metrics
 from flow3d.mesh.pipeline import (
+    EditSettings,
     GenerateSettings,
     MeshEvalSettings,
     ReconstructSettings,
+    edit,
     evaluate,
     generate,
     reconstruct,
@@ -43,11 +46,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--class", dest="label", metavar="NAME", help="CAPOD class (e.g. chair) for the "
                    "class-conditional model; cannot be combined with --image")
     g.add_argument("--out", required=True, help="output mesh (.glb, .obj, .ply, .stl)")
-    g.add_argument("--ckpt", help="mesh_flow checkpoint (default: checkpoints/mesh/flow_image, "
-                                  "or flow_class with --class)")
-    g.add_argument("--steps", type=int, default=50, help="ODE solver steps")
-    g.add_argument("--cfg", type=float, default=5.0, help="guidance weight (0 = conditional)")
-    g.add_argument("--resolution", type=int, default=128,
+    g.add_argument("--ckpt", help="generator checkpoint: mesh_structure (two-stage sparse-voxel; "
+                   "default: checkpoints/mesh/structure_image, or structure_class with --class) "
+                   "or mesh_flow (vector-set, e.g. checkpoints/mesh/flow_image)")
+    g.add_argument("--latent-ckpt", help="two-stage only: the mesh_slat checkpoint of the latent "
+                   "stage (default: checkpoints/mesh/slat)")
+    g.add_argument("--steps", type=int, default=50, help="ODE solver steps (the latent stage "
+                   "takes half as many)")
+    g.add_argument("--cfg", type=float, default=None, help="guidance weight (0 = conditional; "
+                   "default 3 two-stage, 5 vector-set)")
+    g.add_argument("--resolution", type=int, default=256,
                    help="extraction grid (32 times a power of 2, up to 512)")
     g.add_argument("--faces", type=int, default=50000, help="decimate to this many faces")
     g.add_argument("--seed", type=int, default=0, help="noise seed")
@@ -72,6 +80,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(r)
     r.set_defaults(func=cmd_reconstruct)
 
+    d = msub.add_parser("edit", help="regenerate the part of a mesh inside a box (class- or "
+                        "image-conditioned), keep the rest", formatter_class=HelpFormatter)
+    d.add_argument("mesh", help="input mesh (any format trimesh reads)")
+    d.add_argument("--box", required=True, metavar="x0,y0,z0,x1,y1,z1",
+                   help="the region to regenerate, in the input's normalised frame (bounding-box "
+                        "centre at 0, longest side spanning [-1, 1])")
+    d.add_argument("--class", dest="label", metavar="NAME", help="CAPOD class the box should "
+                   "follow (e.g. chair)")
+    d.add_argument("--image", help="image of the object the box should follow")
+    d.add_argument("--out", required=True, help="output mesh (input's own coordinates)")
+    d.add_argument("--ckpt", help="mesh_structure checkpoint (default: the bundled one for the "
+                   "condition)")
+    d.add_argument("--latent-ckpt", help="mesh_slat checkpoint (default: checkpoints/mesh/slat)")
+    d.add_argument("--steps", type=int, default=50, help="ODE solver steps")
+    d.add_argument("--cfg", type=float, default=3.0, help="guidance weight")
+    d.add_argument("--resolution", type=int, default=256, help="extraction grid")
+    d.add_argument("--seed", type=int, default=0, help="noise seed")
+    add_overwrite_flag(d)
+    d.set_defaults(func=cmd_edit)
+
     e = msub.add_parser("eval", help="metrics of a predicted mesh against the ground truth",
                         formatter_class=HelpFormatter)
     e.add_argument("pred", help="predicted mesh")
@@ -90,7 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     settings = GenerateSettings(
-        image=args.image, label=args.label, ckpt=args.ckpt, steps=args.steps, cfg=args.cfg,
+        image=args.image, label=args.label, ckpt=args.ckpt, latent_ckpt=args.latent_ckpt,
+        steps=args.steps, cfg=args.cfg,
         method=args.method, seed=args.seed, resolution=args.resolution, faces=args.faces,
         out=args.out, png=args.png, overwrite=args.overwrite,
     )
@@ -111,6 +140,22 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     recon = reconstruct(settings)
     print(f"wrote {settings.out}: {len(recon.vertices)} vertices, {len(recon.faces)} faces, "
           f"watertight={recon.is_watertight}")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    settings = EditSettings(
+        mesh=args.mesh, box=args.box, image=args.image, label=args.label, ckpt=args.ckpt,
+        latent_ckpt=args.latent_ckpt, steps=args.steps, cfg=args.cfg, seed=args.seed,
+        resolution=args.resolution, out=args.out, overwrite=args.overwrite,
+    )
+    started = time.perf_counter()
+    result = edit(settings)
+    mesh = result["mesh"]
+    print(f"wrote {settings.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+          f"watertight={mesh.is_watertight}; {result['voxels_kept']} voxels kept outside the "
+          f"box, {result['voxels_in_box']} generated inside, "
+          f"{time.perf_counter() - started:.1f} s")
     return 0
 
 

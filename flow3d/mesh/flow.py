@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from flow3d.mesh.image_encoder import ImageEncoder
 from flow3d.mesh.vae import Attention, mlp
 
-__all__ = ["LatentFlow", "timestep_embedding", "COND_MODES"]
+__all__ = ["COND_MODES", "Conditioning", "LatentFlow", "timestep_embedding"]
 
 COND_MODES = ("none", "class", "image")
 
@@ -60,53 +60,25 @@ class DiTBlock(nn.Module):
         return x + g2 * self.mlp(self.norm2(x) * (1 + s2) + b2)
 
 
-class LatentFlow(nn.Module):
-    """Velocity network ``v(x_t, t, ctx)`` with ``x_t: [B, M, C]`` latent tokens.
+class Conditioning:
+    """The condition of a flow network (class, image or none) and its classifier-free-guidance
+    null, shared by :class:`LatentFlow` and the sparse-voxel flows of
+    :mod:`flow3d.mesh.sparse_flow`: :meth:`build_conditioning` adds ``class_emb`` (one extra
+    row: the null class) or ``image_encoder`` + ``null_tokens`` to an ``nn.Module``."""
 
-    ``cond``: ``"none"`` (unconditional), ``"class"`` (``num_classes`` labels) or
-    ``"image"`` (a from-scratch :class:`ImageEncoder`). Latents are standardised with the
-    buffers ``latent_mean`` / ``latent_std`` (set from the training latents by the head):
-    the flow runs in standardised space; :meth:`to_latent` maps samples back.
-    """
-
-    def __init__(
-        self,
-        latent_dim: int = 8,
-        width: int = 64,
-        heads: int = 4,
-        depth: int = 2,
-        cond: str = "image",
-        num_classes: int = 15,
-        image_resolution: int = 64,
-        image_channels: int = 32,
-        cond_drop: float = 0.1,
-    ):
-        super().__init__()
+    def build_conditioning(self, cond: str, width: int, num_classes: int,
+                           image: tuple[int, int] = (64, 32), cond_drop: float = 0.1) -> None:
+        """``image`` = (resolution, channels) of the :class:`ImageEncoder`."""
         if cond not in COND_MODES:
             raise ValueError(f"cond must be one of {COND_MODES}, got {cond!r}")
-        self.cond = cond
-        self.num_classes = num_classes
-        self.cond_drop = cond_drop
-        self.width = width
-        self.register_buffer("latent_mean", torch.zeros(()))
-        self.register_buffer("latent_std", torch.ones(()))
-        self.x_in = nn.Linear(latent_dim, width)
-        self.t_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.cond, self.num_classes, self.cond_drop = cond, num_classes, cond_drop
         if cond == "class":
             self.class_emb = nn.Embedding(num_classes + 1, width)  # last row: null class
         if cond == "image":
-            self.image_encoder = ImageEncoder(width, image_resolution, image_channels)
-            n_tok = (image_resolution // 8) ** 2
+            self.image_encoder = ImageEncoder(width, *image)
+            n_tok = (image[0] // 8) ** 2
             self.null_tokens = nn.Parameter(torch.randn(1, n_tok, width) * 0.02)
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, cond != "none") for _ in range(depth))
-        self.norm_out = nn.LayerNorm(width, elementwise_affine=False)
-        self.mod_out = nn.Linear(width, 2 * width)
-        self.x_out = nn.Linear(width, latent_dim)
-        for layer in (self.mod_out, self.x_out):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
-    # ---- conditioning -----------------------------------------------------------------
     def context(self, *, images: Tensor | None = None,
                 labels: Tensor | None = None) -> Tensor | None:
         """The condition this model takes, from whichever of ``images`` ``[B, 1, R, R]`` and
@@ -144,6 +116,44 @@ class LatentFlow(nn.Module):
         null = self.null_context(ctx.shape[0])
         return torch.where(keep, ctx, null.to(ctx.dtype))
 
+
+class LatentFlow(Conditioning, nn.Module):
+    """Velocity network ``v(x_t, t, ctx)`` with ``x_t: [B, M, C]`` latent tokens.
+
+    ``cond``: ``"none"`` (unconditional), ``"class"`` (``num_classes`` labels) or
+    ``"image"`` (a from-scratch :class:`ImageEncoder`). Latents are standardised with the
+    buffers ``latent_mean`` / ``latent_std`` (set from the training latents by the head):
+    the flow runs in standardised space; :meth:`to_latent` maps samples back.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 8,
+        width: int = 64,
+        heads: int = 4,
+        depth: int = 2,
+        cond: str = "image",
+        num_classes: int = 15,
+        image_resolution: int = 64,
+        image_channels: int = 32,
+        cond_drop: float = 0.1,
+    ):
+        super().__init__()
+        self.width = width
+        self.register_buffer("latent_mean", torch.zeros(()))
+        self.register_buffer("latent_std", torch.ones(()))
+        self.x_in = nn.Linear(latent_dim, width)
+        self.t_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.build_conditioning(cond, width, num_classes, (image_resolution, image_channels),
+                                cond_drop)
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, cond != "none") for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False)
+        self.mod_out = nn.Linear(width, 2 * width)
+        self.x_out = nn.Linear(width, latent_dim)
+        for layer in (self.mod_out, self.x_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
     # ---- latent standardisation ---------------------------------------------------------
     def from_latent(self, z: Tensor) -> Tensor:
         return (z - self.latent_mean) / self.latent_std
@@ -152,6 +162,11 @@ class LatentFlow(nn.Module):
         return x * self.latent_std + self.latent_mean
 
     # ---- velocity ----------------------------------------------------------------------
+    def embed(self, x: Tensor) -> Tensor:
+        """Tokens ``[B, M, W]`` of ``x: [B, M, C]`` (no positions: the vector set's tokens are
+        unordered; :class:`~flow3d.mesh.sparse_flow.StructureFlow` adds its grid's)."""
+        return self.x_in(x)
+
     def forward(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
         """``v: [B, M, C]`` for ``x: [B, M, C]``, ``t`` 0-dim or ``[B]``, ``ctx`` from
         :meth:`context` / :meth:`null_context` (``None`` when unconditional)."""
@@ -166,7 +181,7 @@ class LatentFlow(nn.Module):
             c = c + ctx[:, 0]
         elif self.cond == "image" and ctx is None:
             raise ValueError("image-conditioned flow needs a context")
-        h = self.x_in(x)  # [B, M, W]
+        h = self.embed(x)  # [B, M, W]
         for block in self.blocks:
             h = block(h, c, ctx)
         shift, scale = self.mod_out(nn.functional.silu(c))[:, None].chunk(2, dim=-1)

@@ -35,31 +35,42 @@ import numpy as np
 import torch
 
 from flow3d.engine.checkpoint import PROJECT_ROOT, LoadedModel, load_model
-from flow3d.engine.keys import check_method, suggest
+from flow3d.engine.keys import check_method
 from flow3d.errors import ConfigError, DataError
 from flow3d.io import atomic_write_text, check_output_file
+from flow3d.mesh.condition import class_index, encode_condition
 from flow3d.mesh.data import (
-    CAPOD_CLASSES,
     is_watertight_file,
     load_mesh,
     normalize_mesh,
     sample_surface,
 )
 from flow3d.mesh.head import MAX_FACES, MIN_FACES
-from flow3d.mesh.image_encoder import prepare_image, read_image
+from flow3d.mesh.image_encoder import read_image
 from flow3d.mesh.metrics import FRAMES, mesh_metrics
 from flow3d.mesh.postprocess import EXPORT_FORMATS, check_resolution, export_mesh, sdf_to_mesh
 from flow3d.mesh.render import save_png, turntable_png
-from flow3d.mesh.sparse_vae import SparseSDFVAE, reconstruct_sparse
+from flow3d.mesh.sparse_generate import (
+    SampleOptions,
+    TwoStage,
+    box_mask,
+    decode_shape,
+    edit_shape,
+    load_two_stage,
+    sample_shape,
+)
+from flow3d.mesh.sparse_vae import SparseSDFVAE, encode_mesh, reconstruct_sparse
 from flow3d.options import check_float, check_int
 
 __all__ = [
     "CHECKPOINTS",
     "DEMO_IMAGE",
+    "EditSettings",
     "GenerateSettings",
     "MeshEvalSettings",
     "ReconstructSettings",
     "demo",
+    "edit",
     "evaluate",
     "generate",
     "reconstruct",
@@ -82,31 +93,27 @@ def _input(path: str | None, option: str, what: str) -> None:
         raise DataError(f"{option} {path}: {what} {kind}")
 
 
-def class_index(label: str | int, option: str = "--class") -> int:
-    """A CAPOD class name (``chair``, any case) or index as the class model's label."""
-    text = str(label).strip()
-    if text.isdigit():
-        return int(text)
-    names = [n.lower() for n in CAPOD_CLASSES]
-    key = text.lower().replace(" ", "_")
-    if key not in names:
-        raise ConfigError(f"{option} {label!r}: not a CAPOD class" + suggest(key, names))
-    return names.index(key)
-
-
 # ---- generate ----------------------------------------------------------------------------------
+GENERATOR_HEADS = ("mesh_structure", "mesh_flow")  # two-stage sparse-voxel, vector-set
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerateSettings:
-    """Everything ``flow3d mesh generate`` needs, checked once."""
+    """Everything ``flow3d mesh generate`` needs, checked once.
+
+    The generator is the checkpoint's: a ``mesh_structure`` checkpoint runs the two-stage
+    sparse-voxel generator (its latent stage from ``latent_ckpt``), a ``mesh_flow`` one the
+    vector-set latent flow. By default the bundled one for the input (:data:`GENERATOR`)."""
 
     image: str | None = None  # --image: a photo or render of one object
     label: str | None = None  # --class: a CAPOD class, for the class-conditional model
-    ckpt: str | None = None  # a mesh_flow checkpoint; default: the bundled one for the input
+    ckpt: str | None = None  # mesh_structure or mesh_flow checkpoint; default: bundled
+    latent_ckpt: str | None = None  # two-stage only: the mesh_slat checkpoint
     steps: int = 50
-    cfg: float = 5.0  # classifier-free guidance weight (0 = the conditional field)
+    cfg: float | None = None  # classifier-free guidance weight (None: the generator's default)
     method: str = "euler"
     seed: int = 0
-    resolution: int = 128  # extraction grid
+    resolution: int = 256  # extraction grid
     faces: int = 50_000  # decimation budget
     out: str | None = None  # mesh file; None: return the mesh only
     png: str | None = None  # turntable PNG of the result
@@ -114,14 +121,15 @@ class GenerateSettings:
 
     def __post_init__(self):
         if self.image is not None and self.label is not None:
-            # the bundled models take one condition each (flow_image, flow_class)
+            # the bundled models take one condition each (image or class)
             raise ConfigError("--image and --class cannot be combined: the image model takes "
                               "no class and the class model no image; give one of them")
         _input(self.image, "--image", "image file")
         if self.label is not None:
             class_index(self.label)
         check_int(self.steps, "--steps", lo=1, hi=MAX_STEPS)
-        check_float(self.cfg, "--cfg", lo=0.0, hi=MAX_CFG)
+        if self.cfg is not None:
+            check_float(self.cfg, "--cfg", lo=0.0, hi=MAX_CFG)
         check_method(self.method, "--method")
         check_int(self.seed, "--seed", lo=0, hi=2**63 - 1)
         check_resolution(self.resolution, "--resolution")
@@ -133,54 +141,62 @@ class GenerateSettings:
     def checkpoint(self) -> Path:
         if self.ckpt is not None:
             return Path(self.ckpt)
-        return CHECKPOINTS / ("flow_class" if self.label is not None else "flow_image")
+        kind = "class" if self.label is not None else "image"
+        return CHECKPOINTS / GENERATOR[kind]
+
+    @property
+    def latent_checkpoint(self) -> Path:
+        return Path(self.latent_ckpt) if self.latent_ckpt else CHECKPOINTS / "slat"
 
 
-def encode_condition(models: LoadedModel, image, label) -> torch.Tensor | None:
-    """The latent flow's context from the one input its mode takes: an image (a file's pixels
-    from :func:`read_image`, or a prepared ``[1, R, R]`` tensor), a class, or nothing."""
-    flow = models.model
-    given = [opt for opt, value in (("--image", image), ("--class", label)) if value is not None]
-    takes = {"image": ["--image"], "class": ["--class"], "none": []}[flow.cond]
-    if given != takes:
-        what = (f"an {flow.cond}-conditioned model: give {takes[0]}" if takes
-                else "an unconditional model: give neither --image nor --class")
-        raise DataError(f"{models.path}: {what}")
-    images = labels = None
-    if image is not None:
-        if not isinstance(image, torch.Tensor):
-            image = prepare_image(image, flow.image_encoder.resolution)
-        images = image[None].float()  # [1, 1, R, R]
-    if label is not None:
-        index = class_index(label)
-        if not 0 <= index < flow.num_classes:
-            raise DataError(f"--class {label}: this model has classes 0 to "
-                            f"{flow.num_classes - 1}")
-        labels = torch.tensor([index])
-    return flow.context(images=images, labels=labels)
+# The bundled generator per condition (the one that measures better on the held-out protocol
+# of docs/benchmarks.md, "mesh generation").
+GENERATOR = {"class": "structure_class", "image": "structure_image"}
+DEFAULT_CFG = {"mesh_structure": 3.0, "mesh_flow": 5.0}
+
+
+def load_generator(settings: GenerateSettings) -> LoadedModel | TwoStage:
+    """The generator of ``settings.checkpoint``: a :class:`TwoStage` (structure + latents)
+    or the vector-set latent flow's :class:`LoadedModel`."""
+    loaded = load_model(settings.checkpoint)
+    if loaded.recipe.head not in GENERATOR_HEADS:
+        raise DataError(f"{settings.checkpoint}: a {loaded.recipe.head!r} checkpoint, not a "
+                        f"generator ({' or '.join(GENERATOR_HEADS)})")
+    if loaded.recipe.head == "mesh_structure":
+        return load_two_stage(loaded, settings.latent_checkpoint)
+    return loaded
 
 
 @torch.no_grad()
-def generate(settings: GenerateSettings, *, image=None, models: LoadedModel | None = None):
+def generate(settings: GenerateSettings, *, image=None, models=None):
     """One mesh (in the normalised frame, [-1, 1] box) for ``settings``; written to
     ``settings.out`` / ``settings.png`` when they are set. ``image`` (pixels or a prepared
-    tensor) and ``models`` (from :func:`load_model`) let a caller skip steps 1 and 2."""
+    tensor) and ``models`` (from :func:`load_generator`) let a caller skip steps 1 and 2."""
     # 1. read the image: size, decoding and "is there an object" before any model is loaded
     if image is None and settings.image is not None:
         image = read_image(settings.image)
     if image is None and settings.label is None and settings.ckpt is None and models is None:
         raise ConfigError("give --image PHOTO.png (or --class NAME for the class model)")
-    # 2. load the latent flow and the VAE it names, once (the head holds the VAE)
-    models = models or load_model(settings.checkpoint, head_name="mesh_flow")
+    # 2. load the generator, once (its heads hold the VAE)
+    models = models or load_generator(settings)
+    two_stage = isinstance(models, TwoStage)
+    first = models.structure if two_stage else models
+    cfg = settings.cfg if settings.cfg is not None else DEFAULT_CFG[first.recipe.head]
     # 3. encode the condition
-    ctx = encode_condition(models, image, settings.label)
-    # 4. sample latents: noise [1, M, C] -> z, with classifier-free guidance
-    z = models.head.sample_latents(models.model, ctx, 1, seed=settings.seed, steps=settings.steps,
-                                   cfg=settings.cfg, method=settings.method)
-    # 5. decode: z -> the SDF the VAE's decoder defines
-    sdf = models.head.vae.sdf_fn(z)
-    # 6. extract: marching cubes, the largest piece, decimation to the face budget
-    mesh = sdf_to_mesh(sdf, settings.resolution, faces=settings.faces)
+    ctx = encode_condition(first, image, settings.label)
+    if two_stage:
+        # 4. sample the structure, then the latents on its voxels (both with CFG)
+        opts = SampleOptions(steps=settings.steps, latent_steps=max(settings.steps // 2, 1),
+                             cfg=cfg, method=settings.method, seed=settings.seed)
+        coords, z = sample_shape(models, ctx, {"image": image, "label": settings.label}, opts)
+        # 5-6. decode on the active voxels, extract (closed), drop floaters, decimate
+        mesh = decode_shape(models.vae, coords, z, settings.resolution, faces=settings.faces)
+    else:
+        # 4. sample latents: noise [1, M, C] -> z, with classifier-free guidance
+        z = models.head.sample_latents(models.model, ctx, 1, seed=settings.seed,
+                                       steps=settings.steps, cfg=cfg, method=settings.method)
+        # 5-6. decode z -> SDF; marching cubes, the largest piece, decimation
+        mesh = sdf_to_mesh(models.head.vae.sdf_fn(z), settings.resolution, faces=settings.faces)
     # 7. export
     if settings.out is not None:
         export_mesh(mesh, settings.out)
@@ -266,6 +282,116 @@ def reconstruct(settings: ReconstructSettings, *, mesh=None, vae=None):
     if settings.out is not None:
         export_mesh(recon, settings.out)
     return recon
+
+
+# ---- edit --------------------------------------------------------------------------------------
+def parse_box(text: str, option: str = "--box") -> tuple[float, ...]:
+    """``"x0,y0,z0,x1,y1,z1"`` -> 6 floats: a non-empty box inside [-1, 1]^3 (the input's
+    normalised frame), else a :class:`ConfigError` naming ``option``."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        box = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: six comma-separated numbers x0,y0,z0,x1,y1,z1 "
+                          "are needed") from None
+    if len(box) != 6:
+        raise ConfigError(f"{option} {text!r}: six numbers x0,y0,z0,x1,y1,z1 are needed, got "
+                          f"{len(box)}")
+    if not all(np.isfinite(box)):
+        raise ConfigError(f"{option} {text!r}: every corner must be a finite number")
+    if min(box) < -1 or max(box) > 1:
+        raise ConfigError(f"{option} {text!r}: outside [-1, 1] (the box is given in the input's "
+                          "normalised frame: bounding-box centre at 0, longest side [-1, 1])")
+    for axis in range(3):
+        if box[axis] >= box[axis + 3]:
+            what = "empty" if box[axis] == box[axis + 3] else "inverted"
+            raise ConfigError(f"{option} {text!r}: {what} along {'xyz'[axis]} "
+                              f"({box[axis]} >= {box[axis + 3]}); give x0,y0,z0 below x1,y1,z1")
+    return box
+
+
+@dataclasses.dataclass(frozen=True)
+class EditSettings:
+    """Everything ``flow3d mesh edit`` needs, checked once: regenerate the part of ``mesh``
+    inside ``box`` given a class or an image, keep the rest."""
+
+    mesh: str | None = None  # the input mesh file
+    box: str | tuple[float, ...] | None = None  # x0,y0,z0,x1,y1,z1 in the normalised frame
+    image: str | None = None
+    label: str | None = None
+    ckpt: str | None = None  # mesh_structure checkpoint; default: bundled for the condition
+    latent_ckpt: str | None = None  # mesh_slat checkpoint
+    steps: int = 50
+    cfg: float = 3.0
+    seed: int = 0
+    resolution: int = 256
+    out: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self):
+        _input(self.mesh, "mesh", "mesh file")
+        if self.box is None:
+            raise ConfigError("--box x0,y0,z0,x1,y1,z1 is required")
+        if isinstance(self.box, str):
+            object.__setattr__(self, "box", parse_box(self.box))
+        else:
+            parse_box(",".join(str(v) for v in self.box))
+        GenerateSettings(image=self.image, label=self.label, steps=self.steps, cfg=self.cfg,
+                         seed=self.seed, resolution=self.resolution)  # the shared checks
+        if self.image is None and self.label is None and self.ckpt is None:
+            raise ConfigError("give --class NAME or --image PNG: what the box should become")
+        _output(self.out, "--out", self.overwrite, EXPORT_FORMATS)
+
+    @property
+    def generate(self) -> GenerateSettings:
+        return GenerateSettings(image=self.image, label=self.label, ckpt=self.ckpt,
+                                latent_ckpt=self.latent_ckpt)
+
+
+@torch.no_grad()
+def edit(settings: EditSettings, *, mesh=None, models: TwoStage | None = None) -> dict:
+    """The edited mesh (input's coordinates) and what was kept: ``{"mesh", "unedited",
+    "voxels_in_box", "voxels_kept"}``; written to ``settings.out`` when set. ``unedited`` is
+    the input through the VAE (the same voxels and latents, no edit), for comparison."""
+    where = settings.mesh or "mesh"
+    # 1. read the mesh and the image: broken inputs fail before any model is loaded
+    mesh = mesh if mesh is not None else load_mesh(settings.mesh)
+    image = read_image(settings.image) if settings.image is not None else None
+    # 2. load the two stages (structure for the condition, latents, the VAE)
+    models = models or load_generator(settings.generate)
+    if not isinstance(models, TwoStage):
+        raise DataError(f"{settings.generate.checkpoint}: editing needs the two-stage "
+                        "sparse-voxel generator (a mesh_structure checkpoint)")
+    vae = models.vae
+    # 3. normalise; active voxels and latents of the input
+    normed, norm = normalize_mesh(mesh)
+    try:
+        coords, z = encode_mesh(vae, normed, seed=settings.seed)
+    except ValueError as e:
+        raise DataError(f"{where}: cannot voxelise: {e}") from None
+    # 4. the box's voxels (centres inside it)
+    R = vae.resolution
+    all_voxels = torch.stack(torch.meshgrid(*[torch.arange(R)] * 3, indexing="ij"), -1)
+    inside = box_mask(all_voxels.reshape(-1, 3), settings.box, vae).reshape(R, R, R)
+    if not inside.any():
+        raise ConfigError(f"--box {settings.box}: holds no voxel centre (voxels are "
+                          f"{2 * vae.bounds / R:.3f} wide); make it larger")
+    # 5. encode the condition; 6. regenerate the box (structure, then latents)
+    ctx = encode_condition(models.structure, image, settings.label)
+    opts = SampleOptions(steps=settings.steps, latent_steps=max(settings.steps // 2, 1),
+                         cfg=settings.cfg, seed=settings.seed)
+    new_coords, new_z, labels = edit_shape(models, (coords, z), inside, ctx,
+                                           {"image": image, "label": settings.label}, opts)
+    # 7. decode both, back to the input's coordinates; export
+    edited = norm.invert(decode_shape(vae, new_coords, new_z, settings.resolution, keep=None,
+                                      labels=labels))
+    unedited = norm.invert(decode_shape(vae, coords, z, settings.resolution, keep=None))
+    if settings.out is not None:
+        export_mesh(edited, settings.out)
+    kept = int((~inside[coords[:, 0], coords[:, 1], coords[:, 2]]).sum())
+    return {"mesh": edited, "unedited": unedited, "voxels_kept": kept,
+            "voxels_in_box": int(inside[new_coords[:, 0], new_coords[:, 1],
+                                        new_coords[:, 2]].sum())}
 
 
 # ---- evaluate ----------------------------------------------------------------------------------

@@ -327,17 +327,19 @@ def svae_loss(
 
 # ---- extraction ------------------------------------------------------------------------------
 def masked_sdf_fn(sdf_fn, coords: np.ndarray, resolution: int, bounds: float, tau: float,
-                  chunk: int = 262_144):
+                  chunk: int = 262_144, labels: np.ndarray | None = None):
     """The decoded field inside active voxels, the sign of its component elsewhere.
 
     A point whose adjacent voxels (1 to 8: more than one when it lies on a voxel face) are all
     active gets ``sdf_fn``; one adjacent to an outside voxel gets ``max(sdf, 1e-6)``, one
     adjacent to enclosed voxels only ``min(sdf, -1e-6)``; points with no active neighbour get
     ``+tau`` (outside) or ``-tau`` (inside) without a decoder call. Every surface the
-    extraction finds is then the boundary of a solid: closed.
+    extraction finds is then the boundary of a solid: closed. ``labels`` (default: those of
+    ``coords``, :func:`voxel_labels`) can be given, e.g. an edit's merged labels.
     """
     R = resolution
-    labels = torch.from_numpy(voxel_labels(coords, R).astype(np.int64))
+    labels = voxel_labels(coords, R) if labels is None else labels
+    labels = torch.from_numpy(np.asarray(labels).astype(np.int64))
     labels = torch.nn.functional.pad(labels, (1, 1, 1, 1, 1, 1), value=0)  # outside the grid
     h = voxel_size(R, bounds)
     e = 1e-4
@@ -369,7 +371,7 @@ def masked_sdf_fn(sdf_fn, coords: np.ndarray, resolution: int, bounds: float, ta
 
 
 def decode_sparse(model: SparseSDFVAE, z: Tensor, coords: Tensor, resolution: int = 256, *,
-                  chunk: int = 65536, band: int = 1):
+                  chunk: int = 65536, band: int = 1, labels: np.ndarray | None = None):
     """One shape's latents ``z: [M, C]`` on active voxels ``coords: [M, 3]`` -> an
     :class:`~flow3d.mesh.extract.ExtractResult` in the normalised frame.
 
@@ -387,11 +389,29 @@ def decode_sparse(model: SparseSDFVAE, z: Tensor, coords: Tensor, resolution: in
     if len(coords) == 0:
         raise ValueError("no active voxels: nothing to decode")
     voxels = SparseVoxels(coords, torch.zeros(len(coords), dtype=torch.long), R, 1)
+    if labels is not None:
+        voxels.set_labels(labels)
     fn = masked_sdf_fn(model.sdf_fn(z, voxels, chunk), coords.cpu().numpy(), R, model.bounds,
-                       model.truncation)
+                       model.truncation, labels=labels)
+    start = coords.cpu().numpy()
+    if labels is not None:  # merged labels may put inside next to outside: a surface there
+        start = np.concatenate([start, _label_seams(labels)])
     return extract_hierarchical(fn, resolution, coarse=R, band=band, bounds=model.bounds,
-                                budget=ExtractBudget(chunk=chunk),
-                                start_cells=coords.cpu().numpy())
+                                budget=ExtractBudget(chunk=chunk), start_cells=start)
+
+
+def _label_seams(labels: np.ndarray) -> np.ndarray:
+    """Inside voxels (-1) that share a face with an outside one (0): given labels that are not
+    one set's own components (an edit's), the solid's boundary also runs through them."""
+    inside, out = labels == -1, np.pad(labels == 0, 1, constant_values=True)
+    R = labels.shape[0]
+    touch = np.zeros_like(inside)
+    for axis in range(3):
+        for shift in (0, 2):
+            sl = [slice(1, R + 1)] * 3
+            sl[axis] = slice(shift, shift + R)
+            touch |= out[tuple(sl)]
+    return np.argwhere(inside & touch).astype(np.int64)
 
 
 def orient_normals(mesh, points: np.ndarray, normals: np.ndarray, delta: float = 0.01

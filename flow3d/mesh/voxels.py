@@ -139,6 +139,17 @@ class SparseVoxels:
             return torch.zeros_like(inside)
         return inside & self._enclosed[keys]
 
+    def set_labels(self, labels: np.ndarray) -> SparseVoxels:
+        """Use ``labels: [R, R, R]`` (one shape; :func:`voxel_labels` form) for
+        :meth:`enclosed` instead of this set's own components: an edit keeps the input's
+        inside/outside outside its box, so that a box that opens the shell does not turn the
+        interior into the outside far from the box."""
+        if self.num_shapes != 1 or labels.shape != (self.resolution,) * 3:
+            raise ValueError("set_labels takes one shape's [R, R, R] labels")
+        self._enclosed = torch.from_numpy(np.asarray(labels) == -1).reshape(-1).to(
+            self.coords.device)
+        return self
+
     def neighbors(self, offsets: Tensor = OFFSETS_3X3X3) -> Tensor:
         """``[M, K]`` row of the voxel at ``coords + offsets[k]``, -1 where not active."""
         key = tuple(offsets.flatten().tolist())
@@ -148,6 +159,22 @@ class SparseVoxels:
             self._neighbors[key] = self.lookup(c.reshape(-1, 3), b.reshape(-1)).view(
                 len(self), len(offsets))
         return self._neighbors[key]
+
+    def coarsen(self) -> tuple[SparseVoxels, Tensor]:
+        """The parent voxels at half the resolution (``coords // 2``, each once, sorted by
+        key) and ``parent: [M]``, the row of every voxel's parent in them (the down- and
+        up-sampling of a sparse U-Net: pool children into ``parent``, gather them back)."""
+        if self.resolution % 2:
+            raise ValueError(f"cannot halve an odd resolution {self.resolution}")
+        R = self.resolution // 2
+        keys = voxel_keys(self.coords // 2, self.batch, R)
+        unique, parent = torch.unique(keys, sorted=True, return_inverse=True)
+        z = unique % R
+        y = unique // R % R
+        x = unique // (R * R) % R
+        b = unique // (R**3)
+        coarse = SparseVoxels(torch.stack([x, y, z], 1), b, R, self.num_shapes)
+        return coarse, parent
 
     def to(self, device) -> SparseVoxels:
         return SparseVoxels(self.coords.to(device), self.batch.to(device), self.resolution,

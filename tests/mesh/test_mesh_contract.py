@@ -241,6 +241,58 @@ def test_reconstruct_with_a_flow_checkpoint(box, tmp_path, capsys):
                       mentions=["a 'mesh_flow' checkpoint, not an SDF-VAE"], watch=[tmp_path])
 
 
+# ---- edit --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("value", "says"), [
+    ("0,0,0,1,1", "six numbers x0,y0,z0,x1,y1,z1 are needed, got 5"),
+    ("a,b,c,d,e,f", "six comma-separated numbers"),
+    ("nan,0,0,1,1,1", "finite"),
+    ("0,0,0,0,1,1", "empty along x"),
+    ("0,0.5,0,1,0.2,1", "inverted along y"),
+    ("-2,0,0,1,1,1", "outside [-1, 1]"),
+    ("-1,-1,-1,1,1,1.5", "outside [-1, 1]"),
+])
+def test_edit_bad_boxes(value, says, box, tmp_path, capsys, no_models):
+    """Leading minus signs included: `--box -2,...` is read as the option's value."""
+    assert_user_error(["mesh", "edit", box, "--box", value, "--class", "chair", "--out",
+                       tmp_path / "o.glb"], capsys, mentions=["--box", says], watch=[tmp_path])
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    ([], "give --class NAME or --image PNG"),
+    (["--class", "teapot"], "--class 'teapot': not a CAPOD class"),
+    (["--class", "chair", "--image", IMAGE], "cannot be combined"),
+    (["--class", "chair", "--steps", "0"], "--steps"),
+    (["--class", "chair", "--cfg", "nan"], "--cfg"),
+    (["--class", "chair", "--resolution", "100"], "--resolution"),
+    (["--image", "no/such.png"], "no/such.png"),
+])
+def test_edit_bad_conditions_and_numbers(argv, says, box, tmp_path, capsys, no_models):
+    assert_user_error(["mesh", "edit", box, "--box", "0,0,0,1,1,1", "--out", tmp_path / "o.glb",
+                       *argv], capsys, mentions=[says], watch=[tmp_path])
+
+
+@pytest.mark.parametrize("name", ["empty.obj", "points.obj", "nan.obj", "cut.glb"])
+def test_edit_bad_meshes(name, tmp_path, capsys, no_models):
+    says = _bad_meshes(tmp_path)[name]
+    assert_user_error(["mesh", "edit", tmp_path / "in" / name, "--box", "0,0,0,1,1,1",
+                       "--class", "chair", "--out", tmp_path / "o.glb"], capsys,
+                      mentions=[name, says], watch=[tmp_path])
+
+
+def test_edit_image_without_an_object(box, tmp_path, capsys, no_models):
+    path, says = _images(tmp_path)["blank.png"]
+    assert_user_error(["mesh", "edit", box, "--box", "0,0,0,1,1,1", "--image", path, "--out",
+                       tmp_path / "o.glb"], capsys, mentions=["blank.png", says],
+                      watch=[tmp_path])
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_edit_bad_outputs(case, box, tmp_path, capsys, no_models):
+    out, says = _bad_outputs(tmp_path, ".glb")[case]
+    assert_user_error(["mesh", "edit", box, "--box", "0,0,0,1,1,1", "--class", "chair",
+                       "--out", out], capsys, mentions=["--out", *says], watch=[tmp_path])
+
+
 # ---- eval --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["empty.obj", "binary.obj", "points.obj", "cut.glb"])
 def test_eval_bad_meshes(name, box, tmp_path, capsys):
