@@ -112,8 +112,27 @@ def ensure_watertight(mesh, resolution: int = 256):
     return make_watertight(m, resolution)
 
 
+# The material of every GLB we write: a light grey, fully rough dielectric (glTF 2.0 PBR
+# metallic-roughness), so viewers show shape and shading instead of their own fallback.
+DEFAULT_MATERIAL = {"name": "flow3d_default", "baseColorFactor": [200, 200, 200, 255],
+                    "metallicFactor": 0.0, "roughnessFactor": 0.9}
+
+
+def _for_glb(mesh):
+    """A copy with area-weighted vertex normals and :data:`DEFAULT_MATERIAL` (GLB only: the
+    other formats carry no material, and OBJ/PLY normals confuse some readers' indexing)."""
+    import trimesh
+
+    out = _as_trimesh(mesh)
+    _ = out.vertex_normals  # computed now, written as the NORMAL attribute
+    out.visual = trimesh.visual.TextureVisuals(
+        material=trimesh.visual.material.PBRMaterial(**DEFAULT_MATERIAL))
+    return out
+
+
 def export_mesh(mesh, path: str | Path) -> Path:
-    """Write GLB / OBJ / PLY / STL (chosen by suffix) atomically; returns the path."""
+    """Write GLB / OBJ / PLY / STL (chosen by suffix) atomically; returns the path. A GLB
+    carries vertex normals and a default material (:data:`DEFAULT_MATERIAL`)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in EXPORT_FORMATS:
@@ -122,5 +141,8 @@ def export_mesh(mesh, path: str | Path) -> Path:
     if len(mesh.faces) == 0:
         raise DataError(f"{path}: refusing to write a mesh with no faces")
     with atomic_path(path) as tmp:
-        _as_trimesh(mesh).export(tmp, file_type=suffix[1:])
+        if suffix == ".glb":
+            _for_glb(mesh).export(tmp, file_type="glb", include_normals=True)
+        else:
+            _as_trimesh(mesh).export(tmp, file_type=suffix[1:])
     return path

@@ -90,6 +90,33 @@ def test_export_round_trip(tmp_path, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [f"out{suffix}"]  # no temporary left
 
 
+def test_glb_carries_vertex_normals_and_a_material(tmp_path):
+    """Read back with a plain glTF parse (not trimesh): NORMAL attribute with outward unit
+    normals at every vertex, a PBR material on the primitive."""
+    import json
+    import struct
+
+    mesh = trimesh.creation.icosphere(3, radius=2.0)
+    raw = export_mesh(mesh, tmp_path / "s.glb").read_bytes()
+    (n_json,) = struct.unpack("<I", raw[12:16])
+    doc = json.loads(raw[20 : 20 + n_json])
+    prim = doc["meshes"][0]["primitives"][0]
+    assert "NORMAL" in prim["attributes"] and "material" in prim
+    pbr = doc["materials"][prim["material"]]["pbrMetallicRoughness"]
+    assert pbr["metallicFactor"] == 0.0 and 0 < pbr["roughnessFactor"] <= 1
+    acc = doc["accessors"][prim["attributes"]["NORMAL"]]
+    view = doc["bufferViews"][acc["bufferView"]]
+    start = 20 + n_json + 8 + view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+    normals = np.frombuffer(raw, np.float32, acc["count"] * 3, start).reshape(-1, 3)
+    pos_acc = doc["accessors"][prim["attributes"]["POSITION"]]
+    pview = doc["bufferViews"][pos_acc["bufferView"]]
+    pstart = 20 + n_json + 8 + pview.get("byteOffset", 0) + pos_acc.get("byteOffset", 0)
+    pos = np.frombuffer(raw, np.float32, pos_acc["count"] * 3, pstart).reshape(-1, 3)
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-5)
+    cos = (normals * pos / np.linalg.norm(pos, axis=1, keepdims=True)).sum(1)
+    assert cos.min() > 0.97  # a sphere's normals point out of its centre
+
+
 def test_export_rejects_unknown_format(tmp_path):
     with pytest.raises(DataError, match="unsupported"):
         export_mesh(trimesh.creation.box(), tmp_path / "out.xyz")
