@@ -3,11 +3,12 @@
 A shape is its active voxels (a 32^3 occupancy) and an 8-channel latent on each of them
 (:class:`~flow3d.mesh.sparse_vae.SparseSDFVAE`). It is generated in two rectified flows:
 
-1. **structure** (:class:`StructureFlow`): a DiT over the occupancy cut into ``p^3`` patches,
-   ``[B, (R/p)^3, p^3]`` with values +1 (active) / -1, a learned position per patch (TRELLIS
+1. **structure** (:class:`StructureFlow`): a DiT over the occupancy, as a truncated signed
+   distance to the active set's border (:func:`occupancy_field`, negative on active voxels),
+   cut into ``p^3`` patches ``[B, (R/p)^3, p^3]``, a learned position per patch (TRELLIS
    compresses its 64^3 occupancy with a conv VAE to 16^3 x 8 first; patching the 32^3 grid by
    4 gives 512 tokens, as short as that latent, without a second VAE to train). A sample's
-   patches are thresholded at 0.
+   negative voxels are its active set.
 2. **latents** (:class:`SparseLatentFlow`): given the voxels, a sparse U-Net over their
    latents ``[M, C]`` (standardised per channel with the VAE's statistics): residual 3x3x3
    sparse convolutions (:class:`~flow3d.mesh.sparse_vae.SparseConv3d`) modulated by the time
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,6 +40,7 @@ __all__ = [
     "StructureFlow",
     "coords_to_grid",
     "grid_to_coords",
+    "occupancy_field",
     "patchify",
     "unpatchify",
 ]
@@ -74,7 +77,7 @@ def unpatchify(tokens: Tensor, patch: int) -> Tensor:
 
 
 class StructureFlow(LatentFlow):
-    """Velocity of the patched occupancy ``x: [B, (R/p)^3, p^3]`` (+1 active, -1 not):
+    """Velocity of the patched occupancy field ``x: [B, (R/p)^3, p^3]`` (negative: active):
     a :class:`LatentFlow` DiT with a learned embedding per patch position."""
 
     def __init__(self, resolution: int = 32, patch: int = 4, **kwargs):
@@ -88,17 +91,41 @@ class StructureFlow(LatentFlow):
         return self.x_in(x) + self.pos
 
     def to_grid(self, x: Tensor) -> Tensor:
-        """Samples ``[B, T, p^3]`` -> boolean occupancy ``[B, R, R, R]`` (threshold 0), the
-        grid's outer layer cleared (the active set never touches it: nothing is cut)."""
-        grid = unpatchify(x, self.patch) > 0
+        """Samples ``[B, T, p^3]`` -> boolean occupancy ``[B, R, R, R]`` (the field's negative
+        voxels, see :func:`occupancy_field`), the grid's outer layer cleared (the active set
+        never touches it: nothing is cut)."""
+        grid = unpatchify(x, self.patch) < 0
         grid[:, [0, -1]] = False
         grid[:, :, [0, -1]] = False
         grid[:, :, :, [0, -1]] = False
         return grid
 
     def from_grid(self, grid: Tensor) -> Tensor:
-        """Boolean occupancy ``[B, R, R, R]`` -> the flow's data ``[B, T, p^3]`` in {-1, +1}."""
-        return patchify(grid.float() * 2 - 1, self.patch)
+        """Boolean occupancy ``[B, R, R, R]`` -> the flow's data ``[B, T, p^3]``."""
+        return patchify(occupancy_field(grid), self.patch)
+
+
+FIELD_TRUNCATION = 3.5  # voxels
+
+
+def occupancy_field(grid: Tensor) -> Tensor:
+    """Boolean occupancy ``[B, R, R, R]`` -> a signed distance in voxels to the set's border,
+    negative on active voxels, truncated at :data:`FIELD_TRUNCATION` and scaled to [-1, 1]:
+    ``0.5 - d_in`` on active voxels (``d_in``: distance to the nearest inactive voxel),
+    ``d_out - 0.5`` on the others. Its sign is the occupancy (exactly invertible), and a flow
+    learns this smooth field far better than the +-1 occupancy of a 2-3 voxel thin shell
+    (measured: docs/benchmarks.md, "mesh generation")."""
+    from scipy.ndimage import distance_transform_edt
+
+    occ = grid.bool().cpu().numpy()
+    out = np.empty(occ.shape, dtype=np.float32)
+    for b, g in enumerate(occ):
+        if g.all() or not g.any():
+            out[b] = -FIELD_TRUNCATION if g.all() else FIELD_TRUNCATION
+            continue
+        out[b] = np.where(g, 0.5 - distance_transform_edt(g), distance_transform_edt(~g) - 0.5)
+    t = torch.from_numpy(np.clip(out / FIELD_TRUNCATION, -1.0, 1.0))
+    return t.to(grid.device)
 
 
 # ---- stage 2: the latents on the voxels ----------------------------------------------------------

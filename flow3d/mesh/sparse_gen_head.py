@@ -34,7 +34,13 @@ from flow3d.errors import ConfigError, DataError
 from flow3d.io import atomic_path
 from flow3d.mesh.flow import COND_MODES
 from flow3d.mesh.head import MeshFlowHead, MeshFlowSampleConfig, condition_images
-from flow3d.mesh.sparse_flow import SparseLatentFlow, StructureFlow, coords_to_grid
+from flow3d.mesh.sparse_flow import (
+    SparseLatentFlow,
+    StructureFlow,
+    coords_to_grid,
+    occupancy_field,
+    patchify,
+)
 from flow3d.mesh.sparse_head import MeshSVAEDataConfig, _ensure_cache, collate_sparse, load_svae
 from flow3d.mesh.sparse_vae import SparseSDFVAE
 from flow3d.mesh.voxels import SparseVoxels
@@ -307,9 +313,7 @@ class MeshStructureHead(_SparseFlowBase):
     def collate(self, items) -> dict[str, Tensor]:
         R = self.vae.resolution
         grids = torch.stack([coords_to_grid(it["coords"], R) for it in items])
-        from flow3d.mesh.sparse_flow import patchify
-
-        return {"x_1": patchify(grids.float() * 2 - 1, self.recipe.model.patch),
+        return {"x_1": patchify(occupancy_field(grids), self.recipe.model.patch),
                 "image": torch.stack([it["image"] for it in items]),
                 "label": torch.stack([it["label"] for it in items])}
 

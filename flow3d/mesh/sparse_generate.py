@@ -21,7 +21,7 @@ from flow3d.core.guidance import Inpainting
 from flow3d.engine.checkpoint import LoadedModel, load_model
 from flow3d.errors import DataError
 from flow3d.mesh.condition import encode_condition
-from flow3d.mesh.sparse_flow import coords_to_grid, grid_to_coords
+from flow3d.mesh.sparse_flow import coords_to_grid, grid_to_coords, patchify
 from flow3d.mesh.sparse_vae import SparseSDFVAE, decode_sparse
 from flow3d.mesh.voxels import SparseVoxels, voxel_labels, voxel_size
 
@@ -146,7 +146,7 @@ def edit_shape(models: TwoStage, shape: tuple[Tensor, Tensor], inside: Tensor,
     # 1. structure: known = the input's occupancy outside the box
     occ = coords_to_grid(coords, R)[None]
     known = st.model.from_grid(occ)
-    keep = st.model.from_grid(~inside[None]) > 0
+    keep = patchify((~inside)[None], st.model.patch)  # [1, T, p^3] bool
     v_st = st.head.velocity(st.model, ctx, opts.cfg)
     hook = Inpainting(known, keep, resample=opts.resample, velocity=v_st, generator=g)
     grid = st.head.sample_structure(st.model, ctx, 1, seed=opts.seed, steps=opts.steps,

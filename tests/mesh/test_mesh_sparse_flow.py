@@ -63,6 +63,22 @@ def test_patchify_round_trip_and_structure_grid():
     assert torch.equal(coords_to_grid(coords, 16), inner[0])
 
 
+def test_occupancy_field_is_a_signed_distance_whose_sign_is_the_occupancy():
+    from flow3d.mesh.sparse_flow import FIELD_TRUNCATION, occupancy_field
+
+    g = torch.zeros(3, 16, 16, 16, dtype=torch.bool)
+    g[0, 4:12, 4:12, 4:12] = True  # a cube: 8 voxels thick
+    g[1, 7:9] = True  # a slab 2 voxels thick
+    f = occupancy_field(g)  # g[2] empty
+    assert torch.equal(f < 0, g) and f.abs().max() <= 1
+    h = 1 / FIELD_TRUNCATION
+    assert f[0, 4, 8, 8] == pytest.approx(-0.5 * h)  # active, on the border
+    assert f[0, 3, 8, 8] == pytest.approx(0.5 * h)  # inactive, next to it
+    assert f[0, 6, 8, 8] == pytest.approx(-2.5 * h)  # two voxels deeper
+    assert f[0, 0, 8, 8] == pytest.approx(3.5 * h)
+    assert f[1, 0, 0, 0] == 1.0 and (f[2] == 1).all()  # truncated; empty grid all outside
+
+
 def _flow(cond="none", seed=0) -> SparseLatentFlow:
     torch.manual_seed(seed)
     model = SparseLatentFlow(8, (16, 32, 32), depth=1, heads=2, cond=cond, num_classes=3)

@@ -1,0 +1,170 @@
+"""The two-stage sparse-voxel generator's speed, peak memory and local editing (issue 15).
+
+    python -m benchmarks.bench_mesh_sparse --part speed   # image to mesh at 256^3 / 512^3
+    python -m benchmarks.bench_mesh_sparse --part edit    # what an edit keeps outside its box
+
+``speed``: each case runs in a fresh process (peak resident memory is that process's
+``ru_maxrss``): reconstruct (encode + decode + extract) and image-to-mesh (structure flow,
+latent flow, decode + extract) of a held-out CAPOD mesh / its render, at 256^3 and 512^3,
+with the stages timed apart; torch's default thread count (2 on this machine) and one thread.
+
+``edit``: held-out CAPOD meshes, the box ``x >= 0`` of the normalised frame regenerated with
+the mesh's own class (``structure_class``). Reported: Chamfer-L1 between the edited and the
+unedited reconstruction (the same voxels and latents, decoded the same way) over the surface
+outside the box, and outside the box grown by the decoder's reach
+(:func:`~flow3d.mesh.sparse_generate.edit_margin`, where the bar applies); watertight and
+one-piece rates of the edited meshes; seconds per edit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_mesh import CKPT, capod_files, class_of
+
+
+def _case(kind: str, res: int, threads: int) -> dict:
+    """One timed case in this process (run through a subprocess by :func:`speed`)."""
+    torch.set_num_threads(threads)
+    from flow3d.engine.checkpoint import load_model
+    from flow3d.mesh.data import load_mesh, normalize_mesh
+    from flow3d.mesh.head import CONDITION_AZIMUTHS, CONDITION_ELEVATIONS, condition_images
+    from flow3d.mesh.sparse_generate import (
+        SampleOptions,
+        decode_shape,
+        load_two_stage,
+    )
+    from flow3d.mesh.sparse_vae import encode_mesh
+
+    _, held = capod_files()
+    gt = load_mesh(held[0])
+    normed, _ = normalize_mesh(gt)
+    out: dict = {"kind": kind, "resolution": res, "threads": threads}
+    t0 = time.perf_counter()
+    if kind == "reconstruct":
+        vae = load_model(CKPT / "svae_cpu").model.eval()
+        t1 = time.perf_counter()
+        coords, z = encode_mesh(vae, normed)
+        t2 = time.perf_counter()
+        mesh = decode_shape(vae, coords, z, res, keep=None)
+        t3 = time.perf_counter()
+        out |= {"load": t1 - t0, "encode": t2 - t1, "decode+extract": t3 - t2}
+    else:
+        two = load_two_stage(CKPT / "structure_image", CKPT / "slat")
+        img = condition_images(normed, 64, CONDITION_AZIMUTHS[:1], CONDITION_ELEVATIONS[:1])
+        t1 = time.perf_counter()
+        st, la = two.structure, two.latents
+        with torch.no_grad():
+            ctx = st.model.context(images=img)
+        opts = SampleOptions(steps=50, latent_steps=25, cfg=3.0)
+        coords = st.head.sample_structure(st.model, ctx, 1, steps=opts.steps, cfg=opts.cfg)[0]
+        t2 = time.perf_counter()
+        z = la.head.sample_latents_on(la.model, coords, None, steps=opts.latent_steps, cfg=0.0)
+        t3 = time.perf_counter()
+        mesh = decode_shape(two.vae, coords, z, res, faces=50_000)
+        t4 = time.perf_counter()
+        out |= {"load": t1 - t0, "structure": t2 - t1, "latents": t3 - t2,
+                "decode+extract": t4 - t3, "voxels": len(coords)}
+    out["total (no load)"] = time.perf_counter() - t0 - out["load"]
+    out["faces"] = len(mesh.faces)
+    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def speed() -> list[str]:
+    rows = []
+    for kind in ("reconstruct", "generate"):
+        for res in (256, 512):
+            for threads in (torch.get_num_threads(), 1):
+                cmd = [sys.executable, "-m", "benchmarks.bench_mesh_sparse", "--case",
+                       f"{kind}:{res}:{threads}"]
+                r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    lines = ["| task | grid | threads | stages (s) | total (s, models loaded) | peak memory "
+             "(MiB) | faces |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        stages = ", ".join(f"{k} {r[k]:.2f}" for k in ("encode", "structure", "latents",
+                                                        "decode+extract") if k in r)
+        lines.append(f"| {r['kind']} | {r['resolution']}^3 | {r['threads']} | {stages} | "
+                     f"{r['total (no load)']:.2f} | {r['peak_mib']:.0f} | {r['faces']} |")
+    return lines
+
+
+def edit_quality(n: int, steps: int) -> list[str]:
+    from scipy.spatial import cKDTree
+
+    from flow3d.mesh.data import CAPOD_CLASSES, load_mesh, normalize_mesh
+    from flow3d.mesh.pipeline import EditSettings, edit, load_generator
+    from flow3d.mesh.sparse_generate import edit_margin
+
+    _, held = capod_files()
+    held = held[:: max(1, len(held) // n)][:n]
+    box = (0.0, -1.0, -1.0, 1.0, 1.0, 1.0)
+    models = None
+    rows = []
+    for f in held:
+        s = EditSettings(mesh=str(f), box=box, label=CAPOD_CLASSES[class_of(f)], steps=steps)
+        models = models or load_generator(s.generate)
+        t0 = time.perf_counter()
+        r = edit(s, models=models)
+        sec = time.perf_counter() - t0
+        _, norm = normalize_mesh(load_mesh(f))
+        a = np.asarray(r["mesh"].sample(50_000, seed=0))
+        b = np.asarray(r["unedited"].sample(50_000, seed=0))
+        row = {"seconds": sec, "watertight": float(r["mesh"].is_watertight),
+               "one_piece": float(len(r["mesh"].split(only_watertight=False)) == 1)}
+        for name, margin in (("outside box", 0.0), ("outside box + reach",
+                                                    edit_margin(models.vae))):
+            # both surfaces restricted to the region, distances in the normalised frame
+            ka = norm.apply(a)[:, 0] < box[0] - margin
+            kb = norm.apply(b)[:, 0] < box[0] - margin
+            pa, pb = norm.apply(a)[ka], norm.apply(b)[kb]
+            if len(pa) == 0 or len(pb) == 0:
+                row[name] = float("nan")
+                continue
+            d_ab, _ = cKDTree(pb).query(pa)
+            d_ba, _ = cKDTree(pa).query(pb)
+            row[name] = 0.5 * (d_ab.mean() + d_ba.mean())
+        rows.append(row)
+        print(f"  {f.parent.name}/{f.name}: {row}", flush=True)
+    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+    worst = {k: float(np.nanmax([r[k] for r in rows])) for k in ("outside box",
+                                                                  "outside box + reach")}
+    return [f"Edit of {len(rows)} held-out CAPOD meshes, box x >= 0 regenerated with the mesh's "
+            f"class ({steps} structure steps, extraction 256^3):", "",
+            "| Chamfer-L1 outside box (mean / worst) | outside box + decoder reach (mean / "
+            "worst) | watertight | one piece | s per edit |", "|---|---|---|---|---|",
+            f"| {mean['outside box']:.5f} / {worst['outside box']:.5f} | "
+            f"{mean['outside box + reach']:.6f} / {worst['outside box + reach']:.6f} | "
+            f"{mean['watertight']:.2f} | {mean['one_piece']:.2f} | {mean['seconds']:.1f} |"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--part", choices=("speed", "edit"), default="speed")
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=15, help="held-out meshes for --part edit")
+    p.add_argument("--steps", type=int, default=50)
+    args = p.parse_args()
+    if args.case:
+        kind, res, threads = args.case.split(":")
+        print(json.dumps(_case(kind, int(res), int(threads))))
+        return
+    if args.part == "speed":
+        print("\n".join(speed()))
+    else:
+        torch.set_num_threads(1)
+        print("\n".join(edit_quality(args.n, args.steps)))
+
+
+if __name__ == "__main__":
+    main()
