@@ -91,14 +91,9 @@ class StructureFlow(LatentFlow):
         return self.x_in(x) + self.pos
 
     def to_grid(self, x: Tensor) -> Tensor:
-        """Samples ``[B, T, p^3]`` -> boolean occupancy ``[B, R, R, R]`` (the field's negative
-        voxels, see :func:`occupancy_field`), the grid's outer layer cleared (the active set
-        never touches it: nothing is cut)."""
-        grid = unpatchify(x, self.patch) < 0
-        grid[:, [0, -1]] = False
-        grid[:, :, [0, -1]] = False
-        grid[:, :, :, [0, -1]] = False
-        return grid
+        """Samples ``[B, T, p^3]`` -> boolean occupancy ``[B, R, R, R]``: the field's negative
+        voxels (:func:`occupancy_field`)."""
+        return unpatchify(x, self.patch) < 0
 
     def from_grid(self, grid: Tensor) -> Tensor:
         """Boolean occupancy ``[B, R, R, R]`` -> the flow's data ``[B, T, p^3]``."""

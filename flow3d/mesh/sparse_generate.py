@@ -151,8 +151,8 @@ def edit_shape(models: TwoStage, shape: tuple[Tensor, Tensor], inside: Tensor,
     hook = Inpainting(known, keep, resample=opts.resample, velocity=v_st, generator=g)
     grid = st.head.sample_structure(st.model, ctx, 1, seed=opts.seed, steps=opts.steps,
                                     cfg=opts.cfg, method=opts.method, hooks=[hook])[0]
-    new_occ = (coords_to_grid(grid, R) & inside) | (occ[0] & ~inside)
-    new_grid = _check_voxels(grid_to_coords(new_occ), "edit")
+    # (outside the box the inpainting set the input's field exactly at t = 1: same voxels)
+    new_grid = _check_voxels(grid_to_coords(coords_to_grid(grid, R)), "edit")
     # 2. latents: known = the input's latents on its voxels outside the box
     old_row = torch.full((R, R, R), -1, dtype=torch.long)
     old_row[coords[:, 0], coords[:, 1], coords[:, 2]] = torch.arange(len(coords))
