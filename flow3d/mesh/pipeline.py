@@ -1,4 +1,4 @@
-"""The mesh tasks (``flow3d mesh generate | reconstruct | eval``), each one thin pipeline.
+"""The mesh tasks (``flow3d mesh generate | edit | reconstruct | eval``), each one thin pipeline.
 
 A task is two things: a frozen settings dataclass, built once (by the command line or by a
 caller) and checked once in ``__post_init__`` with messages that name the command-line option,
@@ -7,12 +7,18 @@ file reads top to bottom (TripoSG's ``pipeline_triposg.py`` has the same shape):
 
     generate(GenerateSettings(image="photo.png", out="chair.glb"))
         1. read the image          size from the header, an object on it   (cheap checks first)
-        2. load the models, once   the latent flow and the VAE it names     (load_model)
-        3. encode the condition    image tokens or a class embedding       (LatentFlow.context)
-        4. sample latents          noise -> z, classifier-free guidance    (sample_latents)
-        5. decode                  z -> SDF                                (SDFVAE.sdf_fn)
-        6. extract                 SDF -> one closed piece, decimated      (sdf_to_mesh)
+        2. load the models, once   two-stage (structure + latents) or the
+                                   vector-set flow, and the VAE they name   (load_generator)
+        3. encode the condition    image tokens or a class embedding       (encode_condition)
+        4. sample                  structure, then latents on its voxels   (sample_shape)
+                                   (vector set: noise -> z)                (sample_latents)
+        5-6. decode and extract    closed, floaters dropped, decimated     (decode_shape)
         7. export                  GLB / OBJ / PLY / STL (+ turntable PNG) (export_mesh)
+
+    edit(EditSettings(mesh="chair.obj", box=(0, -1, -1, 1, 1, 1), label="chair", out=...))
+        1. read the mesh and image  2. load the two stages  3. normalise, encode the voxels
+        4. the box's voxels  5. encode the condition  6. inpaint structure then latents in the
+        box (edit_shape)  7. decode, back in the input's coordinates, export
 
     reconstruct(ReconstructSettings(mesh="bunny.ply", out="bunny_vae.glb"))
         1. read the mesh  2. load the VAE  3. normalise and sample the surface  4. encode
@@ -446,8 +452,8 @@ def evaluate(settings: MeshEvalSettings, *, pred=None, gt=None) -> dict:
 
 
 # ---- demo --------------------------------------------------------------------------------------
-def demo(out_dir: str | Path, *, steps: int = 50, cfg: float = 5.0, resolution: int = 128,
-         seed: int = 0) -> list[Path]:
+def demo(out_dir: str | Path, *, steps: int = 50, cfg: float | None = None,
+         resolution: int = 128, seed: int = 0) -> list[Path]:
     """``make demo``: the bundled example image -> ``mesh_demo.glb`` + turntable PNG."""
     out = Path(out_dir)
     settings = GenerateSettings(image=str(DEMO_IMAGE), steps=steps, cfg=cfg, seed=seed,
