@@ -1,4 +1,4 @@
-"""``flow3d mesh generate | edit | reconstruct | eval``: added to the ``flow3d`` command by register().
+"""``flow3d mesh generate | edit | reconstruct | eval``, added to ``flow3d`` by register().
 
     flow3d mesh generate (--image PHOTO.png | --class chair) --out MESH.glb [--steps 50 --cfg 3
                          --resolution 256 --faces 50000 --seed 0] [--ckpt DIR] [--png T.png]
