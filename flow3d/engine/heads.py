@@ -23,11 +23,13 @@ HEADS: dict[str, str] = {
     "mesh_svae": "flow3d.mesh.sparse_head:MeshSVAEHead",
     "mesh_structure": "flow3d.mesh.sparse_gen_head:MeshStructureHead",
     "mesh_slat": "flow3d.mesh.sparse_gen_head:MeshSLatHead",
+    "mesh_occvae": "flow3d.mesh.sparse_gen_head:MeshOccVAEHead",
 }
 
 # the pip extra that provides each head's optional dependencies
 EXTRAS: dict[str, str] = {"protein": "protein", "mesh_vae": "mesh", "mesh_flow": "mesh",
-                          "mesh_svae": "mesh", "mesh_structure": "mesh", "mesh_slat": "mesh"}
+                          "mesh_svae": "mesh", "mesh_structure": "mesh", "mesh_slat": "mesh",
+                          "mesh_occvae": "mesh"}
 
 
 class HeadUnavailableError(ConfigError):

@@ -3,12 +3,13 @@
 A shape is its active voxels (a 32^3 occupancy) and an 8-channel latent on each of them
 (:class:`~flow3d.mesh.sparse_vae.SparseSDFVAE`). It is generated in two rectified flows:
 
-1. **structure** (:class:`StructureFlow`): a DiT over the occupancy, as a truncated signed
-   distance to the active set's border (:func:`occupancy_field`, negative on active voxels),
-   cut into ``p^3`` patches ``[B, (R/p)^3, p^3]``, a learned position per patch (TRELLIS
-   compresses its 64^3 occupancy with a conv VAE to 16^3 x 8 first; patching the 32^3 grid by
-   4 gives 512 tokens, as short as that latent, without a second VAE to train). A sample's
-   negative voxels are its active set.
+1. **structure** (:class:`StructureFlow`): a DiT over the 8^3 x 8 latent of the occupancy
+   (:class:`~flow3d.mesh.occupancy_vae.OccupancyVAE`, TRELLIS's sparse-structure VAE at our
+   size), 512 tokens with a learned position each; the VAE's decoder turns a sample into the
+   active voxels. (The alternative without a VAE, the occupancy as a truncated signed distance
+   (:func:`occupancy_field`) cut into 4^3 patches, is kept as a recipe option: after 1,000 CPU
+   steps its samples were fragmented confetti, the thin shell being too high-frequency for the
+   patch tokens.)
 2. **latents** (:class:`SparseLatentFlow`): given the voxels, a sparse U-Net over their
    latents ``[M, C]`` (standardised per channel with the VAE's statistics): residual 3x3x3
    sparse convolutions (:class:`~flow3d.mesh.sparse_vae.SparseConv3d`) modulated by the time
@@ -77,14 +78,17 @@ def unpatchify(tokens: Tensor, patch: int) -> Tensor:
 
 
 class StructureFlow(LatentFlow):
-    """Velocity of the patched occupancy field ``x: [B, (R/p)^3, p^3]`` (negative: active):
-    a :class:`LatentFlow` DiT with a learned embedding per patch position."""
+    """Velocity of a grid of ``channels`` values cut into ``p^3`` patches, ``x: [B, (R/p)^3,
+    channels p^3]``: a :class:`LatentFlow` DiT with a learned embedding per patch position.
+    Either the occupancy field itself (``channels = 1``, :meth:`from_grid` / :meth:`to_grid`)
+    or the latent grid of an :class:`~flow3d.mesh.occupancy_vae.OccupancyVAE` (``R/4``,
+    ``patch = 1``, ``channels = C``; the default, see the module docstring)."""
 
-    def __init__(self, resolution: int = 32, patch: int = 4, **kwargs):
+    def __init__(self, resolution: int = 32, patch: int = 4, channels: int = 1, **kwargs):
         if resolution % patch:
             raise ValueError(f"resolution {resolution} is not a multiple of the patch {patch}")
-        super().__init__(latent_dim=patch**3, **kwargs)
-        self.resolution, self.patch = resolution, patch
+        super().__init__(latent_dim=channels * patch**3, **kwargs)
+        self.resolution, self.patch, self.channels = resolution, patch, channels
         self.pos = nn.Parameter(torch.randn(1, (resolution // patch) ** 3, self.width) * 0.02)
 
     def embed(self, x: Tensor) -> Tensor:

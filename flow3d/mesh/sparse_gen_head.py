@@ -34,6 +34,7 @@ from flow3d.errors import ConfigError, DataError
 from flow3d.io import atomic_path
 from flow3d.mesh.flow import COND_MODES
 from flow3d.mesh.head import MeshFlowHead, MeshFlowSampleConfig, condition_images
+from flow3d.mesh.occupancy_vae import OccupancyVAE, occupancy_vae_loss
 from flow3d.mesh.sparse_flow import (
     SparseLatentFlow,
     StructureFlow,
@@ -47,6 +48,8 @@ from flow3d.mesh.voxels import SparseVoxels
 from flow3d.options import check_float, check_int
 
 __all__ = [
+    "MeshOccVAEHead",
+    "MeshOccVAEModelConfig",
     "MeshSLatHead",
     "MeshSLatModelConfig",
     "MeshSFlowDataConfig",
@@ -119,12 +122,31 @@ class MeshSLatModelConfig:
 class MeshSFlowDataConfig(MeshSVAEDataConfig):
     vae: str = "checkpoints/mesh/svae_cpu"  # the frozen sparse-voxel VAE (mesh_svae)
     views: int = 6  # conditioning renders per mesh (image mode)
+    # structure flow only: the frozen mesh_occvae whose 8^3 latent it generates ("": the
+    # occupancy field in model.patch^3 patches instead)
+    occupancy_vae: str = ""
 
     def __post_init__(self):
         if not str(self.vae).strip():
             raise ConfigError("data.vae: a mesh_svae checkpoint is required (got '')")
         check_int(self.views, "data.views", lo=1, hi=6)
         check_int(self.holdout_per_class, "data.holdout_per_class", lo=0, hi=1 << 20)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshOccVAEModelConfig:
+    latent_dim: int = 8
+    width: int = 16
+    kl: float = 1e-4
+    image_resolution: int = 64  # of the shared structured-latent cache's renders (unused here)
+    cond: str = "none"
+
+    def __post_init__(self):
+        check_int(self.latent_dim, "model.latent_dim", lo=1, hi=1024)
+        check_int(self.width, "model.width", lo=8, hi=4096)
+        if self.width % 8:
+            raise ConfigError(f"model.width = {self.width}: must be a multiple of 8 (GroupNorm)")
+        check_float(self.kl, "model.kl", lo=0.0, hi=1e3)
 
 
 # ---- the structured-latent cache ---------------------------------------------------------------
@@ -303,17 +325,46 @@ class MeshStructureHead(_SparseFlowBase):
     name = "mesh_structure"
     model_config = MeshStructureModelConfig
 
+    @property
+    def occupancy_vae(self) -> OccupancyVAE | None:
+        """The frozen occupancy VAE of ``data.occupancy_vae`` (None: patch mode)."""
+        path = self.recipe.data.occupancy_vae
+        if not path:
+            return None
+        if getattr(self, "_occ", None) is None:
+            from flow3d.engine.checkpoint import load_model
+
+            try:
+                self._occ = load_model(path, head_name="mesh_occvae").model.eval()
+            except FileNotFoundError:
+                raise DataError(f"{path}: occupancy VAE not found (data.occupancy_vae)") from None
+            self._occ.requires_grad_(False)
+        return self._occ
+
     def build_model(self) -> StructureFlow:
-        m = self.recipe.model
-        return StructureFlow(self.vae.resolution, m.patch, width=m.width, heads=m.heads,
-                             depth=m.depth, cond=m.cond, num_classes=m.num_classes,
-                             image_resolution=m.image_resolution,
+        m, occ = self.recipe.model, self.occupancy_vae
+        grid = dict(resolution=self.vae.resolution, patch=m.patch) if occ is None else dict(
+            resolution=occ.resolution // 4, patch=1, channels=occ.latent_dim)
+        return StructureFlow(**grid, width=m.width, heads=m.heads, depth=m.depth, cond=m.cond,
+                             num_classes=m.num_classes, image_resolution=m.image_resolution,
                              image_channels=m.image_channels, cond_drop=m.cond_drop)
+
+    def encode_grids(self, grids: Tensor) -> Tensor:
+        """Occupancies ``[B, R, R, R]`` -> the flow's data ``[B, T, D]``."""
+        occ = self.occupancy_vae
+        if occ is None:
+            return patchify(occupancy_field(grids), self.recipe.model.patch)
+        return occ.to_tokens(grids)
+
+    def decode_tokens(self, model: StructureFlow, x: Tensor) -> Tensor:
+        """The flow's samples ``[B, T, D]`` -> occupancies ``[B, R, R, R]`` bool."""
+        occ = self.occupancy_vae
+        return model.to_grid(x) if occ is None else occ.from_tokens(x)
 
     def collate(self, items) -> dict[str, Tensor]:
         R = self.vae.resolution
         grids = torch.stack([coords_to_grid(it["coords"], R) for it in items])
-        return {"x_1": patchify(occupancy_field(grids), self.recipe.model.patch),
+        return {"x_1": self.encode_grids(grids),
                 "image": torch.stack([it["image"] for it in items]),
                 "label": torch.stack([it["label"] for it in items])}
 
@@ -336,12 +387,12 @@ class MeshStructureHead(_SparseFlowBase):
 
         cfg = self.sample_settings(**overrides)
         g = torch.Generator().manual_seed(seed)
-        T, P = (model.resolution // model.patch) ** 3, model.patch**3
-        x_0 = torch.randn(num, T, P, generator=g)
+        T = (model.resolution // model.patch) ** 3
+        x_0 = torch.randn(num, T, model.x_in.in_features, generator=g)
         grid = time_grid(cfg.steps, shift=cfg.shift)
         x_1 = solve(self.velocity(model, ctx, cfg.cfg), x_0, method=cfg.method, grid=grid,
                     hooks=list(hooks)).x
-        return [torch.nonzero(gr).long() for gr in model.to_grid(x_1)]
+        return [torch.nonzero(gr).long() for gr in self.decode_tokens(model, x_1)]
 
     @torch.no_grad()
     def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:
@@ -374,6 +425,50 @@ def voxel_boxes(coords: Tensor, vae: SparseSDFVAE):
     boxes.apply_scale(h)
     boxes.apply_translation([-vae.bounds] * 3)
     return boxes
+
+
+class MeshOccVAEHead(_SparseFlowBase):
+    """Trains the occupancy VAE of the structure stage on the training meshes' active voxels
+    (each item flipped at random along the two horizontal axes)."""
+
+    name = "mesh_occvae"
+    model_config = MeshOccVAEModelConfig
+
+    def build_model(self) -> OccupancyVAE:
+        m = self.recipe.model
+        return OccupancyVAE(self.vae.resolution, m.latent_dim, m.width)
+
+    def items(self, split: str) -> _ShapeItems:
+        slat = self.latents()
+        rows = slat.subset(split)
+        if not rows:
+            raise DataError(f"{self.recipe.data.root}: no {split} meshes in the latent cache")
+        return _ShapeItems(slat, rows, 1)
+
+    def collate(self, items) -> Tensor:
+        R = self.vae.resolution
+        return torch.stack([coords_to_grid(it["coords"], R) for it in items])
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        flips = torch.rand(batch.shape[0], 2, generator=generator, device=generator.device) < 0.5
+        grids = torch.stack([g.flip([a for a, f in zip((0, 2), fl.tolist()) if f]) if fl.any()
+                             else g for g, fl in zip(batch, flips)])
+        return occupancy_vae_loss(model, grids, generator=generator, kl=self.recipe.model.kl)
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:
+        """The first ``num`` held-out structures through the VAE: active voxels each."""
+        slat = self.latents()
+        grids = torch.stack([coords_to_grid(slat.shape(r)[0], self.vae.resolution)
+                             for r in slat.subset("heldout")[:num]])
+        _, mu, _ = model.encode(grids[:, None], sample=False)
+        return [torch.nonzero(g).long() for g in model.decode(mu)[:, 0] > 0]
+
+    def save_samples(self, samples, out_dir: Path) -> list[Path]:
+        from flow3d.mesh.postprocess import export_mesh
+
+        return [export_mesh(voxel_boxes(c, self.vae), Path(out_dir) / f"occupancy_{i:03d}.glb")
+                for i, c in enumerate(samples)]
 
 
 # ---- stage 2: latents given the structure ------------------------------------------------------

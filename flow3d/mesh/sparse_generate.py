@@ -30,6 +30,7 @@ __all__ = [
     "TwoStage",
     "box_mask",
     "decode_shape",
+    "drop_specks",
     "edit_margin",
     "edit_shape",
     "load_two_stage",
@@ -104,6 +105,28 @@ def _check_voxels(coords: Tensor, where: str) -> Tensor:
     return coords
 
 
+def vae_resolution(models: TwoStage) -> int:
+    return models.vae.resolution
+
+
+def drop_specks(coords: Tensor, resolution: int, fraction: float = 0.02) -> Tensor:
+    """Active voxels without the 26-connected pieces smaller than ``fraction`` of them (the
+    largest piece is always kept): a sampled structure's isolated specks would each decode to
+    a floater (pieces of real shapes are far larger than 2% of their voxels)."""
+    from scipy.ndimage import label
+
+    if len(coords) == 0:
+        return coords
+    grid = coords_to_grid(coords, resolution).numpy()
+    comp, n = label(grid, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return coords
+    sizes = np.bincount(comp.ravel())[1:]
+    keep = np.flatnonzero((sizes >= fraction * len(coords)) | (sizes == sizes.max())) + 1
+    c = coords.numpy()
+    return coords[torch.from_numpy(np.isin(comp[c[:, 0], c[:, 1], c[:, 2]], keep))]
+
+
 def _latent_context(models: TwoStage, ctx_inputs: dict):
     la = models.latents
     cond = la.model.cond
@@ -120,7 +143,7 @@ def sample_shape(models: TwoStage, ctx: Tensor | None, ctx_inputs: dict, opts: S
     st, la = models.structure, models.latents
     coords = st.head.sample_structure(st.model, ctx, 1, seed=opts.seed, steps=opts.steps,
                                       cfg=opts.cfg, method=opts.method)[0]
-    coords = _check_voxels(coords, "generate")
+    coords = _check_voxels(drop_specks(coords, vae_resolution(models)), "generate")
     z = la.head.sample_latents_on(la.model, coords, _latent_context(models, ctx_inputs),
                                   seed=opts.seed + 1, steps=opts.latent_steps, cfg=opts.cfg,
                                   method=opts.method)
@@ -143,16 +166,19 @@ def edit_shape(models: TwoStage, shape: tuple[Tensor, Tensor], inside: Tensor,
     coords, z = shape
     R = vae.resolution
     g = torch.Generator().manual_seed(opts.seed)
-    # 1. structure: known = the input's occupancy outside the box
+    # 1. structure: known = the input's occupancy (its latent tokens) outside the box; a token
+    # is known when every voxel it covers is outside the box
     occ = coords_to_grid(coords, R)[None]
-    known = st.model.from_grid(occ)
-    keep = patchify((~inside)[None], st.model.patch)  # [1, T, p^3] bool
+    known = st.head.encode_grids(occ)  # [1, T, D]
+    block = R // round(known.shape[1] ** (1 / 3))  # voxels per token side
+    keep = patchify((~inside)[None], block).all(-1, keepdim=True).expand_as(known)
     v_st = st.head.velocity(st.model, ctx, opts.cfg)
     hook = Inpainting(known, keep, resample=opts.resample, velocity=v_st, generator=g)
     grid = st.head.sample_structure(st.model, ctx, 1, seed=opts.seed, steps=opts.steps,
                                     cfg=opts.cfg, method=opts.method, hooks=[hook])[0]
-    # (outside the box the inpainting set the input's field exactly at t = 1: same voxels)
-    new_grid = _check_voxels(grid_to_coords(coords_to_grid(grid, R)), "edit")
+    # outside the box: the input's voxels exactly (the VAE's decoder reaches across tokens)
+    new_occ = (coords_to_grid(grid, R) & inside) | (occ[0] & ~inside)
+    new_grid = _check_voxels(grid_to_coords(new_occ), "edit")
     # 2. latents: known = the input's latents on its voxels outside the box
     old_row = torch.full((R, R, R), -1, dtype=torch.long)
     old_row[coords[:, 0], coords[:, 1], coords[:, 2]] = torch.arange(len(coords))

@@ -151,9 +151,18 @@ def tiny(tmp_path_factory):
     write_checkpoint(tmp / "svae", model_state=vae.state_dict(), ema_state=None, recipe=svae,
                      step=0)
     out = {"tmp": tmp, "meshes": tmp / "meshes"}
+    occ = load_recipe(ROOT / "recipes/mesh/occvae.yaml", [*data, f"data.vae={tmp / 'svae'}",
+                                                          "model.width=8", "model.latent_dim=4"])
+    occ_head = get_head("mesh_occvae")(occ)
+    torch.manual_seed(0)
+    occ_model = occ_head.build_model()
+    out["occvae"] = (occ, occ_head, occ_model)
+    write_checkpoint(tmp / "occvae", model_state=occ_model.state_dict(), ema_state=None,
+                     recipe=occ, step=0)
     for name, recipe, extra in [
         ("structure", "structure_class.yaml", ["model.width=32", "model.depth=1",
-                                               "model.heads=2", "model.num_classes=2"]),
+                                               "model.heads=2", "model.num_classes=2",
+                                               f"data.occupancy_vae={tmp / 'occvae'}"]),
         ("slat", "slat.yaml", ["model.widths=[16, 32, 32]", "model.depth=1", "model.heads=2"]),
     ]:
         r = load_recipe(ROOT / "recipes/mesh" / recipe, [*data, f"data.vae={tmp / 'svae'}",
@@ -183,8 +192,8 @@ def _fit(head, model, steps=40):
     return losses
 
 
-def test_both_heads_learn_a_batch(tiny):
-    for name in ("structure", "slat"):
+def test_the_heads_learn_a_batch(tiny):
+    for name in ("occvae", "structure", "slat"):
         _, head, model = tiny[name]
         losses = _fit(head, model)
         assert np.isfinite(losses).all()
@@ -254,3 +263,17 @@ def test_edit_keeps_everything_outside_the_box(tiny, checkpoints):
     d_ref, _ = cKDTree(np.asarray(unedited.vertices)).query(pts[far])
     assert np.abs(d - d_ref).max() < 1e-6
     assert edited.is_watertight
+
+
+def test_drop_specks_keeps_large_pieces_and_the_largest():
+    from flow3d.mesh.sparse_generate import drop_specks
+
+    g = torch.zeros(16, 16, 16, dtype=torch.bool)
+    g[2:10, 2:10, 2:10] = True  # 512 voxels
+    g[12:15, 12:15, 12:15] = True  # 27 voxels: 5% of the set, kept
+    g[0, 15, 0] = True  # a speck
+    g[15, 0, 15] = True
+    c = drop_specks(torch.nonzero(g), 16)
+    assert len(c) == 512 + 27
+    assert torch.equal(drop_specks(torch.nonzero(g), 16, fraction=0.5),
+                       torch.nonzero(g[:10, :10, :10]))  # only the largest piece
