@@ -24,7 +24,8 @@ IMAGE = ROOT / "examples" / "mesh" / "capod_heldout_view.png"
 EDGE = ROOT / ".." / "shared" / "data" / "meshes" / "trimesh_models" / "edge_cases"
 needs_edge_cases = pytest.mark.skipif(not EDGE.is_dir(), reason="no shared edge-case meshes")
 needs_checkpoints = pytest.mark.skipif(
-    not (CKPT / "flow_image").is_dir() or not (CKPT / "vae_cpu").is_dir(),
+    not all((CKPT / n).is_dir() for n in ("flow_image", "flow_class", "vae_cpu", "slat",
+                                          "structure_image", "structure_class")),
     reason="bundled mesh checkpoints not present",
 )
 
@@ -163,7 +164,10 @@ def test_generate_bad_outputs(case, tmp_path, capsys, no_models):
 
 @needs_checkpoints
 @pytest.mark.parametrize(("argv", "says"), [
-    (["--image", IMAGE, "--ckpt", CKPT / "vae_cpu"], "a 'mesh_vae' checkpoint, not mesh_flow"),
+    (["--image", IMAGE, "--ckpt", CKPT / "vae_cpu"],
+     "a 'mesh_vae' checkpoint, not a generator (mesh_structure or mesh_flow)"),
+    (["--image", IMAGE, "--latent-ckpt", "no/such/slat"],
+     "no/such/slat: latent-flow checkpoint not found"),
     (["--image", IMAGE, "--ckpt", CKPT / "flow_class"], "class-conditioned model: give --class"),
     (["--class", "chair", "--ckpt", CKPT / "flow_image"], "image-conditioned model"),
     (["--class", "99"], "--class 99: this model has classes 0 to 14"),
