@@ -97,6 +97,16 @@ class Conditioning:
             return self.class_emb(labels)[:, None]
         return None
 
+    def time_condition(self, t, batch: int, ctx: Tensor | None, device) -> Tensor:
+        """``[B, W]``: the embedding of ``t`` (0-dim or ``[B]``) through ``self.t_mlp``, plus the
+        class embedding in class mode; a conditioned model without ``ctx`` is an error."""
+        t = torch.as_tensor(t, dtype=torch.float32, device=device).reshape(-1).expand(batch)
+        width = self.t_mlp[0].in_features
+        c = self.t_mlp(timestep_embedding(t, width))
+        if self.cond != "none" and ctx is None:
+            raise ValueError(f"{self.cond}-conditioned flow needs a context")
+        return c + ctx[:, 0] if self.cond == "class" else c
+
     def null_context(self, batch: int) -> Tensor | None:
         """The "no condition" context used for classifier-free guidance."""
         if self.cond == "image":
@@ -172,15 +182,7 @@ class LatentFlow(Conditioning, nn.Module):
         :meth:`context` / :meth:`null_context` (``None`` when unconditional)."""
         if x.ndim != 3:
             raise ValueError(f"x must be [B, M, C], got {tuple(x.shape)}")
-        B = x.shape[0]
-        t = torch.as_tensor(t, dtype=torch.float32, device=x.device).reshape(-1).expand(B)
-        c = self.t_mlp(timestep_embedding(t, self.width))  # [B, W]
-        if self.cond == "class":
-            if ctx is None:
-                raise ValueError("class-conditioned flow needs a context")
-            c = c + ctx[:, 0]
-        elif self.cond == "image" and ctx is None:
-            raise ValueError("image-conditioned flow needs a context")
+        c = self.time_condition(t, x.shape[0], ctx, x.device)  # [B, W]
         h = self.embed(x)  # [B, M, W]
         for block in self.blocks:
             h = block(h, c, ctx)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flow3d.mesh.flow import Conditioning, LatentFlow, timestep_embedding
+from flow3d.mesh.flow import Conditioning, LatentFlow
 from flow3d.mesh.sparse_vae import SparseConv3d
 from flow3d.mesh.vae import Attention
 from flow3d.mesh.voxels import OFFSETS_3X3X3, SparseVoxels
@@ -230,14 +230,7 @@ class SparseLatentFlow(Conditioning, nn.Module):
         """``v: [M, C]`` for ``x: [M, C]`` on ``voxels``; ``t`` 0-dim or ``[B]`` (one per
         shape); ``ctx`` from :meth:`context` / :meth:`null_context`."""
         B = voxels.num_shapes
-        t = torch.as_tensor(t, dtype=torch.float32, device=x.device).reshape(-1).expand(B)
-        c = self.t_mlp(timestep_embedding(t, self.widths[-1]))  # [B, Wc]
-        if self.cond == "class":
-            if ctx is None:
-                raise ValueError("class-conditioned flow needs a context")
-            c = c + ctx[:, 0]
-        elif self.cond == "image" and ctx is None:
-            raise ValueError("image-conditioned flow needs a context")
+        c = self.time_condition(t, B, ctx, x.device)  # [B, Wc]
         levels = self.pyramid(voxels)
         h = self.x_in(torch.cat([x, self._position(voxels)], -1))
         skips = []

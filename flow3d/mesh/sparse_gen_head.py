@@ -75,30 +75,9 @@ def _check_cond(cfg) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class MeshStructureModelConfig:
-    patch: int = 4  # occupancy patch side: (32 / 4)^3 = 512 tokens of 64 values
-    width: int = 128
-    heads: int = 4
-    depth: int = 6
-    cond: str = "class"
-    num_classes: int = 15
-    image_resolution: int = 64
-    image_channels: int = 32
-    cond_drop: float = 0.1
+class _ConditionedModelConfig:
+    """The condition fields every sparse-voxel flow's ``model`` section has."""
 
-    def __post_init__(self):
-        _check_cond(self)
-        check_int(self.patch, "model.patch", lo=1, hi=64)
-        check_int(self.width, "model.width", lo=8, hi=1 << 14)
-        check_int(self.depth, "model.depth", lo=1, hi=256)
-        if self.width % self.heads:
-            raise ConfigError(f"model.width = {self.width}: must be divisible by model.heads")
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshSLatModelConfig:
-    widths: tuple[int, ...] = (32, 64, 128)  # channels at 32^3, 16^3, 8^3
-    depth: int = 2  # blocks per level (down and up)
     heads: int = 4
     cond: str = "none"
     num_classes: int = 15
@@ -108,6 +87,31 @@ class MeshSLatModelConfig:
 
     def __post_init__(self):
         _check_cond(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshStructureModelConfig(_ConditionedModelConfig):
+    cond: str = "class"
+    patch: int = 4  # patch mode only: (32 / 4)^3 = 512 tokens of 64 values
+    width: int = 128
+    depth: int = 6
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int(self.patch, "model.patch", lo=1, hi=64)
+        check_int(self.width, "model.width", lo=8, hi=1 << 14)
+        check_int(self.depth, "model.depth", lo=1, hi=256)
+        if self.width % self.heads:
+            raise ConfigError(f"model.width = {self.width}: must be divisible by model.heads")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSLatModelConfig(_ConditionedModelConfig):
+    widths: tuple[int, ...] = (32, 64, 128)  # channels at 32^3, 16^3, 8^3
+    depth: int = 2  # blocks per level (down and up)
+
+    def __post_init__(self):
+        super().__post_init__()
         if not self.widths:
             raise ConfigError("model.widths: give one width per level")
         for i, w in enumerate(self.widths):
