@@ -3,6 +3,7 @@
     python -m benchmarks.bench_mesh_sparse --part speed   # image to mesh at 256^3 / 512^3
     python -m benchmarks.bench_mesh_sparse --part edit    # what an edit keeps outside its box
     python -m benchmarks.bench_mesh_sparse --part latents # the latent stage on true voxels
+    python -m benchmarks.bench_mesh_sparse --part class   # class-conditional structures
 
 ``speed``: each case runs in a fresh process (peak resident memory is that process's
 ``ru_maxrss``): reconstruct (encode + decode + extract) and image-to-mesh (structure flow,
@@ -183,9 +184,49 @@ def latent_quality(n: int, steps: int) -> list[str]:
     return lines
 
 
+def class_structures(seeds: int, steps: int, cfg: float) -> list[str]:
+    """Class-conditional structures (no per-object target): per class and seed, the voxel
+    count against the class's training shapes, the number of 26-connected pieces, and the IoU
+    with the nearest training structure of the class (1 would be a copy)."""
+    from scipy.ndimage import label
+
+    from flow3d.engine.checkpoint import load_model
+    from flow3d.mesh.data import CAPOD_CLASSES
+    from flow3d.mesh.sparse_flow import coords_to_grid
+
+    st = load_model(CKPT / "structure_class", head_name="mesh_structure")
+    slat = st.head.latents()
+    R = st.head.vae.resolution
+    rows = []
+    for c in range(st.model.num_classes):
+        train = [coords_to_grid(slat.shape(r)[0], R) for r in slat.subset("train")
+                 if int(slat.labels[r]) == c]
+        for seed in range(seeds):
+            ctx = st.model.context(labels=torch.tensor([c]))
+            coords = st.head.sample_structure(st.model, ctx, 1, seed=seed, steps=steps,
+                                              cfg=cfg)[0]
+            g = coords_to_grid(coords, R)
+            iou = max(float((g & t).sum() / (g | t).sum().clamp_min(1)) for t in train)
+            pieces = label(g.numpy(), structure=np.ones((3, 3, 3), bool))[1]
+            rows.append((CAPOD_CLASSES[c], len(coords), float(np.mean([int(t.sum())
+                                                                          for t in train])),
+                         pieces, iou))
+    lines = [f"Class-conditional structures ({seeds} seeds per class, {steps} steps, cfg "
+             f"{cfg:g}; checkpoints/mesh/structure_class):", "",
+             "| class | voxels (sample / training mean) | pieces | IoU with the nearest training "
+             "structure of the class |", "|---|---|---|---|"]
+    for name in dict.fromkeys(r[0] for r in rows):
+        sub = [r for r in rows if r[0] == name]
+        lines.append(f"| {name} | {np.mean([r[1] for r in sub]):.0f} / {sub[0][2]:.0f} | "
+                     f"{np.mean([r[3] for r in sub]):.1f} | {np.mean([r[4] for r in sub]):.2f} |")
+    lines.append(f"| all | | {np.mean([r[3] for r in rows]):.1f} | "
+                 f"{np.mean([r[4] for r in rows]):.2f} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--part", choices=("speed", "edit", "latents"), default="speed")
+    p.add_argument("--part", choices=("speed", "edit", "latents", "class"), default="speed")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=15, help="held-out meshes for --part edit")
     p.add_argument("--steps", type=int, default=50)
@@ -199,6 +240,9 @@ def main() -> None:
     elif args.part == "edit":
         torch.set_num_threads(1)
         print("\n".join(edit_quality(args.n, args.steps)))
+    elif args.part == "class":
+        torch.set_num_threads(1)
+        print("\n".join(class_structures(2, args.steps, 3.0)))
     else:
         torch.set_num_threads(1)
         print("\n".join(latent_quality(args.n, 25)))
