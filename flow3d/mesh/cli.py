@@ -46,9 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--class", dest="label", metavar="NAME", help="CAPOD class (e.g. chair) for the "
                    "class-conditional model; cannot be combined with --image")
     g.add_argument("--out", required=True, help="output mesh (.glb, .obj, .ply, .stl)")
-    g.add_argument("--ckpt", help="generator checkpoint: mesh_structure (two-stage sparse-voxel; "
-                   "default: checkpoints/mesh/structure_image, or structure_class with --class) "
-                   "or mesh_flow (vector-set, e.g. checkpoints/mesh/flow_image)")
+    g.add_argument("--ckpt", help="generator checkpoint: mesh_flow (vector-set; the default with "
+                   "--image: checkpoints/mesh/flow_image) or mesh_structure (two-stage "
+                   "sparse-voxel; the default with --class: checkpoints/mesh/structure_class; "
+                   "from an image: checkpoints/mesh/structure_image)")
     g.add_argument("--latent-ckpt", help="two-stage only: the mesh_slat checkpoint of the latent "
                    "stage (default: checkpoints/mesh/slat)")
     g.add_argument("--steps", type=int, default=50, help="ODE solver steps (the latent stage "

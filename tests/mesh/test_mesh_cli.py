@@ -160,16 +160,16 @@ def test_reconstruct_keeps_input_coordinates(tmp_path, capsys):
     np.testing.assert_allclose(rec.bounds.mean(0), src.bounds.mean(0), atol=1.0)
 
 
-@pytest.mark.parametrize("generator", ["default", "flow_image"])
+@pytest.mark.parametrize("generator", ["structure_image", "flow_image"])
 def test_generate_with_bundled_checkpoint(generator, tmp_path, capsys):
-    """The default (two-stage sparse-voxel) and the vector-set generator both write a closed
-    mesh within the face budget."""
-    needed = ["structure_image", "slat"] if generator == "default" else ["flow_image"]
+    """The two-stage sparse-voxel and the vector-set generator both write a closed mesh within
+    the face budget."""
+    needed = ["structure_image", "slat"] if generator == "structure_image" else ["flow_image"]
     if not all((CKPT / n).exists() for n in needed) or not DEMO_IMAGE.exists():
         pytest.skip(f"bundled checkpoints {needed} or the example image not present")
     trimesh = pytest.importorskip("trimesh")
     out = tmp_path / "m.glb"
-    extra = [] if generator == "default" else ["--ckpt", str(CKPT / generator)]
+    extra = ["--ckpt", str(CKPT / generator)]
     code, stdout, err = run(["mesh", "generate", "--image", str(DEMO_IMAGE), "--out", str(out),
                              "--steps", "8", "--resolution", "64", "--faces", "3000", *extra],
                             capsys)

@@ -166,8 +166,10 @@ def test_generate_bad_outputs(case, tmp_path, capsys, no_models):
 @pytest.mark.parametrize(("argv", "says"), [
     (["--image", IMAGE, "--ckpt", CKPT / "vae_cpu"],
      "a 'mesh_vae' checkpoint, not a generator (mesh_structure or mesh_flow)"),
-    (["--image", IMAGE, "--latent-ckpt", "no/such/slat"],
+    (["--image", IMAGE, "--ckpt", CKPT / "structure_image", "--latent-ckpt", "no/such/slat"],
      "no/such/slat: latent-flow checkpoint not found"),
+    (["--image", IMAGE, "--ckpt", CKPT / "flow_image", "--latent-ckpt", CKPT / "slat"],
+     "--latent-ckpt"),
     (["--image", IMAGE, "--ckpt", CKPT / "flow_class"], "class-conditioned model: give --class"),
     (["--class", "chair", "--ckpt", CKPT / "flow_image"], "image-conditioned model"),
     (["--class", "99"], "--class 99: this model has classes 0 to 14"),
