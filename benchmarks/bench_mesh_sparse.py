@@ -116,7 +116,7 @@ def edit_quality(n: int, steps: int) -> list[str]:
         s = EditSettings(mesh=str(f), box=box, label=CAPOD_CLASSES[class_of(f)], steps=steps)
         models = models or load_generator(s.generate)
         t0 = time.perf_counter()
-        r = edit(s, models=models)
+        r = edit(s, models=models, reference=True)
         sec = time.perf_counter() - t0
         _, norm = normalize_mesh(load_mesh(f))
         # vertices, not surface samples: two independent samplings of one surface are ~0.005

@@ -359,10 +359,12 @@ class EditSettings:
 
 
 @torch.no_grad()
-def edit(settings: EditSettings, *, mesh=None, models: TwoStage | None = None) -> dict:
-    """The edited mesh (input's coordinates) and what was kept: ``{"mesh", "unedited",
-    "voxels_in_box", "voxels_kept"}``; written to ``settings.out`` when set. ``unedited`` is
-    the input through the VAE (the same voxels and latents, no edit), for comparison."""
+def edit(settings: EditSettings, *, mesh=None, models: TwoStage | None = None,
+         reference: bool = False) -> dict:
+    """The edited mesh (input's coordinates) and what was kept: ``{"mesh", "voxels_in_box",
+    "voxels_kept"}``; written to ``settings.out`` when set. ``reference`` adds ``"unedited"``,
+    the input through the VAE (the same voxels and latents, no edit), for comparison (one more
+    decode, which the command does not need)."""
     where = settings.mesh or "mesh"
     # 1. read the mesh and the image: broken inputs fail before any model is loaded
     mesh = mesh if mesh is not None else load_mesh(settings.mesh)
@@ -395,13 +397,16 @@ def edit(settings: EditSettings, *, mesh=None, models: TwoStage | None = None) -
     # 7. decode both, back to the input's coordinates; export
     edited = norm.invert(decode_shape(vae, new_coords, new_z, settings.resolution, keep=None,
                                       labels=labels))
-    unedited = norm.invert(decode_shape(vae, coords, z, settings.resolution, keep=None))
     if settings.out is not None:
         export_mesh(edited, settings.out)
     kept = int((~inside[coords[:, 0], coords[:, 1], coords[:, 2]]).sum())
-    return {"mesh": edited, "unedited": unedited, "voxels_kept": kept,
-            "voxels_in_box": int(inside[new_coords[:, 0], new_coords[:, 1],
-                                        new_coords[:, 2]].sum())}
+    result = {"mesh": edited, "voxels_kept": kept,
+              "voxels_in_box": int(inside[new_coords[:, 0], new_coords[:, 1],
+                                          new_coords[:, 2]].sum())}
+    if reference:
+        result["unedited"] = norm.invert(decode_shape(vae, coords, z, settings.resolution,
+                                                      keep=None))
+    return result
 
 
 # ---- evaluate ----------------------------------------------------------------------------------

@@ -4,9 +4,10 @@
 voxels) from the structure flow, then latents on those voxels from the latent flow, each with
 the core's solver and classifier-free guidance. :func:`edit_shape` regenerates only the
 voxels inside a box: both stages run with the core's :class:`~flow3d.core.guidance.Inpainting`
-hook, whose known entries are the input's own occupancy and latents outside the box (set
-exactly at ``t = 1``), so everything outside the box is the input's, bit for bit; the mesh
-changes only where the decoder's receptive field (:func:`edit_margin`) reaches into the box.
+hook, whose known entries are the input's structure tokens and latents outside the box (the
+latents set exactly at ``t = 1``; the voxels outside the box merged back), so everything
+outside the box is the input's, bit for bit; the mesh changes only where the decoder's
+receptive field (:func:`edit_margin`) reaches into the box.
 """
 
 from __future__ import annotations
@@ -61,10 +62,6 @@ class TwoStage:
     def vae(self) -> SparseSDFVAE:
         return self.structure.head.vae
 
-    @property
-    def cond(self) -> str:
-        return self.structure.model.cond
-
 
 def load_two_stage(structure, latent_ckpt) -> TwoStage:
     """A ``mesh_structure`` checkpoint (a path, or already loaded) and a ``mesh_slat`` one,
@@ -105,10 +102,6 @@ def _check_voxels(coords: Tensor, where: str) -> Tensor:
     return coords
 
 
-def vae_resolution(models: TwoStage) -> int:
-    return models.vae.resolution
-
-
 def drop_specks(coords: Tensor, resolution: int, fraction: float = 0.02) -> Tensor:
     """Active voxels without the 26-connected pieces smaller than ``fraction`` of them (the
     largest piece is always kept): a sampled structure's isolated specks would each decode to
@@ -143,7 +136,7 @@ def sample_shape(models: TwoStage, ctx: Tensor | None, ctx_inputs: dict, opts: S
     st, la = models.structure, models.latents
     coords = st.head.sample_structure(st.model, ctx, 1, seed=opts.seed, steps=opts.steps,
                                       cfg=opts.cfg, method=opts.method)[0]
-    coords = _check_voxels(drop_specks(coords, vae_resolution(models)), "generate")
+    coords = _check_voxels(drop_specks(coords, models.vae.resolution), "generate")
     z = la.head.sample_latents_on(la.model, coords, _latent_context(models, ctx_inputs),
                                   seed=opts.seed + 1, steps=opts.latent_steps, cfg=opts.cfg,
                                   method=opts.method)
@@ -187,9 +180,10 @@ def edit_shape(models: TwoStage, shape: tuple[Tensor, Tensor], inside: Tensor,
     known_z = torch.zeros(len(new_grid), vae.latent_dim)
     known_z[kept] = vae.normalize_latent(z[rows[kept]])
     voxels = SparseVoxels(new_grid, torch.zeros(len(new_grid), dtype=torch.long), R, 1)
-    v_la = la.head.velocity_on(la.model, voxels, _latent_context(models, ctx_inputs), opts.cfg)
+    la_ctx = _latent_context(models, ctx_inputs)
+    v_la = la.head.velocity_on(la.model, voxels, la_ctx, opts.cfg)
     hook = Inpainting(known_z, kept[:, None], resample=opts.resample, velocity=v_la, generator=g)
-    z_new = la.head.sample_latents_on(la.model, new_grid, _latent_context(models, ctx_inputs),
+    z_new = la.head.sample_latents_on(la.model, new_grid, la_ctx,
                                       seed=opts.seed + 1, steps=opts.latent_steps, cfg=opts.cfg,
                                       method=opts.method, hooks=[hook])
     z_new[kept] = z[rows[kept]]  # exactly the input's (no round trip through standardising)

@@ -252,7 +252,7 @@ def test_edit_keeps_everything_outside_the_box(tiny, checkpoints):
     assert torch.equal(coords[out_old], new_coords[out_new])
     assert torch.equal(z[out_old], new_z[out_new])
     # the meshes agree wherever the box is out of the decoder's reach
-    result = edit(settings, models=models)
+    result = edit(settings, models=models, reference=True)
     edited, unedited = result["mesh"], result["unedited"]
     _, norm = normalize_mesh(load_mesh(settings.mesh))
     pts = np.asarray(unedited.sample(20000, seed=0))
