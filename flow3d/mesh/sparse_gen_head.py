@@ -193,11 +193,13 @@ def _vae_key(d: MeshSFlowDataConfig, image_resolution: int) -> str:
 def structured_latents(d: MeshSFlowDataConfig, vae: SparseSDFVAE, image_resolution: int
                        ) -> StructuredLatents:
     """Encode every mesh of the VAE's cache once (train and held-out; progress bar), cached in
-    ``<cache_dir>/slat_<key>.safetensors``."""
+    ``<cache_dir>/structured_latents/slat_<key>.safetensors``."""
     from flow3d.mesh.sparse_head import SparseMeshDataset
 
     m = vae
-    path = Path(d.cache_dir) / f"slat_{_vae_key(d, image_resolution)}.safetensors"
+    # a sub-folder: a file beside the per-mesh records would be listed as a mesh
+    key = _vae_key(d, image_resolution)
+    path = Path(d.cache_dir) / "structured_latents" / f"slat_{key}.safetensors"
     if not path.is_file():
         from tqdm import tqdm
 
@@ -496,8 +498,9 @@ class MeshSLatHead(_SparseFlowBase):
     def build_model(self) -> SparseLatentFlow:
         m = self.recipe.model
         return SparseLatentFlow(self.vae.latent_dim, m.widths, m.depth, m.heads, m.cond,
-                                m.num_classes, (m.image_resolution, m.image_channels),
-                                m.cond_drop)
+                                num_classes=m.num_classes,
+                                image=(m.image_resolution, m.image_channels),
+                                cond_drop=m.cond_drop)
 
     def collate(self, items) -> SLatBatch:
         coords = torch.cat([it["coords"] for it in items])
