@@ -155,7 +155,7 @@ class FlowChef:
 
 # ---- optimiser guidance ----------------------------------------------------------------------
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
 class OptimizerGuidance:
@@ -167,7 +167,11 @@ class OptimizerGuidance:
 
     - ``target="state"``: ``loss(x)``, or
     - ``target="x1"``: ``loss(x + (1 - t) velocity(x, t))`` (full backpropagation through
-      ``velocity``, which must then be given),
+      ``velocity``, which must then be given), or
+    - ``target="x1_skip"``: ``loss(z + (1 - t) v)`` with ``v = velocity(x, t)`` evaluated once
+      at the hook's start and held fixed (gradient skipping, as :class:`FlowChef`: the
+      Jacobian of the prediction is taken as the identity): the loss of the predicted data for
+      one velocity evaluation per hook call and no backpropagation through the network,
 
     and return, per sample, the iterate with the lowest loss (the start included, so the loss
     never rises). ``loss`` returns ``[B]`` per-sample losses or a scalar (then the whole batch
@@ -190,10 +194,10 @@ class OptimizerGuidance:
     ):
         if optimizer not in _OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose from {list(_OPTIMIZERS)}")
-        if target not in ("state", "x1"):
-            raise ValueError(f"target must be 'state' or 'x1', got {target!r}")
-        if target == "x1" and velocity is None:
-            raise ValueError("target='x1' needs the velocity to predict x1")
+        if target not in ("state", "x1", "x1_skip"):
+            raise ValueError(f"target must be 'state', 'x1' or 'x1_skip', got {target!r}")
+        if target != "state" and velocity is None:
+            raise ValueError(f"target={target!r} needs the velocity to predict x1")
         if steps < 1 or every < 1:
             raise ValueError(f"steps and every must be >= 1, got {steps}, {every}")
         self.loss, self.steps, self.lr = loss, int(steps), float(lr)
@@ -201,10 +205,12 @@ class OptimizerGuidance:
         self.interval, self.every, self.manifold = _check_interval(interval), int(every), manifold
         self.nfe = 0
 
-    def _per_sample(self, z: Tensor, t: Tensor) -> Tensor:
+    def _per_sample(self, z: Tensor, t: Tensor, shift: Tensor | None = None) -> Tensor:
         if self.target == "x1":
             self.nfe += 1
             z = z + (1.0 - expand_time(t, z)) * self.velocity(z, t)
+        elif shift is not None:
+            z = z + shift
         loss = self.loss(z)
         return loss.reshape(1).expand(z.shape[0]) if loss.ndim == 0 else loss
 
@@ -215,9 +221,14 @@ class OptimizerGuidance:
         z = x.detach().clone().requires_grad_(True)
         opt = _OPTIMIZERS[self.optimizer]([z], lr=self.lr)
         best, best_loss = x.detach().clone(), None
+        shift = None
+        if self.target == "x1_skip":
+            with torch.no_grad():
+                shift = (1.0 - expand_time(t, x)) * self.velocity(x.detach(), t)
+            self.nfe += 1
         with torch.enable_grad():
             for i in range(self.steps + 1):
-                loss = self._per_sample(z, t)  # [B], the loss of the current iterate
+                loss = self._per_sample(z, t, shift)  # [B], the loss of the current iterate
                 with torch.no_grad():
                     if best_loss is None:
                         best_loss = loss.detach().clone()

@@ -178,6 +178,28 @@ def test_optimizer_guidance_on_predicted_x1():
         OptimizerGuidance(lambda x: x.sum(), target="x1")
 
 
+def test_optimizer_guidance_x1_skip_is_the_state_loss_shifted_by_one_velocity():
+    """``x1_skip`` = ``state`` guidance on ``loss(z + (1 - t) v(x, t))`` with ``v`` held at the
+    hook's start: the same iterates, one velocity evaluation per call, never a worse loss."""
+    prior = gaussian_velocity(torch.zeros(3), 2.0 * torch.ones(3))
+    target = torch.tensor([1.0, -1.0, 0.5])
+    x, t = torch.randn(5, 3, generator=torch.Generator().manual_seed(3)), torch.tensor(0.3)
+
+    def loss(x1):
+        return (x1 - target).square().sum(1)
+
+    skip = OptimizerGuidance(loss, steps=4, lr=0.1, optimizer="adamw", target="x1_skip",
+                             velocity=prior)
+    shift = 0.7 * prior(x, t)
+    state = OptimizerGuidance(lambda z: loss(z + shift), steps=4, lr=0.1, optimizer="adamw")
+    out = skip(x, t, 0)
+    torch.testing.assert_close(out, state(x, t, 0))
+    assert skip.nfe == 1
+    assert (loss(out + shift) < loss(x + shift)).all()
+    with pytest.raises(ValueError, match="needs the velocity"):
+        OptimizerGuidance(loss, target="x1_skip")
+
+
 # ---- inpainting ------------------------------------------------------------------------------
 
 
