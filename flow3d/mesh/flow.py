@@ -22,9 +22,12 @@ from torch import Tensor, nn
 from flow3d.mesh.image_encoder import ImageEncoder
 from flow3d.mesh.vae import Attention, mlp
 
-__all__ = ["COND_MODES", "Conditioning", "LatentFlow", "timestep_embedding"]
+__all__ = ["COND_MODES", "CONDITIONING_MODES", "Conditioning", "LatentFlow", "timestep_embedding"]
 
-COND_MODES = ("none", "class", "image")
+COND_MODES = ("none", "class", "image")  # what the mesh heads' recipes take
+# every mode of :class:`Conditioning`: "vector" (a global condition vector) serves the
+# appearance flow (flow3d.appearance), whose recipes check it themselves
+CONDITIONING_MODES = (*COND_MODES, "vector")
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -67,10 +70,12 @@ class Conditioning:
     row: the null class) or ``image_encoder`` + ``null_tokens`` to an ``nn.Module``."""
 
     def build_conditioning(self, cond: str, width: int, num_classes: int,
-                           image: tuple[int, int] = (64, 32), cond_drop: float = 0.1) -> None:
-        """``image`` = (resolution, channels) of the :class:`ImageEncoder`."""
-        if cond not in COND_MODES:
-            raise ValueError(f"cond must be one of {COND_MODES}, got {cond!r}")
+                           image: tuple[int, int] = (64, 32), cond_drop: float = 0.1,
+                           vector_dim: int = 16) -> None:
+        """``image`` = (resolution, channels) of the :class:`ImageEncoder`; ``vector_dim``: the
+        size of a global condition vector (``"vector"`` mode, e.g. a colour palette)."""
+        if cond not in CONDITIONING_MODES:
+            raise ValueError(f"cond must be one of {CONDITIONING_MODES}, got {cond!r}")
         self.cond, self.num_classes, self.cond_drop = cond, num_classes, cond_drop
         if cond == "class":
             self.class_emb = nn.Embedding(num_classes + 1, width)  # last row: null class
@@ -78,13 +83,19 @@ class Conditioning:
             self.image_encoder = ImageEncoder(width, *image)
             n_tok = (image[0] // 8) ** 2
             self.null_tokens = nn.Parameter(torch.randn(1, n_tok, width) * 0.02)
+        if cond == "vector":
+            self.vector_dim = vector_dim
+            self.vector_emb = nn.Sequential(nn.Linear(vector_dim, width), nn.SiLU(),
+                                            nn.Linear(width, width))
+            self.null_vector = nn.Parameter(torch.zeros(1, 1, width))
 
-    def context(self, *, images: Tensor | None = None,
-                labels: Tensor | None = None) -> Tensor | None:
-        """The condition this model takes, from whichever of ``images`` ``[B, 1, R, R]`` and
-        ``labels`` ``[B]`` it needs (the other is ignored): image tokens ``[B, T, W]``, class
-        embeddings ``[B, 1, W]``, or None for an unconditional model. The one place where the
-        conditioning mode is switched on (training, sampling and the generate pipeline)."""
+    def context(self, *, images: Tensor | None = None, labels: Tensor | None = None,
+                vector: Tensor | None = None) -> Tensor | None:
+        """The condition this model takes, from whichever of ``images`` ``[B, 1, R, R]``,
+        ``labels`` ``[B]`` and ``vector`` ``[B, D]`` it needs (the others are ignored): image
+        tokens ``[B, T, W]``, class or vector embeddings ``[B, 1, W]``, or None for an
+        unconditional model. The one place where the conditioning mode is switched on
+        (training, sampling and the generate pipeline)."""
         if self.cond == "image":
             if images is None:
                 raise ValueError("image-conditioned flow needs images")
@@ -95,17 +106,24 @@ class Conditioning:
             if (labels < 0).any() or (labels >= self.num_classes).any():
                 raise ValueError(f"class labels must lie in [0, {self.num_classes})")
             return self.class_emb(labels)[:, None]
+        if self.cond == "vector":
+            if vector is None or vector.ndim != 2 or vector.shape[1] != self.vector_dim:
+                got = None if vector is None else tuple(vector.shape)
+                raise ValueError(f"vector-conditioned flow needs vector [B, {self.vector_dim}], "
+                                 f"got {got}")
+            return self.vector_emb(vector.to(self.null_vector))[:, None]
         return None
 
     def time_condition(self, t, batch: int, ctx: Tensor | None, device) -> Tensor:
         """``[B, W]``: the embedding of ``t`` (0-dim or ``[B]``) through ``self.t_mlp``, plus the
-        class embedding in class mode; a conditioned model without ``ctx`` is an error."""
+        class or vector embedding in those modes; a conditioned model without ``ctx`` is an
+        error."""
         t = torch.as_tensor(t, dtype=torch.float32, device=device).reshape(-1).expand(batch)
         width = self.t_mlp[0].in_features
         c = self.t_mlp(timestep_embedding(t, width))
         if self.cond != "none" and ctx is None:
             raise ValueError(f"{self.cond}-conditioned flow needs a context")
-        return c + ctx[:, 0] if self.cond == "class" else c
+        return c + ctx[:, 0] if self.cond in ("class", "vector") else c
 
     def null_context(self, batch: int) -> Tensor | None:
         """The "no condition" context used for classifier-free guidance."""
@@ -114,6 +132,8 @@ class Conditioning:
         if self.cond == "class":
             idx = torch.full((batch,), self.num_classes, device=self.class_emb.weight.device)
             return self.class_emb(idx)[:, None]
+        if self.cond == "vector":
+            return self.null_vector.expand(batch, -1, -1)
         return None
 
     def drop_context(self, ctx: Tensor | None, generator: torch.Generator | None) -> Tensor | None:

@@ -175,20 +175,24 @@ class SparseDiTBlock(nn.Module):
 
 
 class SparseLatentFlow(Conditioning, nn.Module):
-    """Velocity ``v(x_t, t | voxels, ctx)`` of the standardised latents ``x: [M, C]`` on the
-    active voxels of a batch of shapes: a sparse U-Net over 3 levels (R, R/2, R/4) with
-    ``widths`` channels and ``depth`` blocks per level, self-attention at the coarsest one."""
+    """Velocity ``v(x_t, t | voxels, ctx, extra)`` of the standardised latents ``x: [M, C]`` on
+    the active voxels of a batch of shapes: a sparse U-Net over 3 levels (R, R/2, R/4) with
+    ``widths`` channels and ``depth`` blocks per level, self-attention at the coarsest one.
+    ``extra_dim`` > 0: per-voxel condition features ``extra: [M, extra_dim]`` enter beside
+    ``x`` (the geometry latents, for a flow over appearance channels); ``conditioning``:
+    the keywords of :meth:`Conditioning.build_conditioning` (``num_classes``, ``image``,
+    ``cond_drop``, ``vector_dim``)."""
 
     def __init__(self, latent_dim: int = 8, widths: tuple[int, ...] = (32, 64, 128),
-                 depth: int = 2, heads: int = 4, cond: str = "none", num_classes: int = 15,
-                 image: tuple[int, int] = (64, 32), cond_drop: float = 0.1):
+                 depth: int = 2, heads: int = 4, cond: str = "none", extra_dim: int = 0,
+                 **conditioning):
         super().__init__()
-        self.latent_dim, self.widths = latent_dim, tuple(widths)
+        self.latent_dim, self.widths, self.extra_dim = latent_dim, tuple(widths), extra_dim
         top = self.widths[-1]
-        self.build_conditioning(cond, top, num_classes, image, cond_drop)
+        self.build_conditioning(cond, top, **{"num_classes": 15, **conditioning})
         self.t_mlp = nn.Sequential(nn.Linear(top, top), nn.SiLU(), nn.Linear(top, top))
         self.num_pos = 4  # Fourier frequencies of the voxel position (convolutions cannot see it)
-        self.x_in = nn.Linear(latent_dim + 6 * self.num_pos, self.widths[0])
+        self.x_in = nn.Linear(latent_dim + extra_dim + 6 * self.num_pos, self.widths[0])
         L = len(self.widths)
         cross = cond == "image"
         self.down = nn.ModuleList(
@@ -225,14 +229,22 @@ class SparseLatentFlow(Conditioning, nn.Module):
         uf = (u[..., None] * f).flatten(-2)
         return torch.cat([uf.sin(), uf.cos()], -1)
 
-    def forward(self, x: Tensor, t: Tensor, voxels: SparseVoxels, ctx: Tensor | None = None
-                ) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, voxels: SparseVoxels, ctx: Tensor | None = None,
+                extra: Tensor | None = None) -> Tensor:
         """``v: [M, C]`` for ``x: [M, C]`` on ``voxels``; ``t`` 0-dim or ``[B]`` (one per
-        shape); ``ctx`` from :meth:`context` / :meth:`null_context`."""
+        shape); ``ctx`` from :meth:`context` / :meth:`null_context`; ``extra: [M, extra_dim]``
+        when the model takes per-voxel features."""
         B = voxels.num_shapes
         c = self.time_condition(t, B, ctx, x.device)  # [B, Wc]
         levels = self.pyramid(voxels)
-        h = self.x_in(torch.cat([x, self._position(voxels)], -1))
+        parts = [x, self._position(voxels)]
+        if self.extra_dim:
+            if extra is None or extra.shape != (len(x), self.extra_dim):
+                got = None if extra is None else tuple(extra.shape)
+                raise ValueError(f"this flow needs extra per-voxel features [{len(x)}, "
+                                 f"{self.extra_dim}], got {got}")
+            parts.insert(1, extra.to(x))
+        h = self.x_in(torch.cat(parts, -1))
         skips = []
         for i, (v, parent) in enumerate(levels):
             if i > 0:  # pool the children's mean into their parents

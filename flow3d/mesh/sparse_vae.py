@@ -190,12 +190,20 @@ class SparseSDFVAE(nn.Module):
         the active voxels are ignored."""
         if points.ndim != 2 or points.shape[-1] != 3 or normals.shape != points.shape:
             raise ValueError(f"points/normals must be [P, 3]: {points.shape}/{normals.shape}")
+        return self.encode_features(voxels, points, normals, point_batch, sample=sample,
+                                    generator=generator)
+
+    def encode_features(self, voxels: SparseVoxels, points: Tensor, feats: Tensor,
+                        point_batch: Tensor, *, sample: bool = True,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`encode` with any per-point features ``feats [P, F]`` in the normals' place
+        (``F`` = what ``point_mlp`` takes beside the position embedding)."""
         u = (points + self.bounds) / self.h  # [P, 3] voxel units
         cell = torch.floor(u).long()
         row = voxels.lookup(cell, point_batch)  # [P]
         keep = row >= 0
         local = (u - cell - 0.5)[keep]  # [P', 3] in [-0.5, 0.5]
-        feat = self.point_mlp(torch.cat([self.point_embed(local), normals[keep]], -1))
+        feat = self.point_mlp(torch.cat([self.point_embed(local), feats[keep]], -1))
         M, W = len(voxels), feat.shape[-1]
         pooled = feat.new_zeros(M, W).scatter_reduce(
             0, row[keep, None].expand(-1, W), feat, "amax", include_self=False)
@@ -206,12 +214,19 @@ class SparseSDFVAE(nn.Module):
         for block in self.enc_blocks:
             h = block(h, nbr)
         mu, logvar = self.to_moments(h).chunk(2, dim=-1)
+        mu = self.latent_offset(mu, feats[keep], row[keep], count)
         logvar = logvar.clamp(-30.0, 20.0)
         if not sample:
             return mu, mu, logvar
         eps = torch.randn(mu.shape, generator=generator,
                           device=generator.device if generator is not None else mu.device)
         return mu + (0.5 * logvar).exp() * eps.to(mu.device), mu, logvar
+
+    def latent_offset(self, mu: Tensor, feats: Tensor, rows: Tensor, count: Tensor) -> Tensor:
+        """The posterior means ``mu [M, C]``, given each kept point's features, its voxel row
+        and the points per voxel: unchanged here; the appearance VAE offsets its first channels
+        by the voxel's mean colour."""
+        return mu
 
     # ---- decoder --------------------------------------------------------------------------
     def decode(self, z: Tensor, voxels: SparseVoxels) -> Tensor:
@@ -225,6 +240,12 @@ class SparseSDFVAE(nn.Module):
     def query(self, feats: Tensor, voxels: SparseVoxels, points: Tensor, point_batch: Tensor
               ) -> Tensor:
         """Truncated SDF ``[Q]`` at ``points: [Q, 3]`` of shapes ``point_batch: [Q]``."""
+        return self.sdf_mlp(self.interpolate(feats, voxels, points, point_batch)).squeeze(-1)
+
+    def interpolate(self, feats: Tensor, voxels: SparseVoxels, points: Tensor,
+                    point_batch: Tensor) -> Tensor:
+        """The query MLP's input ``[Q, W + E]``: voxel features interpolated trilinearly at
+        ``points`` and the periodic embedding of their position."""
         u = (points + self.bounds) / self.h - 0.5  # voxel-centre lattice
         base = torch.floor(u).detach()
         w = u - base  # [Q, 3] in [0, 1)
@@ -237,8 +258,7 @@ class SparseSDFVAE(nn.Module):
         f = table[torch.where(rows < 0, empty, rows).view(-1, 8)]  # [Q, 8, W]
         wc = torch.where(cell.bool(), w[:, None, :], 1 - w[:, None, :]).prod(-1)  # [Q, 8]
         f = (wc[..., None] * f).sum(1)
-        x = torch.cat([f, self.query_embed(u + 0.5)], -1)
-        return self.sdf_mlp(x).squeeze(-1)
+        return torch.cat([f, self.query_embed(u + 0.5)], -1)
 
     def sdf_fn(self, z: Tensor, voxels: SparseVoxels, chunk: int = 65536):
         """``f(points[Q, 3]) -> sdf[Q]`` for one shape (``voxels.num_shapes == 1``), in chunks
