@@ -37,6 +37,7 @@ HEAD_COMMANDS: dict[str, str] = {
     "protein": "protein.cli:register",
     "mesh": "flow3d.mesh.cli:register",
     "splat": "flow3d.splat.cli:register",
+    "appearance": "flow3d.appearance.cli:register",
     "view": "flow3d.view:register",  # `flow3d view PATH...`: results in a browser
 }
 

@@ -21,6 +21,7 @@ DEMOS: dict[str, str] = {
     "protein": "protein.design:demo",
     "mesh": "flow3d.mesh.pipeline:demo",
     "splat": "flow3d.splat.demo:demo",
+    "appearance": "flow3d.appearance.transfer:demo",
 }
 
 

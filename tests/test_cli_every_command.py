@@ -43,7 +43,8 @@ def test_the_command_list_is_complete():
     names = {" ".join(c) for c in COMMANDS}
     for expected in ("train", "sample", "eval", "protein design", "protein eval",
                      "protein cache", "mesh generate", "mesh reconstruct", "mesh edit", "mesh eval",
-                     "splat views", "splat fit", "splat render", "splat convert", "view"):
+                     "splat views", "splat fit", "splat render", "splat convert", "view",
+                     "appearance transfer"):
         assert expected in names, sorted(names)
 
 

@@ -24,12 +24,15 @@ HEADS: dict[str, str] = {
     "mesh_structure": "flow3d.mesh.sparse_gen_head:MeshStructureHead",
     "mesh_slat": "flow3d.mesh.sparse_gen_head:MeshSLatHead",
     "mesh_occvae": "flow3d.mesh.sparse_gen_head:MeshOccVAEHead",
+    "appearance_vae": "flow3d.appearance.head:AppearanceVAEHead",
+    "appearance_flow": "flow3d.appearance.head:AppearanceFlowHead",
 }
 
 # the pip extra that provides each head's optional dependencies
 EXTRAS: dict[str, str] = {"protein": "protein", "mesh_vae": "mesh", "mesh_flow": "mesh",
                           "mesh_svae": "mesh", "mesh_structure": "mesh", "mesh_slat": "mesh",
-                          "mesh_occvae": "mesh"}
+                          "mesh_occvae": "mesh", "appearance_vae": "mesh",
+                          "appearance_flow": "mesh"}
 
 
 class HeadUnavailableError(ConfigError):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKED = ("flow3d/core", "flow3d/engine", "flow3d/toy", "flow3d/mesh", "flow3d/splat",
+           "flow3d/appearance",
            "flow3d/cli.py", "flow3d/demo.py", "flow3d/view.py", "flow3d/io.py", "flow3d/options.py",
            "protein")
 LIMIT = 10
