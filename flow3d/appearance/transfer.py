@@ -20,8 +20,9 @@
    * ``self``: k-means parts of the target alone and a supervised contrastive loss on the
      appearance latents' cosine similarity (voxels of a part alike, parts apart); the colours
      come from the palette;
-   * ``image``: the sliced Wasserstein distance between the decoded colours of the target's
-     surface and the source image's object pixels;
+   * ``image``: the sliced Wasserstein distance between the colours of the target's surface
+     rendered by the splat rasterizer from a reference view (the mesh head's first
+     conditioning view: the photo's camera is not known) and the image's object pixels;
    * ``none``: the flow and the palette only;
 
 5. decode colours at the vertices of the target mesh, subdivided so that no edge is longer than
@@ -139,21 +140,28 @@ def _colored_samples(path: str, count: int, seed: int):
     import trimesh
 
     loaded = trimesh.load(path, process=False)
-    parts = loaded.dump() if isinstance(loaded, trimesh.Scene) else [loaded]
-    parts = [g for g in parts if isinstance(g, trimesh.Trimesh) and len(g.faces)]
-    if not any(_texture_image(g) is not None or _color_kind(g) for g in parts):
+    # (geometry, transform) pairs: Scene.dump() would drop the glTF vertex colours
+    if isinstance(loaded, trimesh.Scene):
+        parts = [(loaded.geometry[name], transform) for node in loaded.graph.nodes_geometry
+                 for transform, name in [loaded.graph[node]]]
+    else:
+        parts = [(loaded, np.eye(4))]
+    parts = [(g, m) for g, m in parts if isinstance(g, trimesh.Trimesh) and len(g.faces)]
+    if not any(_texture_image(g) is not None or _color_kind(g) for g, _ in parts):
         raise DataError(f"{path}: the mesh has no colours or texture to transfer; give a "
                         "textured or coloured mesh, or an image")
-    areas = np.array([g.area for g in parts])
+    scale = np.array([abs(np.linalg.det(m[:3, :3])) ** (2 / 3) for _, m in parts])
+    areas = np.array([g.area for g, _ in parts]) * scale
     counts = np.random.default_rng(seed).multinomial(count, areas / areas.sum())
     pts, nrm, rgb = [], [], []
-    for g, n in zip(parts, counts):
+    for (g, m), n in zip(parts, counts):
         if n == 0:
             continue
         p, face = trimesh.sample.sample_surface(g, int(n), seed=seed)
-        pts.append(p)
-        nrm.append(g.face_normals[face])
         rgb.append(_surface_colors(g, p, face))
+        pts.append(trimesh.transform_points(p, m))
+        normal = g.face_normals[face] @ np.linalg.inv(m[:3, :3])  # normals: inverse transpose
+        nrm.append(normal / np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12))
     return (np.concatenate(pts).astype(np.float32), np.concatenate(nrm).astype(np.float32),
             np.concatenate(rgb).astype(np.float32).clip(0, 1))
 
@@ -171,8 +179,18 @@ def _texture_image(g):
 
 
 def _color_kind(g) -> str | None:
+    """"vertex" / "face" for colours trimesh read as such, "vertex" too for a glTF's
+    ``COLOR_0`` under a material without a texture (as our GLB files are), else None."""
     kind = getattr(g.visual, "kind", None)
-    return kind if kind in ("vertex", "face") else None
+    if kind in ("vertex", "face"):
+        return kind
+    return "vertex" if _gltf_colors(g) is not None else None
+
+
+def _gltf_colors(g):
+    attrs = getattr(g.visual, "vertex_attributes", None)
+    c = attrs.get("color") if attrs is not None else None
+    return c if c is not None and len(c) == len(g.vertices) else None
 
 
 def _surface_colors(g, points: np.ndarray, face: np.ndarray) -> np.ndarray:
@@ -188,7 +206,8 @@ def _surface_colors(g, points: np.ndarray, face: np.ndarray) -> np.ndarray:
         return c * (np.asarray(factor[:3]) / 255.0 if factor is not None else 1.0)
     kind = _color_kind(g)
     if kind == "vertex":
-        vc = np.asarray(g.visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
+        vc = _gltf_colors(g) if g.visual.kind == "texture" else g.visual.vertex_colors
+        vc = np.asarray(vc, dtype=np.float64)[:, :3] / 255.0
         return (bary[:, :, None] * vc[g.faces[face]]).sum(1)
     if kind == "face":
         return np.asarray(g.visual.face_colors, dtype=np.float64)[face, :3] / 255.0
@@ -377,18 +396,52 @@ def guidance_loss(settings: TransferSettings, models: AppearanceModels, target: 
             return supervised_contrastive(x1[pick], labels[pick]).reshape(1)
 
         return loss
-    # image: colour statistics of the decoded surface against the image's object pixels
+    # image: the decoded surface rendered from the reference view, its colour statistics
+    # against the image's object pixels
+    return _image_loss(settings, a, target, source)
+
+
+REFERENCE_VIEW = (30.0, 10.0)  # azimuth, elevation (degrees): the mesh head's first view
+
+
+def _image_loss(settings: TransferSettings, a, target: Shape, source: Source, size: int = 64):
+    """``loss(x1)``: 10 x the sliced Wasserstein distance between the colours of the target's
+    surface as the splat rasterizer sees it from :data:`REFERENCE_VIEW` (flat Gaussians on
+    4,096 surface samples, colours decoded from ``x1``, differentiable) and the image's object
+    pixels."""
+    import math
+
+    from flow3d.splat.cameras import Cameras
+    from flow3d.splat.gaussians import Gaussians
+    from flow3d.splat.render import render
+
     g = torch.Generator().manual_seed(settings.seed)
     pick = torch.randperm(len(target.points), generator=g)[:4096]
     pts, nrm = target.points[pick], target.normals[pick]
     zeros = torch.zeros(len(pts), dtype=torch.long)
+    az, el = (math.radians(v) for v in REFERENCE_VIEW)
+    eye = 3.0 * torch.tensor([[math.cos(el) * math.sin(az), math.sin(el),
+                               math.cos(el) * math.cos(az)]])
+    cam = Cameras.look_at(eye, torch.zeros(1, 3), fov_deg=40.0, width=size, height=size)
+    lo, hi = pts.min(0).values, pts.max(0).values
+    spacing = float((hi - lo).prod().clamp_min(1e-6) ** (1 / 3)) * 1.5 / math.sqrt(len(pts))
+    quats = _quat_z_to(nrm)
     want = torch.from_numpy(source.colors[np.random.default_rng(settings.seed).choice(
         len(source.colors), min(len(source.colors), 8192), replace=False)])
 
     def loss(x1: Tensor) -> Tensor:
         rgb = a.colors(a.decode(a.denormalize_latent(x1), target.voxels), target.voxels, pts,
                        zeros, nrm)
-        return (10.0 * sliced_wasserstein(rgb, want, seed=settings.seed)).reshape(1)
+        gs = Gaussians.from_points(pts, rgb, scale=spacing, opacity=0.95)
+        gs = Gaussians(gs.means, quats, gs.log_scales + torch.tensor([0.0, 0.0, math.log(0.1)]),
+                       gs.opacity_logits, gs.sh)
+        out = render(gs, cam)
+        alpha = out.alpha[0, ..., 0]
+        seen = alpha > 0.5
+        if int(seen.sum()) < 16:  # nothing in view: fall back to every surface sample
+            return (10.0 * sliced_wasserstein(rgb, want, seed=settings.seed)).reshape(1)
+        colours = out.rgb[0][seen] / alpha[seen][:, None]
+        return (10.0 * sliced_wasserstein(colours, want, seed=settings.seed)).reshape(1)
 
     return loss
 

@@ -120,14 +120,48 @@ DEFAULT_MATERIAL = {"name": "flow3d_default", "baseColorFactor": [200, 200, 200,
 
 def _for_glb(mesh):
     """A copy with area-weighted vertex normals and :data:`DEFAULT_MATERIAL` (GLB only: the
-    other formats carry no material, and OBJ/PLY normals confuse some readers' indexing)."""
+    other formats carry no material, and OBJ/PLY normals confuse some readers' indexing).
+    A mesh with vertex colours keeps them (``COLOR_0``; :func:`_add_color_material` then
+    gives it a white, non-metallic material)."""
     import trimesh
 
     out = _as_trimesh(mesh)
     _ = out.vertex_normals  # computed now, written as the NORMAL attribute
+    if getattr(mesh.visual, "kind", None) == "vertex":
+        out.visual = trimesh.visual.ColorVisuals(out, vertex_colors=mesh.visual.vertex_colors)
+        return out
     out.visual = trimesh.visual.TextureVisuals(
         material=trimesh.visual.material.PBRMaterial(**DEFAULT_MATERIAL))
     return out
+
+
+# vertex colours multiply the base colour: white, and not metallic (glTF's default material is
+# fully metallic, which most viewers show nearly black without an environment map)
+COLOR_MATERIAL = {"name": "flow3d_vertex_colors", "pbrMetallicRoughness": {
+    "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": 0.9}}
+
+
+def _add_color_material(glb: bytes) -> bytes:
+    """A GLB (one JSON chunk, one binary chunk) with :data:`COLOR_MATERIAL` given to every
+    primitive that has none (trimesh writes vertex-coloured meshes without a material)."""
+    import json
+    import struct
+
+    magic, version, _ = struct.unpack_from("<4sII", glb, 0)
+    json_len, json_type = struct.unpack_from("<I4s", glb, 12)
+    if magic != b"glTF" or json_type != b"JSON":
+        raise ValueError("not a GLB with a leading JSON chunk")
+    doc = json.loads(glb[20 : 20 + json_len])
+    rest = glb[20 + json_len :]
+    materials = doc.setdefault("materials", [])
+    materials.append(COLOR_MATERIAL)
+    for mesh in doc.get("meshes", []):
+        for prim in mesh.get("primitives", []):
+            prim.setdefault("material", len(materials) - 1)
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned, JSON padded with spaces
+    body = struct.pack("<I4s", len(text), b"JSON") + text + rest
+    return struct.pack("<4sII", magic, version, 12 + len(body)) + body
 
 
 def export_mesh(mesh, path: str | Path) -> Path:
@@ -142,7 +176,10 @@ def export_mesh(mesh, path: str | Path) -> Path:
         raise DataError(f"{path}: refusing to write a mesh with no faces")
     with atomic_path(path) as tmp:
         if suffix == ".glb":
-            _for_glb(mesh).export(tmp, file_type="glb", include_normals=True)
+            data = _for_glb(mesh).export(file_type="glb", include_normals=True)
+            if getattr(mesh.visual, "kind", None) == "vertex":
+                data = _add_color_material(data)
+            Path(tmp).write_bytes(data)
         else:
             _as_trimesh(mesh).export(tmp, file_type=suffix[1:])
     return path

@@ -163,3 +163,25 @@ def test_supervised_contrastive_prefers_grouped_embeddings():
                                                           .manual_seed(0))
     mixed = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2])]
     assert supervised_contrastive(grouped, labels) < supervised_contrastive(mixed, labels)
+
+
+def test_vertex_coloured_glb_keeps_colours_under_a_matte_material(tmp_path):
+    import json
+    import struct
+
+    from flow3d.mesh.postprocess import export_mesh
+
+    mesh = trimesh.creation.icosphere(2)
+    rgba = np.concatenate([(np.abs(mesh.vertices) * 255).astype(np.uint8),
+                           np.full((len(mesh.vertices), 1), 255, np.uint8)], 1)
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
+    path = export_mesh(mesh, tmp_path / "c.glb")
+    data = path.read_bytes()
+    assert struct.unpack_from("<I", data, 8)[0] == len(data)  # the header's total length
+    n = struct.unpack_from("<I", data, 12)[0]
+    doc = json.loads(data[20 : 20 + n])
+    prim = doc["meshes"][0]["primitives"][0]
+    assert {"COLOR_0", "NORMAL"} <= set(prim["attributes"])
+    assert doc["materials"][prim["material"]]["pbrMetallicRoughness"]["metallicFactor"] == 0.0
+    back = list(trimesh.load(path, process=False).geometry.values())[0]
+    assert np.array_equal(np.asarray(back.visual.vertex_attributes["color"]), rgba)

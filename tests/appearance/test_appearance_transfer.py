@@ -51,8 +51,13 @@ def test_command_writes_a_coloured_mesh_on_the_target_surface(tmp_path, capsys):
     _, dist, _ = trimesh.proximity.closest_point(target, result.vertices)
     assert dist.max() < 1e-5 * target.scale
     np.testing.assert_allclose(result.bounds, target.bounds, atol=1e-5 * target.scale)
-    rgb = np.asarray(result.visual.vertex_colors)[:, :3].astype(float)
-    assert rgb.std(0).max() > 5  # coloured, not one flat colour
+    rgb = np.asarray(result.visual.vertex_attributes["color"])[:, :3].astype(float)
+    assert len(rgb) == len(result.vertices) and rgb.std(0).max() > 5  # not one flat colour
+    # our GLB reads back as a source (COLOR_0 under a white, non-metallic material)
+    from flow3d.appearance.transfer import load_source
+
+    again = load_source(str(out))
+    assert again.colors.std(0).max() > 0.02
     from flow3d.splat.formats import read_ply
 
     g = read_ply(splat)
