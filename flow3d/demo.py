@@ -78,8 +78,9 @@ def run(out: Path, heads: Sequence[str] | None = None) -> int:
             results[name] = f"ran in {time.perf_counter() - start:.1f} s"
         _say(f"[demo] {name}: {results[name]}")
     _say("\n[demo] summary")
+    width = max(map(len, results), default=8)
     for name, result in results.items():
-        _say(f"  {name:8s} {result}")
+        _say(f"  {name:{width}s} {result}")
     return 1 if any("FAILED" in r for r in results.values()) else 0
 
 
