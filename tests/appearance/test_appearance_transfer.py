@@ -64,7 +64,7 @@ def test_command_writes_a_coloured_mesh_on_the_target_surface(tmp_path, capsys):
 
     g = read_ply(splat)
     assert len(g.means) > 1000 and torch.isfinite(g.means).all()
-    assert (g.means.min(0).values >= torch.from_numpy(target.bounds[0]).float() - 1e-3).all()
+    assert (g.means.min(0).values >= torch.tensor(target.bounds[0]).float() - 1e-3).all()
 
 
 @needs_models
