@@ -138,16 +138,6 @@ def palette(colors: np.ndarray, k: int = PALETTE_SIZE, iters: int = 12,
 
 def load_appearance_vae(path) -> AppearanceVAE:
     """The frozen appearance VAE of an ``appearance_vae`` checkpoint (eval mode)."""
-    from flow3d.engine.checkpoint import load_model
-    from flow3d.errors import ConfigError, DataError
+    from flow3d.engine.checkpoint import load_frozen
 
-    try:
-        loaded = load_model(path)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: appearance VAE checkpoint not found") from e
-    if loaded.recipe.head != "appearance_vae":
-        raise ConfigError(f"{path}: is a {loaded.recipe.head!r} checkpoint, not appearance_vae")
-    vae = loaded.model.eval()
-    for p in vae.parameters():
-        p.requires_grad_(False)
-    return vae
+    return load_frozen(path, "appearance_vae", "appearance VAE")

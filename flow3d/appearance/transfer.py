@@ -249,17 +249,10 @@ class AppearanceModels:
 def load_models(models: str | Path, geometry: str | Path) -> AppearanceModels:
     """The frozen geometry VAE, appearance VAE (``models/vae``) and flow (``models/flow``)."""
     from flow3d.appearance.model import load_appearance_vae
-    from flow3d.engine.checkpoint import load_model
+    from flow3d.engine.checkpoint import load_frozen
     from flow3d.mesh.sparse_head import load_svae
 
-    try:
-        loaded = load_model(Path(models) / "flow")
-    except FileNotFoundError as e:
-        raise DataError(f"{models}/flow: appearance flow checkpoint not found") from e
-    if loaded.recipe.head != "appearance_flow":
-        raise ConfigError(f"{models}/flow: is a {loaded.recipe.head!r} checkpoint, not "
-                          "appearance_flow")
-    flow = loaded.model.eval()
+    flow = load_frozen(Path(models) / "flow", "appearance_flow", "appearance flow")
     return AppearanceModels(load_svae(geometry), load_appearance_vae(Path(models) / "vae"), flow)
 
 

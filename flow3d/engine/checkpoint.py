@@ -39,6 +39,7 @@ __all__ = [
     "LoadedModel",
     "find_checkpoint",
     "latest_checkpoint",
+    "load_frozen",
     "load_model",
     "optimizer_state_from_flat",
     "optimizer_state_to_flat",
@@ -280,3 +281,21 @@ def load_model(path: str | Path, ema: bool = True, device: str = "cpu", *,
         raise DataError(f"{ckpt}: weights do not match the recipe's model ({first})") from None
     model.to(device).eval()
     return LoadedModel(model=model, head=head, recipe=recipe, path=ckpt, step=meta.get("step", 0))
+
+
+def load_frozen(path: str | Path, head_name: str, what: str) -> nn.Module:
+    """The network of a ``head_name`` checkpoint, in eval mode with gradients off: a frozen
+    component read by another model or pipeline (a VAE under a flow). A missing checkpoint is
+    a :class:`DataError` naming ``what``; one of another head is a :class:`ConfigError`."""
+    from flow3d.errors import ConfigError
+
+    try:
+        loaded = load_model(path)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: {what} checkpoint not found") from e
+    if loaded.recipe.head != head_name:
+        raise ConfigError(f"{path}: is a {loaded.recipe.head!r} checkpoint, not {head_name}")
+    model = loaded.model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

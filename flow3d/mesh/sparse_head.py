@@ -284,16 +284,6 @@ class MeshSVAEHead(Head):
 
 def load_svae(path: str | Path) -> SparseSDFVAE:
     """The frozen sparse SDF-VAE of a ``mesh_svae`` checkpoint (eval mode)."""
-    from flow3d.engine.checkpoint import load_model
-    from flow3d.errors import ConfigError
+    from flow3d.engine.checkpoint import load_frozen
 
-    try:
-        loaded = load_model(path)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: sparse VAE checkpoint not found") from e
-    if loaded.recipe.head != "mesh_svae":
-        raise ConfigError(f"{path}: is a {loaded.recipe.head!r} checkpoint, not mesh_svae")
-    vae = loaded.model.eval()
-    for p in vae.parameters():
-        p.requires_grad_(False)
-    return vae
+    return load_frozen(path, "mesh_svae", "sparse VAE")

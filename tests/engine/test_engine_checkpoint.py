@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +141,16 @@ def test_training_bundles_at_the_end_when_asked(tmp_path, recipe):
     assert meta["step"] == 3 and not (tmp_path / "bundled" / "ema.safetensors").exists()
     for k in ema:
         torch.testing.assert_close(bundled[k], ema[k], atol=1e-3, rtol=1e-3)
+
+
+def test_load_frozen_checks_the_head_and_freezes(tmp_path):
+    from flow3d.engine.checkpoint import load_frozen
+    from flow3d.errors import ConfigError, DataError
+
+    root = Path(__file__).resolve().parents[2] / "checkpoints" / "toy" / "eight_gaussians"
+    model = load_frozen(root, "toy", "toy flow")
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ConfigError, match="not mesh_svae"):
+        load_frozen(root, "mesh_svae", "sparse VAE")
+    with pytest.raises(DataError, match="sparse VAE checkpoint not found"):
+        load_frozen(tmp_path / "none", "mesh_svae", "sparse VAE")
