@@ -84,7 +84,35 @@ def _read_mesh(path: Path, kind: str = "mesh") -> Item:
         return Item(path, "points", loaded, np.asarray(loaded.vertices, np.float64))
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise DataError(f"{path}: mesh has no faces")
+    if kind == "mesh":
+        loaded = _with_gltf_colors(path, loaded)
     return Item(path, "mesh", loaded, np.asarray(loaded.vertices, np.float64))
+
+
+def _with_gltf_colors(path: Path, merged):
+    """``merged`` with the vertex colours (glTF ``COLOR_0``, as ``flow3d appearance`` writes
+    them) that trimesh's merge into one mesh drops: the scene's geometries, moved by their
+    nodes and concatenated with their colours, when every one has them."""
+    import trimesh
+
+    if path.suffix.lower() not in (".glb", ".gltf"):
+        return merged
+    scene = trimesh.load(str(path), process=False)
+    if not isinstance(scene, trimesh.Scene):
+        return merged
+    parts = []
+    for node in scene.graph.nodes_geometry:
+        transform, name = scene.graph[node]
+        g = scene.geometry[name]
+        attrs = getattr(g.visual, "vertex_attributes", None)
+        rgba = attrs.get("color") if attrs is not None else None
+        if not isinstance(g, trimesh.Trimesh) or rgba is None or len(rgba) != len(g.vertices):
+            return merged
+        part = trimesh.Trimesh(trimesh.transform_points(g.vertices, transform), g.faces,
+                               process=False)
+        part.visual = trimesh.visual.ColorVisuals(part, vertex_colors=np.asarray(rgba))
+        parts.append(part)
+    return trimesh.util.concatenate(parts) if len(parts) > 1 else parts[0] if parts else merged
 
 
 def read_ca_trace(path: Path) -> list[np.ndarray]:

@@ -54,6 +54,22 @@ def test_files_are_read_by_kind(tmp_path):
                      "m.obj": "mesh", "p.ply": "points", "b.pdb": "backbone"}
 
 
+def test_vertex_coloured_glb_keeps_its_colours(tmp_path):
+    """A GLB with vertex colours (COLOR_0, as `flow3d appearance transfer` writes) is shown
+    coloured, in its node's placement."""
+    trimesh = pytest.importorskip("trimesh")
+    from flow3d.mesh.postprocess import export_mesh
+
+    mesh = trimesh.creation.icosphere(1)
+    rgba = np.tile(np.array([[200, 40, 10, 255]], np.uint8), (len(mesh.vertices), 1))
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba)
+    export_mesh(mesh, tmp_path / "c.glb")
+    item = view.read_item(tmp_path / "c.glb")
+    assert item.kind == "mesh" and item.data.visual.kind == "vertex"
+    assert np.array_equal(np.asarray(item.data.visual.vertex_colors), rgba)
+    np.testing.assert_allclose(item.data.bounds, mesh.bounds, atol=1e-6)
+
+
 def test_ca_trace_breaks_chains_and_keeps_the_first_model(tmp_path):
     path = helix_pdb(tmp_path / "b.pdb", n=12, gap_after=4,
                      extra="ENDMDL\nMODEL        2\n" + "ATOM      1  CA  ALA B   1"
