@@ -1,7 +1,7 @@
 """``flow3d appearance transfer``, added to ``flow3d`` by register().
 
     flow3d appearance transfer --target MESH --source TEXTURED_MESH_OR_IMAGE --out OUT.glb
-                               [--splat OUT.ply] [--steps 50 --guidance part|self|image|none
+                               [--splat OUT.ply] [--steps 50 --guidance part|image|self|none
                                --seed 0 --cfg 2]
 
 The command turns its arguments into :class:`~flow3d.appearance.transfer.TransferSettings`,
@@ -34,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--splat", help="also write the result as Gaussians on the surface (.ply "
                    "INRIA, .splat, .spz) for `flow3d view`")
     t.add_argument("--steps", type=int, default=50, help="flow steps")
-    t.add_argument("--guidance", default="part", help="part (match co-segmented parts of a "
-                   "mesh source), self (keep the target's parts coherent), image (match an "
-                   "image's colours) or none (the flow and the palette only)")
+    t.add_argument("--guidance", default=None, help="part (match co-segmented parts of a "
+                   "mesh source; the default for a mesh), image (match an image's colours; the "
+                   "default for an image), self (keep the target's parts coherent) or none "
+                   "(the flow and the palette only)")
     t.add_argument("--seed", type=int, default=0, help="noise seed")
     t.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance on the "
                    "source's palette (0 = conditional)")
@@ -49,12 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    from flow3d.appearance.transfer import TransferSettings, transfer
+    from flow3d.appearance.transfer import TransferSettings, _is_image, transfer
 
     extra = {"models": args.models} if args.models else {}
+    guidance = args.guidance or ("image" if _is_image(args.source) else "part")
     settings = TransferSettings(target=args.target, source=args.source, out=args.out,
                                 splat=args.splat,
-                                steps=args.steps, guidance=args.guidance, seed=args.seed,
+                                steps=args.steps, guidance=guidance, seed=args.seed,
                                 cfg=args.cfg, lr=args.lr, overwrite=args.overwrite, **extra)
     result = transfer(settings)
     mesh = result["mesh"]

@@ -95,9 +95,9 @@ def test_bad_options(extra, says, meshes, tmp_path, capsys, no_models):
                            *extra), capsys, mentions=[says], watch=[tmp_path])
 
 
-def test_part_guidance_needs_a_mesh_source(meshes, tmp_path, capsys):
-    assert_user_error(argv(meshes["plain.obj"], IMAGE, tmp_path / "o.glb"), capsys,
-                      mentions=["--guidance part", "image"], watch=[tmp_path])
+def test_part_guidance_needs_a_mesh_source(meshes, tmp_path, capsys, no_models):
+    assert_user_error(argv(meshes["plain.obj"], IMAGE, tmp_path / "o.glb", "--guidance", "part"),
+                      capsys, mentions=["--guidance part", "image"], watch=[tmp_path])
 
 
 @pytest.mark.parametrize("case", range(6))
