@@ -112,7 +112,6 @@ def run_pair(models, source, target_path, steps: int, seed: int, painting=None) 
 
     mesh, pts, nrm = target_samples(target_path)
     parts = geometric_parts(pts, nrm, UP)
-    palette = None
     out = {}
     for name, guidance in (("ours", "part"), ("flow only", "none")):
         s = TransferSettings(steps=steps, guidance=guidance, seed=seed)
@@ -121,15 +120,15 @@ def run_pair(models, source, target_path, steps: int, seed: int, painting=None) 
         out[name] = {"rgb": rgb, "seconds": r["seconds"], "mesh": r["mesh"], "shape": r["shape"]}
     out["nearest point"] = {"rgb": nearest_point(source, pts)}
     # our correspondence, copied: each sample takes its part-matched source sample's colour
-    from flow3d.appearance.transfer import _source_shape, point_features
+    from flow3d.appearance.transfer import point_features
 
     a = models.appearance
-    src_shape = _source_shape(models, source, seed)
     tgt_shape = out["ours"]["shape"]
-    sub = torch.randperm(len(src_shape.points), generator=torch.Generator().manual_seed(seed))
+    sub = torch.randperm(len(source.points), generator=torch.Generator().manual_seed(seed))
     sub = sub[:8192]
+    src_feats = point_features(torch.from_numpy(source.points), torch.from_numpy(source.normals))
     rows = part_correspondence(point_features(torch.from_numpy(pts), torch.from_numpy(nrm)),
-                               point_features(src_shape.points, src_shape.normals)[sub], 8, seed)
+                               src_feats[sub], TransferSettings().parts, seed)
     out["our correspondence, copied"] = {"rgb": source.colors[sub[rows].numpy()]}
     if painting is not None:  # the known answer through the appearance VAE: the ceiling
         from flow3d.appearance.paint import paint
@@ -141,7 +140,6 @@ def run_pair(models, source, target_path, steps: int, seed: int, painting=None) 
                                   torch.zeros(len(tgt_shape.points), dtype=torch.long),
                                   tgt_shape.normals, sample=False)
         out["answer through the VAE"] = {"rgb": colors_at(a, tgt_shape, mu_t, pts, nrm)}
-    del palette
     out["_parts"], out["_mesh"] = parts, mesh
     return out
 

@@ -73,46 +73,41 @@ def _read_mesh(path: Path, kind: str = "mesh") -> Item:
     except ImportError:
         raise DataError(f"{path}: reading meshes needs trimesh "
                         f"(pip install 'flow3d[mesh]')") from None
-    try:
-        loaded = trimesh.load(str(path), force="mesh" if kind == "mesh" else None)
+    glb = kind == "mesh" and path.suffix.lower() in (".glb", ".gltf")
+    try:  # a glTF scene is read whole: merging it into one mesh would drop vertex colours
+        loaded = trimesh.load(str(path), force=None if glb or kind != "mesh" else "mesh")
     except Exception as e:  # trimesh raises many types for malformed files
         raise DataError(f"{path}: cannot read as a mesh ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else 'malformed'})") from None
+    if glb and isinstance(loaded, trimesh.Scene):
+        loaded = _merge_scene(loaded)
     if isinstance(loaded, trimesh.PointCloud):
         if len(loaded.vertices) == 0:
             raise DataError(f"{path}: point cloud has no points")
         return Item(path, "points", loaded, np.asarray(loaded.vertices, np.float64))
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise DataError(f"{path}: mesh has no faces")
-    if kind == "mesh":
-        loaded = _with_gltf_colors(path, loaded)
     return Item(path, "mesh", loaded, np.asarray(loaded.vertices, np.float64))
 
 
-def _with_gltf_colors(path: Path, merged):
-    """``merged`` with the vertex colours (glTF ``COLOR_0``, as ``flow3d appearance`` writes
-    them) that trimesh's merge into one mesh drops: the scene's geometries, moved by their
-    nodes and concatenated with their colours, when every one has them."""
+def _merge_scene(scene):
+    """One mesh of a glTF scene, each geometry moved by its node; with the vertex colours
+    (``COLOR_0``, as ``flow3d appearance transfer`` writes them) when every geometry has
+    them, otherwise trimesh's own merge."""
     import trimesh
 
-    if path.suffix.lower() not in (".glb", ".gltf"):
-        return merged
-    scene = trimesh.load(str(path), process=False)
-    if not isinstance(scene, trimesh.Scene):
-        return merged
+    from flow3d.mesh.data import gltf_vertex_colors, scene_geometries
+
     parts = []
-    for node in scene.graph.nodes_geometry:
-        transform, name = scene.graph[node]
-        g = scene.geometry[name]
-        attrs = getattr(g.visual, "vertex_attributes", None)
-        rgba = attrs.get("color") if attrs is not None else None
-        if not isinstance(g, trimesh.Trimesh) or rgba is None or len(rgba) != len(g.vertices):
-            return merged
+    for g, transform in scene_geometries(scene):
+        rgba = gltf_vertex_colors(g)
+        if rgba is None:
+            return scene.to_mesh()
         part = trimesh.Trimesh(trimesh.transform_points(g.vertices, transform), g.faces,
                                process=False)
-        part.visual = trimesh.visual.ColorVisuals(part, vertex_colors=np.asarray(rgba))
+        part.visual = trimesh.visual.ColorVisuals(part, vertex_colors=rgba)
         parts.append(part)
-    return trimesh.util.concatenate(parts) if len(parts) > 1 else parts[0] if parts else merged
+    return trimesh.util.concatenate(parts) if parts else scene.to_mesh()
 
 
 def read_ca_trace(path: Path) -> list[np.ndarray]:

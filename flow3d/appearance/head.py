@@ -182,12 +182,12 @@ def collate_painted(items, resolution: int) -> AppearanceBatch:
 
 
 class _PaintedHead(Head):
+    """What both appearance heads share: painted CAPOD shapes on the voxel grid of
+    ``self.resolution`` (each head says which)."""
+
     data_config = AppearanceDataConfig
     sample_config = AppearanceSampleConfig
-
-    @property
-    def resolution(self) -> int:
-        return 32
+    resolution: int
 
     def dataset(self, split: str, seed: int = 0) -> PaintedShapes:
         d = self.recipe.data
@@ -272,6 +272,10 @@ class AppearanceFlowHead(_PaintedHead):
         self._geometry, self._appearance = None, None
 
     @property
+    def resolution(self) -> int:
+        return self.geometry_vae.resolution
+
+    @property
     def geometry_vae(self):
         if self._geometry is None:
             self._geometry = load_svae(self.recipe.data.geometry_vae)
@@ -315,7 +319,7 @@ class AppearanceFlowHead(_PaintedHead):
     def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:
         """(query points, colours) regenerated for the first ``num`` painted meshes of the
         split, conditioned on their own palettes."""
-        from flow3d.appearance.transfer import sample_appearance
+        from flow3d.appearance.transfer import appearance_velocity, sample_appearance
 
         cfg = self.sample_settings(**overrides)
         ds = self.dataset(cfg.split, seed)
@@ -323,8 +327,9 @@ class AppearanceFlowHead(_PaintedHead):
         for i in range(min(num, len(ds))):
             b = self.collate([ds[i]])
             _, extra = self.encode(b)
-            z = sample_appearance(model, self.appearance_vae, b.voxels, extra, b.palette,
-                                  steps=cfg.steps, cfg=cfg.cfg, seed=seed)
+            velocity = appearance_velocity(model, b.voxels, extra, b.palette, cfg.cfg)
+            z = sample_appearance(velocity, self.appearance_vae, len(b.voxels), steps=cfg.steps,
+                                  seed=seed)
             a = self.appearance_vae
             rgb = a.colors(a.decode(z, b.voxels), b.voxels, b.query_points, b.query_batch,
                            b.query_normals)

@@ -53,6 +53,7 @@ __all__ = [
     "AppearanceModels",
     "Source",
     "TransferSettings",
+    "appearance_velocity",
     "kmeans",
     "load_models",
     "load_source",
@@ -127,7 +128,7 @@ class Source:
 
     colors: np.ndarray  # [N, 3] in [0, 1]
     points: np.ndarray | None = None
-    normals: np.ndarray | None = None
+    normals: np.ndarray | None = None  # outward
     mesh: object = None  # the normalised trimesh (mesh sources)
     path: str = "source"
 
@@ -141,14 +142,9 @@ def _colored_samples(path: str, count: int, seed: int):
     (a base-colour texture, or vertex / face colours), scene transforms applied."""
     import trimesh
 
-    loaded = trimesh.load(path, process=False)
-    # (geometry, transform) pairs: Scene.dump() would drop the glTF vertex colours
-    if isinstance(loaded, trimesh.Scene):
-        parts = [(loaded.geometry[name], transform) for node in loaded.graph.nodes_geometry
-                 for transform, name in [loaded.graph[node]]]
-    else:
-        parts = [(loaded, np.eye(4))]
-    parts = [(g, m) for g, m in parts if isinstance(g, trimesh.Trimesh) and len(g.faces)]
+    from flow3d.mesh.data import scene_geometries
+
+    parts = scene_geometries(trimesh.load(path, process=False))
     if not any(_texture_image(g) is not None or _color_kind(g) for g, _ in parts):
         raise DataError(f"{path}: the mesh has no colours or texture to transfer; give a "
                         "textured or coloured mesh, or an image")
@@ -186,13 +182,9 @@ def _color_kind(g) -> str | None:
     kind = getattr(g.visual, "kind", None)
     if kind in ("vertex", "face"):
         return kind
-    return "vertex" if _gltf_colors(g) is not None else None
+    from flow3d.mesh.data import gltf_vertex_colors
 
-
-def _gltf_colors(g):
-    attrs = getattr(g.visual, "vertex_attributes", None)
-    c = attrs.get("color") if attrs is not None else None
-    return c if c is not None and len(c) == len(g.vertices) else None
+    return "vertex" if gltf_vertex_colors(g) is not None else None
 
 
 def _surface_colors(g, points: np.ndarray, face: np.ndarray) -> np.ndarray:
@@ -208,7 +200,9 @@ def _surface_colors(g, points: np.ndarray, face: np.ndarray) -> np.ndarray:
         return c * (np.asarray(factor[:3]) / 255.0 if factor is not None else 1.0)
     kind = _color_kind(g)
     if kind == "vertex":
-        vc = _gltf_colors(g) if g.visual.kind == "texture" else g.visual.vertex_colors
+        from flow3d.mesh.data import gltf_vertex_colors
+
+        vc = gltf_vertex_colors(g) if g.visual.kind == "texture" else g.visual.vertex_colors
         vc = np.asarray(vc, dtype=np.float64)[:, :3] / 255.0
         return (bary[:, :, None] * vc[g.faces[face]]).sum(1)
     if kind == "face":
@@ -218,7 +212,8 @@ def _surface_colors(g, points: np.ndarray, face: np.ndarray) -> np.ndarray:
 
 def load_source(path: str, *, count: int = 16384, seed: int = 0) -> Source:
     """A source file checked and read: an image's object pixels, or a coloured mesh's
-    surface samples in the mesh's normalised frame. Broken files are a :class:`DataError`."""
+    surface samples in the mesh's normalised frame with outward normals. Broken files are a
+    :class:`DataError`."""
     if _is_image(path):
         from flow3d.mesh.image_encoder import foreground, read_image
 
@@ -233,9 +228,12 @@ def load_source(path: str, *, count: int = 16384, seed: int = 0) -> Source:
     pts, nrm, rgb = _colored_samples(path, count, seed)
     if not np.isfinite(rgb).all():
         raise DataError(f"{path}: colours are not finite numbers")
+    from flow3d.mesh.sparse_vae import orient_normals
+
     normed, norm = normalize_mesh(mesh)
-    return Source(colors=rgb, points=norm.apply(pts).astype(np.float32),
-                  normals=nrm, mesh=normed, path=str(path))
+    pts = norm.apply(pts).astype(np.float32)
+    return Source(colors=rgb, points=pts, normals=orient_normals(normed, pts, nrm),
+                  mesh=normed, path=str(path))
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -269,10 +267,10 @@ class Shape:
     features: Tensor  # [M, F] correspondence features
 
 
-def shape_of(models: AppearanceModels, normed_mesh, *, seed: int = 0, n_points: int = 8192,
-             points: tuple[np.ndarray, np.ndarray] | None = None) -> Shape:
-    """Voxels, geometry latents and correspondence features of a normalised mesh; ``points``:
-    its own (points, normals) samples when the caller has them (a painted or textured source)."""
+def shape_of(models: AppearanceModels, normed_mesh, *, seed: int = 0, n_points: int = 8192
+             ) -> Shape:
+    """Voxels, surface samples, geometry latents and correspondence features of a normalised
+    mesh."""
     from flow3d.mesh.data import sample_surface
     from flow3d.mesh.sparse_vae import orient_normals
     from flow3d.mesh.voxels import SparseVoxels, shape_active_voxels
@@ -281,10 +279,7 @@ def shape_of(models: AppearanceModels, normed_mesh, *, seed: int = 0, n_points: 
     coords = torch.from_numpy(np.asarray(
         shape_active_voxels(normed_mesh, g.resolution, g.bounds, seed=seed), dtype=np.int64))
     voxels = SparseVoxels(coords, torch.zeros(len(coords), dtype=torch.long), g.resolution, 1)
-    if points is None:
-        pts, nrm = sample_surface(normed_mesh, n_points, np.random.default_rng(seed))
-    else:
-        pts, nrm = points
+    pts, nrm = sample_surface(normed_mesh, n_points, np.random.default_rng(seed))
     nrm = orient_normals(normed_mesh, pts, nrm)
     p, n = torch.from_numpy(np.asarray(pts, np.float32)), torch.from_numpy(
         np.asarray(nrm, np.float32))
@@ -368,13 +363,13 @@ def supervised_contrastive(z: Tensor, labels: Tensor, tau: float = 0.2) -> Tenso
 
 
 def guidance_loss(settings: TransferSettings, models: AppearanceModels, target: Shape,
-                  source: Source, source_latents: Tensor | None, source_shape: Shape | None):
+                  source: Source):
     """``loss(x1) -> [1]`` on the standardised appearance latents of the target, or None."""
     a = models.appearance
     if settings.guidance == "none":
         return None
     if settings.guidance == "part":
-        return _part_loss(settings, a, target, source, source_shape)
+        return _part_loss(settings, a, target, source)
     if settings.guidance == "self":
         labels = kmeans(target.features, 5, seed=settings.seed)
         g = torch.Generator().manual_seed(settings.seed)
@@ -398,25 +393,24 @@ def point_features(points: Tensor, normals: Tensor, w_normal: float = 1.0) -> Te
 
 
 def part_targets(settings: TransferSettings, target: Shape, source: Source,
-                 source_shape: Shape, count: int = 4096) -> tuple[Tensor, Tensor, Tensor]:
+                 count: int = 4096) -> tuple[Tensor, Tensor, Tensor]:
     """(target sample rows ``[n]``, their colours to match ``[n, 3]``, the source rows): each
     of ``count`` target samples takes the colour of its nearest source sample within the same
     co-segmented part (:func:`part_correspondence` on :func:`point_features`)."""
     g = torch.Generator().manual_seed(settings.seed)
     pick = torch.randperm(len(target.points), generator=g)[:count]
-    src = torch.randperm(len(source_shape.points), generator=g)[: 2 * count]
+    src = torch.randperm(len(source.points), generator=g)[: 2 * count]
     ft = point_features(target.points[pick], target.normals[pick])
-    fs = point_features(source_shape.points, source_shape.normals)[src]
+    fs = point_features(torch.from_numpy(source.points), torch.from_numpy(source.normals))[src]
     rows = src[part_correspondence(ft, fs, settings.parts, settings.seed)]
     return pick, torch.from_numpy(source.colors)[rows], rows
 
 
-def _part_loss(settings: TransferSettings, a, target: Shape, source: Source,
-               source_shape: Shape):
+def _part_loss(settings: TransferSettings, a, target: Shape, source: Source):
     """``loss(x1)``: mean squared error between the colours decoded from ``x1`` at target
     samples and the colours of their part-matched source samples (GuideFlow3D's part-aware
     loss, in colour space: per sample, where latents would match whole voxels)."""
-    pick, goal, _ = part_targets(settings, target, source, source_shape)
+    pick, goal, _ = part_targets(settings, target, source)
     pts, nrm = target.points[pick], target.normals[pick]
     zeros = torch.zeros(len(pts), dtype=torch.long)
 
@@ -439,7 +433,6 @@ def _image_loss(settings: TransferSettings, a, target: Shape, source: Source, si
     import math
 
     from flow3d.splat.cameras import Cameras
-    from flow3d.splat.gaussians import Gaussians
     from flow3d.splat.render import render
 
     g = torch.Generator().manual_seed(settings.seed)
@@ -452,17 +445,13 @@ def _image_loss(settings: TransferSettings, a, target: Shape, source: Source, si
     cam = Cameras.look_at(eye, torch.zeros(1, 3), fov_deg=40.0, width=size, height=size)
     lo, hi = pts.min(0).values, pts.max(0).values
     spacing = float((hi - lo).prod().clamp_min(1e-6) ** (1 / 3)) * 1.5 / math.sqrt(len(pts))
-    quats = _quat_z_to(nrm)
     want = torch.from_numpy(source.colors[np.random.default_rng(settings.seed).choice(
         len(source.colors), min(len(source.colors), 8192), replace=False)])
 
     def loss(x1: Tensor) -> Tensor:
         rgb = a.colors(a.decode(a.denormalize_latent(x1), target.voxels), target.voxels, pts,
                        zeros, nrm)
-        gs = Gaussians.from_points(pts, rgb, scale=spacing, opacity=0.95)
-        gs = Gaussians(gs.means, quats, gs.log_scales + torch.tensor([0.0, 0.0, math.log(0.1)]),
-                       gs.opacity_logits, gs.sh)
-        out = render(gs, cam)
+        out = render(surface_discs(pts, nrm, rgb, spacing), cam)
         alpha = out.alpha[0, ..., 0]
         seen = alpha > 0.5
         if int(seen.sum()) < 16:  # nothing in view: fall back to every surface sample
@@ -474,37 +463,26 @@ def _image_loss(settings: TransferSettings, a, target: Shape, source: Source, si
 
 
 # ---- sampling ----------------------------------------------------------------------------------
-def sample_appearance(flow, appearance, voxels, extra: Tensor, palette: Tensor, *,
-                      steps: int = 50, cfg: float = 2.0, seed: int = 0, hooks=()) -> Tensor:
-    """Raw appearance latents ``[M, C]`` on ``voxels`` (one or more shapes) given standardised
-    geometry latents ``extra`` and palettes ``[B, 16]``: Euler steps of the flow with
-    classifier-free guidance ``cfg`` on the palette, then ``hooks`` after every step."""
+def sample_appearance(velocity, appearance, rows: int, *, steps: int = 50, seed: int = 0,
+                      hooks=()) -> Tensor:
+    """Raw appearance latents ``[rows, C]``: Euler steps of ``velocity`` (from
+    :func:`appearance_velocity`) from seeded noise on the voxels' rows, ``hooks`` after every
+    step."""
     from flow3d.core.solvers import solve
     from flow3d.core.time import time_grid
 
-    velocity = _velocity(flow, voxels, extra, palette, cfg)
     g = torch.Generator().manual_seed(seed)
-    x_0 = torch.randn(len(voxels), appearance.latent_dim, generator=g)
+    x_0 = torch.randn(rows, appearance.latent_dim, generator=g)
     x_1 = solve(velocity, x_0, method="euler", grid=time_grid(steps), hooks=list(hooks)).x
     return appearance.denormalize_latent(x_1)
 
 
-def _velocity(flow, voxels, extra: Tensor, palette: Tensor, cfg: float):
-    from flow3d.core.guidance import ClassifierFreeGuidance
+def appearance_velocity(flow, voxels, extra: Tensor, palette: Tensor, cfg: float):
+    """The appearance flow's ``v(x, t)`` on ``voxels`` given standardised geometry latents
+    ``extra`` and palettes ``[B, 16]``, with classifier-free guidance ``cfg`` on the palette."""
+    from flow3d.mesh.sparse_flow import velocity_on
 
-    ctx = flow.context(vector=palette)
-
-    def cond(x, t):
-        return flow(x, t, voxels, ctx, extra)
-
-    if flow.cond == "none" or cfg == 0:
-        return cond
-    null = flow.null_context(voxels.num_shapes)
-
-    def uncond(x, t):
-        return flow(x, t, voxels, null, extra)
-
-    return ClassifierFreeGuidance(cond, uncond, cfg)
+    return velocity_on(flow, voxels, flow.context(vector=palette), cfg, extra)
 
 
 def transfer(settings: TransferSettings, *, target_mesh=None, source: Source | None = None,
@@ -531,28 +509,17 @@ def transfer(settings: TransferSettings, *, target_mesh=None, source: Source | N
         tgt = shape_of(models, normed, seed=settings.seed)
     except ValueError as e:
         raise DataError(f"{where}: cannot voxelise: {e}") from None
-    # 3. the source's appearance
+    # 3. the source's palette: the flow's condition; 4. guided sampling
     pal = torch.from_numpy(palette_of(source.colors))[None]
-    src_latents, src_shape = None, None
-    if not source.is_image:
-        src_shape = _source_shape(models, source, settings.seed)
-        with torch.no_grad():
-            _, mu, _ = a.encode(src_shape.voxels, src_shape.points,
-                                torch.from_numpy(source.colors),
-                                torch.zeros(len(source.points), dtype=torch.long),
-                                src_shape.normals, sample=False)
-        src_latents = a.normalize_latent(mu)
-    # 4. guided sampling
-    loss = guidance_loss(settings, models, tgt, source, src_latents, src_shape)
-    hooks, nfe = [], 0
-    velocity = _velocity(models.flow, tgt.voxels, tgt.geometry, pal, settings.cfg)
+    loss = guidance_loss(settings, models, tgt, source)
+    velocity = appearance_velocity(models.flow, tgt.voxels, tgt.geometry, pal, settings.cfg)
+    hooks = []
     if loss is not None and settings.opt_steps > 0 and settings.lr > 0:
-        hooks.append(OptimizerGuidance(lambda x1: loss(x1), steps=settings.opt_steps,
-                                       lr=settings.lr, optimizer="adamw", target="x1_skip",
-                                       velocity=velocity))
-    z = sample_appearance(models.flow, a, tgt.voxels, tgt.geometry, pal, steps=settings.steps,
-                          cfg=settings.cfg, seed=settings.seed, hooks=hooks)
-    nfe = settings.steps * (2 if settings.cfg else 1) + sum(getattr(h, "nfe", 0) for h in hooks)
+        hooks.append(OptimizerGuidance(loss, steps=settings.opt_steps, lr=settings.lr,
+                                       optimizer="adamw", target="x1_skip", velocity=velocity))
+    z = sample_appearance(velocity, a, len(tgt.voxels), steps=settings.steps, seed=settings.seed,
+                          hooks=hooks)
+    nfe = settings.steps * (2 if settings.cfg else 1) + sum(h.nfe for h in hooks)
     # 5. colours at the target's (subdivided) vertices; export
     mesh = colored_target(target_mesh, normed, norm, a, tgt, z)
     if settings.out is not None:
@@ -566,11 +533,6 @@ def transfer(settings: TransferSettings, *, target_mesh=None, source: Source | N
                    settings.splat)
     return {"mesh": mesh, "latents": z, "shape": tgt, "nfe": nfe,
             "seconds": time.perf_counter() - t0}
-
-
-def _source_shape(models: AppearanceModels, source: Source, seed: int) -> Shape:
-    """The source's voxels and features, from its own coloured samples."""
-    return shape_of(models, source.mesh, seed=seed, points=(source.points, source.normals))
 
 
 def colors_at(appearance, shape: Shape, z: Tensor, points: np.ndarray, normals: np.ndarray,
@@ -624,17 +586,26 @@ def surface_gaussians(appearance, shape: Shape, z: Tensor, normed, norm, *, coun
     a tenth of it along the normal, nearly opaque; for the splat viewer."""
     from flow3d.mesh.data import sample_surface
     from flow3d.mesh.sparse_vae import orient_normals
-    from flow3d.splat.gaussians import Gaussians
 
     pts, nrm = sample_surface(normed, count, np.random.default_rng(seed))
     nrm = orient_normals(normed, pts, nrm)
     rgb = colors_at(appearance, shape, z, pts, nrm)
     spacing = np.sqrt(normed.area / count) * float(norm.scale)
-    g = Gaussians.from_points(torch.from_numpy(norm.invert(pts)).float(),
-                              torch.from_numpy(rgb), scale=float(spacing), opacity=0.95)
-    g.quats.copy_(_quat_z_to(torch.from_numpy(nrm).float()))
-    g.log_scales[:, 2] += float(np.log(0.1))
-    return g
+    return surface_discs(torch.from_numpy(norm.invert(pts)).float(),
+                         torch.from_numpy(np.asarray(nrm)).float(), torch.from_numpy(rgb),
+                         float(spacing))
+
+
+def surface_discs(points: Tensor, normals: Tensor, colors: Tensor, spacing: float,
+                  opacity: float = 0.95):
+    """Flat Gaussians on surface samples: discs of radius ``spacing`` along the surface, a
+    tenth of it along the unit ``normals``, coloured ``colors`` (differentiable in them)."""
+    from flow3d.splat.gaussians import Gaussians
+
+    g = Gaussians.from_points(points, colors, scale=spacing, opacity=opacity)
+    flat = torch.tensor([0.0, 0.0, float(np.log(0.1))], dtype=g.log_scales.dtype)
+    return Gaussians(g.means, _quat_z_to(normals.to(g.means)), g.log_scales + flat,
+                     g.opacity_logits, g.sh)
 
 
 def _quat_z_to(n: Tensor) -> Tensor:
@@ -673,16 +644,11 @@ def preview_png(rows: list, path: str | Path, *, size: int = 160, views: int = 4
 
 def source_gaussians(source: Source, count: int = 40000):
     """Flat Gaussians on a mesh source's coloured samples (its normalised frame)."""
-    from flow3d.splat.gaussians import Gaussians
 
     pts = torch.from_numpy(source.points[:count]).float()
     spacing = float(np.sqrt(source.mesh.area / len(pts)))
-    g = Gaussians.from_points(pts, torch.from_numpy(source.colors[:count]), scale=spacing,
-                              opacity=0.95)
-    g.quats.copy_(_quat_z_to(torch.nn.functional.normalize(
-        torch.from_numpy(source.normals[:count]).float(), dim=-1)))
-    g.log_scales[:, 2] += float(np.log(0.1))
-    return g
+    return surface_discs(pts, torch.from_numpy(source.normals[:count]),
+                         torch.from_numpy(source.colors[:count]), spacing)
 
 
 def demo(out_dir: str | Path, *, steps: int = 50, seed: int = 0) -> list[Path]:

@@ -50,6 +50,27 @@ def require_trimesh():
 
 
 # ---- loading ---------------------------------------------------------------------------------
+def scene_geometries(loaded) -> list:
+    """``[(geometry, 4x4 transform)]`` for every placed triangle mesh of what ``trimesh.load``
+    returned: a Scene node by node (``Scene.dump`` would drop the glTF vertex colours), or one
+    Trimesh with the identity."""
+    trimesh = require_trimesh()
+    if isinstance(loaded, trimesh.Scene):
+        parts = [(loaded.geometry[name], transform) for node in loaded.graph.nodes_geometry
+                 for transform, name in [loaded.graph[node]]]
+    else:
+        parts = [(loaded, np.eye(4))]
+    return [(g, m) for g, m in parts if isinstance(g, trimesh.Trimesh) and len(g.faces)]
+
+
+def gltf_vertex_colors(geometry) -> np.ndarray | None:
+    """RGBA ``[V, 4]`` of a glTF geometry's ``COLOR_0``, which trimesh keeps as a vertex
+    attribute when the primitive also has a material (as flow3d's coloured GLBs do), or None."""
+    attrs = getattr(geometry.visual, "vertex_attributes", None)
+    c = attrs.get("color") if attrs is not None else None
+    return np.asarray(c) if c is not None and len(c) == len(geometry.vertices) else None
+
+
 def load_mesh(path: str | Path):
     """Read a triangle mesh; GLB/GLTF scenes are merged into one mesh (node transforms applied).
 

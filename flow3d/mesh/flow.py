@@ -69,7 +69,7 @@ class Conditioning:
     :mod:`flow3d.mesh.sparse_flow`: :meth:`build_conditioning` adds ``class_emb`` (one extra
     row: the null class) or ``image_encoder`` + ``null_tokens`` to an ``nn.Module``."""
 
-    def build_conditioning(self, cond: str, width: int, num_classes: int,
+    def build_conditioning(self, cond: str, width: int, num_classes: int = 15,
                            image: tuple[int, int] = (64, 32), cond_drop: float = 0.1,
                            vector_dim: int = 16) -> None:
         """``image`` = (resolution, channels) of the :class:`ImageEncoder`; ``vector_dim``: the

@@ -43,6 +43,7 @@ __all__ = [
     "grid_to_coords",
     "occupancy_field",
     "patchify",
+    "velocity_on",
     "unpatchify",
 ]
 
@@ -189,7 +190,7 @@ class SparseLatentFlow(Conditioning, nn.Module):
         super().__init__()
         self.latent_dim, self.widths, self.extra_dim = latent_dim, tuple(widths), extra_dim
         top = self.widths[-1]
-        self.build_conditioning(cond, top, **{"num_classes": 15, **conditioning})
+        self.build_conditioning(cond, top, **conditioning)
         self.t_mlp = nn.Sequential(nn.Linear(top, top), nn.SiLU(), nn.Linear(top, top))
         self.num_pos = 4  # Fourier frequencies of the voxel position (convolutions cannot see it)
         self.x_in = nn.Linear(latent_dim + extra_dim + 6 * self.num_pos, self.widths[0])
@@ -264,3 +265,23 @@ class SparseLatentFlow(Conditioning, nn.Module):
                 h = block(h, nbr, cv, [], None)
         shift, scale = self.mod_out(F.silu(c[voxels.batch])).chunk(2, dim=-1)
         return self.x_out(self.norm_out(h) * (1 + scale) + shift)
+
+
+def velocity_on(model: SparseLatentFlow, voxels: SparseVoxels, ctx: Tensor | None,
+                cfg_weight: float, extra: Tensor | None = None):
+    """``v(x, t)`` of ``model`` on fixed ``voxels`` with the condition (and per-voxel
+    ``extra`` features) bound, with classifier-free guidance when the model is conditioned and
+    ``cfg_weight`` is not 0."""
+    from flow3d.core.guidance import ClassifierFreeGuidance
+
+    def cond(x, t):
+        return model(x, t, voxels, ctx, extra)
+
+    if model.cond == "none" or cfg_weight == 0:
+        return cond
+    null = model.null_context(voxels.num_shapes)
+
+    def uncond(x, t):
+        return model(x, t, voxels, null, extra)
+
+    return ClassifierFreeGuidance(cond, uncond, cfg_weight)

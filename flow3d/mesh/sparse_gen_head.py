@@ -524,19 +524,9 @@ class MeshSLatHead(_SparseFlowBase):
 
     def velocity_on(self, model: SparseLatentFlow, voxels: SparseVoxels, ctx, cfg_weight: float):
         """``v(x, t)`` on fixed voxels with the condition bound, with CFG when conditioned."""
-        from flow3d.core.guidance import ClassifierFreeGuidance
+        from flow3d.mesh.sparse_flow import velocity_on
 
-        def cond(x, t):
-            return model(x, t, voxels, ctx)
-
-        if model.cond == "none" or cfg_weight == 0:
-            return cond
-        null = model.null_context(voxels.num_shapes)
-
-        def uncond(x, t):
-            return model(x, t, voxels, null)
-
-        return ClassifierFreeGuidance(cond, uncond, cfg_weight)
+        return velocity_on(model, voxels, ctx, cfg_weight)
 
     @torch.no_grad()
     def sample_latents_on(self, model: SparseLatentFlow, coords: Tensor, ctx: Tensor | None, *,

@@ -78,9 +78,7 @@ def test_part_guidance_pulls_to_the_part_matched_source(models, source):
     for guidance in ("part", "none"):
         s = TransferSettings(steps=8, guidance=guidance)
         r = transfer(s, target_mesh=target, source=source, models=models)
-        from flow3d.appearance.transfer import _source_shape
-
-        pick, goal, _ = part_targets(s, r["shape"], source, _source_shape(models, source, 0))
+        pick, goal, _ = part_targets(s, r["shape"], source)
         rgb = colors_at(models.appearance, r["shape"], r["latents"],
                         r["shape"].points[pick].numpy(), r["shape"].normals[pick].numpy())
         err[guidance] = float(((torch.from_numpy(rgb) - goal) ** 2).mean())
