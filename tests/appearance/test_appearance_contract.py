@@ -115,3 +115,20 @@ def test_bad_outputs(case, meshes, tmp_path, capsys, no_models):
     ][case]
     assert_user_error(argv(meshes["plain.obj"], meshes["coloured.ply"], out), capsys,
                       mentions=["--out", says], watch=[tmp_path])
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_bad_splat_outputs(case, meshes, tmp_path, capsys, no_models):
+    (tmp_path / "taken.ply").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "existing.ply").write_text("keep me")
+    out, says = [
+        (tmp_path / "taken.ply", "is a folder"),
+        (tmp_path / "file.txt" / "s.ply", "file.txt is a file"),
+        ("/proc/flow3d_contract.ply", "cannot write"),
+        (tmp_path / "existing.ply", "file exists; pass --overwrite"),
+        (tmp_path / "s.txt", "unsupported extension"),
+    ][case]
+    assert_user_error(argv(meshes["plain.obj"], meshes["coloured.ply"], tmp_path / "o.glb",
+                           "--splat", out), capsys, mentions=["--splat", says],
+                      watch=[tmp_path])
