@@ -58,7 +58,8 @@ class ClassifierFreeGuidance:
       unconditional field is not evaluated (for a scalar ``t``).
     - ``groups``: per-channel weights along dim 1, ``[(index | slice | list, weight), ...]``
       (SplatFlow guides image, depth and pose channels with separate weights); channels in no
-      group use ``weight``. Groups must not overlap.
+      group use ``weight``. Groups must not overlap. ``channel_dim``: the dimension the groups
+      index (1 for ``[B, C, ...]`` states; -1 for token states ``[B, M, C]``).
     """
 
     def __init__(
@@ -68,15 +69,18 @@ class ClassifierFreeGuidance:
         weight: float = 0.0,
         interval: tuple[float, float] = (0.0, 1.0),
         groups: Sequence[tuple[int | slice | Sequence[int], float]] | None = None,
+        channel_dim: int = 1,
     ):
         self.cond, self.uncond = cond, uncond
         self.weight = float(weight)
+        self.channel_dim = int(channel_dim)
         self.interval = _check_interval(interval)
         self.groups = list(groups) if groups else []
         self._cache: dict[tuple, Tensor] = {}
 
     def channel_weights(self, v: Tensor) -> Tensor:
-        """Weights broadcastable to ``v [B, C, ...]``: ``[C, 1, ...]`` with groups, else 0-dim."""
+        """Weights broadcastable to ``v``: ``[C, 1, ...]`` (as many 1s as dimensions after the
+        channel one) with groups, else 0-dim."""
         key = (v.shape[1:], v.dtype, v.device)
         if key not in self._cache:
             self._cache[key] = self._build_weights(v)
@@ -85,20 +89,23 @@ class ClassifierFreeGuidance:
     def _build_weights(self, v: Tensor) -> Tensor:
         if not self.groups:
             return torch.tensor(self.weight, dtype=v.dtype, device=v.device)
-        if v.ndim < 2:
-            raise ValueError(f"channel groups need a [B, C, ...] state, got {tuple(v.shape)}")
-        w = torch.full((v.shape[1],), self.weight, dtype=v.dtype, device=v.device)
-        taken = torch.zeros(v.shape[1], dtype=torch.bool, device=v.device)
+        dim = self.channel_dim % v.ndim if v.ndim else 0
+        if v.ndim < 2 or dim == 0:
+            raise ValueError(f"channel groups need a state with batch and channel dimensions "
+                             f"(channel_dim {self.channel_dim}), got {tuple(v.shape)}")
+        n = v.shape[dim]
+        w = torch.full((n,), self.weight, dtype=v.dtype, device=v.device)
+        taken = torch.zeros(n, dtype=torch.bool, device=v.device)
         for index, weight in self.groups:
-            if isinstance(index, int) and not -v.shape[1] <= index < v.shape[1]:
-                raise ValueError(f"channel group {index} outside dim 1 of size {v.shape[1]}")
+            if isinstance(index, int) and not -n <= index < n:
+                raise ValueError(f"channel group {index} outside dim {dim} of size {n}")
             sel = torch.zeros_like(taken)
             sel[index] = True
             if (sel & taken).any():
                 raise ValueError(f"channel group {index!r} overlaps an earlier group")
             taken |= sel
             w[sel] = float(weight)
-        return w.reshape(-1, *([1] * (v.ndim - 2)))
+        return w.reshape(-1, *([1] * (v.ndim - 1 - dim)))
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         v_c = self.cond(x, t)  # [B, ...]

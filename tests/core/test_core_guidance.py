@@ -87,6 +87,28 @@ def test_cfg_channel_groups_get_their_own_weights():
         ClassifierFreeGuidance(cond, uncond, interval=(0.8, 0.2))
 
 
+def test_cfg_channel_groups_on_the_last_dimension_of_token_states():
+    """Token states ``[B, M, C]`` (channels last) group along ``channel_dim=-1``, and give the
+    same result as the channels-first layout transposed."""
+    cond, uncond = _fields()
+    x = torch.randn(2, 5, 6)
+    t = torch.tensor(0.3)
+    groups = [(slice(0, 3), 7.0), (3, 2.0)]
+    last = ClassifierFreeGuidance(cond, uncond, weight=0.5, groups=groups, channel_dim=-1)
+    diff = cond(x, t) - uncond(x, t)
+    out = last(x, t)
+    torch.testing.assert_close(out[..., :3], cond(x, t)[..., :3] + 7.0 * diff[..., :3])
+    torch.testing.assert_close(out[..., 3], cond(x, t)[..., 3] + 2.0 * diff[..., 3])
+    torch.testing.assert_close(out[..., 4:], cond(x, t)[..., 4:] + 0.5 * diff[..., 4:])
+    first = ClassifierFreeGuidance(cond, uncond, weight=0.5, groups=groups)
+    xt = x.transpose(1, 2).contiguous()
+    torch.testing.assert_close(first(xt, t).transpose(1, 2), out)
+    with pytest.raises(ValueError, match="outside dim 2"):
+        ClassifierFreeGuidance(cond, uncond, groups=[(6, 1.0)], channel_dim=-1)(x, t)
+    with pytest.raises(ValueError, match="channel dimensions"):
+        ClassifierFreeGuidance(cond, uncond, groups=[(0, 1.0)], channel_dim=0)(x, t)
+
+
 def test_cfg_composes_with_solvers():
     mu_c, mu_u, s = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 0.0]), torch.ones(2)
     cfg = ClassifierFreeGuidance(gaussian_velocity(mu_c, s), gaussian_velocity(mu_u, s), 1.0)
