@@ -25,6 +25,8 @@ import numpy as np
 
 __all__ = [
     "KINDS",
+    "paint_faces",
+    "paintable_faces",
     "painted_mesh",
     "TEXTURES",
     "Painting",
@@ -164,7 +166,14 @@ def painted_mesh(mesh, painting: Painting, *, max_edge: float = 0.05):
     """A copy of a trimesh painted by ``painting`` as face colours: subdivided in its own
     planes to edges of at most ``max_edge`` (normalised frame), the rule evaluated at each
     face's centroid with its outward normal (exact for ``parts``, whose colour is a function
-    of the normal). Makes coloured test assets."""
+    of the normal). Makes coloured test assets. To paint one mesh many times, subdivide once
+    with :func:`paintable_faces` and call :func:`paint_faces` per painting."""
+    return paint_faces(paintable_faces(mesh, max_edge=max_edge), painting)
+
+
+def paintable_faces(mesh, *, max_edge: float = 0.05):
+    """``(subdivided mesh, face centroids, outward face normals)`` for :func:`paint_faces`;
+    centroids and normals in the normalised frame (the costly part: orienting the normals)."""
     import trimesh
 
     from flow3d.mesh.data import normalize_mesh
@@ -176,6 +185,15 @@ def painted_mesh(mesh, painting: Painting, *, max_edge: float = 0.05):
     out = trimesh.Trimesh(v, f, process=False)
     centres = norm.apply(np.asarray(out.triangles_center)).astype(np.float32)
     nrm = orient_normals(normed, centres, np.asarray(out.face_normals, dtype=np.float32))
+    return out, centres, nrm
+
+
+def paint_faces(faces, painting: Painting):
+    """A copy of :func:`paintable_faces`' mesh with ``painting``'s face colours."""
+    import trimesh
+
+    mesh, centres, nrm = faces
+    out = mesh.copy()
     rgb = paint(centres, nrm, painting)
     out.visual = trimesh.visual.ColorVisuals(out, face_colors=np.concatenate(
         [(rgb * 255).round(), np.full((len(rgb), 1), 255)], 1).astype(np.uint8))
