@@ -21,7 +21,8 @@ from torch import Tensor
 from flow3d.core.paths import expand_time
 from flow3d.core.schedulers import LinearScheduler, Scheduler
 
-__all__ = ["ClassifierFreeGuidance", "FlowChef", "Inpainting", "OptimizerGuidance", "renoise"]
+__all__ = ["ClassifierFreeGuidance", "FlowChef", "Inpainting", "OptimizerGuidance",
+           "ProjectPrediction", "renoise"]
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
 
@@ -343,3 +344,44 @@ class Inpainting:
                 self.nfe += 1
             x = self.replace(x, t)
         return x
+
+
+class ProjectPrediction:
+    """Solver hook: while ``t <= t_max``, move the state so that its predicted data lies in a
+    constraint set (SplatFlow's "stop-ray": generated camera rays replaced by the rays of the
+    nearest consistent cameras during the first steps).
+
+    After each step to ``t`` (an affine path ``x_t = alpha_t x_1 + sigma_t x_0``): the
+    prediction ``x1_hat`` and the matching noise ``x0_hat`` are read off the velocity
+    (``v = d_alpha x_1 + d_sigma x_0``, two equations, two unknowns), ``x1_hat`` is replaced by
+    ``project(x1_hat)``, and the state rebuilt as ``alpha_t project(x1_hat) + sigma_t x0_hat``:
+    the noise the solver has accumulated is kept, only the predicted data moves. One velocity
+    call per projected step; ``project`` must return a tensor of ``x``'s shape.
+    """
+
+    def __init__(self, velocity: Velocity, project: Callable[[Tensor], Tensor], *,
+                 t_max: float = 0.25, scheduler: Scheduler | None = None):
+        if not 0.0 <= t_max <= 1.0:
+            raise ValueError(f"t_max must lie in [0, 1], got {t_max}")
+        self.velocity, self.project, self.t_max = velocity, project, float(t_max)
+        self.scheduler = scheduler if scheduler is not None else LinearScheduler()
+        self.nfe = 0
+
+    def predict(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
+        """``(x1_hat, x0_hat)`` at path time ``t`` from the velocity."""
+        tt = torch.tensor(t, dtype=x.dtype, device=x.device)
+        c = self.scheduler(tt)
+        v = self.velocity(x, tt)
+        self.nfe += 1
+        det = c.alpha_t * c.d_sigma_t - c.sigma_t * c.d_alpha_t
+        x1 = (c.d_sigma_t * x - c.sigma_t * v) / det
+        x0 = (c.alpha_t * v - c.d_alpha_t * x) / det
+        return x1, x0
+
+    def __call__(self, x: Tensor, t_next: Tensor, step: int) -> Tensor:
+        t = float(t_next)
+        if t > self.t_max or t >= 1.0:
+            return x
+        x1, x0 = self.predict(x, t)
+        c = self.scheduler(torch.tensor(t, dtype=x.dtype, device=x.device))
+        return c.alpha_t * self.project(x1) + c.sigma_t * x0

@@ -307,3 +307,33 @@ def test_inpainting_composes_with_the_adaptive_solver():
     hook = Inpainting(known, mask, resample=1, jump=0.1, velocity=prior, generator=g)
     out = solve(prior, torch.randn(4, 6, generator=g), method="dopri5", hooks=[hook])
     assert torch.equal(out.x[:, mask], known[:, mask]) and out.times[-1] == 1.0
+
+
+def test_project_prediction_moves_only_the_predicted_data():
+    """For a point mass at mu (linear path: v = (mu - x) / (1 - t)) the prediction is mu: the
+    hook rebuilds the state from project(mu) and the noise the state carries; identity leaves
+    the state alone (cosine path too); late steps and t = 1 are untouched."""
+    from flow3d.core.guidance import ProjectPrediction
+    from flow3d.core.schedulers import CosineScheduler
+
+    mu = torch.tensor([[2.0, -1.0, 0.5]])
+
+    def v(x, t):
+        return (mu - x) / (1 - t)
+
+    x = torch.tensor([[0.3, 0.1, -0.2]])
+    shift = torch.tensor([[1.0, 0.0, 0.0]])
+    hook = ProjectPrediction(v, lambda x1: x1 + shift, t_max=0.5)
+    t = 0.2
+    x0 = x - t * v(x, torch.tensor(t))
+    torch.testing.assert_close(x0, (x - t * mu) / (1 - t))
+    out = hook(x, torch.tensor(t), 0)
+    torch.testing.assert_close(out, t * (mu + shift) + (1 - t) * x0)
+    assert hook.nfe == 1
+    assert torch.equal(hook(x, torch.tensor(0.7), 1), x) and hook.nfe == 1
+    assert torch.equal(hook(x, torch.tensor(1.0), 2), x)
+    for sched in (None, CosineScheduler()):
+        same = ProjectPrediction(lambda x, t: torch.sin(x) + t, lambda x1: x1, scheduler=sched)
+        torch.testing.assert_close(same(x, torch.tensor(0.1), 0), x)
+    with pytest.raises(ValueError, match="t_max"):
+        ProjectPrediction(v, lambda x1: x1, t_max=1.5)
