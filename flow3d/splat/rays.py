@@ -256,7 +256,7 @@ def _refit_with_principal_point(d: Tensor, q: Tensor, wt: Tensor, K: Tensor,
     """``K, R`` refitted with ``K``'s principal point held: alternately ``R`` by Kabsch between
     the rays ``d`` and the pixel directions ``c ∝ K^-1 q``, and the focal lengths by least
     squares of ``(u - cx, v - cy) / f = e_xy / e_z`` with ``e = R d``. With the principal point
-    fixed, focal length and rotation hardly interact: this converges in one or two rounds."""
+    fixed, focal length and rotation hardly interact: this converges in a few rounds."""
     xy = q[None, :, :2] - K[:, None, :2, 2]  # [C, N, 2]
     f = torch.stack([K[:, 0, 0], K[:, 1, 1]], dim=-1)  # [C, 2]
 
@@ -264,16 +264,46 @@ def _refit_with_principal_point(d: Tensor, q: Tensor, wt: Tensor, K: Tensor,
         c = torch.cat([xy / f[:, None], torch.ones_like(xy[..., :1])], dim=-1)
         return _kabsch(torch.nn.functional.normalize(c, dim=-1), d, wt)
 
-    for _ in range(3):
+    for _ in range(100):  # until the focal lengths settle (a few rounds from a DLT start)
         e = torch.einsum("cij,cnj->cni", rotation(f), d)
         tangent = e[..., :2] / e[..., 2:].clamp_min(_MIN_DEPTH)  # [C, N, 2]
         num = (wt[..., None] * xy * xy).sum(1)
         den = (wt[..., None] * xy * tangent).sum(1)
-        f = num.sum(-1, keepdim=True).expand(-1, 2) / den.sum(-1, keepdim=True) \
+        f_new = num.sum(-1, keepdim=True).expand(-1, 2) / den.sum(-1, keepdim=True) \
             if square_pixels else num / den
+        done = bool(((f_new - f).abs() <= 1e-12 * f.abs()).all())
+        f = f_new
+        if done:
+            break
+    if not (torch.isfinite(f).all() and (f > 0).all()):
+        i = _first_bad(~(torch.isfinite(f) & (f > 0)).all(-1))
+        raise ValueError(f"cameras_from_rays: no positive focal length fits the rays of "
+                         f"camera {i}")
     K = K.clone()
     K[:, 0, 0], K[:, 1, 1] = f[:, 0], f[:, 1]
     return K, rotation(f)
+
+
+def _focal_guess(d: Tensor, q: Tensor, wt: Tensor, principal_point) -> Tensor:
+    """``K [C, 3, 3]`` with the given principal point and the focal length ``f`` that best
+    explains the rays' angles to their mean direction: ``median |q - c| / tan(angle)`` over
+    rays off the axis (a pinhole centred on the mean direction has ``|q - c| = f tan``)."""
+    n = torch.nn.functional.normalize((wt[..., None] * d).sum(1), dim=-1)  # [C, 3]
+    cos = torch.einsum("cni,ci->cn", d, n).clamp(-1.0, 1.0)
+    ang = torch.arccos(cos)
+    c = torch.tensor(principal_point, dtype=d.dtype, device=d.device)
+    r = (q[:, :2] - c).norm(dim=-1).expand_as(ang)
+    ok = (ang > 1e-3) & (ang < math.radians(80)) & (wt > 0) & (r > 0)
+    ratio = torch.where(ok, r / torch.tan(ang).clamp_min(1e-9), torch.nan)
+    f = torch.nanmedian(ratio, dim=-1).values
+    if not torch.isfinite(f).all():
+        i = _first_bad(~torch.isfinite(f))
+        raise ValueError(f"cameras_from_rays: the rays of camera {i} do not spread around an "
+                         "axis, so no focal length explains them")
+    K = torch.zeros(len(f), 3, 3, dtype=d.dtype, device=d.device)
+    K[:, 0, 0], K[:, 1, 1], K[:, 2, 2] = f, f, 1.0
+    K[:, 0, 2], K[:, 1, 2] = c[0], c[1]
+    return K
 
 
 def _fit(rays: Tensor, width: int, height: int, weights: Tensor | None, square_pixels: bool,
@@ -289,16 +319,16 @@ def _fit(rays: Tensor, width: int, height: int, weights: Tensor | None, square_p
     d, m = x[..., :3], x[..., 3:]
     o = _fit_centres(d, m, wt)
     q = _cell_centres(width, height, h, w, rays.device).reshape(h * w, 3)
+    if principal_point is not None:
+        # no DLT: start the Kabsch refit from a focal length read off the ray spread, which
+        # copes with generated rays too incoherent for a projective fit
+        K = _focal_guess(d, q, wt, principal_point)
+        K, R = _refit_with_principal_point(d, q, wt, K, square_pixels)
+        return K, R, _fit_centres(_directions(K, R, q), m, wt)
     M = _fit_projection(d, q, wt)
     K, R = _rq(torch.linalg.inv(M))
     K = K / K[:, 2:, 2:]
     K[:, 0, 1] = 0.0  # no skew
-    if principal_point is not None:
-        K[:, 0, 2], K[:, 1, 2] = principal_point
-        K, R = _refit_with_principal_point(d, q, wt, K, square_pixels)
-        # Noise in the given directions biases the centre (errors in variables, worst for
-        # narrow fields of view); the fitted ones carry far less, so solve again with them.
-        return K, R, _fit_centres(_directions(K, R, q), m, wt)
     if square_pixels:
         f = 0.5 * (K[:, 0, 0] + K[:, 1, 1])
         K[:, 0, 0], K[:, 1, 1] = f, f
