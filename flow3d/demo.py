@@ -22,6 +22,7 @@ DEMOS: dict[str, str] = {
     "mesh": "flow3d.mesh.pipeline:demo",
     "splat": "flow3d.splat.demo:demo",
     "appearance": "flow3d.appearance.transfer:demo",
+    "splatflow": "flow3d.splat.splatflow:demo",
 }
 
 

@@ -44,7 +44,8 @@ def test_the_command_list_is_complete():
     for expected in ("train", "sample", "eval", "protein design", "protein eval",
                      "protein cache", "mesh generate", "mesh reconstruct", "mesh edit", "mesh eval",
                      "splat views", "splat fit", "splat render", "splat convert", "view",
-                     "appearance transfer"):
+                     "appearance transfer", "splat reconstruct", "splat generate",
+                     "splat complete", "splat edit", "splat poses"):
         assert expected in names, sorted(names)
 
 

@@ -26,13 +26,17 @@ HEADS: dict[str, str] = {
     "mesh_occvae": "flow3d.mesh.sparse_gen_head:MeshOccVAEHead",
     "appearance_vae": "flow3d.appearance.head:AppearanceVAEHead",
     "appearance_flow": "flow3d.appearance.head:AppearanceFlowHead",
+    "splat_decoder": "flow3d.splat.head:GSDecoderHead",
+    "splat_flow": "flow3d.splat.head:MultiViewFlowHead",
+    "splat_classifier": "flow3d.splat.head:SceneClassifierHead",
 }
 
 # the pip extra that provides each head's optional dependencies
 EXTRAS: dict[str, str] = {"protein": "protein", "mesh_vae": "mesh", "mesh_flow": "mesh",
                           "mesh_svae": "mesh", "mesh_structure": "mesh", "mesh_slat": "mesh",
                           "mesh_occvae": "mesh", "appearance_vae": "mesh",
-                          "appearance_flow": "mesh"}
+                          "appearance_flow": "mesh", "splat_decoder": "mesh",
+                          "splat_flow": "mesh", "splat_classifier": "mesh"}
 
 
 class HeadUnavailableError(ConfigError):

@@ -1,0 +1,226 @@
+"""SplatFlow's generator at CPU size: a rectified flow over the colour, depth and camera rays
+of all views of a scene at once, in pixel space.
+
+No pretrained image VAE can be downloaded here, so the state is the pixels themselves, cut into
+``patch``^2 tokens (SplatFlow's latent is 8x downsampled, and its rays live at latent
+resolution: one ray per 8x8 pixels, as here). One token per patch and view::
+
+    token = [ (2 rgb - 1, 2 disparity - 1) for each of the patch's p^2 pixels | d | m / 3 ]
+
+``rgb`` is black where there is no depth (the object on a black background), ``disparity =
+(1/z - 1/far) / (1/near - 1/far)`` (0 on the background, so the depth channel is -1 there),
+``(d, m)`` the Plücker ray through the patch centre (:func:`flow3d.splat.rays.plucker_rays`;
+moments scaled to about unit size). A scene is ``[V * T, p^2 * 4 + 6]`` tokens, ``T`` per view,
+and :class:`MultiViewFlow` is the mesh head's DiT (:class:`~flow3d.mesh.flow.LatentFlow`:
+AdaLN-Zero blocks, class condition with a learned null for classifier-free guidance) with joint
+attention over every view's tokens, a learned position per patch and a learned embedding per
+view slot. The network predicts the clean scene ``x1_hat`` and returns the velocity
+``(x1_hat - x_t) / (1 - t)`` (``1 - t`` floored at 0.05): a token holds 262 numbers and the DiT
+is 192 wide, so a velocity (or noise) prediction would have to carry every pixel's noise through
+a narrower layer, while clean views lie near a low-dimensional set (JiT, Li and He 2025, "Back
+to Basics: Let Denoising Generative Models Denoise"; measured here: the velocity-predicting
+flow still left per-pixel noise in its samples after 1,250 steps). :class:`SceneLayout` converts both ways and names the channel groups (``rgb``,
+``depth``, ``rays``) that get their own guidance weights and inpainting masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from flow3d.errors import ConfigError
+from flow3d.mesh.flow import LatentFlow
+from flow3d.options import check_float, check_int
+from flow3d.splat.cameras import Cameras
+
+__all__ = ["MOMENT_SCALE", "MultiViewFlow", "MultiViewFlowConfig", "SceneLayout"]
+
+MOMENT_SCALE = 1.0 / 3.0  # |o x d| <= |o| ~ 2-3.5 scene units for these cameras
+BACKGROUND_DISPARITY = 0.02  # decoded disparity below this is background (depth 0)
+MIN_REMAINING_TIME = 0.05  # floor of 1 - t when the predicted scene becomes a velocity
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiViewFlowConfig:
+    """The ``model`` section of ``recipes/splat/mvflow_class.yaml``."""
+
+    views: int = 8
+    size: int = 64
+    patch: int = 8
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+    cond: str = "class"
+    num_classes: int = 15
+    cond_drop: float = 0.1
+    near: float = 0.5
+    far: float = 5.0
+
+    def __post_init__(self):
+        check_int(self.views, "model.views", lo=1, hi=64)
+        check_int(self.size, "model.size", lo=8, hi=1024)
+        check_int(self.patch, "model.patch", lo=1, hi=64)
+        if self.size % self.patch:
+            raise ConfigError(f"model.size = {self.size}: must be divisible by model.patch "
+                              f"({self.patch})")
+        check_int(self.width, "model.width", lo=8, hi=8192)
+        check_int(self.heads, "model.heads", lo=1, hi=128)
+        if self.width % self.heads:
+            raise ConfigError(f"model.width = {self.width}: must be divisible by model.heads")
+        check_int(self.depth, "model.depth", lo=1, hi=128)
+        if self.cond not in ("none", "class"):
+            raise ConfigError(f"model.cond = {self.cond!r}: must be none or class")
+        check_int(self.num_classes, "model.num_classes", lo=1, hi=100_000)
+        check_float(self.cond_drop, "model.cond_drop", lo=0.0, hi=1.0)
+        check_float(self.near, "model.near", lo=0.0, hi=1e6, lo_open=True)
+        check_float(self.far, "model.far", lo=self.near, hi=1e9, lo_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneLayout:
+    """Scenes of ``views`` views at ``size``^2 <-> token states ``[B, views * T, dim]``."""
+
+    views: int
+    size: int
+    patch: int
+    near: float
+    far: float
+
+    @property
+    def grid(self) -> int:  # patches per side
+        return self.size // self.patch
+
+    @property
+    def tokens_per_view(self) -> int:
+        return self.grid**2
+
+    @property
+    def dim(self) -> int:
+        return self.patch**2 * 4 + 6
+
+    def groups(self) -> dict[str, Tensor]:
+        """Channel indices of each group within a token: ``rgb``, ``depth``, ``rays``."""
+        pix = torch.arange(self.patch**2 * 4).reshape(-1, 4)
+        return {"rgb": pix[:, :3].reshape(-1), "depth": pix[:, 3],
+                "rays": torch.arange(self.patch**2 * 4, self.dim)}
+
+    # ---- scenes -> tokens -------------------------------------------------------------------
+    def disparity(self, depth: Tensor) -> Tensor:
+        inv = (1.0 / depth.clamp_min(1e-6) - 1.0 / self.far) / (1.0 / self.near - 1.0 / self.far)
+        return torch.where(depth > 0, inv.clamp(0.0, 1.0), torch.zeros_like(depth))
+
+    def rays(self, K: Tensor, viewmats: Tensor) -> Tensor:
+        """``[B, V, 6, g, g]`` rays at the patch centres (moments scaled)."""
+        from flow3d.splat.rays import plucker_rays
+
+        b, v = K.shape[:2]
+        cams = Cameras(K.reshape(b * v, 3, 3), viewmats.reshape(b * v, 4, 4), self.size,
+                       self.size)
+        r = plucker_rays(cams, grid=self.grid).reshape(b, v, 6, self.grid, self.grid)
+        return torch.cat([r[:, :, :3], r[:, :, 3:] * MOMENT_SCALE], dim=2)
+
+    def to_state(self, rgb: Tensor, depth: Tensor, K: Tensor, viewmats: Tensor) -> Tensor:
+        """Tokens ``[B, V T, dim]`` of ``rgb [B, V, H, W, 3]`` in [0, 1], ``depth [B, V, H, W,
+        1]`` (0 = background) and cameras ``K [B, V, 3, 3]``, ``viewmats [B, V, 4, 4]``."""
+        b, v, h, w, _ = rgb.shape
+        if (v, h, w) != (self.views, self.size, self.size):
+            raise ValueError(f"scenes of {v} views at {w}x{h}; the layout takes {self.views} "
+                             f"at {self.size}x{self.size}")
+        fg = (depth > 0).to(rgb.dtype)
+        pix = torch.cat([2 * rgb * fg - 1, 2 * self.disparity(depth) - 1], dim=-1)
+        p, g = self.patch, self.grid
+        pix = pix.reshape(b, v, g, p, g, p, 4).permute(0, 1, 2, 4, 3, 5, 6)
+        pix = pix.reshape(b, v, g * g, p * p * 4)
+        rays = self.rays(K, viewmats).permute(0, 1, 3, 4, 2).reshape(b, v, g * g, 6)
+        return torch.cat([pix, rays.to(pix)], dim=-1).reshape(b, v * g * g, self.dim)
+
+    # ---- tokens -> scenes -------------------------------------------------------------------
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rgb [B, V, H, W, 3] in [0, 1], depth [B, V, H, W, 1], rays [B, V, 6, g, g])``
+        (moments unscaled) of a state; disparity below :data:`BACKGROUND_DISPARITY` is
+        background (depth 0, colour 0)."""
+        b = x.shape[0]
+        p, g, v = self.patch, self.grid, self.views
+        t = x.reshape(b, v, g, g, self.dim)
+        pix = t[..., : p * p * 4].reshape(b, v, g, g, p, p, 4).permute(0, 1, 2, 4, 3, 5, 6)
+        pix = pix.reshape(b, v, self.size, self.size, 4)
+        disp = ((pix[..., 3:] + 1) / 2).clamp(0.0, 1.0)
+        fg = disp > BACKGROUND_DISPARITY
+        inv = disp * (1.0 / self.near - 1.0 / self.far) + 1.0 / self.far
+        depth = torch.where(fg, 1.0 / inv, torch.zeros_like(inv))
+        rgb = ((pix[..., :3] + 1) / 2).clamp(0.0, 1.0) * fg
+        rays = t[..., p * p * 4 :].permute(0, 1, 4, 2, 3)
+        rays = torch.cat([rays[:, :, :3], rays[:, :, 3:] / MOMENT_SCALE], dim=2)
+        return rgb, depth, rays
+
+    def pixel_mask(self, pixels: Tensor, channels=("rgb", "depth")) -> Tensor:
+        """Boolean ``[1, V T, dim]``: the ``channels`` (of ``rgb``, ``depth``) of the pixels
+        set in ``pixels [V, H, W]``; ray channels False."""
+        p, g = self.patch, self.grid
+        px = pixels.reshape(self.views, g, p, g, p).permute(0, 1, 3, 2, 4)
+        px = px.reshape(self.views * g * g, p * p)
+        out = torch.zeros(self.views * g * g, self.dim, dtype=torch.bool)
+        per_pixel = out[:, : p * p * 4].view(-1, p * p, 4)
+        for name, c in (("rgb", slice(0, 3)), ("depth", slice(3, 4))):
+            if name in channels:
+                per_pixel[..., c] = px[..., None]
+        return out[None]
+
+    def snap_rays(self, x: Tensor) -> Tensor:
+        """``x`` with every view's ray channels replaced by the rays of the camera fitted to
+        them (principal point at the centre); a scene whose rays fit no camera is left as it
+        is (early in sampling they may not)."""
+        from flow3d.splat.rays import snap_rays
+
+        out = x.clone()
+        b, p, g = x.shape[0], self.patch, self.grid
+        rays = x[..., p * p * 4 :].reshape(b, self.views, g, g, 6).permute(0, 1, 4, 2, 3)
+        for i in range(b):
+            r = torch.cat([rays[i, :, :3], rays[i, :, 3:] / MOMENT_SCALE], dim=1)
+            try:
+                s = snap_rays(r, self.size, self.size,
+                              principal_point=(self.size / 2, self.size / 2))
+            except ValueError:
+                continue
+            s = torch.cat([s[:, :3], s[:, 3:] * MOMENT_SCALE], dim=1)
+            out[i, :, p * p * 4 :] = s.permute(0, 2, 3, 1).reshape(-1, 6).to(x)
+        return out
+
+    def view_mask(self, known_views, device=None) -> Tensor:
+        """Boolean ``[1, V T, 1]``: the tokens of the views ``known_views``."""
+        m = torch.zeros(self.views, dtype=torch.bool, device=device)
+        m[list(known_views)] = True
+        return m.repeat_interleave(self.tokens_per_view)[None, :, None]
+
+
+class MultiViewFlow(LatentFlow):
+    """Velocity of multi-view token states ``[B, V T, dim]`` (module docstring)."""
+
+    def __init__(self, cfg: MultiViewFlowConfig):
+        self.layout = SceneLayout(cfg.views, cfg.size, cfg.patch, cfg.near, cfg.far)
+        super().__init__(latent_dim=self.layout.dim, width=cfg.width, heads=cfg.heads,
+                         depth=cfg.depth, cond=cfg.cond, num_classes=cfg.num_classes,
+                         cond_drop=cfg.cond_drop)
+        self.cfg = cfg
+        self.pos = nn.Parameter(torch.randn(1, self.layout.tokens_per_view, cfg.width) * 0.02)
+        self.view_emb = nn.Parameter(torch.randn(cfg.views, 1, cfg.width) * 0.02)
+
+    def forward(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
+        """Velocity ``[B, V T, dim]`` from the predicted clean scene (module docstring)."""
+        x1 = super().forward(x, t, ctx)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+        return (x1 - x) / (1.0 - t).clamp_min(MIN_REMAINING_TIME)
+
+    def predict_scene(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
+        """The network's clean-scene prediction ``x1_hat`` itself."""
+        return super().forward(x, t, ctx)
+
+    def embed(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        if n != self.layout.views * self.layout.tokens_per_view:
+            raise ValueError(f"MultiViewFlow: {n} tokens; expected {self.layout.views} views x "
+                             f"{self.layout.tokens_per_view}")
+        pos = (self.pos + self.view_emb).reshape(1, n, -1)
+        return self.x_in(x) + pos
