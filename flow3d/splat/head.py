@@ -37,7 +37,7 @@ from flow3d.splat.decoder import (
 )
 from flow3d.splat.metrics import photometric_loss
 from flow3d.splat.mvflow import MultiViewFlow, MultiViewFlowConfig
-from flow3d.splat.render import RenderSettings, render
+from flow3d.splat.render import render
 from flow3d.splat.scenes import SceneBatch, SceneDataConfig, SceneSet, load_scenes
 
 __all__ = ["ClassifierConfig", "DecoderDataConfig", "DecoderSampleConfig", "FlowSampleConfig",
