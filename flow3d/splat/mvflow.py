@@ -39,7 +39,7 @@ from flow3d.splat.cameras import Cameras
 __all__ = ["MOMENT_SCALE", "MultiViewFlow", "MultiViewFlowConfig", "SceneLayout"]
 
 MOMENT_SCALE = 1.0 / 3.0  # |o x d| <= |o| ~ 2-3.5 scene units for these cameras
-BACKGROUND_DISPARITY = 0.02  # decoded disparity below this is background (depth 0)
+BACKGROUND_DISPARITY = 0.04  # below this (depth > 3.9 units; scenes reach 3.3) is background
 MIN_REMAINING_TIME = 0.05  # floor of 1 - t when the predicted scene becomes a velocity
 
 

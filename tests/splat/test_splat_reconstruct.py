@@ -23,21 +23,29 @@ CKPT = ROOT / "checkpoints" / "splat" / "gsdecoder"
 
 
 def test_reconstruct_rerenders_its_views(tmp_path, capsys):
-    data = write_sphere_dataset(tmp_path / "sphere", views=4, size=32, seed=1)
+    """The decoded scene re-renders its own views better than plain unprojection (one opaque
+    pixel-sized Gaussian per pixel with depth): the silhouettes, where unprojection bleeds
+    into the background, dominate the error at 64^2."""
+    from flow3d.engine.checkpoint import load_frozen
+    from flow3d.splat.dataset import load_dataset
+    from flow3d.splat.decoder import pixel_gaussians
+
+    data = write_sphere_dataset(tmp_path / "sphere", views=4, size=64, seed=1)
     out = tmp_path / "scene.ply"
     assert cli.main(["splat", "reconstruct", str(data), "--out", str(out),
                      "--ckpt", str(CKPT)]) == 0
     assert "Gaussians from 4 views" in capsys.readouterr().out
     scene = load_scene(out)
-    meta = json.loads((data / "transforms.json").read_text())
-    from flow3d.splat.dataset import load_dataset
-
     views = load_dataset(data)
-    assert len(scene) == int((views.depths > 0).sum()) and len(meta["frames"]) == 4
+    assert len(scene) == int((views.depths > 0).sum())
+    settings = load_frozen(CKPT, "splat_decoder", "GSDecoder").cfg.render_settings()
+    plain = pixel_gaussians(torch.zeros(4, 14, 64, 64), views.images, views.depths,
+                            views.cameras)
     with torch.no_grad():
-        rendered = render(scene, views.cameras).rgb.clamp(0, 1)
+        rendered = render(scene, views.cameras, settings=settings).rgb.clamp(0, 1)
+        unprojected = render(plain, views.cameras, settings=settings).rgb.clamp(0, 1)
     target = views.images * views.masks
-    assert psnr(rendered, target) > 28.0
+    assert psnr(rendered, target) > max(psnr(unprojected, target) + 2.0, 20.0)
 
 
 @pytest.fixture
