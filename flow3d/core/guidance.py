@@ -369,14 +369,13 @@ class ProjectPrediction:
 
     def predict(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
         """``(x1_hat, x0_hat)`` at path time ``t`` from the velocity."""
+        from flow3d.core.conversions import convert_prediction
+
         tt = torch.tensor(t, dtype=x.dtype, device=x.device)
-        c = self.scheduler(tt)
         v = self.velocity(x, tt)
         self.nfe += 1
-        det = c.alpha_t * c.d_sigma_t - c.sigma_t * c.d_alpha_t
-        x1 = (c.d_sigma_t * x - c.sigma_t * v) / det
-        x0 = (c.alpha_t * v - c.d_alpha_t * x) / det
-        return x1, x0
+        return tuple(convert_prediction(v, x, tt, src="velocity", dst=kind,
+                                        scheduler=self.scheduler) for kind in ("x1", "x0"))
 
     def __call__(self, x: Tensor, t_next: Tensor, step: int) -> Tensor:
         t = float(t_next)

@@ -14,12 +14,13 @@ moments scaled to about unit size). A scene is ``[V * T, p^2 * 4 + 6]`` tokens, 
 and :class:`MultiViewFlow` is the mesh head's DiT (:class:`~flow3d.mesh.flow.LatentFlow`:
 AdaLN-Zero blocks, class condition with a learned null for classifier-free guidance) with joint
 attention over every view's tokens, a learned position per patch and a learned embedding per
-view slot. The network predicts the clean scene ``x1_hat`` and returns the velocity
-``(x1_hat - x_t) / (1 - t)`` (``1 - t`` floored at 0.05): a token holds 262 numbers and the DiT
+view slot. The network predicts the clean scene ``x1_hat`` and returns the velocity ``(x1_hat -
+x_t) / (1 - t)`` (``1 - t`` floored at 0.05 in training): a token holds 262 numbers and the DiT
 is 192 wide, so a velocity (or noise) prediction would have to carry every pixel's noise through
 a narrower layer, while clean views lie near a low-dimensional set (JiT, Li and He 2025, "Back
-to Basics: Let Denoising Generative Models Denoise"; measured here: the velocity-predicting
-flow still left per-pixel noise in its samples after 1,250 steps). :class:`SceneLayout`
+to Basics: Let Denoising Generative Models Denoise"; measured here: the velocity-predicting flow
+still left per-pixel noise in its samples after 1,250 steps).
+:class:`SceneLayout`
 converts both ways and names the channel groups (``rgb``, ``depth``, ``rays``) that get their
 own guidance weights and inpainting masks.
 """
@@ -40,7 +41,10 @@ __all__ = ["MOMENT_SCALE", "MultiViewFlow", "MultiViewFlowConfig", "SceneLayout"
 
 MOMENT_SCALE = 1.0 / 3.0  # |o x d| <= |o| ~ 2-3.5 scene units for these cameras
 BACKGROUND_DISPARITY = 0.04  # below this (depth > 3.9 units; scenes reach 3.3) is background
-MIN_REMAINING_TIME = 0.05  # floor of 1 - t when the predicted scene becomes a velocity
+# floor of 1 - t when the predicted scene becomes a velocity: in training (bounded loss
+# weights, as JiT), and when sampling (tiny, so the last Euler step lands on the prediction)
+MIN_REMAINING_TIME = 0.05
+SAMPLING_REMAINING_TIME = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,9 +214,11 @@ class MultiViewFlow(LatentFlow):
 
     def forward(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
         """Velocity ``[B, V T, dim]`` from the predicted clean scene (module docstring)."""
-        x1 = super().forward(x, t, ctx)
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
-        return (x1 - x) / (1.0 - t).clamp_min(MIN_REMAINING_TIME)
+        from flow3d.core.conversions import convert_prediction
+
+        eps = MIN_REMAINING_TIME if self.training else SAMPLING_REMAINING_TIME
+        return convert_prediction(super().forward(x, t, ctx), x, t, src="x1", dst="velocity",
+                                  eps=eps)
 
     def predict_scene(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
         """The network's clean-scene prediction ``x1_hat`` itself."""
