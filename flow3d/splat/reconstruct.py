@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
+from flow3d.engine.checkpoint import PROJECT_ROOT, resolve_path
 from flow3d.errors import DataError
 from flow3d.io import check_output_file
 from flow3d.options import add_overwrite_flag
 
-DEFAULT_CKPT = "checkpoints/splat/gsdecoder"
+DEFAULT_CKPT = str(PROJECT_ROOT / "checkpoints" / "splat" / "gsdecoder")
 MAX_VIEWS = 64
 MAX_SIZE = 512
 
@@ -48,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    s = ReconstructSettings(Path(args.dataset), Path(args.out), Path(args.ckpt),
+    s = ReconstructSettings(Path(args.dataset), Path(args.out), resolve_path(args.ckpt),
                             args.overwrite)
     report = reconstruct(s)
     print(f"{report['out']}: {report['gaussians']} Gaussians from {report['views']} views "  # noqa: T201

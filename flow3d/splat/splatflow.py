@@ -39,11 +39,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flow3d.engine.checkpoint import PROJECT_ROOT, resolve_path
 from flow3d.errors import ConfigError, DataError
 from flow3d.io import atomic_write_text, check_output_dir, check_output_file, prepare_output_dir
 from flow3d.options import add_overwrite_flag, check_float, check_int
 
-CHECKPOINTS = Path("checkpoints/splat")
+CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "splat"  # bundled, found from any directory
 MAX_STEPS = 10_000
 TASKS = ("generate", "complete", "edit", "poses")
 
@@ -442,7 +443,8 @@ def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
         task=task, out=Path(args.out), dataset=Path(args.dataset) if task != "generate"
         else None, label=args.label, known=getattr(args, "known", ()),
         masks=Path(args.masks) if getattr(args, "masks", None) else None, steps=args.steps,
-        seed=args.seed, cfg=args.cfg, flow=Path(args.flow), decoder=Path(args.decoder),
+        seed=args.seed, cfg=args.cfg, flow=resolve_path(args.flow),
+        decoder=resolve_path(args.decoder),
         overwrite=args.overwrite)
 
 
