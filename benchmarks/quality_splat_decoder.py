@@ -17,21 +17,16 @@ layer at zero).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
 import torch
 
 
-def _psnr(mse: float) -> float:
-    return math.inf if mse == 0 else -10.0 * math.log10(mse)
-
-
 def score(model, batch, given: list[int], zero: bool = False) -> dict:
     """Metrics of one scene (``batch`` of one) decoded from ``given`` views."""
     from flow3d.splat.decoder import pixel_gaussians, view_inputs
-    from flow3d.splat.metrics import ssim
+    from flow3d.splat.metrics import psnr, ssim
     from flow3d.splat.render import render
 
     views = batch.views(given)
@@ -54,9 +49,9 @@ def score(model, batch, given: list[int], zero: bool = False) -> dict:
             continue
         a, b = rgb[idx], target[idx]
         obj = ((batch.mask[0][idx] > 0) | (out.alpha[idx] > 0.5)).expand_as(a)
-        res[f"{name}_psnr"] = _psnr(float(((a - b) ** 2).mean()))
+        res[f"{name}_psnr"] = psnr(a, b)
         res[f"{name}_ssim"] = float(ssim(a, b))
-        res[f"{name}_psnr_obj"] = _psnr(float(((a - b) ** 2)[obj].mean()))
+        res[f"{name}_psnr_obj"] = psnr(a[obj], b[obj])
     return res
 
 

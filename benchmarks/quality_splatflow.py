@@ -40,9 +40,10 @@ CKPT = Path("checkpoints/splat")
 
 
 def _psnr(a, b, where=None) -> float:
-    d = (a - b) ** 2
-    mse = float(d[where].mean()) if where is not None else float(d.mean())
-    return math.inf if mse == 0 else -10 * math.log10(mse)
+    """PSNR (:func:`flow3d.splat.metrics.psnr`) over all pixels or those ``where`` is set."""
+    from flow3d.splat.metrics import psnr
+
+    return psnr(a, b) if where is None else psnr(a[where], b[where])
 
 
 def _settings(task: str, label: str | None, steps: int, seed: int = 0, known=()):
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from flow3d.engine.checkpoint import load_frozen, load_model
+    from flow3d.splat.decoder import decode_scene
     from flow3d.splat.mvflow import SceneLayout
     from flow3d.splat.rays import pose_errors
     from flow3d.splat.render import render
@@ -142,8 +144,6 @@ def main(argv=None) -> int:
         gen_po.append(_psnr(r.rgb[novel], truth[novel], obj[novel].expand_as(r.rgb[novel])))
         with torch.no_grad():
             dec = render(r.scene, cams[novel], settings=look).rgb.clamp(0, 1)
-            from flow3d.splat.decoder import decode_scene
-
             only = decode_scene(models.decoder, b.rgb[0, known_views],
                                 b.depth[0, known_views], cams[known_views])
             base = render(only, cams[novel], settings=look).rgb.clamp(0, 1)

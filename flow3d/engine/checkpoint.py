@@ -208,14 +208,20 @@ def ema_file(path: str | Path) -> Path:
     return ema if ema.is_file() else path / "weights.safetensors"
 
 
-def read_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[Recipe, dict, dict]:
-    """(recipe, weights, train meta) of a checkpoint directory."""
+def read_recipe(path: str | Path) -> Recipe:
+    """The recipe of a checkpoint directory, without reading its weights."""
     path = find_checkpoint(path)
     try:
         raw = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
         raise DataError(f"{path / 'recipe.yaml'}: unreadable recipe ({e})") from None
-    recipe = recipe_from_dict(raw, where=str(path / "recipe.yaml"))
+    return recipe_from_dict(raw, where=str(path / "recipe.yaml"))
+
+
+def read_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[Recipe, dict, dict]:
+    """(recipe, weights, train meta) of a checkpoint directory."""
+    path = find_checkpoint(path)
+    recipe = read_recipe(path)
     weights_file = ema_file(path) if ema else path / "weights.safetensors"
     try:
         weights = load_file(str(weights_file))

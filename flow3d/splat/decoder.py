@@ -35,7 +35,8 @@ from flow3d.splat import sh
 from flow3d.splat.cameras import Cameras
 from flow3d.splat.gaussians import Gaussians
 
-__all__ = ["GSDecoder", "GSDecoderConfig", "decode_scene", "pixel_gaussians", "view_inputs"]
+__all__ = ["GSDecoder", "GSDecoderConfig", "decode_scene", "depth_from_disparity", "disparity",
+           "pixel_gaussians", "view_inputs"]
 
 IN_CHANNELS = 10
 NUM_PARAMS = 14
@@ -74,15 +75,26 @@ class GSDecoderConfig:
         return RenderSettings(eps2d=self.eps2d)
 
 
+def disparity(depth: Tensor, near: float, far: float) -> Tensor:
+    """``(1/z - 1/far) / (1/near - 1/far)`` where ``depth z > 0`` (1 at ``near``, 0 at
+    ``far``), 0 on the background; the inverse of :func:`depth_from_disparity`."""
+    inv = (1.0 / depth.clamp_min(1e-6) - 1.0 / far) / (1.0 / near - 1.0 / far)
+    return torch.where(depth > 0, inv, torch.zeros_like(depth))
+
+
+def depth_from_disparity(disp: Tensor, near: float, far: float) -> Tensor:
+    """Camera z of a (positive) normalised disparity."""
+    return 1.0 / (disp * (1.0 / near - 1.0 / far) + 1.0 / far)
+
+
 def view_inputs(rgb: Tensor, depth: Tensor, cameras: Cameras, near: float, far: float) -> Tensor:
     """The decoder's input ``[V, 10, H, W]`` from ``rgb [V, H, W, 3]``, ``depth [V, H, W, 1]``
     (0 = background) and the views' cameras (module docstring)."""
     from flow3d.splat.rays import plucker_rays
 
     present = (depth > 0).to(rgb.dtype)
-    disp = torch.where(depth > 0, (1.0 / depth.clamp_min(1e-6) - 1.0 / far)
-                       / (1.0 / near - 1.0 / far), torch.zeros_like(depth))
-    pix = torch.cat([rgb * present, disp], dim=-1).permute(0, 3, 1, 2)  # [V, 4, H, W]
+    pix = torch.cat([rgb * present, disparity(depth, near, far)], dim=-1)
+    pix = pix.permute(0, 3, 1, 2)  # [V, 4, H, W]
     rays = plucker_rays(cameras).to(rgb.dtype)  # [V, 6, H, W]
     return torch.cat([pix, rays], dim=1)
 

@@ -35,6 +35,7 @@ from flow3d.errors import ConfigError
 from flow3d.mesh.flow import LatentFlow
 from flow3d.options import check_float, check_int
 from flow3d.splat.cameras import Cameras
+from flow3d.splat.decoder import depth_from_disparity, disparity
 
 __all__ = ["MOMENT_SCALE", "MultiViewFlow", "MultiViewFlowConfig", "SceneLayout"]
 
@@ -112,8 +113,8 @@ class SceneLayout:
 
     # ---- scenes -> tokens -------------------------------------------------------------------
     def disparity(self, depth: Tensor) -> Tensor:
-        inv = (1.0 / depth.clamp_min(1e-6) - 1.0 / self.far) / (1.0 / self.near - 1.0 / self.far)
-        return torch.where(depth > 0, inv.clamp(0.0, 1.0), torch.zeros_like(depth))
+        """The decoder's disparity (:func:`~flow3d.splat.decoder.disparity`) kept in [0, 1]."""
+        return disparity(depth, self.near, self.far).clamp(0.0, 1.0)
 
     def rays(self, K: Tensor, viewmats: Tensor) -> Tensor:
         """``[B, V, 6, g, g]`` rays at the patch centres (moments scaled)."""
@@ -152,8 +153,8 @@ class SceneLayout:
         pix = pix.reshape(b, v, self.size, self.size, 4)
         disp = ((pix[..., 3:] + 1) / 2).clamp(0.0, 1.0)
         fg = disp > BACKGROUND_DISPARITY
-        inv = disp * (1.0 / self.near - 1.0 / self.far) + 1.0 / self.far
-        depth = torch.where(fg, 1.0 / inv, torch.zeros_like(inv))
+        depth = torch.where(fg, depth_from_disparity(disp, self.near, self.far),
+                            torch.zeros_like(disp))
         rgb = ((pix[..., :3] + 1) / 2).clamp(0.0, 1.0) * fg
         rays = t[..., p * p * 4 :].permute(0, 1, 4, 2, 3)
         rays = torch.cat([rays[:, :, :3], rays[:, :, 3:] / MOMENT_SCALE], dim=2)

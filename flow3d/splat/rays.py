@@ -264,7 +264,7 @@ def _refit_with_principal_point(d: Tensor, q: Tensor, wt: Tensor, K: Tensor,
         c = torch.cat([xy / f[:, None], torch.ones_like(xy[..., :1])], dim=-1)
         return _kabsch(torch.nn.functional.normalize(c, dim=-1), d, wt)
 
-    for _ in range(100):  # until the focal lengths settle (a few rounds from a DLT start)
+    for _ in range(100):  # until the focal lengths settle
         e = torch.einsum("cij,cnj->cni", rotation(f), d)
         tangent = e[..., :2] / e[..., 2:].clamp_min(_MIN_DEPTH)  # [C, N, 2]
         num = (wt[..., None] * xy * xy).sum(1)

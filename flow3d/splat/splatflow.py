@@ -324,7 +324,6 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     """Steps 3-4: integrate with the known entries inpainted, fit the cameras, decode."""
     from flow3d.core.guidance import Inpainting
     from flow3d.mesh.condition import class_index
-    from flow3d.splat.cameras import Cameras
     from flow3d.splat.decoder import decode_scene
     from flow3d.splat.rays import cameras_from_rays
 
@@ -338,8 +337,7 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
         x = models.head.sample_states(models.flow, labels, 1, seed=s.seed, hooks=hooks,
                                       steps=s.steps, cfg_rgb=w, cfg_depth=w,
                                       cfg_rays=1.0 if labels is not None else 0.0)
-    x = torch.where(known.mask, known.values, x)
-    rgb, depth, rays = layout.split(x)
+    rgb, depth, rays = layout.split(x)  # known entries: set exactly by Inpainting at t = 1
     flow_s = time.perf_counter() - t0
     n = layout.views if s.task == "generate" else known.num_views
     rgb, depth, rays = rgb[0, :n], depth[0, :n], rays[0, :n]
@@ -349,10 +347,8 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     except ValueError as e:  # generated rays that no pinhole camera has
         raise DataError(f"the generated rays do not form cameras ({e}); try another --seed "
                         "or more --steps") from None
-    cams = fitted
-    if s.task in ("complete", "edit"):  # the cameras asked for
-        cams = Cameras(known.cameras.K.float(), known.cameras.viewmats.float(), layout.size,
-                       layout.size)
+    # complete / edit decode at the cameras asked for (the dataset's, checked to be size^2)
+    cams = known.cameras.to(torch.float32) if s.task in ("complete", "edit") else fitted
     with torch.no_grad():
         scene = decode_scene(models.decoder, rgb, depth, cams)
     return Result(rgb, depth, rays, fitted, cams, scene, flow_s, time.perf_counter() - t0)
@@ -360,10 +356,10 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
 
 def _flow_config(path: Path):
     """The flow's model section, read from its recipe without loading weights (for step 2)."""
-    from flow3d.engine.checkpoint import find_checkpoint, read_checkpoint
+    from flow3d.engine.checkpoint import read_recipe
 
     try:
-        recipe, _, _ = read_checkpoint(find_checkpoint(path), ema=True)
+        recipe = read_recipe(path)
     except FileNotFoundError as e:
         raise DataError(f"--flow {path}: no checkpoint here ({e})") from None
     if recipe.head != "splat_flow":
