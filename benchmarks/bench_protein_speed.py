@@ -8,8 +8,9 @@ process CPU time and wall time, medians.
 
 Variants (all the same ``recipes/protein/base.yaml`` model, untrained weights, seed 0):
   plain   ``model.fast = False``: the straightforward code (concatenated pair inputs)
-  fast    the factorised pair updates in float32 (the default path)
-  bf16    the fast path with ``model.pair_precision: bf16`` (pair products in bfloat16)
+  fast    the factorised pair updates in float32 (``model.pair_precision: fp32``: exact)
+  bf16    the fast path with ``model.pair_precision: bf16`` (pair products in bfloat16, in
+          sampling and training; what the default ``auto`` does on a CPU with AMX-BF16)
   reqflow ReQFlow's FlowModel from ``DIR/configs/inference_unconditional.yaml`` sampled as
           its ``predict_step`` does (``Interpolant.sample``), when ``--reqflow DIR`` is given
           (DIR: a ReQFlow source tree; its imports need hydra-core, omegaconf, einops,
@@ -21,14 +22,13 @@ L; ``sLxN`` one design of length L with N Euler steps (self-conditioning, expone
 schedule at rate 10, as the recipe); ``trainBxL`` one training step at batch B, length L on
 random frames: forward + backward of a mean-squared error on the predicted translations +
 AdamW (the same proxy on both sides, so the network's cost is what is compared); the bf16
-variant trains under ``torch.autocast("cpu", bfloat16)``, what ``trainer.precision:
-bf16-mixed`` does.
+variant trains with its bfloat16 pair products (float32 weights and optimiser), as
+``flow3d train`` does with ``model.pair_precision: bf16`` or ``auto`` on AMX.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -81,8 +81,7 @@ def main(argv=None):
         torch.manual_seed(0)
         m = head.build_model().eval()
         m.fast = v != "plain"
-        if v == "bf16":
-            m.set_pair_precision("bf16")
+        m.set_pair_precision("bf16" if v == "bf16" else "fp32")
         models[v] = m
     ref = interpolant_cls = icfg = None
     if "reqflow" in variants:
@@ -134,14 +133,9 @@ def main(argv=None):
             # down step after step (ReQFlow's backward from 1.6 to 9.5 s in six steps)
             opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
-            # bf16: the trainer's precision=bf16-mixed (autocast), the pair precision setting
-            # itself applies at inference only
-            ctx = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if v == "bf16"
-                   else contextlib.nullcontext)
-
             def step():
                 net.train()
-                with torch.enable_grad(), ctx():
+                with torch.enable_grad():
                     pred = net(rb)["pred_trans"] / 10.0 if v == "reqflow" else net(*oa)["trans"]
                     loss = ((pred - oa[0]) ** 2).mean()
                     opt.zero_grad(set_to_none=True)

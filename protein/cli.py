@@ -192,10 +192,11 @@ def _add_design(sub: argparse._SubParsersAction) -> None:
                    help="designs sampled together (part of the run's seeding)")
     d.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     d.add_argument("--no-ema", action="store_true", help="raw weights instead of EMA")
-    d.add_argument("--pair-precision", default=None, choices=("fp32", "bf16"),
-                   help="precision of the residue-pair products (the checkpoint's: fp32). "
-                        "bf16 is about twice as fast on CPUs with AMX; designs move by about "
-                        "0.05-0.08 A CA RMSD (docs/benchmarks.md, protein_speed)")
+    d.add_argument("--pair-precision", default=None, choices=("auto", "fp32", "bf16"),
+                   help="precision of the residue-pair products (default: the checkpoint's, "
+                        "auto = bf16 on CPUs with AMX-BF16, else fp32). bf16 is 2-3x faster "
+                        "there; designs move by about 0.05-0.1 A CA RMSD against fp32, which "
+                        "is exact (docs/benchmarks.md, protein_speed)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_design)
 

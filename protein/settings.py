@@ -155,8 +155,8 @@ class DesignSettings:
     topology_from: str | None = None  # ... or a reference set to draw plans from
     checkpoint: str | None = None
     ema: bool = True
-    # the trunk's pair products, "fp32" | "bf16" (protein.model.TrunkConfig.pair_precision);
-    # None: the checkpoint recipe's (fp32 unless it says otherwise)
+    # the trunk's pair products, "auto" | "fp32" | "bf16" (protein.model.TrunkConfig.
+    # pair_precision); None: the checkpoint recipe's ("auto" unless it says otherwise)
     pair_precision: str | None = None
 
     def __post_init__(self) -> None:

@@ -15,7 +15,9 @@ AlphaFold2 Alg. 22 and 23). The flow velocity is derived from the prediction in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +27,34 @@ from protein.geometry import Rigid
 from protein.model.embed import EdgeEmbedder, NodeEmbedder, _add_ij
 from protein.model.ipa import InvariantPointAttention
 
-PAIR_PRECISIONS = ("fp32", "bf16")
+PAIR_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in AMX tiles (Linux ``amx_bf16`` flag),
+    where bfloat16 pair products are measured 2-3x faster than float32 (docs/benchmarks.md,
+    protein_speed). Unknown (another OS, no /proc): False."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return "amx_bf16" in line.split(":", 1)[-1].split()
+    return False
+
+
+def pair_dtype(precision: str, device: torch.device, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype of the pair products for a model running in ``dtype`` on ``device``: None
+    (the model's own dtype) or bfloat16. ``"auto"`` is bfloat16 only where it was measured
+    faster (a float32 model on a CPU with AMX-BF16) and float32 elsewhere; non-float32
+    models (float64 in tests) always use their own dtype."""
+    if dtype != torch.float32 or precision == "fp32":
+        return None
+    if precision == "bf16" or (device.type == "cpu" and cpu_has_amx_bf16()):
+        return torch.bfloat16
+    return None
 
 
 @dataclass(frozen=True)
@@ -46,10 +75,12 @@ class TrunkConfig:
     dropout: float = 0.0
     topology: bool = False  # fold conditioning inputs (protein.topology): ss [B, L], adj [B, L, L]
     # the dtype of the matrix products over all L^2 residue pairs (the edge embedder's and the
-    # edge transitions' MLPs) at inference: "fp32" (the model's own dtype), or "bf16" (bfloat16,
-    # several times faster on CPUs with AMX; designs change within a stated tolerance, see
-    # tests/protein/test_protein_speedups.py). Training and float64 always use the model dtype.
-    pair_precision: str = "fp32"
+    # edge transitions' MLPs), in sampling and in training: "fp32" (the model's own dtype,
+    # exact), "bf16" (bfloat16 products, float32 weights and everything else: 2-3x faster on
+    # CPUs with AMX; designs change within a stated tolerance, see
+    # tests/protein/test_protein_speedups.py), or "auto": bf16 on a CPU with AMX-BF16, fp32
+    # elsewhere (see pair_dtype). float64 models always use their own dtype.
+    pair_precision: str = "auto"
 
     def __post_init__(self):
         if self.pair_precision not in PAIR_PRECISIONS:
@@ -186,7 +217,7 @@ class IPATrunk(nn.Module):
             self.blocks.append(block)
 
     def set_pair_precision(self, precision: str) -> IPATrunk:
-        """Switch the pair products' precision at inference ("fp32" | "bf16"; see
+        """Switch the pair products' precision ("auto" | "fp32" | "bf16"; see
         :class:`TrunkConfig`); the parameters are untouched. Returns the trunk."""
         self.cfg = dataclasses.replace(self.cfg, pair_precision=precision)
         return self
@@ -219,10 +250,7 @@ class IPATrunk(nn.Module):
         s = self.node_embed(res_idx, t, mask, ss)  # [B, L, C]
         fast = {}
         if self.fast:
-            pd = None
-            if (self.cfg.pair_precision == "bf16" and dtype == torch.float32
-                    and not torch.is_grad_enabled()):
-                pd = torch.bfloat16
+            pd = pair_dtype(self.cfg.pair_precision, trans_t.device, dtype)
             fast = {"fast": True, "pair_dtype": pd, "full_mask": bool((mask == 1).all())}
         z = self.edge_embed(s, trans_t, trans_sc, res_idx, mask, adj, **fast)  # [B, L, L, E]
         rigid = Rigid(quats_t, trans_t)

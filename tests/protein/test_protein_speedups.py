@@ -8,7 +8,10 @@ Stated tolerances (measured values in brackets, this CPU, torch 2.13):
   ``tiny`` checkpoint within 1e-3 A at every CA [1.4e-4 A at L = 100, 50 steps];
 - fast vs plain, float64: within 1e-9 (the same function; only the summation order differs);
 - bf16 pair precision vs plain: forward outputs within 2e-2 [5e-3]; designs within 0.25 A CA
-  RMSD and 1.5 A at any CA [0.05-0.08 A RMSD, 0.5 A max at L = 100, 50 steps].
+  RMSD and 1.5 A at any CA [0.05-0.08 A RMSD, 0.5 A max at L = 100, 50 steps]; in training,
+  the gradient within 5% of the float32 one (relative norm of the difference) and cosine
+  >= 0.998 [0.5-1%, 0.99995].
+- ``pair_precision: auto`` (the default) is bf16 on a CPU with AMX-BF16, fp32 elsewhere.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def test_fast_path_matches_plain_float64_and_gradients():
     assert grads[True].keys() == grads[False].keys()
     for n in grads[False]:
         torch.testing.assert_close(grads[True][n], grads[False][n], rtol=1e-7, atol=1e-9, msg=n)
-    # bf16 applies only to float32 at inference: float64 stays exact
+    # bf16 applies only to float32 models: float64 stays exact
     model.set_pair_precision("bf16")
     with torch.no_grad():
         assert _max_diff(model(*args), outs[False]) < 1e-9
@@ -109,7 +112,7 @@ def test_fast_path_matches_plain_with_fold_plans():
     import dataclasses
 
     torch.manual_seed(0)
-    model = IPATrunk(dataclasses.replace(SMALL, topology=True)).eval()
+    model = IPATrunk(dataclasses.replace(SMALL, topology=True, pair_precision="fp32")).eval()
     _randomise(model)
     args = _inputs(2, 14, pad=2)
     g = torch.Generator().manual_seed(3)
@@ -146,9 +149,54 @@ def test_pair_precision_is_checked_and_a_recipe_key():
     base = ROOT / "recipes" / "protein" / "base.yaml"
     recipe = load_recipe(base, ["model.pair_precision=bf16"])
     assert ProteinHead(recipe).build_model().cfg.pair_precision == "bf16"
-    assert ProteinHead(load_recipe(base)).build_model().cfg.pair_precision == "fp32"
+    assert ProteinHead(load_recipe(base)).build_model().cfg.pair_precision == "auto"
     with pytest.raises(ConfigError, match="pair_precision"):
         load_recipe(base, ["model.pair_precision=fp16"])
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    from protein.model import trunk
+
+    cpu, f32, bf16 = torch.device("cpu"), torch.float32, torch.bfloat16
+    for amx in (True, False):
+        monkeypatch.setattr(trunk, "cpu_has_amx_bf16", lambda amx=amx: amx)
+        assert trunk.pair_dtype("auto", cpu, f32) == (bf16 if amx else None)
+        assert trunk.pair_dtype("bf16", cpu, f32) == bf16  # asked for: always
+        assert trunk.pair_dtype("fp32", cpu, f32) is None
+        assert trunk.pair_dtype("bf16", cpu, torch.float64) is None
+        # not measured on GPUs: auto keeps their float32 (TF32 where the trainer allows it)
+        assert trunk.pair_dtype("auto", torch.device("cuda"), f32) is None
+    monkeypatch.undo()
+    trunk.cpu_has_amx_bf16.cache_clear()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert trunk.cpu_has_amx_bf16() == (" amx_bf16" in flags)
+
+
+def test_bf16_pairs_train_with_gradients_close_to_float32():
+    """bf16 pair products apply in training too (float32 weights, bf16 products): the
+    gradient of every parameter stays close to the float32 one."""
+    torch.manual_seed(0)
+    model = IPATrunk(dataclasses_replace(SMALL, node_dim=64, edge_dim=32)).train()
+    _randomise(model, scale=0.05)
+    args = _inputs(2, 20, pad=4)
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        model.set_pair_precision(precision)
+        model.zero_grad()
+        out = model(*args)
+        (out["trans"].square().sum() + out["quats"][..., 1:].sum()).backward()
+        grads[precision] = torch.cat([p.grad.flatten() for p in model.parameters()
+                                      if p.grad is not None])
+    a, b = grads["fp32"], grads["bf16"]
+    assert not torch.equal(a, b)  # the bf16 path really ran
+    assert (b - a).norm() / a.norm() < 0.05
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.998
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
 
 
 def _designs(loaded, fast, precision, L=48, steps=10, num=2):
