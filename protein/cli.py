@@ -215,7 +215,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                         "a single file)")
     add_overwrite_flag(e)
     e.add_argument("--ss-method", default="pydssp",
-                   help="secondary structure: pydssp, mkdssp or auto (mkdssp when installed)")
+                   help="secondary structure: pydssp, mkdssp, pymol (PyMOL's dss) or auto "
+                        "(mkdssp when installed)")
     e.add_argument("--max-reference", type=int_range(), default=32,
                    help="references TM-aligned per design for novelty (prefiltered); "
                         "0 = every reference of length 0.5-2x (exact, slow)")

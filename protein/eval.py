@@ -3,7 +3,8 @@
 Per structure: consecutive CA-CA distances (fraction within 3.80 +/- 0.20 A), clashes (CA
 pairs with ``|i - j| >= 2`` closer than 3.0 A; real chains have none), radius of gyration
 against the compact-globule law ``2.2 L^0.38`` A, DSSP 3-state fractions (pydssp by default;
-mkdssp on request or, with ``ss_method="auto"``, when installed), the fraction of residues in
+mkdssp on request or, with ``ss_method="auto"``, when installed; or PyMOL's ``dss``, whose
+looser helix criteria are what a PyMOL user sees), the fraction of residues in
 *sterically valid* strands (DSSP strand residues with no non-adjacent CA within 3.8 A: pydssp
 also calls two segments that overlap a strand pair, and a model's "strands" can all be of
 that kind; in real chains every strand residue passes), novelty (highest TM-score
@@ -29,9 +30,11 @@ reference is given), ``summary.json`` and PNG plots, atomically.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -79,11 +82,57 @@ def _mkdssp_ss(coords: np.ndarray) -> str:
     return "".join("H" if s in "HGI" else "E" if s in "EB" else "-" for s in ss)
 
 
+# PyMOL's dss on one backbone file: H (helix), S (sheet), L or "" (loop) per CA
+_PYMOL_DSS = """
+import sys
+from pymol import cmd
+cmd.load(sys.argv[1], "design")
+cmd.dss("design")
+out = []
+cmd.iterate("design and name CA", "out.append(ss or 'L')", space={"out": out})
+print("SS:" + "".join(out))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def pymol_python() -> str | None:
+    """A Python interpreter that imports PyMOL: this one, or the system's (Debian's ``pymol``
+    package installs it for /usr/bin/python3 only). None when there is none."""
+    for exe in (sys.executable, "/usr/bin/python3"):
+        if Path(exe).is_file():
+            try:
+                ok = subprocess.run([exe, "-c", "import pymol.cmd"], capture_output=True,
+                                    timeout=60).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+            if ok:
+                return exe
+    return None
+
+
+def _pymol_ss(coords: np.ndarray) -> str:
+    """3-state SS from PyMOL's ``dss`` on a temporary poly-GLY PDB (H -> H, S -> E)."""
+    exe = pymol_python()
+    if exe is None:
+        raise DataError("--ss-method pymol: PyMOL is not installed (apt-get install pymol)")
+    with tempfile.TemporaryDirectory() as tmp:
+        pdb = write_backbone_pdb(Path(tmp) / "x.pdb", coords)
+        proc = subprocess.run([exe, "-c", _PYMOL_DSS, str(pdb)],
+                              capture_output=True, text=True, timeout=120)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SS:")), None)
+    if proc.returncode != 0 or line is None:
+        raise DataError(f"PyMOL dss failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return "".join("H" if c == "H" else "E" if c == "S" else "-" for c in line[3:])
+
+
 def resolve_ss_method(method: str) -> str:
     if method == "auto":
         return "mkdssp" if shutil.which("mkdssp") else "pydssp"
     if method == "mkdssp" and not shutil.which("mkdssp"):
         raise DataError("--ss-method mkdssp: mkdssp is not installed (apt-get install dssp); "
+                        "use pydssp")
+    if method == "pymol" and pymol_python() is None:
+        raise DataError("--ss-method pymol: PyMOL is not installed (apt-get install pymol); "
                         "use pydssp")
     return method
 
@@ -98,7 +147,8 @@ def structure_metrics(s: Structure, ss_method: str = "pydssp") -> dict:
         helix, strand, coil = s.helix, s.strand, s.coil  # cached, and no strand to check
         strand_valid = 0.0
     else:
-        ss = _mkdssp_ss(s.coords) if ss_method == "mkdssp" else secondary_structure(s.coords)
+        assign = {"mkdssp": _mkdssp_ss, "pymol": _pymol_ss}.get(ss_method, secondary_structure)
+        ss = assign(s.coords)
         helix, strand, coil = ss_fractions(ss)
         # mkdssp can drop residues it cannot read; then the check has no per-residue labels
         strand_valid = valid_strand_fraction(ss, ca) if len(ss) == len(ca) else float("nan")

@@ -44,7 +44,7 @@ DEFAULT_STEPS = 50  # the command line's default (the bundled recipes say the sa
 ROT_SCHEDULES = ("exp", "linear")
 RESIDUES = ("GLY", "ALA")
 FORMATS = ("pdb", "cif")
-SS_METHODS = ("pydssp", "mkdssp", "auto")
+SS_METHODS = ("pydssp", "mkdssp", "pymol", "auto")
 
 
 def _set(obj: Any, name: str, value: Any) -> None:
@@ -339,7 +339,7 @@ class EvalSettings:
     designs: str
     reference: str | None = None
     out: str | None = None
-    ss_method: str = "pydssp"  # "pydssp" | "mkdssp" | "auto"
+    ss_method: str = "pydssp"  # "pydssp" | "mkdssp" | "pymol" | "auto"
     max_reference: int = 32
     max_diversity: int = 64
     reference_limit: int | None = None

@@ -162,6 +162,32 @@ def test_mkdssp_and_pydssp_agree_roughly(design_dir):
             assert abs(a["helix_strand"] - b["helix_strand"]) < 0.15
 
 
+@needs_data
+def test_pymol_dss_agrees_with_dssp_on_real_chains(design_dir, monkeypatch):
+    """``--ss-method pymol`` runs PyMOL's dss (issue 18 compares its helix calls with DSSP's:
+    on real chains they agree, on loose model helices PyMOL calls fewer)."""
+    import protein.eval as ev
+
+    folder, _ = design_dir
+    if ev.pymol_python() is None:
+        with pytest.raises(DataError, match="--ss-method pymol: PyMOL is not installed"):
+            evaluate_designs(EvalSettings(str(folder), ss_method="pymol"), progress=False)
+        pytest.skip("PyMOL (apt package pymol) absent")
+    rows_y, s_y = evaluate_designs(EvalSettings(str(folder), ss_method="pymol",
+                                                max_diversity=2), progress=False)
+    rows_p, _ = evaluate_designs(EvalSettings(str(folder), ss_method="pydssp",
+                                              max_diversity=2), progress=False)
+    assert s_y["ss_method"] == "pymol"
+    real = [(a, b) for a, b in zip(rows_y, rows_p) if a["name"] != "squashed"]
+    assert real and all(a["helix"] + a["strand"] > 0.2 for a, _ in real)
+    for a, b in real:
+        assert abs(a["helix"] - b["helix"]) < 0.1 and abs(a["strand"] - b["strand"]) < 0.15
+    # a missing PyMOL is a one-line error naming the option, before any work
+    monkeypatch.setattr(ev, "pymol_python", lambda: None)
+    with pytest.raises(DataError, match="--ss-method pymol: PyMOL is not installed"):
+        evaluate_designs(EvalSettings(str(folder), ss_method="pymol"), progress=False)
+
+
 def test_eval_errors(tmp_path):
     with pytest.raises(DataError, match="no PDB/mmCIF"):
         evaluate_designs(EvalSettings(str(tmp_path)), progress=False)
