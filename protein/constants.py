@@ -36,3 +36,8 @@ PEPTIDE_BOND_MAX_ANG = 2.0
 
 # Two structures with a TM-score at least this share a fold (clustering).
 TM_CLUSTER = 0.5
+
+# Radius of gyration of compact globular chains, Rg ~ RG_PREFACTOR_ANG * L^RG_EXPONENT
+# (the data filter's and the evaluation's law, and the length-scaled translation prior's).
+RG_PREFACTOR_ANG = 2.2
+RG_EXPONENT = 0.38

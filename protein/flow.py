@@ -38,11 +38,19 @@ from flow3d.core import so3
 from flow3d.core.manifolds import Euclidean, Product, SO3Matrix, SO3Quaternion
 from flow3d.core.paths import AffinePath, GeodesicPath
 from flow3d.core.solvers import solve
-from protein.constants import ANG_TO_NM, CA_CA_IDEAL_NM, CLASH_GUIDANCE_DISTANCE_NM, NM_TO_ANG
+from protein.constants import (
+    ANG_TO_NM,
+    CA_CA_IDEAL_NM,
+    CLASH_GUIDANCE_DISTANCE_NM,
+    NM_TO_ANG,
+    RG_EXPONENT,
+    RG_PREFACTOR_ANG,
+)
 from protein.geometry import Rigid, backbone_from_frames, superimpose
 from protein.settings import SamplerSettings
 from protein.topology import ADJ_UNKNOWN, UNKNOWN
 
+TRANS_PRIORS = ("fixed", "length")
 ROT_PATHS = ("quaternion", "matrix")
 
 
@@ -129,7 +137,13 @@ class FlowSettings:
     """The protein flow's choices (the ``model.flow`` recipe section)."""
 
     rot_path: str = "quaternion"  # "quaternion" (ReQFlow) | "matrix" (FrameFlow)
-    trans_prior_std: float = 1.0  # nm
+    # translation noise: "fixed", a Gaussian of std trans_prior_std nm whatever the length
+    # (ReQFlow, FrameFlow: its Rg is about 17 A at every length), or "length", a Gaussian
+    # cloud whose expected Rg follows the compact-globule law 2.2 L^0.38 A at each chain's
+    # length (times trans_prior_std), so that the prior already scales like the data
+    # (Chroma's globular prior has the same aim)
+    trans_prior: str = "fixed"
+    trans_prior_std: float = 1.0  # nm ("fixed"), or a factor on the law's scale ("length")
     self_condition: bool = True
     self_condition_prob: float = 0.5
     trans_weight: float = 2.0
@@ -147,6 +161,9 @@ class FlowSettings:
     def __post_init__(self):
         if self.rot_path not in ROT_PATHS:
             raise ValueError(f"rot_path must be one of {ROT_PATHS}, got {self.rot_path!r}")
+        if self.trans_prior not in TRANS_PRIORS:
+            raise ValueError(f"trans_prior must be one of {TRANS_PRIORS}, "
+                             f"got {self.trans_prior!r}")
 
 
 class ProteinFlow:
@@ -166,9 +183,20 @@ class ProteinFlow:
         """Centred Gaussian translations ``[B, L, 3]`` and uniform rotations ``[B, L, 4]``."""
         B, L = mask.shape
         trans = torch.randn(B, L, 3, generator=generator, device=mask.device)
-        trans = masked_centre(trans * self.s.trans_prior_std, mask)
+        trans = masked_centre(trans * self.trans_std(mask), mask)
         quats = so3.random_quat((B, L), generator=generator, device=mask.device)
         return trans, quats
+
+    def trans_std(self, mask: Tensor) -> Tensor | float:
+        """Per-coordinate std (nm) of the translation noise: a number ("fixed"), or ``[B, 1,
+        1]`` ("length"): a centred Gaussian cloud of n points with per-coordinate std s has
+        E[Rg^2] = 3 s^2 (n - 1) / n, so s = Rg_law(n) / sqrt(3 (n - 1) / n) with n the
+        chain's present residues."""
+        if self.s.trans_prior == "fixed":
+            return self.s.trans_prior_std
+        n = mask.float().sum(1).clamp(min=2.0)
+        rg_nm = RG_PREFACTOR_ANG * n.pow(RG_EXPONENT) * ANG_TO_NM
+        return (self.s.trans_prior_std * rg_nm / torch.sqrt(3.0 * (n - 1.0) / n))[:, None, None]
 
     def interpolate(self, trans_0, quats_0, trans_1, quats_1, t: Tensor):
         """Frames at time ``t [B]`` on the path, and the rotation target ``log(r_t^-1 r_1)``.

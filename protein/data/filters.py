@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from flow3d.errors import ConfigError
+from protein.constants import RG_EXPONENT, RG_PREFACTOR_ANG
 from protein.data.parse import Chain
 from protein.geometry import complete_oxygens, radius_of_gyration
 
@@ -32,8 +33,6 @@ __all__ = [
     "ss_fractions",
 ]
 
-RG_PREFACTOR = 2.2  # angstrom; Rg of compact globular proteins ~ 2.2 L^0.38
-RG_EXPONENT = 0.38
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def ss_fractions(ss: str) -> tuple[float, float, float]:
 
 def rg_scaling(length) -> np.ndarray:
     """Expected Rg (angstrom) of a compact chain of ``length`` residues: ``2.2 L^0.38``."""
-    return RG_PREFACTOR * np.asarray(length, dtype=np.float64) ** RG_EXPONENT
+    return RG_PREFACTOR_ANG * np.asarray(length, dtype=np.float64) ** RG_EXPONENT
 
 
 def chain_stats(coords) -> ChainStats:

@@ -79,6 +79,34 @@ def test_protein_flow_prior_is_centred_and_uniform_rotations_are_unit():
     torch.testing.assert_close(q.norm(dim=-1), torch.ones(4, 30))
 
 
+@pytest.mark.parametrize("lengths", [(60,), (100, 40), (150, 300)])
+def test_length_prior_follows_the_compact_globule_law(lengths):
+    """``trans_prior: length``: the noise cloud's root-mean-square Rg is 2.2 L^0.38 A at each
+    chain's own length (padded rows counted by their mask), centred like the fixed prior."""
+    from protein.data.filters import rg_scaling
+
+    flow = ProteinFlow(FlowSettings(trans_prior="length"))
+    n = 3000
+    L = max(lengths)
+    mask = torch.zeros(n * len(lengths), L)
+    for k, length in enumerate(lengths):
+        mask[k * n:(k + 1) * n, :length] = 1
+    tr, _ = flow.prior(mask, torch.Generator().manual_seed(0))
+    com = (tr * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert com.abs().max() < 1e-5 and (tr[mask == 0] == 0).all()
+    for k, length in enumerate(lengths):
+        x = tr[k * n:(k + 1) * n, :length] * 10.0  # angstrom
+        rg = x.pow(2).sum(-1).mean(-1)  # centred: mean squared distance to the centre
+        assert abs(rg.mean().sqrt().item() / float(rg_scaling(length)) - 1) < 0.01
+    fixed = ProteinFlow(FlowSettings(trans_prior_std=0.5))
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    a, _ = fixed.prior(mask[:4], g1)
+    b = masked_centre(torch.randn(4, L, 3, generator=g2) * 0.5, mask[:4])
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # the fixed prior is unchanged
+    with pytest.raises(ValueError, match="trans_prior"):
+        FlowSettings(trans_prior="chroma")
+
+
 def test_protein_flow_loss_zero_for_oracle_and_trains_tiny_model():
     d = _data()
     flow = ProteinFlow(FlowSettings(aux_weight=0.25, aux_t=0.0))
