@@ -23,7 +23,7 @@ from torch import nn
 
 from flow3d.core.reflow import ReflowPairs, generate_pairs
 from flow3d.core.time import build_time_sampler
-from flow3d.engine.checkpoint import load_model
+from flow3d.engine.checkpoint import load_model, read_recipe
 from flow3d.engine.head import Head
 from flow3d.errors import ConfigError, DataError
 from flow3d.io import atomic_write_text
@@ -301,6 +301,8 @@ class ProteinHead(Head):
         """
         cfg = self.recipe.data.reflow
         teacher = cfg.teacher or self.recipe.trainer.init_from
+        if teacher:
+            self._check_teacher_prior(teacher)
         dirs = []
         for length in cfg.lengths:
             out = resolve_path(cfg.pairs_dir) / f"len{length:03d}"
@@ -325,6 +327,16 @@ class ProteinHead(Head):
                               json.dumps({"kept": keep, **checks, **info}, indent=1) + "\n")
             dirs.append(out)
         return dirs
+
+    def _check_teacher_prior(self, teacher: str) -> None:
+        """The student learns the teacher's noise -> backbone map, and samples from its own
+        prior: both must draw the same translation noise."""
+        mine, theirs = self.recipe.model.flow, read_recipe(resolve_path(teacher)).model.flow
+        for key in ("trans_prior", "trans_prior_std"):
+            if getattr(mine, key) != getattr(theirs, key):
+                raise ConfigError(
+                    f"model.flow.{key} = {getattr(mine, key)!r} but the reflow teacher "
+                    f"{teacher} was trained with {getattr(theirs, key)!r}: set the same")
 
     def _generate_pairs(self, teacher: str, length: int, out: Path) -> None:
         cfg = self.recipe.data.reflow

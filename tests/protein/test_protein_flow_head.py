@@ -99,7 +99,7 @@ def test_protein_head_trains_with_engine_and_loads(tmp_path):
 
 def test_protein_head_reflow_pairs_generated_filtered_and_trained_on(tmp_path):
     from flow3d.engine.checkpoint import write_checkpoint
-    from flow3d.errors import DataError
+    from flow3d.errors import ConfigError, DataError
 
     base = _recipe(tmp_path)
     torch.manual_seed(0)
@@ -134,6 +134,14 @@ def test_protein_head_reflow_pairs_generated_filtered_and_trained_on(tmp_path):
         ProteinReflowConfig, strict)))
     with pytest.raises(DataError, match="no reflow pair"):
         ProteinHead(recipe2).train_dataset()
+    # a student whose translation prior is not the teacher's is refused before any pair
+    other = recipe.replace(model=dataclasses.replace(recipe.model, flow=dataclasses.replace(
+        recipe.model.flow, trans_prior="length")))
+    other = other.replace(data=dataclasses.replace(other.data, reflow=from_dict(
+        ProteinReflowConfig, dict(reflow, pairs_dir=str(tmp_path / "pairs3")))))
+    with pytest.raises(ConfigError, match="model.flow.trans_prior = 'length' but the reflow"):
+        ProteinHead(other).train_dataset()
+    assert not (tmp_path / "pairs3").exists()
 
 
 def test_protein_reflow_guided_teacher_and_clash_filter(tmp_path):
