@@ -34,7 +34,10 @@ PAIR_PRECISIONS = ("auto", "fp32", "bf16")
 def cpu_has_amx_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in AMX tiles (Linux ``amx_bf16`` flag),
     where bfloat16 pair products are measured 2-3x faster than float32 (docs/benchmarks.md,
-    protein_speed). Unknown (another OS, no /proc): False."""
+    protein_speed; the products go through oneDNN, so a torch built without it counts as
+    False too). Unknown (another OS, no /proc): False."""
+    if not torch.backends.mkldnn.is_available():
+        return False
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
