@@ -71,7 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("mesh", help="input mesh (any format trimesh reads)")
     r.add_argument("--out", required=True, help="output mesh (input's own coordinates)")
     r.add_argument("--vae", help="SDF-VAE checkpoint: sparse-voxel (default: "
-                   "checkpoints/mesh/svae_cpu) or vector-set (e.g. checkpoints/mesh/vae_cpu)")
+                   "checkpoints/mesh/svae_r64; checkpoints/mesh/svae_cpu is the 32^3 one) "
+                   "or vector-set (e.g. checkpoints/mesh/vae_cpu)")
     r.add_argument("--latents", type=int, default=None,
                    help="vector-set VAE only: number of latent tokens M (default 64)")
     r.add_argument("--points", type=int, default=None,

@@ -219,11 +219,12 @@ def generate(settings: GenerateSettings, *, image=None, models=None):
 @dataclasses.dataclass(frozen=True)
 class ReconstructSettings:
     """Everything ``flow3d mesh reconstruct`` needs, checked once. The VAE is the sparse-voxel
-    one by default (``checkpoints/mesh/svae_cpu``); a vector-set ``mesh_vae`` checkpoint (e.g.
+    one by default (``checkpoints/mesh/svae_r64``, 64^3 active voxels); ``svae_cpu`` (32^3, the
+    generators' VAE) or a vector-set ``mesh_vae`` checkpoint (e.g.
     ``checkpoints/mesh/vae_cpu``) also works, and only it takes ``latents``."""
 
     mesh: str | None = None  # the input mesh file (any format trimesh reads)
-    vae: str | None = None  # a mesh_svae or mesh_vae checkpoint; default: svae_cpu
+    vae: str | None = None  # a mesh_svae or mesh_vae checkpoint; default: svae_r64
     latents: int | None = None  # vector-set VAE only: latent tokens M (None: 64)
     points: int | None = None  # surface samples encoded (None: 8192 sparse, 4096 vector set)
     resolution: int = 128
@@ -243,7 +244,7 @@ class ReconstructSettings:
 
     @property
     def checkpoint(self) -> Path:
-        return Path(self.vae) if self.vae is not None else CHECKPOINTS / "svae_cpu"
+        return Path(self.vae) if self.vae is not None else CHECKPOINTS / "svae_r64"
 
 
 VECTOR_SET_POINTS, VECTOR_SET_LATENTS, SPARSE_POINTS = 4096, 64, 8192
