@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class FilterConfig:
     """Chain filters; ``None`` disables a criterion."""
