@@ -11,7 +11,9 @@ Inputs per held-out mesh (never trained on):
   coloured background, from a random view (pyrender; skipped without EGL) -- unlike every
   training render, which is grey, headlit, on white, from six fixed views.
 
-Methods: ``two-stage`` (checkpoints/mesh/structure_image + slat), ``vector set``
+Methods: ``silhouette retrieval`` (``flow3d mesh retrieve``: the bundled library of the
+training meshes searched by silhouette over 24 views, through the svae_r64 SDF-VAE at the
+extraction resolution), ``two-stage`` (checkpoints/mesh/structure_image + slat), ``vector set``
 (checkpoints/mesh/flow_image, cfg 5), ``retrieval`` (the training mesh whose render has the
 nearest pooled image feature; both image encoders tried, the better one reported),
 ``class mean`` (oracle class). Scores: :func:`flow3d.mesh.metrics.mesh_metrics` in the ground
@@ -107,14 +109,19 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--inputs", nargs="+", default=["render", "styled"])
     p.add_argument("--json")
+    p.add_argument("--no-generators", action="store_true",
+                   help="baselines and silhouette retrieval only (the generators' rows are "
+                        "deterministic: seed 0)")
     args = p.parse_args()
     torch.set_num_threads(1)
 
     from flow3d.engine.checkpoint import load_model
     from flow3d.mesh.data import load_mesh, normalize_mesh
-    from flow3d.mesh.head import CONDITION_AZIMUTHS, CONDITION_ELEVATIONS, condition_images
+    from flow3d.mesh.head import CONDITION_AZIMUTHS, CONDITION_ELEVATIONS
     from flow3d.mesh.image_encoder import prepare_image
-    from flow3d.mesh.pipeline import GenerateSettings, generate
+    from flow3d.mesh.library import ShapeLibrary
+    from flow3d.mesh.pipeline import GenerateSettings, RetrieveSettings, generate, retrieve
+    from flow3d.mesh.render import render_views
     from flow3d.mesh.sparse_generate import load_two_stage
 
     train, held = capod_files()
@@ -125,22 +132,28 @@ def main() -> None:
                 "two-stage": two.structure.model.image_encoder}
     dbs = {k: retrieval_db(e, train) for k, e in encoders.items()}
     means = class_mean_meshes(train)
+    library = ShapeLibrary.load(CKPT / "library")
+    held_names = {f"{f.parent.name}/{f.stem}" for f in held}
+    assert not held_names & set(library.names), "the library holds a held-out mesh"
+    svae = load_model(CKPT / "svae_r64", head_name="mesh_svae").model
     results: dict = {}
     times: list[float] = []
+    retrieve_times: list[float] = []
     for kind in args.inputs:
         rows: dict[str, list] = {}
         for n, f in enumerate(held):
             gt = load_mesh(f)
             gt_n, norm = normalize_mesh(gt)
-            if kind == "render":
-                img = condition_images(gt_n, 64, CONDITION_AZIMUTHS[:1],
-                                       CONDITION_ELEVATIONS[:1])[0]
+            if kind == "render":  # what condition_images draws, kept as pixels
+                pixels = render_views(gt_n, 1, 96, elevations=list(CONDITION_ELEVATIONS[:1]),
+                                      azimuths=list(CONDITION_AZIMUTHS[:1]),
+                                      backend="numpy")[0][0]
             else:
                 pixels = styled_render(gt_n, seed=n)
                 if pixels is None:
                     print("(styled renders skipped: no pyrender/EGL)")
                     break
-                img = prepare_image(pixels, 64)
+            img = prepare_image(pixels, 64)
             preds = {"class mean": means[class_of(f)]}
             for name, enc in encoders.items():
                 feats, owners = dbs[name]
@@ -148,6 +161,16 @@ def main() -> None:
                     q = torch.nn.functional.normalize(enc.pooled(img[None]), dim=-1)
                 best = train[int(owners[int((feats @ q[0]).argmax())])]
                 preds[f"retrieval ({name} encoder)"], _ = normalize_mesh(load_mesh(best))
+            t0 = time.perf_counter()
+            found = retrieve(RetrieveSettings(resolution=args.resolution), image=pixels,
+                             library=library, vae=svae)
+            preds["silhouette retrieval (library, SDF-VAE)"] = found["mesh"]
+            retrieve_times.append(time.perf_counter() - t0)
+            if args.no_generators:
+                for name, pred in preds.items():
+                    rows.setdefault(name, []).append(_score(pred, gt, norm))
+                print(f"  {kind} {n + 1}/{len(held)}", flush=True)
+                continue
             t0 = time.perf_counter()
             s = GenerateSettings(steps=args.steps, cfg=args.cfg, resolution=args.resolution)
             preds[f"two-stage (cfg {args.cfg:g})"] = _or_none(generate, s, image=img,
@@ -162,8 +185,8 @@ def main() -> None:
             results[kind] = {k: {kk: _mean(v, kk) for kk in v[0]} | {"n": len(v)}
                              for k, v in rows.items()}
     print(f"\n## Image to mesh, held-out CAPOD ({len(held)} meshes, {args.steps} steps, "
-          f"extraction {args.resolution}^3; two-stage median {np.median(times):.1f} s per "
-          "mesh on one thread)\n")
+          f"extraction {args.resolution}^3; two-stage median {np.median(times or [0]):.1f} s, "
+          f"silhouette retrieval {np.median(retrieve_times):.1f} s per mesh on one thread)\n")
     print("| input | method | F@0.05 | F@0.02 | normal consistency | Chamfer-L1 | watertight "
           "| one piece |\n|---|---|---|---|---|---|---|---|")
     for kind, table in results.items():

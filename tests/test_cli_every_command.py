@@ -43,6 +43,7 @@ def test_the_command_list_is_complete():
     names = {" ".join(c) for c in COMMANDS}
     for expected in ("train", "sample", "eval", "protein design", "protein eval",
                      "protein cache", "mesh generate", "mesh reconstruct", "mesh edit", "mesh eval",
+                     "mesh retrieve", "mesh library",
                      "splat views", "splat fit", "splat render", "splat convert", "view",
                      "appearance transfer", "splat reconstruct", "splat generate",
                      "splat complete", "splat edit", "splat poses"):

@@ -4,6 +4,8 @@
                          --resolution 256 --faces 50000 --seed 0] [--ckpt DIR] [--png T.png]
     flow3d mesh reconstruct IN_MESH --out OUT_MESH [--vae DIR] [--resolution 256]
     flow3d mesh edit IN_MESH --box x0,y0,z0,x1,y1,z1 (--class NAME | --image PNG) --out OUT.glb
+    flow3d mesh retrieve --image PHOTO.png --out MESH.glb [--library DIR] [--top 3] [--raw]
+    flow3d mesh library --data CAPOD_DIR --out DIR [--holdout-per-class 2 --faces 2000]
     flow3d mesh eval PRED GT [--frame normalized|each|gt] [--png TURNTABLE.png] [--json REPORT.json]
 
 Each command turns its arguments into the task's settings (:mod:`flow3d.mesh.pipeline`), which
@@ -24,10 +26,12 @@ from flow3d.mesh.pipeline import (
     GenerateSettings,
     MeshEvalSettings,
     ReconstructSettings,
+    RetrieveSettings,
     edit,
     evaluate,
     generate,
     reconstruct,
+    retrieve,
 )
 from flow3d.options import add_overwrite_flag
 
@@ -102,6 +106,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overwrite_flag(d)
     d.set_defaults(func=cmd_edit)
 
+    t = msub.add_parser("retrieve", help="the library shape whose silhouette matches an image "
+                        "best (any view, any colours)", formatter_class=HelpFormatter)
+    t.add_argument("--image", required=True, help="input image (PNG/JPEG), one object on a "
+                   "plain background")
+    t.add_argument("--out", required=True, help="output mesh (.glb, .obj, .ply, .stl), in the "
+                   "normalised frame")
+    t.add_argument("--library", help="shape library folder (default: checkpoints/mesh/library, "
+                   "the CAPOD training meshes; build one with flow3d mesh library)")
+    t.add_argument("--vae", help="sparse-voxel SDF-VAE the shape passes through (default: "
+                   "checkpoints/mesh/svae_r64)")
+    t.add_argument("--raw", action="store_true", help="write the library's decimated mesh as "
+                   "it is, without the SDF-VAE (not watertight in general)")
+    t.add_argument("--top", type=int, default=3, help="matches to report")
+    t.add_argument("--resolution", type=int, default=256, help="extraction grid of the VAE")
+    t.add_argument("--png", help="also write a turntable PNG of the result")
+    add_overwrite_flag(t)
+    t.set_defaults(func=cmd_retrieve)
+
+    b = msub.add_parser("library", help="build the shape library of flow3d mesh retrieve from "
+                        "CAPOD meshes", formatter_class=HelpFormatter)
+    b.add_argument("--data", required=True, help="CAPOD folder (class1 ... class15 of .obj)")
+    b.add_argument("--out", required=True, help="library folder to write")
+    b.add_argument("--holdout-per-class", type=int, default=2, help="meshes per class left out "
+                   "(2: the split the bundled mesh models were trained on)")
+    b.add_argument("--faces", type=int, default=2000, help="faces per shape (decimated)")
+    add_overwrite_flag(b)
+    b.set_defaults(func=cmd_library)
+
     e = msub.add_parser("eval", help="metrics of a predicted mesh against the ground truth",
                         formatter_class=HelpFormatter)
     e.add_argument("pred", help="predicted mesh")
@@ -158,6 +190,52 @@ def cmd_edit(args: argparse.Namespace) -> int:
           f"watertight={mesh.is_watertight}; {result['voxels_kept']} voxels kept outside the "
           f"box, {result['voxels_in_box']} generated inside, "
           f"{time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    if args.raw and args.vae:
+        from flow3d.errors import ConfigError
+
+        raise ConfigError("--raw writes the library mesh without a VAE; it cannot be combined "
+                          "with --vae")
+    settings = RetrieveSettings(
+        image=args.image, library=args.library,
+        vae=None if args.raw else (args.vae or "default"), top=args.top,
+        resolution=args.resolution, out=args.out, png=args.png, overwrite=args.overwrite,
+    )
+    started = time.perf_counter()
+    result = retrieve(settings)
+    mesh = result["mesh"]
+    from flow3d.mesh.data import CAPOD_CLASSES
+
+    for rank, m in enumerate(result["matches"], 1):
+        label = f" ({CAPOD_CLASSES[m.label]})" if 0 <= m.label < len(CAPOD_CLASSES) else ""
+        print(f"{rank}. {m.name}{label}: silhouette IoU {m.iou:.3f} from azimuth "
+              f"{m.azimuth:g}, elevation {m.elevation:g}")
+    print(f"wrote {settings.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+          f"watertight={mesh.is_watertight}, {time.perf_counter() - started:.1f} s")
+    if settings.png:
+        print(f"wrote {settings.png}")
+    return 0
+
+
+def cmd_library(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flow3d.errors import DataError
+    from flow3d.io import check_output_dir
+    from flow3d.mesh.library import VIEW_AZIMUTHS, build_capod_library
+    from flow3d.options import check_int
+
+    if not Path(args.data).is_dir():
+        raise DataError(f"--data {args.data}: not a folder")
+    check_int(args.holdout_per_class, "--holdout-per-class", lo=0, hi=1000)
+    check_int(args.faces, "--faces", lo=4, hi=32767)
+    check_output_dir(args.out, "--out", overwrite=args.overwrite)
+    library = build_capod_library(args.data, args.holdout_per_class, args.faces)
+    library.save(args.out)
+    print(f"wrote {args.out}: {len(library)} shapes, {len(VIEW_AZIMUTHS)} silhouettes each")
     return 0
 
 

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from flow3d.errors import DataError
 
-__all__ = ["ImageEncoder", "foreground", "load_image", "prepare_image", "read_image"]
+__all__ = ["ImageEncoder", "colour_foreground", "foreground", "load_image", "prepare_image",
+           "prepare_mask", "read_image"]
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -61,24 +62,30 @@ MIN_IMAGE_SIDE = 16  # below this there is no shape to read
 MAX_IMAGE_SIDE = 8192  # larger photos are downscaled to 64 px anyway: resize them first
 MIN_OBJECT_FRACTION = 1e-3  # of the pixels differ from the background, else "no object"
 BACKGROUND_TOLERANCE = 0.05  # grey levels within this of the border median are background
+MASK_COVERAGE = 0.01  # prepare_mask: a resized pixel is object above this covered fraction
 
 
-def _grey(rgb: np.ndarray) -> np.ndarray:
-    """Any ``[H, W]`` / ``[H, W, 3|4]`` uint8 or float image -> grey ``[H, W]`` in [0, 1],
-    alpha composited on white."""
+def _rgb(rgb: np.ndarray) -> np.ndarray:
+    """Any ``[H, W]`` / ``[H, W, 1|3|4]`` uint8 or float image -> ``[H, W, C]`` floats in
+    [0, 1] (C = 1 grey or 3 colour), alpha composited on white."""
     a = np.asarray(rgb, dtype=np.float32)
     if a.max() > 1.0:
         a = a / 255.0
     if a.ndim == 3 and a.shape[-1] == 4:
         a = a[..., :3] * a[..., 3:] + (1.0 - a[..., 3:])
-    if a.ndim == 3 and a.shape[-1] in (1, 3):
-        a = a.mean(-1)
-    if a.ndim != 2:
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3):
         raise ValueError(f"image must be [H, W] grey or [H, W, 3|4] RGB(A), got shape "
                          f"{np.shape(rgb)}")
-    if min(a.shape) < 2:
+    if min(a.shape[:2]) < 2:
         raise ValueError(f"image is {a.shape[1]}x{a.shape[0]} pixels; at least 2x2 is needed")
     return a
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """Any image (see :func:`_rgb`) -> grey ``[H, W]`` in [0, 1], alpha composited on white."""
+    return _rgb(rgb).mean(-1)
 
 
 def foreground(rgb: np.ndarray) -> tuple[np.ndarray, float]:
@@ -90,6 +97,32 @@ def foreground(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     return np.abs(a - bg) > BACKGROUND_TOLERANCE, bg
 
 
+def colour_foreground(rgb: np.ndarray) -> np.ndarray:
+    """The object mask ``[H, W]`` by colour: pixels further than ``BACKGROUND_TOLERANCE`` in
+    any channel from the median border colour, so that an object as bright as its background
+    but of another colour is seen (the grey :func:`foreground`, which frames the models'
+    inputs as they were trained, misses it)."""
+    c = _rgb(rgb)
+    border = np.concatenate([c[0], c[-1], c[:, 0], c[:, -1]])  # [P, C]
+    return (np.abs(c - np.median(border, axis=0)) > BACKGROUND_TOLERANCE).any(-1)
+
+
+def _crop(fg: np.ndarray, resolution: int) -> Tensor:
+    """The sampling grid ``[1, R, R, 2]`` (grid_sample's, align_corners) of the square around
+    the foreground with a 10% margin (the whole image when there is none)."""
+    h, w = fg.shape
+    if fg.any():
+        ys, xs = np.nonzero(fg)
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 * 1.1 + 1
+    else:
+        cy, cx, half = (h - 1) / 2, (w - 1) / 2, max(h, w) / 2
+    t = (np.arange(resolution) + 0.5) / resolution * 2 * half - half
+    yy, xx = np.meshgrid(cy + t, cx + t, indexing="ij")
+    return torch.from_numpy(np.stack([xx / (w - 1) * 2 - 1, yy / (h - 1) * 2 - 1], -1)
+                            )[None].float()
+
+
 def prepare_image(rgb: np.ndarray, resolution: int = 64) -> Tensor:
     """Any ``[H, W]`` / ``[H, W, 3|4]`` uint8 or float image -> ``[1, R, R]`` float in [0, 1].
 
@@ -99,23 +132,23 @@ def prepare_image(rgb: np.ndarray, resolution: int = 64) -> Tensor:
     """
     a = _grey(rgb)
     fg, bg = foreground(a)
-    if fg.any():
-        ys, xs = np.nonzero(fg)
-        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
-        half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 * 1.1 + 1
-    else:
-        cy, cx, half = (a.shape[0] - 1) / 2, (a.shape[1] - 1) / 2, max(a.shape) / 2
-    # bilinear resample of the square crop (pixels outside the image are background)
-    t = (np.arange(resolution) + 0.5) / resolution * 2 * half - half
-    yy, xx = np.meshgrid(cy + t, cx + t, indexing="ij")
     # contrast to the background, background -> 1; shifted by +1 so that zero marks "outside"
     img = torch.from_numpy(2.0 - np.abs(a - bg))[None, None].float()
-    grid = torch.from_numpy(
-        np.stack([xx / (a.shape[1] - 1) * 2 - 1, yy / (a.shape[0] - 1) * 2 - 1], -1)
-    )[None].float()
-    out = torch.nn.functional.grid_sample(img, grid, align_corners=True, padding_mode="zeros")
+    out = torch.nn.functional.grid_sample(img, _crop(fg, resolution), align_corners=True,
+                                          padding_mode="zeros")
     out = torch.where(out < 1.0, torch.full_like(out, 2.0), out) - 1.0  # outside -> 1
     return out[0].clamp(0, 1)  # [1, R, R]
+
+
+def prepare_mask(rgb: np.ndarray, resolution: int = 64) -> Tensor:
+    """The object's silhouette ``[R, R]`` bool (:func:`colour_foreground`), cropped to a square
+    around it with a 10% margin like :func:`prepare_image` and resized; a pixel belongs to the
+    object when any of its area does, so thin parts (legs, wires) survive the resize."""
+    fg = colour_foreground(rgb)
+    m = torch.from_numpy(fg.astype(np.float32))[None, None]
+    out = torch.nn.functional.grid_sample(m, _crop(fg, resolution), align_corners=True,
+                                          padding_mode="zeros")
+    return out[0, 0] > MASK_COVERAGE
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -24,6 +24,11 @@ file reads top to bottom (TripoSG's ``pipeline_triposg.py`` has the same shape):
         1. read the mesh  2. load the VAE  3. normalise and sample the surface  4. encode
         5. decode  6. extract, back in the input's coordinates  7. export
 
+    retrieve(RetrieveSettings(image="photo.png", out="nearest.glb"))
+        1. read the image  2. load the shape library  3. the image's silhouette  4. the shape
+        whose silhouette from one of 24 views overlaps it most  5. through the SDF-VAE
+        (closed, normals)  6. export
+
     evaluate(MeshEvalSettings(pred="pred.glb", gt="gt.obj"))
         1. read both meshes  2. score them in one frame  3. write the report (JSON, PNG)
 
@@ -75,11 +80,13 @@ __all__ = [
     "GenerateSettings",
     "MeshEvalSettings",
     "ReconstructSettings",
+    "RetrieveSettings",
     "demo",
     "edit",
     "evaluate",
     "generate",
     "reconstruct",
+    "retrieve",
 ]
 
 CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "mesh"
@@ -408,6 +415,82 @@ def edit(settings: EditSettings, *, mesh=None, models: TwoStage | None = None,
         result["unedited"] = norm.invert(decode_shape(vae, coords, z, settings.resolution,
                                                       keep=None))
     return result
+
+
+# ---- retrieve ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class RetrieveSettings:
+    """Everything ``flow3d mesh retrieve`` needs, checked once: the shape of a library
+    (:mod:`flow3d.mesh.library`) whose silhouette matches the image's object best, through the
+    sparse-voxel SDF-VAE (``vae``; None: no VAE, the library's decimated mesh as it is)."""
+
+    image: str | None = None
+    library: str | None = None  # a shape library folder; default: checkpoints/mesh/library
+    vae: str | None = "default"  # a mesh_svae checkpoint; "default": svae_r64; None: none
+    top: int = 3  # how many matches to report
+    resolution: int = 256  # extraction grid of the VAE's output
+    out: str | None = None
+    png: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self):
+        _input(self.image, "--image", "image file")
+        check_int(self.top, "--top", lo=1, hi=1000)
+        check_resolution(self.resolution, "--resolution")
+        _output(self.out, "--out", self.overwrite, EXPORT_FORMATS)
+        _output(self.png, "--png", self.overwrite, (".png",))
+
+    @property
+    def library_dir(self) -> Path:
+        return Path(self.library) if self.library is not None else CHECKPOINTS / "library"
+
+    @property
+    def vae_checkpoint(self) -> Path | None:
+        if self.vae is None:
+            return None
+        return CHECKPOINTS / "svae_r64" if self.vae == "default" else Path(self.vae)
+
+
+@torch.no_grad()
+def retrieve(settings: RetrieveSettings, *, image=None, library=None, vae=None) -> dict:
+    """``{"mesh", "matches"}``: the best library shape for the image (the normalised frame,
+    through the VAE unless ``settings.vae`` is None) and the ``top`` matches
+    (:class:`~flow3d.mesh.library.Match`, best first); the mesh is written to ``settings.out``
+    when set. ``image`` (pixels, or a prepared ``[1, R, R]`` tensor: grey contrast only),
+    ``library`` and ``vae``
+    (a loaded model) let a caller skip reading them."""
+    from flow3d.mesh.image_encoder import prepare_mask
+    from flow3d.mesh.library import ShapeLibrary, silhouette
+
+    # 1. read the image: size, decoding and "is there an object" before anything is loaded
+    if image is None:
+        if settings.image is None:
+            raise ConfigError("give --image PHOTO.png: the object to find")
+        image = read_image(settings.image)
+    # 2. the library (its masks fix the resolution the image is framed at)
+    library = library if library is not None else ShapeLibrary.load(settings.library_dir)
+    # 3. the silhouette, framed like the library's renders (a prepared image: its grey mask)
+    mask = (silhouette(image) if isinstance(image, torch.Tensor)
+            else prepare_mask(image, library.masks.shape[-1]))
+    # 4. the best shape over all views
+    matches = library.search(mask, settings.top)
+    mesh = library.mesh(matches[0].index)
+    # 5. through the SDF-VAE: closed, smooth normals, at the asked resolution
+    ckpt = settings.vae_checkpoint
+    if vae is None and ckpt is not None:
+        loaded = load_model(ckpt)
+        if loaded.recipe.head != "mesh_svae":
+            raise DataError(f"{ckpt}: a {loaded.recipe.head!r} checkpoint, not a sparse-voxel "
+                            "SDF-VAE (mesh_svae)")
+        vae = loaded.model
+    if vae is not None:
+        mesh = reconstruct_sparse(vae, mesh, settings.resolution)
+    # 6. export
+    if settings.out is not None:
+        export_mesh(mesh, settings.out)
+    if settings.png is not None:
+        turntable_png(mesh, settings.png, backend="numpy")
+    return {"mesh": mesh, "matches": matches}
 
 
 # ---- evaluate ----------------------------------------------------------------------------------

@@ -342,3 +342,83 @@ def test_eval_overwrite_replaces_and_reports_the_frame(box, tmp_path, capsys):
     assert "frame: each" in out and "fscore@0.02 | 1.00000" in out
     saved = json.loads(report.read_text())
     assert saved["frame"] == "each" and saved["fscore@0.02"] == 1.0
+
+
+# ---- retrieve ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["blank.png", "clear.png", "dot.png", "huge.png", "cut.png",
+                                  "text.png", "empty.png"])
+def test_retrieve_bad_images(name, tmp_path, capsys, no_models):
+    path, says = _images(tmp_path)[name]
+    assert_user_error(["mesh", "retrieve", "--image", path, "--out", tmp_path / "m.glb"],
+                      capsys, mentions=[name, says], watch=[tmp_path])
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--top", "0"], "--top"),
+    (["--top", "nan"], "--top"),
+    (["--resolution", "100"], "--resolution"),
+    (["--resolution", "-32"], "--resolution"),
+    (["--raw", "--vae", CKPT / "svae_r64"], "--raw"),
+    (["--image", "no/such.png"], "no/such.png: image file not found"),
+])
+def test_retrieve_bad_options(argv, says, tmp_path, capsys, no_models):
+    base = [] if "--image" in argv else ["--image", IMAGE]
+    assert_user_error(["mesh", "retrieve", *base, "--out", tmp_path / "m.glb", *argv], capsys,
+                      mentions=[says], watch=[tmp_path])
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_retrieve_bad_outputs(case, tmp_path, capsys, no_models):
+    out, says = _bad_outputs(tmp_path, ".glb")[case]
+    assert_user_error(["mesh", "retrieve", "--image", IMAGE, "--out", out], capsys,
+                      mentions=["--out", *says], watch=[tmp_path])
+    png, says = _bad_outputs(tmp_path, ".png")[case]
+    assert_user_error(["mesh", "retrieve", "--image", IMAGE, "--out", tmp_path / "new.glb",
+                       "--png", png], capsys, mentions=["--png", *says], watch=[tmp_path])
+
+
+def test_retrieve_broken_libraries(tmp_path, capsys, no_models):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(["mesh", "retrieve", "--image", IMAGE, "--out", tmp_path / "m.glb",
+                       "--library", tmp_path / "empty"], capsys,
+                      mentions=["empty", "not a shape library"], watch=[tmp_path])
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "library.json").write_text('{"format": "flow3d-shape-library-2"}')
+    (cut / "library.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    assert_user_error(["mesh", "retrieve", "--image", IMAGE, "--out", tmp_path / "m.glb",
+                       "--library", cut], capsys, mentions=["cut", "broken shape library"],
+                      watch=[tmp_path])
+
+
+@needs_checkpoints
+def test_retrieve_with_a_flow_checkpoint_as_vae(tmp_path, capsys):
+    assert_user_error(["mesh", "retrieve", "--image", IMAGE, "--out", tmp_path / "m.glb",
+                       "--vae", CKPT / "flow_image"], capsys,
+                      mentions=["flow_image", "not a sparse-voxel SDF-VAE"], watch=[tmp_path])
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--data", "no/such/dir"], "--data no/such/dir: not a folder"),
+    (["--faces", "0"], "--faces"),
+    (["--faces", "40000"], "--faces"),
+    (["--holdout-per-class", "-1"], "--holdout-per-class"),
+])
+def test_library_bad_options(argv, says, tmp_path, capsys):
+    base = [] if "--data" in argv else ["--data", tmp_path]
+    assert_user_error(["mesh", "library", *base, "--out", tmp_path / "lib", *argv], capsys,
+                      mentions=[says], watch=[tmp_path])
+
+
+def test_library_bad_data_and_outputs(tmp_path, capsys):
+    (tmp_path / "notcapod").mkdir()
+    assert_user_error(["mesh", "library", "--data", tmp_path / "notcapod", "--out",
+                       tmp_path / "lib"], capsys, mentions=["notcapod", "no CAPOD classN"],
+                      watch=[tmp_path])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    (tmp_path / "file.txt").write_text("x")
+    for out, says in [(tmp_path / "full", "folder is not empty"),
+                      (tmp_path / "file.txt", "is a file"), ("", "an output path is required")]:
+        assert_user_error(["mesh", "library", "--data", tmp_path / "notcapod", "--out", out],
+                          capsys, mentions=["--out", says], watch=[tmp_path])
