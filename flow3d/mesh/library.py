@@ -2,8 +2,9 @@
 
 ``flow3d mesh retrieve --image PHOTO.png`` answers with the library shape whose outline, seen
 from one of :data:`VIEW_AZIMUTHS` x :data:`VIEW_ELEVATIONS` (24 views around the object),
-overlaps the photo's object best (intersection over union of the two masks, both cropped and
-scaled the way :func:`~flow3d.mesh.image_encoder.prepare_image` frames every input). The
+overlaps the photo's object best (intersection over union of the two masks, both from
+:func:`~flow3d.mesh.image_encoder.prepare_mask`: the colour foreground in the square crop that
+``prepare_image`` takes of every input). The
 silhouette is what survives colour, texture, lighting and background changes, and the view
 search makes the answer independent of where the photo was taken from; on the held-out CAPOD
 protocol (docs/benchmarks.md, "Image to mesh") it finds a closer shape than the nearest
@@ -52,8 +53,9 @@ VIEW_AZIMUTHS = tuple(float(a) for a in range(0, 360, 30) for _ in (0, 1))
 VIEW_ELEVATIONS = (10.0, 30.0) * 12
 MASK_RESOLUTION = 64  # the image encoder's input size; masks compare at this size
 RENDER_SIZE = 96  # the conditioning renders' size (flow3d.mesh.head.condition_images)
-LIBRARY_FACES = 2000  # per shape: F@0.05 is unchanged by it, the library stays ~3 MB
-FORMAT = "flow3d-shape-library-2"  # 2: colour foreground masks
+LIBRARY_FACES = 2000  # per shape: F@0.05 is unchanged by it (0.564 / 0.565 against the
+# full meshes on the 15-mesh protocol), the library stays under 4 MB
+FORMAT = "flow3d-shape-library-1"
 
 
 def silhouette(image: Tensor) -> Tensor:

@@ -384,7 +384,7 @@ def test_retrieve_broken_libraries(tmp_path, capsys, no_models):
                       mentions=["empty", "not a shape library"], watch=[tmp_path])
     cut = tmp_path / "cut"
     cut.mkdir()
-    (cut / "library.json").write_text('{"format": "flow3d-shape-library-2"}')
+    (cut / "library.json").write_text('{"format": "flow3d-shape-library-1"}')
     (cut / "library.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     assert_user_error(["mesh", "retrieve", "--image", IMAGE, "--out", tmp_path / "m.glb",
                        "--library", cut], capsys, mentions=["cut", "broken shape library"],
