@@ -24,9 +24,11 @@ from flow3d.mesh.metrics import FRAMES, format_metrics
 from flow3d.mesh.pipeline import (
     EditSettings,
     GenerateSettings,
+    LibrarySettings,
     MeshEvalSettings,
     ReconstructSettings,
     RetrieveSettings,
+    build_shape_library,
     edit,
     evaluate,
     generate,
@@ -194,25 +196,19 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
-    if args.raw and args.vae:
-        from flow3d.errors import ConfigError
+    from flow3d.mesh.data import CAPOD_CLASSES
 
-        raise ConfigError("--raw writes the library mesh without a VAE; it cannot be combined "
-                          "with --vae")
     settings = RetrieveSettings(
-        image=args.image, library=args.library,
-        vae=None if args.raw else (args.vae or "default"), top=args.top,
+        image=args.image, library=args.library, vae=args.vae, raw=args.raw, top=args.top,
         resolution=args.resolution, out=args.out, png=args.png, overwrite=args.overwrite,
     )
     started = time.perf_counter()
     result = retrieve(settings)
-    mesh = result["mesh"]
-    from flow3d.mesh.data import CAPOD_CLASSES
-
     for rank, m in enumerate(result["matches"], 1):
         label = f" ({CAPOD_CLASSES[m.label]})" if 0 <= m.label < len(CAPOD_CLASSES) else ""
         print(f"{rank}. {m.name}{label}: silhouette IoU {m.iou:.3f} from azimuth "
               f"{m.azimuth:g}, elevation {m.elevation:g}")
+    mesh = result["mesh"]
     print(f"wrote {settings.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
           f"watertight={mesh.is_watertight}, {time.perf_counter() - started:.1f} s")
     if settings.png:
@@ -221,21 +217,13 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def cmd_library(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from flow3d.mesh.library import VIEW_AZIMUTHS
 
-    from flow3d.errors import DataError
-    from flow3d.io import check_output_dir
-    from flow3d.mesh.library import VIEW_AZIMUTHS, build_capod_library
-    from flow3d.options import check_int
-
-    if not Path(args.data).is_dir():
-        raise DataError(f"--data {args.data}: not a folder")
-    check_int(args.holdout_per_class, "--holdout-per-class", lo=0, hi=1000)
-    check_int(args.faces, "--faces", lo=4, hi=32767)
-    check_output_dir(args.out, "--out", overwrite=args.overwrite)
-    library = build_capod_library(args.data, args.holdout_per_class, args.faces)
-    library.save(args.out)
-    print(f"wrote {args.out}: {len(library)} shapes, {len(VIEW_AZIMUTHS)} silhouettes each")
+    settings = LibrarySettings(data=args.data, out=args.out,
+                               holdout_per_class=args.holdout_per_class, faces=args.faces,
+                               overwrite=args.overwrite)
+    library = build_shape_library(settings)
+    print(f"wrote {settings.out}: {len(library)} shapes, {len(VIEW_AZIMUTHS)} silhouettes each")
     return 0
 
 

@@ -29,6 +29,9 @@ file reads top to bottom (TripoSG's ``pipeline_triposg.py`` has the same shape):
         whose silhouette from one of 24 views overlaps it most  5. through the SDF-VAE
         (closed, normals)  6. export
 
+    build_shape_library(LibrarySettings(data="capod/", out="library/"))
+        1. split CAPOD  2. normalise, decimate, render 24 silhouettes each  3. write
+
     evaluate(MeshEvalSettings(pred="pred.glb", gt="gt.obj"))
         1. read both meshes  2. score them in one frame  3. write the report (JSON, PNG)
 
@@ -48,7 +51,7 @@ import torch
 from flow3d.engine.checkpoint import PROJECT_ROOT, LoadedModel, load_model
 from flow3d.engine.keys import check_method
 from flow3d.errors import ConfigError, DataError
-from flow3d.io import atomic_write_text, check_output_file
+from flow3d.io import atomic_write_text, check_output_dir, check_output_file
 from flow3d.mesh.condition import class_index, encode_condition
 from flow3d.mesh.data import (
     is_watertight_file,
@@ -78,9 +81,11 @@ __all__ = [
     "DEMO_IMAGE",
     "EditSettings",
     "GenerateSettings",
+    "LibrarySettings",
     "MeshEvalSettings",
     "ReconstructSettings",
     "RetrieveSettings",
+    "build_shape_library",
     "demo",
     "edit",
     "evaluate",
@@ -421,12 +426,13 @@ def edit(settings: EditSettings, *, mesh=None, models: TwoStage | None = None,
 @dataclasses.dataclass(frozen=True)
 class RetrieveSettings:
     """Everything ``flow3d mesh retrieve`` needs, checked once: the shape of a library
-    (:mod:`flow3d.mesh.library`) whose silhouette matches the image's object best, through the
-    sparse-voxel SDF-VAE (``vae``; None: no VAE, the library's decimated mesh as it is)."""
+    (:mod:`flow3d.mesh.library`) whose silhouette matches the image's object best, through a
+    sparse-voxel SDF-VAE (``vae``; default ``svae_r64``), or as it is (``raw``)."""
 
     image: str | None = None
     library: str | None = None  # a shape library folder; default: checkpoints/mesh/library
-    vae: str | None = "default"  # a mesh_svae checkpoint; "default": svae_r64; None: none
+    vae: str | None = None  # a mesh_svae checkpoint; default: svae_r64
+    raw: bool = False  # the library's decimated mesh as it is, no VAE
     top: int = 3  # how many matches to report
     resolution: int = 256  # extraction grid of the VAE's output
     out: str | None = None
@@ -435,6 +441,12 @@ class RetrieveSettings:
 
     def __post_init__(self):
         _input(self.image, "--image", "image file")
+        if self.raw and self.vae is not None:
+            raise ConfigError("--raw writes the library mesh without a VAE; it cannot be "
+                              "combined with --vae")
+        for option, folder in (("--library", self.library), ("--vae", self.vae)):
+            if folder is not None and not Path(folder).is_dir():
+                raise DataError(f"{option} {folder}: folder not found")
         check_int(self.top, "--top", lo=1, hi=1000)
         check_resolution(self.resolution, "--resolution")
         _output(self.out, "--out", self.overwrite, EXPORT_FORMATS)
@@ -446,19 +458,18 @@ class RetrieveSettings:
 
     @property
     def vae_checkpoint(self) -> Path | None:
-        if self.vae is None:
+        if self.raw:
             return None
-        return CHECKPOINTS / "svae_r64" if self.vae == "default" else Path(self.vae)
+        return Path(self.vae) if self.vae is not None else CHECKPOINTS / "svae_r64"
 
 
 @torch.no_grad()
 def retrieve(settings: RetrieveSettings, *, image=None, library=None, vae=None) -> dict:
     """``{"mesh", "matches"}``: the best library shape for the image (the normalised frame,
-    through the VAE unless ``settings.vae`` is None) and the ``top`` matches
+    through the VAE unless ``settings.raw``) and the ``top`` matches
     (:class:`~flow3d.mesh.library.Match`, best first); the mesh is written to ``settings.out``
     when set. ``image`` (pixels, or a prepared ``[1, R, R]`` tensor: grey contrast only),
-    ``library`` and ``vae``
-    (a loaded model) let a caller skip reading them."""
+    ``library`` and ``vae`` (a loaded model) let a caller skip reading them."""
     from flow3d.mesh.image_encoder import prepare_mask
     from flow3d.mesh.library import ShapeLibrary, silhouette
 
@@ -483,7 +494,7 @@ def retrieve(settings: RetrieveSettings, *, image=None, library=None, vae=None) 
             raise DataError(f"{ckpt}: a {loaded.recipe.head!r} checkpoint, not a sparse-voxel "
                             "SDF-VAE (mesh_svae)")
         vae = loaded.model
-    if vae is not None:
+    if vae is not None and not settings.raw:
         mesh = reconstruct_sparse(vae, mesh, settings.resolution)
     # 6. export
     if settings.out is not None:
@@ -491,6 +502,36 @@ def retrieve(settings: RetrieveSettings, *, image=None, library=None, vae=None) 
     if settings.png is not None:
         turntable_png(mesh, settings.png, backend="numpy")
     return {"mesh": mesh, "matches": matches}
+
+
+# ---- library -----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LibrarySettings:
+    """Everything ``flow3d mesh library`` needs, checked once: the CAPOD training split as the
+    shape library of ``retrieve``."""
+
+    data: str | None = None  # the CAPOD folder (class1 ... class15)
+    out: str | None = None  # the library folder
+    holdout_per_class: int = 2  # the split the bundled mesh models were trained on
+    faces: int = 2000
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.data is None or not Path(self.data).is_dir():
+            raise DataError(f"--data {self.data}: not a folder")
+        check_int(self.holdout_per_class, "--holdout-per-class", lo=0, hi=1000)
+        check_int(self.faces, "--faces", lo=MIN_FACES, hi=np.iinfo(np.int16).max)
+        check_output_dir(self.out, "--out", overwrite=self.overwrite)
+
+
+def build_shape_library(settings: LibrarySettings):
+    """1. split CAPOD  2. normalise, decimate and render the training meshes' silhouettes
+    3. write the library (atomically). Returns the :class:`~flow3d.mesh.library.ShapeLibrary`."""
+    from flow3d.mesh.library import build_capod_library
+
+    library = build_capod_library(settings.data, settings.holdout_per_class, settings.faces)
+    library.save(settings.out)
+    return library
 
 
 # ---- evaluate ----------------------------------------------------------------------------------

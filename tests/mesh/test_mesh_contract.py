@@ -360,6 +360,8 @@ def test_retrieve_bad_images(name, tmp_path, capsys, no_models):
     (["--resolution", "-32"], "--resolution"),
     (["--raw", "--vae", CKPT / "svae_r64"], "--raw"),
     (["--image", "no/such.png"], "no/such.png: image file not found"),
+    (["--vae", "no/such/vae"], "--vae no/such/vae: folder not found"),
+    (["--library", "no/such/lib"], "--library no/such/lib: folder not found"),
 ])
 def test_retrieve_bad_options(argv, says, tmp_path, capsys, no_models):
     base = [] if "--image" in argv else ["--image", IMAGE]

@@ -126,7 +126,7 @@ def test_retrieve_task_raw_and_through_a_vae(library, tmp_path):
 
     mesh = library.mesh(1)
     img = render(mesh, 120.0, 30.0, tint=(0.3, 0.8, 0.3), background=(0.1, 0.1, 0.1))
-    raw = retrieve(RetrieveSettings(vae=None, out=str(tmp_path / "raw.glb")), image=img,
+    raw = retrieve(RetrieveSettings(raw=True, out=str(tmp_path / "raw.glb")), image=img,
                    library=library)
     assert raw["matches"][0].index == 1 and len(raw["matches"]) == 3
     np.testing.assert_allclose(raw["mesh"].vertices, mesh.vertices)
