@@ -17,6 +17,7 @@ exit status 2, before any model is loaded. An existing output needs ``--overwrit
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from flow3d.cli import HelpFormatter
@@ -204,6 +205,8 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     result = retrieve(settings)
+    if result["warning"]:
+        print(f"warning: {args.image}: {result['warning']}", file=sys.stderr)
     for rank, m in enumerate(result["matches"], 1):
         label = f" ({CAPOD_CLASSES[m.label]})" if 0 <= m.label < len(CAPOD_CLASSES) else ""
         print(f"{rank}. {m.name}{label}: silhouette IoU {m.iou:.3f} from azimuth "

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from flow3d.errors import DataError
 
-__all__ = ["ImageEncoder", "colour_foreground", "foreground", "load_image", "prepare_image",
-           "prepare_mask", "read_image"]
+__all__ = ["ImageEncoder", "background_warning", "colour_foreground", "foreground", "load_image",
+           "prepare_image", "prepare_mask", "read_image"]
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -63,6 +63,7 @@ MAX_IMAGE_SIDE = 8192  # larger photos are downscaled to 64 px anyway: resize th
 MIN_OBJECT_FRACTION = 1e-3  # of the pixels differ from the background, else "no object"
 BACKGROUND_TOLERANCE = 0.05  # grey levels within this of the border median are background
 MASK_COVERAGE = 0.01  # prepare_mask: a resized pixel is object above this covered fraction
+CLUTTER_COVER, CLUTTER_BORDER = 0.8, 0.25  # background_warning: "object" everywhere
 
 
 def _rgb(rgb: np.ndarray) -> np.ndarray:
@@ -138,6 +139,19 @@ def prepare_image(rgb: np.ndarray, resolution: int = 64) -> Tensor:
                                           padding_mode="zeros")
     out = torch.where(out < 1.0, torch.full_like(out, 2.0), out) - 1.0  # outside -> 1
     return out[0].clamp(0, 1)  # [1, R, R]
+
+
+def background_warning(rgb: np.ndarray) -> str | None:
+    """A sentence when the photo's background does not look plain (its colour foreground
+    covers most of the image or runs along most of its border), else None: the silhouette, and
+    the models' framing, are then the clutter's, not the object's."""
+    fg = colour_foreground(rgb)
+    border = np.concatenate([fg[0], fg[-1], fg[:, 0], fg[:, -1]]).mean()
+    if fg.mean() > CLUTTER_COVER or border > CLUTTER_BORDER:
+        return (f"the object covers {fg.mean():.0%} of the image and {border:.0%} of its border: "
+                "the background does not look plain; give a photo on a plain background or a "
+                "PNG with transparency")
+    return None
 
 
 def prepare_mask(rgb: np.ndarray, resolution: int = 64) -> Tensor:

@@ -465,12 +465,13 @@ class RetrieveSettings:
 
 @torch.no_grad()
 def retrieve(settings: RetrieveSettings, *, image=None, library=None, vae=None) -> dict:
-    """``{"mesh", "matches"}``: the best library shape for the image (the normalised frame,
-    through the VAE unless ``settings.raw``) and the ``top`` matches
+    """``{"mesh", "matches", "warning"}``: the best library shape for the image (the
+    normalised frame, through the VAE unless ``settings.raw``) and the ``top`` matches
     (:class:`~flow3d.mesh.library.Match`, best first); the mesh is written to ``settings.out``
     when set. ``image`` (pixels, or a prepared ``[1, R, R]`` tensor: grey contrast only),
-    ``library`` and ``vae`` (a loaded model) let a caller skip reading them."""
-    from flow3d.mesh.image_encoder import prepare_mask
+    ``library`` and ``vae`` (a loaded model) let a caller skip reading them. ``warning``: a
+    sentence when the photo's background does not look plain (None otherwise)."""
+    from flow3d.mesh.image_encoder import background_warning, prepare_mask
     from flow3d.mesh.library import ShapeLibrary, silhouette
 
     # 1. read the image: size, decoding and "is there an object" before anything is loaded
@@ -481,8 +482,9 @@ def retrieve(settings: RetrieveSettings, *, image=None, library=None, vae=None) 
     # 2. the library (its masks fix the resolution the image is framed at)
     library = library if library is not None else ShapeLibrary.load(settings.library_dir)
     # 3. the silhouette, framed like the library's renders (a prepared image: its grey mask)
-    mask = (silhouette(image) if isinstance(image, torch.Tensor)
-            else prepare_mask(image, library.masks.shape[-1]))
+    pixels = not isinstance(image, torch.Tensor)
+    mask = prepare_mask(image, library.masks.shape[-1]) if pixels else silhouette(image)
+    warning = background_warning(image) if pixels else None
     # 4. the best shape over all views
     matches = library.search(mask, settings.top)
     mesh = library.mesh(matches[0].index)
@@ -501,7 +503,7 @@ def retrieve(settings: RetrieveSettings, *, image=None, library=None, vae=None) 
         export_mesh(mesh, settings.out)
     if settings.png is not None:
         turntable_png(mesh, settings.png, backend="numpy")
-    return {"mesh": mesh, "matches": matches}
+    return {"mesh": mesh, "matches": matches, "warning": warning}
 
 
 # ---- library -----------------------------------------------------------------------------------

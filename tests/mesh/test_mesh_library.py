@@ -90,6 +90,18 @@ def test_grey_silhouette_of_a_prepared_image_matches_the_mask():
     assert (mask & grey).sum() / (mask | grey).sum() > 0.9
 
 
+def test_a_cluttered_photo_is_warned_about(library):
+    from skimage import data as images
+
+    from flow3d.mesh.image_encoder import background_warning
+
+    assert "does not look plain" in background_warning(images.coffee())
+    mesh = library.mesh(0)
+    assert background_warning(render(mesh, 30.0, 10.0)) is None
+    assert background_warning(render(mesh, 30.0, 10.0, tint=(0.9, 0.3, 0.2),
+                                     background=(0.2, 0.3, 0.6))) is None
+
+
 def test_search_refuses_empty_and_misshaped_masks(library):
     with pytest.raises(DataError, match="no object"):
         library.search(torch.zeros(64, 64, dtype=torch.bool))
@@ -129,6 +141,7 @@ def test_retrieve_task_raw_and_through_a_vae(library, tmp_path):
     raw = retrieve(RetrieveSettings(raw=True, out=str(tmp_path / "raw.glb")), image=img,
                    library=library)
     assert raw["matches"][0].index == 1 and len(raw["matches"]) == 3
+    assert raw["warning"] is None
     np.testing.assert_allclose(raw["mesh"].vertices, mesh.vertices)
     assert (tmp_path / "raw.glb").is_file()
     vae_ckpt = ROOT / "checkpoints" / "mesh" / "svae_cpu"
