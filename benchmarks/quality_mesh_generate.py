@@ -184,9 +184,10 @@ def main() -> None:
         if rows:
             results[kind] = {k: {kk: _mean(v, kk) for kk in v[0]} | {"n": len(v)}
                              for k, v in rows.items()}
+    two_stage = f"two-stage median {np.median(times):.1f} s, " if times else ""
     print(f"\n## Image to mesh, held-out CAPOD ({len(held)} meshes, {args.steps} steps, "
-          f"extraction {args.resolution}^3; two-stage median {np.median(times or [0]):.1f} s, "
-          f"silhouette retrieval {np.median(retrieve_times):.1f} s per mesh on one thread)\n")
+          f"extraction {args.resolution}^3; {two_stage}silhouette retrieval "
+          f"{np.median(retrieve_times):.1f} s per mesh on one thread)\n")
     print("| input | method | F@0.05 | F@0.02 | normal consistency | Chamfer-L1 | watertight "
           "| one piece |\n|---|---|---|---|---|---|---|---|")
     for kind, table in results.items():

@@ -153,6 +153,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _wrote(out: str, mesh, started: float, png: str | None) -> None:
+    """The report of a command that wrote one mesh (and maybe its turntable)."""
+    print(f"wrote {out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
+          f"watertight={mesh.is_watertight}, {time.perf_counter() - started:.1f} s")
+    if png:
+        print(f"wrote {png}")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     settings = GenerateSettings(
         image=args.image, label=args.label, ckpt=args.ckpt, latent_ckpt=args.latent_ckpt,
@@ -162,10 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     mesh = generate(settings)
-    print(f"wrote {settings.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
-          f"watertight={mesh.is_watertight}, {time.perf_counter() - started:.1f} s")
-    if settings.png:
-        print(f"wrote {settings.png}")
+    _wrote(settings.out, mesh, started, settings.png)
     return 0
 
 
@@ -211,11 +216,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         label = f" ({CAPOD_CLASSES[m.label]})" if 0 <= m.label < len(CAPOD_CLASSES) else ""
         print(f"{rank}. {m.name}{label}: silhouette IoU {m.iou:.3f} from azimuth "
               f"{m.azimuth:g}, elevation {m.elevation:g}")
-    mesh = result["mesh"]
-    print(f"wrote {settings.out}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, "
-          f"watertight={mesh.is_watertight}, {time.perf_counter() - started:.1f} s")
-    if settings.png:
-        print(f"wrote {settings.png}")
+    _wrote(settings.out, result["mesh"], started, settings.png)
     return 0
 
 
