@@ -1,6 +1,7 @@
 """SplatFlow on held-out scenes (issue 16): novel views, poses, editing, generation, speed.
 
     python -m benchmarks.quality_splatflow [--scenes 30] [--per-class 2] [--steps 50]
+        [--flow checkpoints/splat/mvflow_class] [--tasks complete,poses,edit,generate]
 
 Scenes: the held-out split of the splat scene cache (CAPOD meshes never trained on, one painting
 per mesh, 8 views at 64^2). Models: the bundled multi-view flow, GSDecoder and classifier
@@ -10,8 +11,10 @@ per mesh, 8 views at 64^2). Models: the bundled multi-view flow, GSDecoder and c
 * **Novel views, half known** (``complete``, views 0, 2, 4, 6 given with their cameras, the
   other four generated at their cameras): PSNR of the generated views against the true renders
   (whole image, black background, and object pixels only), and of the GSDecoder scene decoded
-  from all eight re-rendered at the novel cameras. Baseline: the GSDecoder from the four known
-  views alone, rendered at the novel cameras (no generation).
+  from all eight re-rendered at the novel cameras; the default (known views warped, the rest
+  completed by SDEdit from strength 0.3), from noise (strength 1), and SplatFlow's way (no
+  warp: the novel views generated whole). Baseline: the GSDecoder from the four known views
+  alone, rendered at the novel cameras (no generation).
 * **Poses** (``poses``, every view's colour and depth given, rays generated): rotation error
   and camera-centre error of the fitted cameras against the true ones, in the object's frame
   (no alignment; the unit box is the scene scale); the fraction of cameras within 15 degrees
@@ -29,6 +32,7 @@ per mesh, 8 views at 64^2). Models: the bundled multi-view flow, GSDecoder and c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -37,6 +41,7 @@ import numpy as np
 import torch
 
 CKPT = Path("checkpoints/splat")
+TASKS = ("complete", "poses", "edit", "generate")
 
 
 def _psnr(a, b, where=None) -> float:
@@ -91,7 +96,12 @@ def main(argv=None) -> int:
     p.add_argument("--flow", default=str(CKPT / "mvflow_class"))
     p.add_argument("--decoder", default=str(CKPT / "gsdecoder"))
     p.add_argument("--classifier", default=str(CKPT / "classifier"))
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help=f"which parts to run (of {','.join(TASKS)})")
     args = p.parse_args(argv)
+    tasks = set(args.tasks.split(","))
+    if tasks - set(TASKS):
+        p.error(f"--tasks: unknown {sorted(tasks - set(TASKS))}; choose from {TASKS}")
     torch.set_num_threads(args.threads)
     from flow3d.engine.checkpoint import load_frozen, load_model
     from flow3d.splat.decoder import decode_scene
@@ -125,114 +135,133 @@ def main(argv=None) -> int:
     failed: list[str] = []
     out.append("")
 
-    # novel views, half known
+    # novel views, half known: completed with the known views' Gaussians warped (default) and
+    # generated whole (SplatFlow's way)
     known_views, novel = [0, 2, 4, 6], [1, 3, 5, 7]
-    gen_p, gen_po, dec_p, base_p = [], [], [], []
-    for i in rows:
+    configs = {"complete: known views warped, the rest generated from strength 0.3 (default)":
+               (True, 0.3),
+               "complete --strength 1: known views warped, the rest generated from noise":
+               (True, 1.0),
+               "complete --no-warp: novel views generated whole (SplatFlow)": (False, 1.0)}
+    res = {name: ([], [], []) for name in configs}
+    base_p = []
+    for i in rows if "complete" in tasks else []:
         b = scenes.batch([i])
         cams = b.cameras(0)
         k = known_state(lay, "complete", rgb=b.rgb * (b.depth > 0), depth=b.depth, K=b.K,
                         viewmats=b.viewmats, num_views=m.views, known=known_views,
                         cameras=cams)
-        r = _run(models, lay, k, _settings("complete", None, args.steps,
-                                                           known=tuple(known_views)), failed)
-        if r is None:
-            continue
         truth = (b.rgb * b.mask)[0]
-        obj = (b.mask[0] > 0) | (r.depth > 0)
-        gen_p.append(_psnr(r.rgb[novel], truth[novel]))
-        gen_po.append(_psnr(r.rgb[novel], truth[novel], obj[novel].expand_as(r.rgb[novel])))
+        for name, (warp, strength) in configs.items():
+            s = dataclasses.replace(_settings("complete", None, args.steps,
+                                              known=tuple(known_views)), warp=warp,
+                                    strength=strength)
+            r = _run(models, lay, k, s, failed)
+            if r is None:
+                continue
+            obj = (b.mask[0] > 0) | (r.depth > 0)
+            gen_p, gen_po, dec_p = res[name]
+            gen_p.append(_psnr(r.rgb[novel], truth[novel]))
+            gen_po.append(_psnr(r.rgb[novel], truth[novel], obj[novel].expand_as(r.rgb[novel])))
+            with torch.no_grad():
+                dec = render(r.scene, cams[novel], settings=look).rgb.clamp(0, 1)
+            dec_p.append(_psnr(dec, truth[novel]))
         with torch.no_grad():
-            dec = render(r.scene, cams[novel], settings=look).rgb.clamp(0, 1)
             only = decode_scene(models.decoder, b.rgb[0, known_views],
                                 b.depth[0, known_views], cams[known_views])
             base = render(only, cams[novel], settings=look).rgb.clamp(0, 1)
-        dec_p.append(_psnr(dec, truth[novel]))
         base_p.append(_psnr(base, truth[novel]))
-    out += ["### Novel views with half of the views known (bar >= 22 dB)", "",
-            "| method | PSNR of the 4 novel views | object pixels |", "|---|---|---|",
-            f"| generated views (complete) | {np.mean(gen_p):.2f} | {np.mean(gen_po):.2f} |",
-            f"| GSDecoder of all 8, rendered at the novel cameras | {np.mean(dec_p):.2f} | |",
-            f"| GSDecoder of the 4 known only (no generation) | {np.mean(base_p):.2f} | |", ""]
+    if "complete" in tasks:
+        out += ["### Novel views with half of the views known (bar >= 22 dB)", "",
+                "| method | PSNR of the 4 novel views | object pixels | GSDecoder of all 8, "
+                "rendered at the novel cameras |", "|---|---|---|---|"]
+        for name, (gen_p, gen_po, dec_p) in res.items():
+            out.append(f"| {name} | {np.mean(gen_p):.2f} | {np.mean(gen_po):.2f} | "
+                       f"{np.mean(dec_p):.2f} |")
+        out += [f"| GSDecoder of the 4 known only (no generation) | {np.mean(base_p):.2f} | | "
+                "|", ""]
 
     # poses
-    rot, cen, scene_ok = [], [], []
-    for i in rows:
-        b = scenes.batch([i])
-        k = known_state(lay, "poses", rgb=b.rgb * (b.depth > 0), depth=b.depth, K=b.K,
-                        viewmats=b.viewmats, num_views=m.views, cameras=b.cameras(0))
-        r = _run(models, lay, k, _settings("poses", None, args.steps), failed)
-        if r is None:  # no cameras: every one wrong
-            rot += [180.0] * m.views
-            cen += [math.inf] * m.views
-            scene_ok.append((False, False))
-            continue
-        e = pose_errors(r.fitted, b.cameras(0), align=False)
-        rot += e["rotation_deg"].tolist()
-        cen += e["center"].tolist()
-        scene_ok.append((float(e["rotation_deg"].median()) < 15,
-                         float(e["center"].median()) < 0.1))
-    rot, cen = np.array(rot), np.array(cen)
-    out += ["### Pose estimation (bars: rotation within 15 degrees for >= 60%, centre within "
-            "0.1 for >= 90%)", "",
-            "| cameras | rotation < 15 deg | centre < 0.1 | median rotation error | median "
-            "centre error |", "|---|---|---|---|---|",
-            f"| all {len(rot)} | {np.mean(rot < 15):.0%} | {np.mean(cen < 0.1):.0%} | "
-            f"{np.median(rot):.1f} deg | {np.median(cen):.3f} |",
-            f"| per scene (its median camera), {len(scene_ok)} | "
-            f"{np.mean([a for a, _ in scene_ok]):.0%} | {np.mean([c for _, c in scene_ok]):.0%}"
-            " | | |", ""]
+    if "poses" in tasks:
+        rot, cen, scene_ok = [], [], []
+        for i in rows:
+            b = scenes.batch([i])
+            k = known_state(lay, "poses", rgb=b.rgb * (b.depth > 0), depth=b.depth, K=b.K,
+                            viewmats=b.viewmats, num_views=m.views, cameras=b.cameras(0))
+            r = _run(models, lay, k, _settings("poses", None, args.steps), failed)
+            if r is None:  # no cameras: every one wrong
+                rot += [180.0] * m.views
+                cen += [math.inf] * m.views
+                scene_ok.append((False, False))
+                continue
+            e = pose_errors(r.fitted, b.cameras(0), align=False)
+            rot += e["rotation_deg"].tolist()
+            cen += e["center"].tolist()
+            scene_ok.append((float(e["rotation_deg"].median()) < 15,
+                             float(e["center"].median()) < 0.1))
+        rot, cen = np.array(rot), np.array(cen)
+        out += ["### Pose estimation (bars: rotation within 15 degrees for >= 60%, centre within "
+                "0.1 for >= 90%)", "",
+                "| cameras | rotation < 15 deg | centre < 0.1 | median rotation error | median "
+                "centre error |", "|---|---|---|---|---|",
+                f"| all {len(rot)} | {np.mean(rot < 15):.0%} | {np.mean(cen < 0.1):.0%} | "
+                f"{np.median(rot):.1f} deg | {np.median(cen):.3f} |",
+                f"| per scene (its median camera), {len(scene_ok)} | "
+                f"{np.mean([a for a, _ in scene_ok]):.0%} | {np.mean([c for _, c in scene_ok]):.0%}"
+                " | | |", ""]
 
     # editing
-    kept, hit = [], []
-    for i in rows:
-        b = scenes.batch([i])
-        fg = b.mask[0, ..., 0] > 0
-        box = torch.zeros_like(fg)
-        for v in range(m.views):
-            ys, xs = torch.nonzero(fg[v], as_tuple=True)
-            if len(ys):
-                box[v, max(int(ys.min()) - 2, 0): int(ys.max()) + 3,
-                    max(int(xs.min()) - 2, 0): int(xs.max()) + 3] = True
-        target = (int(b.label[0]) + 7) % 15
-        k = known_state(lay, "edit", rgb=b.rgb * (b.depth > 0), depth=b.depth, K=b.K,
-                        viewmats=b.viewmats, num_views=m.views, edit_mask=box,
-                        cameras=b.cameras(0))
-        r = _run(models, lay, k, _settings("edit", _class_name(target), args.steps), failed)
-        if r is None:
-            hit.append(False)
-            continue
-        keep = (~box)[..., None].expand_as(r.rgb)
-        kept.append(_psnr(r.rgb, (b.rgb * (b.depth > 0))[0], keep))
-        with torch.no_grad():
-            hit.append(int(judge(r.rgb[None], r.depth[None]).argmax()) == target)
-    out += ["### Editing (bars: unmasked >= 35 dB, requested class recognised in >= 70%)", "",
-            f"Unmasked pixels against the input: {_db(kept)}; requested class recognised in "
-            f"{np.mean(hit):.0%} of {len(hit)} edits.", ""]
-
-    # generation
-    hit, cons, secs = [], [], []
-    for c in range(m.num_classes):
-        for seed in range(args.per_class):
-            t0 = time.perf_counter()
-            r = _run(models, lay, known_state(lay, "generate"),
-                     _settings("generate", _class_name(c), args.steps, seed), failed)
+    if "edit" in tasks:
+        kept, hit = [], []
+        for i in rows:
+            b = scenes.batch([i])
+            fg = b.mask[0, ..., 0] > 0
+            box = torch.zeros_like(fg)
+            for v in range(m.views):
+                ys, xs = torch.nonzero(fg[v], as_tuple=True)
+                if len(ys):
+                    box[v, max(int(ys.min()) - 2, 0): int(ys.max()) + 3,
+                        max(int(xs.min()) - 2, 0): int(xs.max()) + 3] = True
+            target = (int(b.label[0]) + 7) % 15
+            k = known_state(lay, "edit", rgb=b.rgb * (b.depth > 0), depth=b.depth, K=b.K,
+                            viewmats=b.viewmats, num_views=m.views, edit_mask=box,
+                            cameras=b.cameras(0))
+            r = _run(models, lay, k, _settings("edit", _class_name(target), args.steps), failed)
             if r is None:
                 hit.append(False)
                 continue
-            secs.append(time.perf_counter() - t0)
+            keep = (~box)[..., None].expand_as(r.rgb)
+            kept.append(_psnr(r.rgb, (b.rgb * (b.depth > 0))[0], keep))
             with torch.no_grad():
-                hit.append(int(judge(r.rgb[None], r.depth[None]).argmax()) == c)
-                re = render(r.scene, r.cameras, settings=look).rgb.clamp(0, 1)
-            cons.append(_psnr(re, r.rgb))
-    out += ["### Generation (bars: class recognised >= 80%, re-render >= 25 dB, <= 60 s)", "",
-            f"{len(hit)} scenes ({args.per_class} seeds x {m.num_classes} classes): requested "
-            f"class recognised in {np.mean(hit):.0%}; GSDecoder re-render of the generated "
-            f"views at their fitted cameras {np.mean(cons):.2f} dB (min {np.min(cons):.2f}); "
-            f"{np.median(secs):.1f} s per scene (median, flow + cameras + decoder, one "
-            f"thread; max {np.max(secs):.1f} s).", "",
-            f"Runs where no camera fitted the generated rays (scored as failures): "
-            f"{len(failed)}."]
+                hit.append(int(judge(r.rgb[None], r.depth[None]).argmax()) == target)
+        out += ["### Editing (bars: unmasked >= 35 dB, requested class recognised in >= 70%)", "",
+                f"Unmasked pixels against the input: {_db(kept)}; requested class recognised in "
+                f"{np.mean(hit):.0%} of {len(hit)} edits.", ""]
+
+    # generation
+    if "generate" in tasks:
+        hit, cons, secs = [], [], []
+        for c in range(m.num_classes):
+            for seed in range(args.per_class):
+                t0 = time.perf_counter()
+                r = _run(models, lay, known_state(lay, "generate"),
+                         _settings("generate", _class_name(c), args.steps, seed), failed)
+                if r is None:
+                    hit.append(False)
+                    continue
+                secs.append(time.perf_counter() - t0)
+                with torch.no_grad():
+                    hit.append(int(judge(r.rgb[None], r.depth[None]).argmax()) == c)
+                    re = render(r.scene, r.cameras, settings=look).rgb.clamp(0, 1)
+                cons.append(_psnr(re, r.rgb))
+        out += ["### Generation (bars: class recognised >= 80%, re-render >= 25 dB, <= 60 s)", "",
+                f"{len(hit)} scenes ({args.per_class} seeds x {m.num_classes} classes): requested "
+                f"class recognised in {np.mean(hit):.0%}; GSDecoder re-render of the generated "
+                f"views at their fitted cameras {np.mean(cons):.2f} dB (min {np.min(cons):.2f}); "
+                f"{np.median(secs):.1f} s per scene (median, flow + cameras + decoder, one "
+                f"thread; max {np.max(secs):.1f} s).", "",
+                f"Runs where no camera fitted the generated rays (scored as failures): "
+                f"{len(failed)}."]
     print("\n".join(out))
     return 0
 

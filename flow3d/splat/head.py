@@ -255,14 +255,24 @@ class MultiViewFlowHead(GSDecoderHead):
                                                   device=x_1.device)
         ps = affine_path(self.recipe.flow).sample(x_0, x_1, t)
         ctx = model.drop_context(model.context(labels=views.label), generator)
-        return {"loss": flow_loss(self.recipe.flow, model(ps.x_t, t, ctx), ps.dx_t, t)}
+        pred = model(ps.x_t, t, ctx)
+        w = model.cfg.ray_loss_weight
+        mask = None if w == 1.0 else model.layout.loss_weights(w).to(x_1).expand_as(x_1)
+        out = {"loss": flow_loss(self.recipe.flow, pred, ps.dx_t, t, mask=mask)}
+        if w != 1.0:  # the cameras' own error, to watch them learn
+            rays = model.layout.groups()["rays"]
+            out["ray_mse"] = (pred - ps.dx_t)[..., rays].detach().square().mean()
+        return out
 
     @torch.no_grad()
     def sample_states(self, model: MultiViewFlow, labels: Tensor | None, num: int, *,
-                      seed: int = 0, hooks=(), **overrides: Any) -> Tensor:
+                      seed: int = 0, hooks=(), start: Tensor | None = None,
+                      strength: float = 1.0, **overrides: Any) -> Tensor:
         """Token states ``[num, V T, dim]`` integrated from noise (``labels [num]`` for a
         class-conditional model, None for its null class; ``hooks``: solver hooks such as the
-        core's inpainting)."""
+        core's inpainting). With ``start`` (an estimate of the states) and ``strength < 1``,
+        SDEdit (:func:`~flow3d.core.editing.sdedit`): ``start`` noised to ``t = 1 -
+        strength`` and integrated from there in ``strength`` of the steps."""
         from flow3d.core.solvers import solve
         from flow3d.core.time import time_grid
 
@@ -280,6 +290,12 @@ class MultiViewFlowHead(GSDecoderHead):
             from flow3d.core.guidance import ProjectPrediction
 
             hooks = [ProjectPrediction(velocity, lay.snap_rays, t_max=cfg.stop_ray), *hooks]
+        if start is not None and strength < 1.0:
+            from flow3d.core.editing import sdedit
+
+            return sdedit(velocity, start.expand_as(x_0), strength, noise=x_0,
+                          steps=max(1, round(cfg.steps * strength)), method=cfg.method,
+                          hooks=list(hooks)).x
         return solve(velocity, x_0, method=cfg.method,
                      grid=time_grid(cfg.steps, shift=cfg.shift), hooks=list(hooks)).x
 

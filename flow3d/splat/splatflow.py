@@ -7,7 +7,13 @@ along the path by the core's :class:`~flow3d.core.guidance.Inpainting` hook (tra
 
 * ``generate``: nothing known; a class as the condition.
 * ``complete``: the known views' colour and depth and every view's rays (the cameras asked
-  for) known; the other views generated.
+  for) known; the other views generated. By default (``warp``) the known views are first
+  decoded into Gaussians and rendered at the other cameras: the pixels they show solidly, and
+  the pixels whose rays miss the known views' visual hull (:mod:`flow3d.splat.hull`: certainly
+  background), become known too, so the flow generates only what the known views cannot
+  explain (disocclusions, silhouette edges). The integration starts from the warped views
+  (the faint pixels too) noised to ``t = 1 - strength`` (SDEdit; ``--strength 1``: from pure
+  noise). ``--no-warp`` generates the other views whole, as SplatFlow does.
 * ``edit``: every pixel outside the masks and every ray known; the masked pixels regenerated
   under the requested class.
 * ``poses``: every view's colour (and depth, when the dataset has it) known; the rays
@@ -64,6 +70,8 @@ class SplatFlowSettings:
     cfg: float = 2.0  # guidance on colour and depth (rays get 1 when conditioned)
     flow: Path = CHECKPOINTS / "mvflow_class"
     decoder: Path = CHECKPOINTS / "gsdecoder"
+    warp: bool = True  # complete: keep what the known views' Gaussians show (module docstring)
+    strength: float = 0.3  # complete with warp: SDEdit from the warped views (1: from noise)
     overwrite: bool = False
 
     def __post_init__(self):
@@ -72,6 +80,7 @@ class SplatFlowSettings:
         check_int(self.steps, "--steps", lo=1, hi=MAX_STEPS)
         check_int(self.seed, "--seed", lo=0, hi=2**63 - 1)
         check_float(self.cfg, "--cfg", lo=0.0, hi=100.0)
+        check_float(self.strength, "--strength", lo=0.0, hi=1.0, lo_open=True)
         if self.label is not None:
             from flow3d.mesh.condition import class_index
 
@@ -126,6 +135,7 @@ class Known:
     mask: Tensor
     cameras: object = None
     num_views: int = 0
+    start: Tensor | None = None  # an estimate of the whole state to start from (SDEdit)
 
 
 def read_views(s: SplatFlowSettings, layout) -> tuple[object, Tensor, Tensor, bool]:
@@ -237,6 +247,53 @@ def known_state(layout, task: str, **views) -> Known:
     return Known(values, mask, views.get("cameras"), v)
 
 
+WARP_SEEN_ALPHA = 0.5  # a warped pixel this opaque is known (its colour and depth)
+HULL_DILATION = 1  # pixels the known silhouettes grow by before carving (sampling, edges)
+
+
+def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
+    """``complete``'s known entries grown by what the known ``views`` show elsewhere (module
+    docstring): their GSDecoder Gaussians rendered at the other cameras give the colour and
+    depth of pixels at least :data:`WARP_SEEN_ALPHA` opaque; pixels whose rays miss the
+    known silhouettes' visual hull are background. Returns ``known`` unchanged when every view
+    is known."""
+    from flow3d.splat.decoder import decode_scene
+    from flow3d.splat.hull import dilate, outside_hull
+    from flow3d.splat.render import render
+
+    kv = list(views)
+    novel = [i for i in range(known.num_views) if i not in kv]
+    if not novel:
+        return known
+    cams = known.cameras.to(torch.float32)
+    rgb, depth, _ = layout.split(known.values)
+    rgb, depth = rgb[0].clone(), depth[0].clone()
+    with torch.no_grad():
+        g = decode_scene(decoder, rgb[kv], depth[kv], cams[kv])
+        out = render(g, cams[novel], settings=decoder.cfg.render_settings())
+    seen = out.alpha[..., 0] >= WARP_SEEN_ALPHA
+    empty = outside_hull(dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv], cams[novel])
+    empty &= ~seen
+    rgb[novel] = torch.where(seen[..., None], out.rgb.clamp(0, 1), torch.zeros_like(out.rgb))
+    depth[novel] = torch.where(seen[..., None], out.depth, torch.zeros_like(out.depth))
+    vm = known.cameras.viewmats.to(torch.float32)
+    K = known.cameras.K.to(torch.float32)
+    slots = [min(i, known.num_views - 1) for i in range(layout.views)]
+    values = layout.to_state(rgb[None], depth[None], K[slots][None], vm[slots][None])
+    values[..., layout.groups()["rays"]] = known.values[..., layout.groups()["rays"]]
+    pixels = torch.zeros(layout.views, layout.size, layout.size, dtype=torch.bool)
+    pixels[novel] = seen | empty
+    mask = known.mask | layout.pixel_mask(pixels)
+    # the start: every novel pixel as the Gaussians show it, however faint
+    rgb[novel] = out.rgb.clamp(0, 1)
+    depth[novel] = torch.where(out.alpha >= 1.0 / 255, out.depth, torch.zeros_like(out.depth))
+    start = layout.to_state(rgb[None], depth[None], K[slots][None], vm[slots][None])
+    start[..., layout.groups()["rays"]] = known.values[..., layout.groups()["rays"]]
+    grown = torch.where(known.mask, known.values, torch.where(mask, values, known.values))
+    return Known(grown, mask, known.cameras, known.num_views,
+                 start=torch.where(mask, grown, start))
+
+
 # ---- the pipeline ------------------------------------------------------------------------------
 def check_outputs(s: SplatFlowSettings) -> None:
     """Step 1's output half: the scene file and the views folder, refused before any work."""
@@ -330,12 +387,15 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     t0 = time.perf_counter()
     labels = None if s.label is None else torch.tensor([class_index(s.label)])
     w = s.cfg if labels is not None else 0.0
+    if s.task == "complete" and s.warp:
+        known = warp_known(models.decoder, layout, known, s.known)
     hooks = [Inpainting(known.values, known.mask,
                         generator=torch.Generator().manual_seed(s.seed + 1))] \
         if known.mask.any() else []
     with torch.no_grad():
         x = models.head.sample_states(models.flow, labels, 1, seed=s.seed, hooks=hooks,
-                                      steps=s.steps, cfg_rgb=w, cfg_depth=w,
+                                      start=known.start, strength=s.strength, steps=s.steps,
+                                      cfg_rgb=w, cfg_depth=w,
                                       cfg_rays=1.0 if labels is not None else 0.0)
     rgb, depth, rays = layout.split(x)  # known entries: set exactly by Inpainting at t = 1
     flow_s = time.perf_counter() - t0
@@ -413,6 +473,10 @@ def add_complete_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--known", type=_known, required=True, help="views given, e.g. 0,1,2,3")
     p.add_argument("--class", dest="label", metavar="NAME", help="CAPOD class (optional)")
     p.add_argument("--out", required=True, help="folder: completed views + scene.ply")
+    p.add_argument("--no-warp", action="store_true", help="generate the other views whole "
+                   "(SplatFlow), not only what the known views' Gaussians cannot show")
+    p.add_argument("--strength", type=float, default=0.3, help="how far the warped views are "
+                   "noised before the flow completes them (0-1; 1 = from pure noise)")
     _common(p)
 
 
@@ -440,7 +504,8 @@ def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
         else None, label=args.label, known=getattr(args, "known", ()),
         masks=Path(args.masks) if getattr(args, "masks", None) else None, steps=args.steps,
         seed=args.seed, cfg=args.cfg, flow=resolve_path(args.flow),
-        decoder=resolve_path(args.decoder),
+        decoder=resolve_path(args.decoder), warp=not getattr(args, "no_warp", False),
+        strength=getattr(args, "strength", 0.3),
         overwrite=args.overwrite)
 
 

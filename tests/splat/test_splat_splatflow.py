@@ -112,6 +112,10 @@ def inputs(tmp_path):
     (["complete", "{tmp}/small", "--known", "0", "--out", "{out}/c"], ["32x32", "64x64"]),
     (["complete", "{tmp}/nodepth", "--known", "0", "--out", "{out}/c"], ["no depth"]),
     (["complete", "{tmp}/good", "--known", "0", "--out", "{out}/full"], ["full", "not empty"]),
+    (["complete", "{tmp}/good", "--known", "0", "--out", "{out}/c", "--strength", "0"],
+     ["--strength"]),
+    (["complete", "{tmp}/good", "--known", "0", "--out", "{out}/c", "--strength", "1.5"],
+     ["--strength"]),
     (["edit", "{tmp}/good", "--mask", "{tmp}/nomasks", "--class", "chair", "--out",
       "{out}/e"], ["--mask", "nomasks"]),
     (["edit", "{tmp}/good", "--mask", "{tmp}/masks", "--class", "chair", "--out", "{out}/e"],
@@ -127,3 +131,51 @@ def test_splatflow_bad_input(inputs, capsys, argv, mentions):
     argv = ["splat"] + [a.format(**fill) for a in argv]
     argv += MODELS if "--flow" not in argv else ["--decoder", str(DECODER)]
     assert_user_error(argv, capsys, mentions, watch=[inputs / "out"])
+
+
+def _complete_known(scene, known):
+    from flow3d.splat.mvflow import SceneLayout
+    from flow3d.splat.splatflow import known_state
+
+    lay = SceneLayout(8, 64, 8, 0.5, 5.0)
+    return lay, known_state(lay, "complete", rgb=scene.rgb, depth=scene.depth, K=scene.K,
+                            viewmats=scene.viewmats, num_views=8, known=known,
+                            cameras=scene.cameras(0))
+
+
+def test_warp_grows_the_known_entries_without_reading_the_novel_views():
+    from dataclasses import replace
+
+    from synthetic_scenes import sphere_scene
+
+    from flow3d.engine.checkpoint import load_frozen
+    from flow3d.splat.splatflow import warp_known
+
+    decoder = load_frozen(DECODER, "splat_decoder", "decoder")
+    scene = sphere_scene(views=8, size=64, seed=2)
+    known = [0, 2, 4, 6]
+    lay, k = _complete_known(scene, known)
+    w = warp_known(decoder, lay, k, tuple(known))
+    assert (w.mask >= k.mask).all() and w.mask.sum() > k.mask.sum()
+    assert torch.equal(w.values[k.mask], k.values[k.mask])  # the given entries are kept
+    assert torch.equal(w.start[w.mask], w.values[w.mask])
+    # the novel views' own pixels are never read: blank them and nothing changes
+    blank = replace(scene, rgb=scene.rgb.clone(), depth=scene.depth.clone())
+    blank.rgb[0, [1, 3, 5, 7]] = 0.5
+    blank.depth[0, [1, 3, 5, 7]] = 1.0
+    _, k2 = _complete_known(blank, known)
+    w2 = warp_known(decoder, lay, k2, tuple(known))
+    assert torch.equal(w2.mask, w.mask) and torch.equal(w2.values[w.mask], w.values[w.mask])
+    assert torch.equal(w2.start, w.start) or torch.allclose(w2.start[w.mask], w.start[w.mask])
+    # every view known: nothing to warp
+    _, full = _complete_known(scene, list(range(8)))
+    assert warp_known(decoder, lay, full, tuple(range(8))) is full
+
+
+def test_complete_from_noise_and_without_warp(tmp_path, capsys):
+    data = write_scene(tmp_path / "data")
+    for name, extra in (("noise", ["--strength", "1"]), ("whole", ["--no-warp"])):
+        run(["splat", "complete", data, "--known", "0,1,2,3", "--out", tmp_path / name, *extra])
+        got, src = load_dataset(tmp_path / name), load_dataset(data)
+        keep = (src.masks[:4] > 0).expand_as(src.images[:4])
+        assert torch.allclose(got.images[:4][keep], src.images[:4][keep], atol=1 / 255 + 1e-6)

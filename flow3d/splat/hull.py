@@ -1,0 +1,144 @@
+"""Visual hulls: which pixels of a new view cannot see the object, given its silhouettes.
+
+A 3D point can hold the object only if every view that sees it (in front of the camera, inside
+the image) shows the object there: the intersection of the silhouettes' cones, the *visual
+hull* (Laurentini 1994), which contains the object. The object lies in the cube ``[-bound,
+bound]^3`` (``flow3d splat views``'s frame: bounding box centred at the origin, longest side
+1, so ``bound = 0.5``). A pixel of another camera whose ray meets no point of the hull inside
+the cube sees background, whatever the object looks like from there; a pixel whose ray meets
+the hull may see the object or not.
+
+:func:`outside_hull` samples every ray at ``samples`` points across the cube (vectorised over
+rays, points and views); :func:`outside_hull_reference` is its slow twin, one
+ray and one point at a time in plain Python, for the tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flow3d.splat.cameras import Cameras
+
+__all__ = ["dilate", "outside_hull", "outside_hull_reference", "pixel_rays"]
+
+
+def dilate(masks: Tensor, pixels: int) -> Tensor:
+    """Boolean ``masks [V, H, W]`` grown by ``pixels`` (a square neighbourhood)."""
+    if pixels <= 0:
+        return masks.bool()
+    k = 2 * pixels + 1
+    return F.max_pool2d(masks.float()[:, None], k, stride=1, padding=pixels)[:, 0] > 0
+
+
+def pixel_rays(cameras: Cameras) -> tuple[Tensor, Tensor]:
+    """World-space origins ``[C, 3]`` and unit directions ``[C, H, W, 3]`` through every pixel
+    centre (integer + 0.5, OpenCV axes)."""
+    K = cameras.K.to(torch.float64)
+    vm = cameras.viewmats.to(torch.float64)
+    h, w = cameras.height, cameras.width
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5,
+                            torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
+    x = (xs[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
+    y = (ys[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
+    d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # [C, H, W, 3]
+    d = torch.einsum("cji,chwj->chwi", vm[:, :3, :3], d_cam)  # R^T d_cam
+    return cameras.centers.to(torch.float64), d / d.norm(dim=-1, keepdim=True)
+
+
+def _cube_span(o: Tensor, d: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Entry and exit distances of rays ``o [C, 3] + s d [C, H, W, 3]`` through the cube
+    ``[-bound, bound]^3`` (slabs), and whether they meet it in front of the camera."""
+    o = o[:, None, None, :].expand_as(d)
+    safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+    a, b = (-bound - o) / safe, (bound - o) / safe
+    s0 = torch.minimum(a, b).amax(-1).clamp_min(0.0)
+    s1 = torch.maximum(a, b).amin(-1)
+    return s0, s1, s1 > s0
+
+
+def _in_hull(points: Tensor, masks: Tensor, cameras: Cameras) -> Tensor:
+    """Whether each point ``[N, 3]`` is inside the silhouettes of every view that sees it."""
+    vm = cameras.viewmats.to(torch.float64)
+    K = cameras.K.to(torch.float64)
+    inside = torch.ones(points.shape[0], dtype=torch.bool)
+    for v in range(len(cameras)):
+        cam = points @ vm[v, :3, :3].T + vm[v, :3, 3]
+        z = cam[:, 2]
+        u = K[v, 0, 0] * cam[:, 0] / z.clamp_min(1e-9) + K[v, 0, 2]
+        y = K[v, 1, 1] * cam[:, 1] / z.clamp_min(1e-9) + K[v, 1, 2]
+        seen = (z > 1e-9) & (u >= 0) & (u < cameras.width) & (y >= 0) & (y < cameras.height)
+        col = u.clamp(0, cameras.width - 1).long()
+        row = y.clamp(0, cameras.height - 1).long()
+        inside &= ~seen | masks[v][row, col]
+    return inside
+
+
+def outside_hull(masks: Tensor, cameras: Cameras, query: Cameras, *, bound: float = 0.5,
+                 samples: int = 96) -> Tensor:
+    """``[Q, H, W]`` bool: pixels of the ``query`` cameras whose rays miss the visual hull of
+    the silhouettes ``masks [V, H', W']`` (bool) seen by ``cameras`` within the cube
+    ``[-bound, bound]^3`` (module docstring). Rays are sampled at ``samples`` evenly spaced
+    points across the cube, so hull parts thinner than the spacing can be missed: dilate the
+    silhouettes by a pixel to be safe."""
+    if masks.shape != (len(cameras), cameras.height, cameras.width):
+        raise ValueError(f"outside_hull: masks {tuple(masks.shape)} for {len(cameras)} views "
+                         f"of {cameras.width}x{cameras.height}")
+    o, d = pixel_rays(query)
+    s0, s1, hit = _cube_span(o, d, bound)
+    frac = (torch.arange(samples, dtype=torch.float64) + 0.5) / samples
+    s = s0[..., None] + (s1 - s0)[..., None] * frac  # [Q, H, W, S]
+    pts = o[:, None, None, None, :] + s[..., None] * d[..., None, :]
+    occupied = _in_hull(pts.reshape(-1, 3), masks.bool(), cameras).reshape(s.shape)
+    return ~(hit & occupied.any(-1))
+
+
+def outside_hull_reference(masks: Tensor, cameras: Cameras, query: Cameras, *,
+                           bound: float = 0.5, samples: int = 96) -> Tensor:
+    """:func:`outside_hull` one ray and one point at a time (the slow twin)."""
+    K, vm = cameras.K.tolist(), cameras.viewmats.tolist()
+    qK, qvm = query.K.tolist(), query.viewmats.tolist()
+    out = torch.ones(len(query), query.height, query.width, dtype=torch.bool)
+    for q in range(len(query)):
+        r = [row[:3] for row in qvm[q][:3]]
+        t = [row[3] for row in qvm[q][:3]]
+        centre = [-sum(r[j][i] * t[j] for j in range(3)) for i in range(3)]
+        for row in range(query.height):
+            for col in range(query.width):
+                dc = [(col + 0.5 - qK[q][0][2]) / qK[q][0][0],
+                      (row + 0.5 - qK[q][1][2]) / qK[q][1][1], 1.0]
+                dw = [sum(r[j][i] * dc[j] for j in range(3)) for i in range(3)]
+                n = math.sqrt(sum(x * x for x in dw))
+                dw = [x / n for x in dw]
+                a0, a1 = 0.0, math.inf
+                for i in range(3):
+                    if abs(dw[i]) < 1e-12:
+                        if abs(centre[i]) > bound:
+                            a1 = -1.0
+                        continue
+                    lo, hi = sorted(((-bound - centre[i]) / dw[i], (bound - centre[i]) / dw[i]))
+                    a0, a1 = max(a0, lo), min(a1, hi)
+                if a1 <= a0:
+                    continue
+                for k in range(samples):
+                    s = a0 + (a1 - a0) * (k + 0.5) / samples
+                    p = [centre[i] + s * dw[i] for i in range(3)]
+                    if _point_in_hull(p, masks, K, vm, cameras.width, cameras.height):
+                        out[q, row, col] = False
+                        break
+    return out
+
+
+def _point_in_hull(p, masks, K, vm, width, height) -> bool:
+    for v in range(len(K)):
+        cam = [sum(vm[v][i][j] * p[j] for j in range(3)) + vm[v][i][3] for i in range(3)]
+        if cam[2] <= 1e-9:
+            continue
+        u = K[v][0][0] * cam[0] / cam[2] + K[v][0][2]
+        y = K[v][1][1] * cam[1] / cam[2] + K[v][1][2]
+        if 0 <= u < width and 0 <= y < height and not bool(masks[v][int(y), int(u)]):
+            return False
+    return True
