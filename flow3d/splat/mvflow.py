@@ -62,6 +62,9 @@ class MultiViewFlowConfig:
     cond_drop: float = 0.1
     near: float = 0.5
     far: float = 5.0
+    # training weight of each ray channel against a pixel channel: a token holds 256 pixel
+    # numbers and 6 ray numbers, so at weight 1 the cameras are 2% of the loss
+    ray_loss_weight: float = 1.0
 
     def __post_init__(self):
         check_int(self.views, "model.views", lo=1, hi=64)
@@ -81,6 +84,8 @@ class MultiViewFlowConfig:
         check_float(self.cond_drop, "model.cond_drop", lo=0.0, hi=1.0)
         check_float(self.near, "model.near", lo=0.0, hi=1e6, lo_open=True)
         check_float(self.far, "model.far", lo=self.near, hi=1e9, lo_open=True)
+        check_float(self.ray_loss_weight, "model.ray_loss_weight", lo=0.0, hi=1e4,
+                    lo_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +164,12 @@ class SceneLayout:
         rays = t[..., p * p * 4 :].permute(0, 1, 4, 2, 3)
         rays = torch.cat([rays[:, :, :3], rays[:, :, 3:] / MOMENT_SCALE], dim=2)
         return rgb, depth, rays
+
+    def loss_weights(self, ray_weight: float) -> Tensor:
+        """Per-channel loss weights ``[dim]``: 1 for pixel channels, ``ray_weight`` for rays."""
+        w = torch.ones(self.dim)
+        w[self.patch**2 * 4 :] = ray_weight
+        return w
 
     def pixel_mask(self, pixels: Tensor, channels=("rgb", "depth")) -> Tensor:
         """Boolean ``[1, V T, dim]``: the ``channels`` (of ``rgb``, ``depth``) of the pixels
