@@ -57,7 +57,9 @@ __all__ = [
     "center_errors",
     "plucker_rays",
     "pose_errors",
+    "relative_rotation_errors_deg",
     "rotation_errors_deg",
+    "scene_scale",
     "snap_rays",
 ]
 
@@ -379,6 +381,26 @@ def rotation_errors_deg(pred: Cameras, true: Cameras) -> Tensor:
     Rp = pred.viewmats[:, :3, :3].to(torch.float64)
     Rt = true.viewmats[:, :3, :3].to(Rp.device, torch.float64)
     return torch.rad2deg(so3.quat_angle(so3.rotmat_to_quat(Rp @ Rt.transpose(-1, -2))))
+
+
+def relative_rotation_errors_deg(pred: Cameras, true: Cameras) -> Tensor:
+    """Geodesic angle (degrees) between the predicted and true *relative* rotations of every
+    pair of cameras ``i < j`` (``R_i R_j^T``), ``[C (C - 1) / 2]`` float64: pose up to a
+    global rotation, the rotation accuracy of RelPose++ and Ray Diffusion."""
+    _check_pair(pred, true)
+    Rp = pred.viewmats[:, :3, :3].to(torch.float64)
+    Rt = true.viewmats[:, :3, :3].to(Rp.device, torch.float64)
+    i, j = torch.triu_indices(len(Rp), len(Rp), offset=1)
+    rel_p = Rp[i] @ Rp[j].transpose(-1, -2)
+    rel_t = Rt[i] @ Rt[j].transpose(-1, -2)
+    return torch.rad2deg(so3.quat_angle(so3.rotmat_to_quat(rel_p @ rel_t.transpose(-1, -2))))
+
+
+def scene_scale(cameras: Cameras) -> float:
+    """Distance from the centroid of the camera centres to the farthest one (the scale of
+    RelPose++'s and Ray Diffusion's camera-centre accuracy)."""
+    c = cameras.to(torch.float64).centers
+    return float((c - c.mean(0)).norm(dim=-1).max())
 
 
 def center_errors(pred: Cameras, true: Cameras, scale: float = 1.0) -> Tensor:

@@ -15,7 +15,9 @@ from flow3d.splat.rays import (
     center_errors,
     plucker_rays,
     pose_errors,
+    relative_rotation_errors_deg,
     rotation_errors_deg,
+    scene_scale,
     snap_rays,
 )
 
@@ -298,3 +300,35 @@ def test_aligned_pose_errors_ignore_the_global_frame():
     assert aligned["rotation_deg"].max() < 1e-4 and aligned["center"].max() < 1e-6
     with pytest.raises(ValueError, match="predicted cameras"):
         pose_errors(other[:3], cams, align=True)
+
+
+def test_relative_rotations_ignore_a_global_rotation_but_see_one_camera_turn():
+    cams = random_cameras(45.0, num=5)
+    assert relative_rotation_errors_deg(cams, cams).shape == (10,)
+    assert relative_rotation_errors_deg(cams, cams).max() < 1e-4
+    # every camera turned by the same world rotation: relative rotations unchanged
+    R = so3.axis_angle_to_rotmat(torch.tensor([0.7, -0.2, 1.1], dtype=torch.float64))
+    vm = cams.viewmats.double().clone()
+    vm[:, :3, :3] = vm[:, :3, :3] @ R.T
+    world = Cameras(cams.K, vm.float(), W, H)
+    assert rotation_errors_deg(world, cams).min() > 1.0
+    assert relative_rotation_errors_deg(world, cams).max() < 1e-3
+    # one camera turned by 20 degrees about its own centre: exactly its 4 pairs are off by 20
+    turn = torch.zeros(5, 3, dtype=torch.float64)
+    turn[2] = math.radians(20.0) * torch.nn.functional.normalize(
+        torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64), dim=0)
+    err = relative_rotation_errors_deg(rotated(cams, turn), cams)
+    i, j = torch.triu_indices(5, 5, offset=1)
+    involved = (i == 2) | (j == 2)
+    torch.testing.assert_close(err[involved], torch.full((4,), 20.0, dtype=torch.float64),
+                               atol=1e-3, rtol=0)
+    assert err[~involved].max() < 1e-3
+
+
+def test_scene_scale_is_the_farthest_centre_from_the_centroid():
+    eyes = torch.tensor([[2.0, 0, 0], [-2.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]],
+                        dtype=torch.float64)
+    cams = Cameras.look_at(eyes + torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64),
+                           torch.zeros(4, 3, dtype=torch.float64) + 0.1, fov_deg=40.0,
+                           width=W, height=H)
+    assert abs(scene_scale(cams) - 2.0) < 1e-5
