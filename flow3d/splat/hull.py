@@ -23,7 +23,8 @@ from torch import Tensor
 
 from flow3d.splat.cameras import Cameras
 
-__all__ = ["dilate", "outside_hull", "outside_hull_reference", "pixel_rays"]
+__all__ = ["backproject", "dilate", "in_hull", "outside_hull", "outside_hull_reference",
+           "pixel_rays"]
 
 
 def dilate(masks: Tensor, pixels: int) -> Tensor:
@@ -75,6 +76,29 @@ def _in_hull(points: Tensor, masks: Tensor, cameras: Cameras) -> Tensor:
         row = y.clamp(0, cameras.height - 1).long()
         inside &= ~seen | masks[v][row, col]
     return inside
+
+
+def backproject(depth: Tensor, cameras: Cameras) -> Tensor:
+    """World points ``[C, H, W, 3]`` of every pixel centre at its camera-z ``depth [C, H,
+    W]``."""
+    K = cameras.K.to(torch.float64)
+    vm = cameras.viewmats.to(torch.float64)
+    ys, xs = torch.meshgrid(torch.arange(cameras.height, dtype=torch.float64) + 0.5,
+                            torch.arange(cameras.width, dtype=torch.float64) + 0.5,
+                            indexing="ij")
+    z = depth.to(torch.float64)
+    cam = torch.stack([(xs - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None] * z,
+                       (ys - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None] * z, z], -1)
+    cam = cam - vm[:, None, None, :3, 3]
+    return torch.einsum("cji,chwj->chwi", vm[:, :3, :3], cam)  # R^T (x - t)
+
+
+def in_hull(points: Tensor, masks: Tensor, cameras: Cameras, *, bound: float = 0.5) -> Tensor:
+    """Whether points ``[..., 3]`` lie in the cube ``[-bound, bound]^3`` and inside the
+    silhouettes ``masks [V, H, W]`` of every view of ``cameras`` that sees them."""
+    flat = points.reshape(-1, 3).to(torch.float64)
+    inside = (flat.abs() <= bound).all(-1) & _in_hull(flat, masks.bool(), cameras)
+    return inside.reshape(points.shape[:-1])
 
 
 def outside_hull(masks: Tensor, cameras: Cameras, query: Cameras, *, bound: float = 0.5,

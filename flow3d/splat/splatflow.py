@@ -13,7 +13,8 @@ along the path by the core's :class:`~flow3d.core.guidance.Inpainting` hook (tra
   background), become known too, so the flow generates only what the known views cannot
   explain (disocclusions, silhouette edges). The integration starts from the warped views
   (the faint pixels too) noised to ``t = 1 - strength`` (SDEdit; ``--strength 1``: from pure
-  noise). ``--no-warp`` generates the other views whole, as SplatFlow does.
+  noise); generated pixels whose points fall outside the hull are dropped (floaters). With
+  ``--no-warp`` the other views are generated whole, as SplatFlow does.
 * ``edit``: every pixel outside the masks and every ray known; the masked pixels regenerated
   under the requested class.
 * ``poses``: every view's colour (and depth, when the dataset has it) known; the rays
@@ -294,6 +295,28 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
                  start=torch.where(mask, grown, start))
 
 
+def drop_outside_hull(rgb: Tensor, depth: Tensor, cameras, views: tuple[int, ...],
+                      num_views: int) -> tuple[Tensor, Tensor]:
+    """``complete``'s generated views cleaned: a pixel of a view not in ``views`` whose point
+    (its ray at its depth) lies outside the known silhouettes' visual hull, or outside the
+    object's cube, becomes background (``rgb [V, H, W, 3]``, ``depth [V, H, W, 1]``; the
+    known views carve). Such a point is a floater: no known view can have missed it."""
+    from flow3d.splat.hull import backproject, dilate, in_hull
+
+    kv = list(views)
+    novel = [i for i in range(num_views) if i not in kv]
+    if not novel:
+        return rgb, depth
+    cams = cameras.to(torch.float32)
+    pts = backproject(depth[novel, ..., 0], cams[novel])
+    ok = in_hull(pts, dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv])
+    drop = (depth[novel, ..., 0] > 0) & ~ok
+    rgb, depth = rgb.clone(), depth.clone()
+    rgb[novel] = torch.where(drop[..., None], torch.zeros_like(rgb[novel]), rgb[novel])
+    depth[novel] = torch.where(drop[..., None], torch.zeros_like(depth[novel]), depth[novel])
+    return rgb, depth
+
+
 # ---- the pipeline ------------------------------------------------------------------------------
 def check_outputs(s: SplatFlowSettings) -> None:
     """Step 1's output half: the scene file and the views folder, refused before any work."""
@@ -401,6 +424,8 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     flow_s = time.perf_counter() - t0
     n = layout.views if s.task == "generate" else known.num_views
     rgb, depth, rays = rgb[0, :n], depth[0, :n], rays[0, :n]
+    if s.task == "complete" and s.warp:
+        rgb, depth = drop_outside_hull(rgb, depth, known.cameras, s.known, n)
     try:
         fitted = cameras_from_rays(rays, layout.size, layout.size,
                                    principal_point=(layout.size / 2, layout.size / 2))

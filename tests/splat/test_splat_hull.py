@@ -7,7 +7,15 @@ import pytest
 import torch
 from synthetic_scenes import sphere_scene
 
-from flow3d.splat.hull import _cube_span, dilate, outside_hull, outside_hull_reference, pixel_rays
+from flow3d.splat.hull import (
+    _cube_span,
+    backproject,
+    dilate,
+    in_hull,
+    outside_hull,
+    outside_hull_reference,
+    pixel_rays,
+)
 
 
 def _split(scene, known):
@@ -62,3 +70,32 @@ def test_dilate_and_shape_check():
     with pytest.raises(ValueError, match="masks"):
         outside_hull(torch.zeros(1, 8, 8, dtype=torch.bool), scene.cameras(0),
                      scene.cameras(0))
+
+
+def test_backprojected_depth_lands_on_the_surface_and_in_the_hull():
+    scene = sphere_scene(views=6, size=24, seed=5)
+    cams = scene.cameras(0)
+    depth = scene.depth[0, ..., 0]
+    pts = backproject(depth, cams)
+    on = depth > 0
+    torch.testing.assert_close(pts[on].norm(dim=-1), torch.full((int(on.sum()),), 0.5,
+                                                                dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    masks = dilate(scene.mask[0, :3, ..., 0] > 0, 1)
+    assert in_hull(pts[3:][on[3:]], masks, cams[[0, 1, 2]]).all()
+    far = torch.tensor([[0.0, 0.0, 0.45], [3.0, 0.0, 0.0]], dtype=torch.float64)
+    assert in_hull(far, masks, cams[[0, 1, 2]]).tolist() == [True, False]  # inside / off-cube
+
+
+def test_complete_drops_generated_floaters_outside_the_hull():
+    from flow3d.splat.splatflow import drop_outside_hull
+
+    scene = sphere_scene(views=6, size=24, seed=5)
+    rgb, depth = scene.rgb[0].clone(), scene.depth[0].clone()
+    rgb[4, 1, 1], depth[4, 1, 1] = 0.7, 1.0  # a generated speck in a corner of a novel view
+    out_rgb, out_depth = drop_outside_hull(rgb, depth, scene.cameras(0), (0, 1, 2), 6)
+    assert out_depth[4, 1, 1] == 0 and (out_rgb[4, 1, 1] == 0).all()
+    # the sphere's own pixels stay, and the known views are untouched
+    keep = scene.depth[0, 3:, ..., 0] > 0
+    assert torch.equal(out_depth[3:][keep], scene.depth[0, 3:][keep])
+    assert torch.equal(out_rgb[:3], rgb[:3])
