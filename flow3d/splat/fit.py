@@ -320,19 +320,9 @@ def random_points(train: PosedImages, num: int, generator: torch.Generator) -> T
 
 def inside_silhouettes(points: Tensor, views: PosedImages) -> Tensor:
     """``[M]`` True where no view that sees the point has mask < 0.5 there."""
-    cams = views.cameras
-    ok = torch.ones(len(points), dtype=torch.bool)
-    vm, K = cams.viewmats.to(points.dtype), cams.K.to(points.dtype)
-    for i in range(len(cams)):
-        pc = points @ vm[i, :3, :3].T + vm[i, :3, 3]
-        z = pc[:, 2]
-        u = K[i, 0, 0] * pc[:, 0] / z + K[i, 0, 2]
-        v = K[i, 1, 1] * pc[:, 1] / z + K[i, 1, 2]
-        seen = (z > 0) & (u >= 0) & (u < cams.width) & (v >= 0) & (v < cams.height)
-        ui = u.clamp(0, cams.width - 1).long()
-        vi = v.clamp(0, cams.height - 1).long()
-        ok &= ~seen | (views.masks[i, vi, ui, 0] >= 0.5)
-    return ok
+    from flow3d.splat import hull
+
+    return hull.inside_silhouettes(points, views.masks[..., 0] >= 0.5, views.cameras)
 
 
 def optimise(params: SplatParams, train: PosedImages, targets: Tensor, s: FitSettings,

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from flow3d.splat.cameras import Cameras
 
-__all__ = ["backproject", "dilate", "in_hull", "outside_hull", "outside_hull_reference",
+__all__ = ["dilate", "in_hull", "inside_silhouettes", "outside_hull", "outside_hull_reference",
            "pixel_rays"]
 
 
@@ -61,8 +61,9 @@ def _cube_span(o: Tensor, d: Tensor, bound: float) -> tuple[Tensor, Tensor, Tens
     return s0, s1, s1 > s0
 
 
-def _in_hull(points: Tensor, masks: Tensor, cameras: Cameras) -> Tensor:
-    """Whether each point ``[N, 3]`` is inside the silhouettes of every view that sees it."""
+def inside_silhouettes(points: Tensor, masks: Tensor, cameras: Cameras) -> Tensor:
+    """``[N]``: whether each point ``[N, 3]`` is inside the silhouette (``masks [V, H, W]``
+    bool) of every view of ``cameras`` that sees it (in front, inside the image)."""
     vm = cameras.viewmats.to(torch.float64)
     K = cameras.K.to(torch.float64)
     inside = torch.ones(points.shape[0], dtype=torch.bool)
@@ -78,26 +79,11 @@ def _in_hull(points: Tensor, masks: Tensor, cameras: Cameras) -> Tensor:
     return inside
 
 
-def backproject(depth: Tensor, cameras: Cameras) -> Tensor:
-    """World points ``[C, H, W, 3]`` of every pixel centre at its camera-z ``depth [C, H,
-    W]``."""
-    K = cameras.K.to(torch.float64)
-    vm = cameras.viewmats.to(torch.float64)
-    ys, xs = torch.meshgrid(torch.arange(cameras.height, dtype=torch.float64) + 0.5,
-                            torch.arange(cameras.width, dtype=torch.float64) + 0.5,
-                            indexing="ij")
-    z = depth.to(torch.float64)
-    cam = torch.stack([(xs - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None] * z,
-                       (ys - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None] * z, z], -1)
-    cam = cam - vm[:, None, None, :3, 3]
-    return torch.einsum("cji,chwj->chwi", vm[:, :3, :3], cam)  # R^T (x - t)
-
-
 def in_hull(points: Tensor, masks: Tensor, cameras: Cameras, *, bound: float = 0.5) -> Tensor:
     """Whether points ``[..., 3]`` lie in the cube ``[-bound, bound]^3`` and inside the
     silhouettes ``masks [V, H, W]`` of every view of ``cameras`` that sees them."""
     flat = points.reshape(-1, 3).to(torch.float64)
-    inside = (flat.abs() <= bound).all(-1) & _in_hull(flat, masks.bool(), cameras)
+    inside = (flat.abs() <= bound).all(-1) & inside_silhouettes(flat, masks.bool(), cameras)
     return inside.reshape(points.shape[:-1])
 
 
@@ -116,7 +102,7 @@ def outside_hull(masks: Tensor, cameras: Cameras, query: Cameras, *, bound: floa
     frac = (torch.arange(samples, dtype=torch.float64) + 0.5) / samples
     s = s0[..., None] + (s1 - s0)[..., None] * frac  # [Q, H, W, S]
     pts = o[:, None, None, None, :] + s[..., None] * d[..., None, :]
-    occupied = _in_hull(pts.reshape(-1, 3), masks.bool(), cameras).reshape(s.shape)
+    occupied = inside_silhouettes(pts.reshape(-1, 3), masks.bool(), cameras).reshape(s.shape)
     return ~(hit & occupied.any(-1))
 
 

@@ -301,19 +301,20 @@ def drop_outside_hull(rgb: Tensor, depth: Tensor, cameras, views: tuple[int, ...
     (its ray at its depth) lies outside the known silhouettes' visual hull, or outside the
     object's cube, becomes background (``rgb [V, H, W, 3]``, ``depth [V, H, W, 1]``; the
     known views carve). Such a point is a floater: no known view can have missed it."""
-    from flow3d.splat.hull import backproject, dilate, in_hull
+    from flow3d.splat.dataset import backproject
+    from flow3d.splat.hull import dilate, in_hull
 
     kv = list(views)
-    novel = [i for i in range(num_views) if i not in kv]
-    if not novel:
+    novel = torch.tensor([i for i in range(num_views) if i not in kv], dtype=torch.long)
+    if not len(novel):
         return rgb, depth
     cams = cameras.to(torch.float32)
-    pts = backproject(depth[novel, ..., 0], cams[novel])
-    ok = in_hull(pts, dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv])
-    drop = (depth[novel, ..., 0] > 0) & ~ok
+    points, index = backproject(depth[novel], cams[novel])
+    out = index[~in_hull(points, dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv])]
+    view, y, x = novel[out[:, 0]], out[:, 1], out[:, 2]
     rgb, depth = rgb.clone(), depth.clone()
-    rgb[novel] = torch.where(drop[..., None], torch.zeros_like(rgb[novel]), rgb[novel])
-    depth[novel] = torch.where(drop[..., None], torch.zeros_like(depth[novel]), depth[novel])
+    rgb[view, y, x] = 0.0
+    depth[view, y, x] = 0.0
     return rgb, depth
 
 

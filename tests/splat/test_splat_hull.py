@@ -7,9 +7,9 @@ import pytest
 import torch
 from synthetic_scenes import sphere_scene
 
+from flow3d.splat.dataset import backproject
 from flow3d.splat.hull import (
     _cube_span,
-    backproject,
     dilate,
     in_hull,
     outside_hull,
@@ -72,17 +72,12 @@ def test_dilate_and_shape_check():
                      scene.cameras(0))
 
 
-def test_backprojected_depth_lands_on_the_surface_and_in_the_hull():
+def test_surface_points_are_in_the_hull_of_other_views():
     scene = sphere_scene(views=6, size=24, seed=5)
     cams = scene.cameras(0)
-    depth = scene.depth[0, ..., 0]
-    pts = backproject(depth, cams)
-    on = depth > 0
-    torch.testing.assert_close(pts[on].norm(dim=-1), torch.full((int(on.sum()),), 0.5,
-                                                                dtype=torch.float64),
-                               atol=1e-5, rtol=0)
+    pts, _ = backproject(scene.depth[0, 3:], cams[[3, 4, 5]])
     masks = dilate(scene.mask[0, :3, ..., 0] > 0, 1)
-    assert in_hull(pts[3:][on[3:]], masks, cams[[0, 1, 2]]).all()
+    assert len(pts) > 100 and in_hull(pts, masks, cams[[0, 1, 2]]).all()
     far = torch.tensor([[0.0, 0.0, 0.45], [3.0, 0.0, 0.0]], dtype=torch.float64)
     assert in_hull(far, masks, cams[[0, 1, 2]]).tolist() == [True, False]  # inside / off-cube
 
