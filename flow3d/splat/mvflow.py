@@ -184,6 +184,13 @@ class SceneLayout:
                 per_pixel[..., c] = px[..., None]
         return out[None]
 
+    def known_pixels(self, mask: Tensor) -> Tensor:
+        """Boolean ``[V, H, W]``: the pixels whose depth channel is set in a token mask ``[1,
+        V T, dim]`` (the inverse of :meth:`pixel_mask`)."""
+        p, g = self.patch, self.grid
+        m = mask[0, :, : p * p * 4].reshape(self.views, g, g, p, p, 4)[..., 3]
+        return m.permute(0, 1, 3, 2, 4).reshape(self.views, self.size, self.size)
+
     def snap_rays(self, x: Tensor) -> Tensor:
         """``x`` with every view's ray channels replaced by the rays of the camera fitted to
         them (principal point at the centre); a scene whose rays fit no camera is left as it

@@ -296,22 +296,19 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
 
 
 def drop_outside_hull(rgb: Tensor, depth: Tensor, cameras, views: tuple[int, ...],
-                      num_views: int) -> tuple[Tensor, Tensor]:
-    """``complete``'s generated views cleaned: a pixel of a view not in ``views`` whose point
-    (its ray at its depth) lies outside the known silhouettes' visual hull, or outside the
-    object's cube, becomes background (``rgb [V, H, W, 3]``, ``depth [V, H, W, 1]``; the
-    known views carve). Such a point is a floater: no known view can have missed it."""
+                      generated: Tensor) -> tuple[Tensor, Tensor]:
+    """``complete``'s generated pixels cleaned: a pixel set in ``generated [V, H, W]`` whose
+    point (its ray at its depth) lies outside the visual hull of the known ``views``, or
+    outside the object's cube, becomes background (``rgb [V, H, W, 3]``, ``depth [V, H, W,
+    1]``). Such a point is a floater: no known view can have missed it."""
     from flow3d.splat.dataset import backproject
     from flow3d.splat.hull import dilate, in_hull
 
     kv = list(views)
-    novel = torch.tensor([i for i in range(num_views) if i not in kv], dtype=torch.long)
-    if not len(novel):
-        return rgb, depth
     cams = cameras.to(torch.float32)
-    points, index = backproject(depth[novel], cams[novel])
+    points, index = backproject(depth * generated[..., None], cams)
     out = index[~in_hull(points, dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv])]
-    view, y, x = novel[out[:, 0]], out[:, 1], out[:, 2]
+    view, y, x = out[:, 0], out[:, 1], out[:, 2]
     rgb, depth = rgb.clone(), depth.clone()
     rgb[view, y, x] = 0.0
     depth[view, y, x] = 0.0
@@ -426,7 +423,8 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     n = layout.views if s.task == "generate" else known.num_views
     rgb, depth, rays = rgb[0, :n], depth[0, :n], rays[0, :n]
     if s.task == "complete" and s.warp:
-        rgb, depth = drop_outside_hull(rgb, depth, known.cameras, s.known, n)
+        generated = ~layout.known_pixels(known.mask)[:n]
+        rgb, depth = drop_outside_hull(rgb, depth, known.cameras, s.known, generated)
     try:
         fitted = cameras_from_rays(rays, layout.size, layout.size,
                                    principal_point=(layout.size / 2, layout.size / 2))

@@ -88,8 +88,13 @@ def test_complete_drops_generated_floaters_outside_the_hull():
     scene = sphere_scene(views=6, size=24, seed=5)
     rgb, depth = scene.rgb[0].clone(), scene.depth[0].clone()
     rgb[4, 1, 1], depth[4, 1, 1] = 0.7, 1.0  # a generated speck in a corner of a novel view
-    out_rgb, out_depth = drop_outside_hull(rgb, depth, scene.cameras(0), (0, 1, 2), 6)
+    rgb[5, 1, 1], depth[5, 1, 1] = 0.7, 1.0  # the same, but a known (warped) pixel
+    generated = torch.zeros(6, 24, 24, dtype=torch.bool)
+    generated[3:] = True
+    generated[5, 1, 1] = False
+    out_rgb, out_depth = drop_outside_hull(rgb, depth, scene.cameras(0), (0, 1, 2), generated)
     assert out_depth[4, 1, 1] == 0 and (out_rgb[4, 1, 1] == 0).all()
+    assert out_depth[5, 1, 1] == 1.0  # only generated pixels are judged
     # the sphere's own pixels stay, and the known views are untouched
     keep = scene.depth[0, 3:, ..., 0] > 0
     assert torch.equal(out_depth[3:][keep], scene.depth[0, 3:][keep])

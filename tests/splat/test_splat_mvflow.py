@@ -46,6 +46,22 @@ def test_groups_partition_a_token_and_views_mask_their_tokens():
     assert m.shape == (1, 12, 1) and m[0, :4].all() and not m[0, 4:8].any() and m[0, 8:].all()
 
 
+def test_pixel_masks_round_trip_and_rays_weigh_in_the_loss():
+    lay = SceneLayout(3, 16, 8, 0.5, 5.0)
+    pixels = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5
+    mask = lay.pixel_mask(pixels)
+    assert torch.equal(lay.known_pixels(mask), pixels)
+    # the mask is where the layout puts each pixel: a state built from a marked image agrees
+    marked = lay.to_state(pixels[None, ..., None].float().expand(1, 3, 16, 16, 3),
+                          torch.ones(1, 3, 16, 16, 1), torch.eye(3).expand(1, 3, 3, 3),
+                          torch.eye(4).expand(1, 3, 4, 4))
+    assert torch.equal(marked[..., lay.groups()["rgb"]] > 0, mask[..., lay.groups()["rgb"]])
+    w = lay.loss_weights(16.0)
+    assert w[lay.groups()["rays"]].eq(16.0).all() and w[lay.groups()["rgb"]].eq(1.0).all()
+    with pytest.raises(ConfigError, match="ray_loss_weight"):
+        MultiViewFlowConfig(ray_loss_weight=0.0)
+
+
 def test_config_checks():
     with pytest.raises(ConfigError, match="model.size"):
         MultiViewFlowConfig(size=20, patch=8)
