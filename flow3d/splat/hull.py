@@ -23,8 +23,8 @@ from torch import Tensor
 
 from flow3d.splat.cameras import Cameras
 
-__all__ = ["dilate", "hull_depth", "in_hull", "inside_silhouettes", "outside_hull",
-           "outside_hull_reference", "pixel_rays"]
+__all__ = ["dilate", "in_hull", "inside_silhouettes", "outside_hull", "outside_hull_reference",
+           "pixel_rays"]
 
 
 def dilate(masks: Tensor, pixels: int) -> Tensor:
@@ -87,15 +87,13 @@ def in_hull(points: Tensor, masks: Tensor, cameras: Cameras, *, bound: float = 0
     return inside.reshape(points.shape[:-1])
 
 
-def hull_depth(masks: Tensor, cameras: Cameras, query: Cameras, *, bound: float = 0.5,
-               samples: int = 96) -> Tensor:
-    """``[Q, H, W]``: the camera-z depth of the first point of each ``query`` pixel's ray that
-    lies in the visual hull of the silhouettes ``masks [V, H', W']`` (bool) seen by
-    ``cameras`` within the cube ``[-bound, bound]^3`` (module docstring); 0 where the ray
-    misses the hull. Rays are sampled at ``samples`` evenly spaced points across the cube
-    (depths are those samples), so hull parts thinner than the spacing can be missed: dilate
-    the silhouettes by a pixel to be safe. The hull contains the object, so this depth is at
-    most the object's (up to the spacing)."""
+def outside_hull(masks: Tensor, cameras: Cameras, query: Cameras, *, bound: float = 0.5,
+                 samples: int = 96) -> Tensor:
+    """``[Q, H, W]`` bool: pixels of the ``query`` cameras whose rays miss the visual hull of
+    the silhouettes ``masks [V, H', W']`` (bool) seen by ``cameras`` within the cube
+    ``[-bound, bound]^3`` (module docstring). Rays are sampled at ``samples`` evenly spaced
+    points across the cube, so hull parts thinner than the spacing can be missed: dilate the
+    silhouettes by a pixel to be safe."""
     if masks.shape != (len(cameras), cameras.height, cameras.width):
         raise ValueError(f"outside_hull: masks {tuple(masks.shape)} for {len(cameras)} views "
                          f"of {cameras.width}x{cameras.height}")
@@ -105,18 +103,7 @@ def hull_depth(masks: Tensor, cameras: Cameras, query: Cameras, *, bound: float 
     s = s0[..., None] + (s1 - s0)[..., None] * frac  # [Q, H, W, S]
     pts = o[:, None, None, None, :] + s[..., None] * d[..., None, :]
     occupied = inside_silhouettes(pts.reshape(-1, 3), masks.bool(), cameras).reshape(s.shape)
-    occupied &= hit[..., None]
-    first = torch.gather(s, -1, occupied.to(torch.uint8).argmax(-1, keepdim=True))[..., 0]
-    z_axis = query.viewmats.to(torch.float64)[:, 2, :3]  # camera z of a world direction
-    dz = (d * z_axis[:, None, None, :]).sum(-1)
-    return torch.where(occupied.any(-1), first * dz, torch.zeros_like(first))
-
-
-def outside_hull(masks: Tensor, cameras: Cameras, query: Cameras, *, bound: float = 0.5,
-                 samples: int = 96) -> Tensor:
-    """``[Q, H, W]`` bool: pixels of the ``query`` cameras whose rays miss the visual hull
-    (:func:`hull_depth` is 0 there)."""
-    return hull_depth(masks, cameras, query, bound=bound, samples=samples) == 0
+    return ~(hit & occupied.any(-1))
 
 
 def outside_hull_reference(masks: Tensor, cameras: Cameras, query: Cameras, *,

@@ -13,9 +13,8 @@ along the path by the core's :class:`~flow3d.core.guidance.Inpainting` hook (tra
   background), become known too, so the flow generates only what the known views cannot
   explain (disocclusions, silhouette edges). The integration starts from the warped views
   (the faint pixels too) noised to ``t = 1 - strength`` (SDEdit; ``--strength 1``: from pure
-  noise); generated pixels whose points fall outside the hull (floaters) are moved along
-  their rays onto it. With ``--no-warp`` the other views are generated whole, as SplatFlow
-  does.
+  noise); generated pixels whose points fall outside the hull are dropped (floaters). With
+  ``--no-warp`` the other views are generated whole, as SplatFlow does.
 * ``edit``: every pixel outside the masks and every ray known; the masked pixels regenerated
   under the requested class.
 * ``poses``: every view's colour (and depth, when the dataset has it) known; the rays
@@ -296,28 +295,24 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
                  start=torch.where(mask, grown, start))
 
 
-def snap_to_hull(depth: Tensor, cameras, views: tuple[int, ...], generated: Tensor) -> Tensor:
-    """``complete``'s generated depths mended: a pixel set in ``generated [V, H, W]`` whose
+def drop_outside_hull(rgb: Tensor, depth: Tensor, cameras, views: tuple[int, ...],
+                      generated: Tensor) -> tuple[Tensor, Tensor]:
+    """``complete``'s generated pixels cleaned: a pixel set in ``generated [V, H, W]`` whose
     point (its ray at its depth) lies outside the visual hull of the known ``views``, or
-    outside the object's cube, is moved along its ray to the hull's first point (the
-    carved surface, :func:`~flow3d.splat.hull.hull_depth`): no known view can have missed a
-    point where it was, and its colour is kept (``depth [V, H, W, 1]``)."""
+    outside the object's cube, becomes background (``rgb [V, H, W, 3]``, ``depth [V, H, W,
+    1]``). Such a point is a floater: no known view can have missed it."""
     from flow3d.splat.dataset import backproject
-    from flow3d.splat.hull import dilate, hull_depth, in_hull
+    from flow3d.splat.hull import dilate, in_hull
 
     kv = list(views)
     cams = cameras.to(torch.float32)
-    masks = dilate(depth[kv, ..., 0] > 0, HULL_DILATION)
     points, index = backproject(depth * generated[..., None], cams)
-    out = index[~in_hull(points, masks, cams[kv])]
-    if not len(out):
-        return depth
+    out = index[~in_hull(points, dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv])]
     view, y, x = out[:, 0], out[:, 1], out[:, 2]
-    which, slot = view.unique(return_inverse=True)
-    carved = hull_depth(masks, cams[kv], cams[which])
-    depth = depth.clone()
-    depth[view, y, x, 0] = carved[slot, y, x].to(depth)
-    return depth
+    rgb, depth = rgb.clone(), depth.clone()
+    rgb[view, y, x] = 0.0
+    depth[view, y, x] = 0.0
+    return rgb, depth
 
 
 # ---- the pipeline ------------------------------------------------------------------------------
@@ -429,8 +424,7 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     rgb, depth, rays = rgb[0, :n], depth[0, :n], rays[0, :n]
     if s.task == "complete" and s.warp:
         generated = ~layout.known_pixels(known.mask)[:n]
-        depth = snap_to_hull(depth, known.cameras, s.known, generated)
-        rgb = rgb * (depth > 0)
+        rgb, depth = drop_outside_hull(rgb, depth, known.cameras, s.known, generated)
     try:
         fitted = cameras_from_rays(rays, layout.size, layout.size,
                                    principal_point=(layout.size / 2, layout.size / 2))

@@ -11,7 +11,6 @@ from flow3d.splat.dataset import backproject
 from flow3d.splat.hull import (
     _cube_span,
     dilate,
-    hull_depth,
     in_hull,
     outside_hull,
     outside_hull_reference,
@@ -83,39 +82,20 @@ def test_surface_points_are_in_the_hull_of_other_views():
     assert in_hull(far, masks, cams[[0, 1, 2]]).tolist() == [True, False]  # inside / off-cube
 
 
-def test_complete_moves_generated_floaters_onto_the_hull():
-    from flow3d.splat.splatflow import snap_to_hull
+def test_complete_drops_generated_floaters_outside_the_hull():
+    from flow3d.splat.splatflow import drop_outside_hull
 
     scene = sphere_scene(views=6, size=24, seed=5)
-    depth = scene.depth[0].clone()
-    on = torch.nonzero(depth[4, ..., 0] > 0)[len(torch.nonzero(depth[4, ..., 0] > 0)) // 2]
-    y, x = int(on[0]), int(on[1])
-    true = float(depth[4, y, x, 0])
-    depth[4, y, x] = 3 * true  # a generated pixel of the sphere, far behind it
-    depth[4, 1, 1] = 1.0  # a generated speck in a corner, out of the hull
-    depth[5, 1, 1] = 1.0  # the same, but a known (warped) pixel
+    rgb, depth = scene.rgb[0].clone(), scene.depth[0].clone()
+    rgb[4, 1, 1], depth[4, 1, 1] = 0.7, 1.0  # a generated speck in a corner of a novel view
+    rgb[5, 1, 1], depth[5, 1, 1] = 0.7, 1.0  # the same, but a known (warped) pixel
     generated = torch.zeros(6, 24, 24, dtype=torch.bool)
     generated[3:] = True
     generated[5, 1, 1] = False
-    out = snap_to_hull(depth, scene.cameras(0), (0, 1, 2), generated)
-    # every generated point now lies in the hull (or is background)
-    pts, index = backproject(out * generated[..., None], scene.cameras(0))
-    masks = dilate(out[:3, ..., 0] > 0, 1)
-    assert in_hull(pts, masks, scene.cameras(0)[[0, 1, 2]]).all() and len(index) > 100
-    assert out[4, 1, 1] != 1.0
-    assert out[5, 1, 1] == 1.0  # only generated pixels are judged
-    assert true - 0.05 <= float(out[4, y, x, 0]) <= true + 0.02  # the hull's near surface
-    # generated pixels already in the hull stay where they are, and the known views too
-    keep = scene.depth[0, ..., 0] > 0
-    keep[4, y, x] = False
-    assert torch.equal(out[keep], scene.depth[0][keep])
-
-
-def test_hull_depth_is_in_front_of_the_object():
-    scene = sphere_scene(views=8, size=24, seed=6)
-    cams = scene.cameras(0)
-    masks = dilate(scene.mask[0, :4, ..., 0] > 0, 1)
-    d = hull_depth(masks, cams[[0, 1, 2, 3]], cams[[4, 5, 6, 7]])
-    true = scene.depth[0, 4:, ..., 0]
-    on = true > 0
-    assert (d[on] > 0).all() and (d[on] <= true[on] + 0.02).all()
+    out_rgb, out_depth = drop_outside_hull(rgb, depth, scene.cameras(0), (0, 1, 2), generated)
+    assert out_depth[4, 1, 1] == 0 and (out_rgb[4, 1, 1] == 0).all()
+    assert out_depth[5, 1, 1] == 1.0  # only generated pixels are judged
+    # the sphere's own pixels stay, and the known views are untouched
+    keep = scene.depth[0, 3:, ..., 0] > 0
+    assert torch.equal(out_depth[3:][keep], scene.depth[0, 3:][keep])
+    assert torch.equal(out_rgb[:3], rgb[:3])
