@@ -250,6 +250,19 @@ def known_state(layout, task: str, **views) -> Known:
 
 WARP_SEEN_ALPHA = 0.5  # a warped pixel this opaque is known (its colour and depth)
 HULL_DILATION = 1  # pixels the known silhouettes grow by before carving (sampling, edges)
+HULL_BOUND = 0.5  # half-size of the object's cube in flow3d splat views's frame
+HULL_MARGIN = 1.05  # the cube grows to hold every known point with this margin
+
+
+def hull_bound(depth: Tensor, cameras, views: list[int]) -> float:
+    """Half-size of the cube the object lies in: :data:`HULL_BOUND` (``flow3d splat views``
+    frames objects in it), grown when the known views' own points reach further (a dataset in
+    another frame), so the carving never cuts what the known views see."""
+    from flow3d.splat.dataset import backproject
+
+    points, _ = backproject(depth[views], cameras[views])
+    reach = float(points.abs().max()) * HULL_MARGIN if len(points) else 0.0
+    return max(HULL_BOUND, reach)
 
 
 def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
@@ -273,7 +286,8 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
         g = decode_scene(decoder, rgb[kv], depth[kv], cams[kv])
         out = render(g, cams[novel], settings=decoder.cfg.render_settings())
     seen = out.alpha[..., 0] >= WARP_SEEN_ALPHA
-    empty = outside_hull(dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv], cams[novel])
+    empty = outside_hull(dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv], cams[novel],
+                         bound=hull_bound(depth, cams, kv))
     empty &= ~seen
     rgb[novel] = torch.where(seen[..., None], out.rgb.clamp(0, 1), torch.zeros_like(out.rgb))
     depth[novel] = torch.where(seen[..., None], out.depth, torch.zeros_like(out.depth))
@@ -299,15 +313,17 @@ def drop_outside_hull(rgb: Tensor, depth: Tensor, cameras, views: tuple[int, ...
                       generated: Tensor) -> tuple[Tensor, Tensor]:
     """``complete``'s generated pixels cleaned: a pixel set in ``generated [V, H, W]`` whose
     point (its ray at its depth) lies outside the visual hull of the known ``views``, or
-    outside the object's cube, becomes background (``rgb [V, H, W, 3]``, ``depth [V, H, W,
-    1]``). Such a point is a floater: no known view can have missed it."""
+    outside the object's cube (:func:`hull_bound`), becomes background (``rgb [V, H, W,
+    3]``, ``depth [V, H, W, 1]``). Such a point is a floater: no known view can have missed
+    it."""
     from flow3d.splat.dataset import backproject
     from flow3d.splat.hull import dilate, in_hull
 
     kv = list(views)
     cams = cameras.to(torch.float32)
     points, index = backproject(depth * generated[..., None], cams)
-    out = index[~in_hull(points, dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv])]
+    masks = dilate(depth[kv, ..., 0] > 0, HULL_DILATION)
+    out = index[~in_hull(points, masks, cams[kv], bound=hull_bound(depth, cams, kv))]
     view, y, x = out[:, 0], out[:, 1], out[:, 2]
     rgb, depth = rgb.clone(), depth.clone()
     rgb[view, y, x] = 0.0

@@ -99,3 +99,23 @@ def test_complete_drops_generated_floaters_outside_the_hull():
     keep = scene.depth[0, 3:, ..., 0] > 0
     assert torch.equal(out_depth[3:][keep], scene.depth[0, 3:][keep])
     assert torch.equal(out_rgb[:3], rgb[:3])
+
+
+def test_the_cube_grows_for_objects_in_a_larger_frame():
+    from dataclasses import replace
+
+    from flow3d.splat.splatflow import drop_outside_hull, hull_bound
+
+    scene = sphere_scene(views=6, size=24, seed=5)
+    cams = scene.cameras(0)
+    assert 0.5 <= hull_bound(scene.depth[0], cams, [0, 1, 2]) <= 0.53  # the unit cube, 5% margin
+    # the same scene in a frame 3x larger: cameras and depths scaled, the sphere now radius 1.5
+    vm = cams.viewmats.clone()
+    vm[:, :3, 3] *= 3
+    big = replace(cams, viewmats=vm)
+    depth = scene.depth[0] * 3
+    assert 1.5 < hull_bound(depth, big, [0, 1, 2]) < 1.7
+    generated = torch.zeros(6, 24, 24, dtype=torch.bool)
+    generated[3:] = True
+    _, out = drop_outside_hull(scene.rgb[0], depth, big, (0, 1, 2), generated)
+    assert torch.equal(out, depth)  # nothing of the big sphere is carved
