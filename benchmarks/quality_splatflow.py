@@ -147,7 +147,7 @@ def main(argv=None) -> int:
                (True, 0.3),
                "complete --strength 1: known views warped, the rest generated from noise":
                (True, 1.0),
-               "complete --no-warp: novel views generated whole (SplatFlow)": (False, 1.0)}
+               "complete --no-warp: novel views generated whole (SplatFlow)": (False, None)}
     res = {name: ([], [], []) for name in configs}
     base_p = []
     for i in rows if "complete" in tasks else []:

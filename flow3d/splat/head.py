@@ -272,7 +272,8 @@ class MultiViewFlowHead(GSDecoderHead):
         class-conditional model, None for its null class; ``hooks``: solver hooks such as the
         core's inpainting). With ``start`` (an estimate of the states) and ``strength < 1``,
         SDEdit (:func:`~flow3d.core.editing.sdedit`): ``start`` noised to ``t = 1 -
-        strength`` and integrated from there in ``strength`` of the steps."""
+        strength`` and integrated from there in ``strength`` of the steps (evenly spaced:
+        ``sample.shift`` applies to sampling from noise only)."""
         from flow3d.core.solvers import solve
         from flow3d.core.time import time_grid
 

@@ -64,9 +64,10 @@ def _cube_span(o: Tensor, d: Tensor, bound: float) -> tuple[Tensor, Tensor, Tens
 def inside_silhouettes(points: Tensor, masks: Tensor, cameras: Cameras) -> Tensor:
     """``[N]``: whether each point ``[N, 3]`` is inside the silhouette (``masks [V, H, W]``
     bool) of every view of ``cameras`` that sees it (in front, inside the image)."""
-    vm = cameras.viewmats.to(torch.float64)
-    K = cameras.K.to(torch.float64)
-    inside = torch.ones(points.shape[0], dtype=torch.bool)
+    points = points.to(torch.float64)
+    vm = cameras.viewmats.to(points.device, torch.float64)
+    K = cameras.K.to(points.device, torch.float64)
+    inside = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
     for v in range(len(cameras)):
         cam = points @ vm[v, :3, :3].T + vm[v, :3, 3]
         z = cam[:, 2]

@@ -53,6 +53,7 @@ from flow3d.options import add_overwrite_flag, check_float, check_int
 
 CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "splat"  # bundled, found from any directory
 MAX_STEPS = 10_000
+DEFAULT_STRENGTH = 0.3  # complete: how far the warped views are noised before the flow
 TASKS = ("generate", "complete", "edit", "poses")
 
 
@@ -72,7 +73,8 @@ class SplatFlowSettings:
     flow: Path = CHECKPOINTS / "mvflow_class"
     decoder: Path = CHECKPOINTS / "gsdecoder"
     warp: bool = True  # complete: keep what the known views' Gaussians show (module docstring)
-    strength: float = 0.3  # complete with warp: SDEdit from the warped views (1: from noise)
+    strength: float | None = None  # complete with warp: SDEdit from the warped views (None:
+    # DEFAULT_STRENGTH; 1: from noise)
     overwrite: bool = False
 
     def __post_init__(self):
@@ -81,7 +83,11 @@ class SplatFlowSettings:
         check_int(self.steps, "--steps", lo=1, hi=MAX_STEPS)
         check_int(self.seed, "--seed", lo=0, hi=2**63 - 1)
         check_float(self.cfg, "--cfg", lo=0.0, hi=100.0)
-        check_float(self.strength, "--strength", lo=0.0, hi=1.0, lo_open=True)
+        if self.strength is not None:
+            check_float(self.strength, "--strength", lo=0.0, hi=1.0, lo_open=True)
+            if self.task != "complete" or not self.warp:
+                raise ConfigError("--strength: applies to complete's warped views only (drop "
+                                  "--no-warp or --strength)")
         if self.label is not None:
             from flow3d.mesh.condition import class_index
 
@@ -95,6 +101,13 @@ class SplatFlowSettings:
             raise ConfigError(f"--known {','.join(map(str, self.known))}: a view is named twice")
         if self.task == "edit" and self.masks is None:
             raise ConfigError("flow3d splat edit: --mask is required")
+
+    @property
+    def sdedit_strength(self) -> float:
+        """The SDEdit strength of complete's warped start (1 elsewhere: from noise)."""
+        if self.task == "complete" and self.warp:
+            return DEFAULT_STRENGTH if self.strength is None else self.strength
+        return 1.0
 
     @property
     def scene_path(self) -> Path:
@@ -170,11 +183,13 @@ def read_views(s: SplatFlowSettings, layout) -> tuple[object, Tensor, Tensor, bo
 
 def slot_cameras(data, layout) -> tuple[Tensor, Tensor]:
     """``K [1, V, 3, 3]``, ``viewmats [1, V, 4, 4]``: the dataset's cameras, the empty slots
-    given copies of its first (their rays are never known)."""
-    v = len(data)
-    K = data.cameras.K[[min(i, v - 1) for i in range(layout.views)]]
-    vm = data.cameras.viewmats[[min(i, v - 1) for i in range(layout.views)]]
-    return K[None].float(), vm[None].float()
+    given copies of its last (their rays are never known)."""
+    return _slot_cameras(data.cameras, len(data), layout)
+
+
+def _slot_cameras(cameras, v: int, layout) -> tuple[Tensor, Tensor]:
+    slots = [min(i, v - 1) for i in range(layout.views)]
+    return cameras.K[slots][None].float(), cameras.viewmats[slots][None].float()
 
 
 def read_masks(s: SplatFlowSettings, data, layout) -> Tensor:
@@ -245,6 +260,7 @@ def known_state(layout, task: str, **views) -> Known:
         pixels[:v] = True
     mask = layout.pixel_mask(pixels, ("rgb", "depth") if has_depth else ("rgb",))
     mask[..., layout.groups()["rays"]] |= layout.view_mask(rays.nonzero()[:, 0].tolist())[0]
+    values = torch.where(mask, values, torch.zeros_like(values))  # nothing else is read
     return Known(values, mask, views.get("cameras"), v)
 
 
@@ -252,6 +268,14 @@ WARP_SEEN_ALPHA = 0.5  # a warped pixel this opaque is known (its colour and dep
 HULL_DILATION = 1  # pixels the known silhouettes grow by before carving (sampling, edges)
 HULL_BOUND = 0.5  # half-size of the object's cube in flow3d splat views's frame
 HULL_MARGIN = 1.05  # the cube grows to hold every known point with this margin
+
+
+def known_hull(depth: Tensor, cameras, views: list[int]) -> tuple[Tensor, float]:
+    """The silhouettes the known ``views`` carve with (dilated by :data:`HULL_DILATION`) and
+    the half-size of the object's cube (:func:`hull_bound`)."""
+    from flow3d.splat.hull import dilate
+
+    return dilate(depth[views, ..., 0] > 0, HULL_DILATION), hull_bound(depth, cameras, views)
 
 
 def hull_bound(depth: Tensor, cameras, views: list[int]) -> float:
@@ -272,7 +296,7 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
     known silhouettes' visual hull are background. Returns ``known`` unchanged when every view
     is known."""
     from flow3d.splat.decoder import decode_scene
-    from flow3d.splat.hull import dilate, outside_hull
+    from flow3d.splat.hull import outside_hull
     from flow3d.splat.render import render
 
     kv = list(views)
@@ -286,15 +310,13 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
         g = decode_scene(decoder, rgb[kv], depth[kv], cams[kv])
         out = render(g, cams[novel], settings=decoder.cfg.render_settings())
     seen = out.alpha[..., 0] >= WARP_SEEN_ALPHA
-    empty = outside_hull(dilate(depth[kv, ..., 0] > 0, HULL_DILATION), cams[kv], cams[novel],
-                         bound=hull_bound(depth, cams, kv))
+    masks, bound = known_hull(depth, cams, kv)
+    empty = outside_hull(masks, cams[kv], cams[novel], bound=bound)
     empty &= ~seen
     rgb[novel] = torch.where(seen[..., None], out.rgb.clamp(0, 1), torch.zeros_like(out.rgb))
     depth[novel] = torch.where(seen[..., None], out.depth, torch.zeros_like(out.depth))
-    vm = known.cameras.viewmats.to(torch.float32)
-    K = known.cameras.K.to(torch.float32)
-    slots = [min(i, known.num_views - 1) for i in range(layout.views)]
-    values = layout.to_state(rgb[None], depth[None], K[slots][None], vm[slots][None])
+    K, vm = _slot_cameras(cams, known.num_views, layout)
+    values = layout.to_state(rgb[None], depth[None], K, vm)
     values[..., layout.groups()["rays"]] = known.values[..., layout.groups()["rays"]]
     pixels = torch.zeros(layout.views, layout.size, layout.size, dtype=torch.bool)
     pixels[novel] = seen | empty
@@ -302,11 +324,16 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
     # the start: every novel pixel as the Gaussians show it, however faint
     rgb[novel] = out.rgb.clamp(0, 1)
     depth[novel] = torch.where(out.alpha >= 1.0 / 255, out.depth, torch.zeros_like(out.depth))
-    start = layout.to_state(rgb[None], depth[None], K[slots][None], vm[slots][None])
+    start = layout.to_state(rgb[None], depth[None], K, vm)
     start[..., layout.groups()["rays"]] = known.values[..., layout.groups()["rays"]]
-    grown = torch.where(known.mask, known.values, torch.where(mask, values, known.values))
-    return Known(grown, mask, known.cameras, known.num_views,
-                 start=torch.where(mask, grown, start))
+    grown = torch.where(known.mask, known.values, torch.where(mask, values, 0.0))
+    start = torch.where(mask, grown, start)
+    # the empty slots of a dataset of fewer views start as copies of a known view (image,
+    # depth and rays), as in training, rather than as empty views at another's camera
+    t = layout.tokens_per_view
+    for slot in range(known.num_views, layout.views):
+        start[:, slot * t: (slot + 1) * t] = start[:, kv[0] * t: (kv[0] + 1) * t]
+    return Known(grown, mask, known.cameras, known.num_views, start=start)
 
 
 def drop_outside_hull(rgb: Tensor, depth: Tensor, cameras, views: tuple[int, ...],
@@ -314,16 +341,16 @@ def drop_outside_hull(rgb: Tensor, depth: Tensor, cameras, views: tuple[int, ...
     """``complete``'s generated pixels cleaned: a pixel set in ``generated [V, H, W]`` whose
     point (its ray at its depth) lies outside the visual hull of the known ``views``, or
     outside the object's cube (:func:`hull_bound`), becomes background (``rgb [V, H, W,
-    3]``, ``depth [V, H, W, 1]``). Such a point is a floater: no known view can have missed
-    it."""
+    3]``, ``depth [V, H, W, 1]``). Such a point is a floater: a known view that sees it shows
+    background there, or it lies beyond every point the known views show."""
     from flow3d.splat.dataset import backproject
-    from flow3d.splat.hull import dilate, in_hull
+    from flow3d.splat.hull import in_hull
 
     kv = list(views)
     cams = cameras.to(torch.float32)
     points, index = backproject(depth * generated[..., None], cams)
-    masks = dilate(depth[kv, ..., 0] > 0, HULL_DILATION)
-    out = index[~in_hull(points, masks, cams[kv], bound=hull_bound(depth, cams, kv))]
+    masks, bound = known_hull(depth, cams, kv)
+    out = index[~in_hull(points, masks, cams[kv], bound=bound)]
     view, y, x = out[:, 0], out[:, 1], out[:, 2]
     rgb, depth = rgb.clone(), depth.clone()
     rgb[view, y, x] = 0.0
@@ -379,6 +406,9 @@ def run_task(s: SplatFlowSettings) -> dict:
               "gaussians": len(scene), "flow_seconds": round(result.flow_seconds, 2),
               "seconds": round(result.seconds, 2), "scene": str(s.scene_path),
               "views_dir": str(s.views_dir)}
+    if s.task == "complete":
+        report["warp"] = s.warp
+        report["strength"] = s.sdedit_strength
     if s.task == "poses":
         err = pose_errors(result.fitted, known.cameras, align=False)
         report["rotation_error_deg"] = [round(float(e), 2) for e in err["rotation_deg"]]
@@ -421,17 +451,19 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     from flow3d.splat.decoder import decode_scene
     from flow3d.splat.rays import cameras_from_rays
 
+    t_all = time.perf_counter()
+    if s.task == "complete" and s.warp:
+        known = warp_known(models.decoder, layout, known, s.known)
     t0 = time.perf_counter()
     labels = None if s.label is None else torch.tensor([class_index(s.label)])
     w = s.cfg if labels is not None else 0.0
-    if s.task == "complete" and s.warp:
-        known = warp_known(models.decoder, layout, known, s.known)
     hooks = [Inpainting(known.values, known.mask,
                         generator=torch.Generator().manual_seed(s.seed + 1))] \
         if known.mask.any() else []
     with torch.no_grad():
         x = models.head.sample_states(models.flow, labels, 1, seed=s.seed, hooks=hooks,
-                                      start=known.start, strength=s.strength, steps=s.steps,
+                                      start=known.start, strength=s.sdedit_strength,
+                                      steps=s.steps,
                                       cfg_rgb=w, cfg_depth=w,
                                       cfg_rays=1.0 if labels is not None else 0.0)
     rgb, depth, rays = layout.split(x)  # known entries: set exactly by Inpainting at t = 1
@@ -451,7 +483,7 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     cams = known.cameras.to(torch.float32) if s.task in ("complete", "edit") else fitted
     with torch.no_grad():
         scene = decode_scene(models.decoder, rgb, depth, cams)
-    return Result(rgb, depth, rays, fitted, cams, scene, flow_s, time.perf_counter() - t0)
+    return Result(rgb, depth, rays, fitted, cams, scene, flow_s, time.perf_counter() - t_all)
 
 
 def _flow_config(path: Path):
@@ -515,8 +547,9 @@ def add_complete_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder: completed views + scene.ply")
     p.add_argument("--no-warp", action="store_true", help="generate the other views whole "
                    "(SplatFlow), not only what the known views' Gaussians cannot show")
-    p.add_argument("--strength", type=float, default=0.3, help="how far the warped views are "
-                   "noised before the flow completes them (0-1; 1 = from pure noise)")
+    p.add_argument("--strength", type=float, default=None, help="how far the warped views "
+                   f"are noised before the flow completes them (0 < s <= 1, default "
+                   f"{DEFAULT_STRENGTH}; 1 = from pure noise)")
     _common(p)
 
 
@@ -545,7 +578,7 @@ def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
         masks=Path(args.masks) if getattr(args, "masks", None) else None, steps=args.steps,
         seed=args.seed, cfg=args.cfg, flow=resolve_path(args.flow),
         decoder=resolve_path(args.decoder), warp=not getattr(args, "no_warp", False),
-        strength=getattr(args, "strength", 0.3),
+        strength=getattr(args, "strength", None),
         overwrite=args.overwrite)
 
 

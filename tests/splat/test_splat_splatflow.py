@@ -116,6 +116,8 @@ def inputs(tmp_path):
      ["--strength"]),
     (["complete", "{tmp}/good", "--known", "0", "--out", "{out}/c", "--strength", "1.5"],
      ["--strength"]),
+    (["complete", "{tmp}/good", "--known", "0", "--out", "{out}/c", "--strength", "0.5",
+      "--no-warp"], ["--strength", "--no-warp"]),
     (["edit", "{tmp}/good", "--mask", "{tmp}/nomasks", "--class", "chair", "--out",
       "{out}/e"], ["--mask", "nomasks"]),
     (["edit", "{tmp}/good", "--mask", "{tmp}/masks", "--class", "chair", "--out", "{out}/e"],
@@ -165,8 +167,9 @@ def test_warp_grows_the_known_entries_without_reading_the_novel_views():
     blank.depth[0, [1, 3, 5, 7]] = 1.0
     _, k2 = _complete_known(blank, known)
     w2 = warp_known(decoder, lay, k2, tuple(known))
-    assert torch.equal(w2.mask, w.mask) and torch.equal(w2.values[w.mask], w.values[w.mask])
-    assert torch.equal(w2.start, w.start) or torch.allclose(w2.start[w.mask], w.start[w.mask])
+    assert torch.equal(w2.mask, w.mask) and torch.equal(w2.values, w.values)
+    assert torch.equal(w2.start, w.start)
+    assert (k.values[~k.mask] == 0).all()  # the known entries carry nothing else
     # every view known: nothing to warp
     _, full = _complete_known(scene, list(range(8)))
     assert warp_known(decoder, lay, full, tuple(range(8))) is full
@@ -174,8 +177,36 @@ def test_warp_grows_the_known_entries_without_reading_the_novel_views():
 
 def test_complete_from_noise_and_without_warp(tmp_path, capsys):
     data = write_scene(tmp_path / "data")
-    for name, extra in (("noise", ["--strength", "1"]), ("whole", ["--no-warp"])):
+    for name, extra, warp, strength in (("noise", ["--strength", "1"], True, 1.0),
+                                        ("whole", ["--no-warp"], False, 1.0),
+                                        ("default", [], True, 0.3)):
         run(["splat", "complete", data, "--known", "0,1,2,3", "--out", tmp_path / name, *extra])
+        report = json.loads(capsys.readouterr().out)
+        assert (report["warp"], report["strength"]) == (warp, strength)
         got, src = load_dataset(tmp_path / name), load_dataset(data)
         keep = (src.masks[:4] > 0).expand_as(src.images[:4])
         assert torch.allclose(got.images[:4][keep], src.images[:4][keep], atol=1 / 255 + 1e-6)
+
+
+def test_warp_with_fewer_views_than_slots_starts_spare_slots_as_known_views():
+    from synthetic_scenes import sphere_scene
+
+    from flow3d.engine.checkpoint import load_frozen
+    from flow3d.splat.mvflow import SceneLayout
+    from flow3d.splat.splatflow import known_state, warp_known
+
+    decoder = load_frozen(DECODER, "splat_decoder", "decoder")
+    scene = sphere_scene(views=5, size=64, seed=2)
+    lay = SceneLayout(8, 64, 8, 0.5, 5.0)
+    pad = torch.zeros(1, 3, 64, 64, 1)
+    k = known_state(lay, "complete", rgb=torch.cat([scene.rgb, pad.expand(1, 3, 64, 64, 3)], 1),
+                    depth=torch.cat([scene.depth, pad], 1),
+                    K=torch.cat([scene.K, scene.K[:, -1:].expand(1, 3, 3, 3)], 1),
+                    viewmats=torch.cat([scene.viewmats, scene.viewmats[:, -1:].expand(1, 3, 4,
+                                                                                      4)], 1),
+                    num_views=5, known=[0, 2], cameras=scene.cameras(0))
+    w = warp_known(decoder, lay, k, (0, 2))
+    t = lay.tokens_per_view
+    for slot in (5, 6, 7):
+        assert torch.equal(w.start[:, slot * t: (slot + 1) * t], w.start[:, :t])
+        assert not w.mask[:, slot * t: (slot + 1) * t].any()
