@@ -38,16 +38,9 @@ def dilate(masks: Tensor, pixels: int) -> Tensor:
 def pixel_rays(cameras: Cameras) -> tuple[Tensor, Tensor]:
     """World-space origins ``[C, 3]`` and unit directions ``[C, H, W, 3]`` through every pixel
     centre (integer + 0.5, OpenCV axes)."""
-    K = cameras.K.to(torch.float64)
-    vm = cameras.viewmats.to(torch.float64)
-    h, w = cameras.height, cameras.width
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64) + 0.5,
-                            torch.arange(w, dtype=torch.float64) + 0.5, indexing="ij")
-    x = (xs[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None]
-    y = (ys[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None]
-    d_cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # [C, H, W, 3]
-    d = torch.einsum("cji,chwj->chwi", vm[:, :3, :3], d_cam)  # R^T d_cam
-    return cameras.centers.to(torch.float64), d / d.norm(dim=-1, keepdim=True)
+    from flow3d.splat.rays import ray_directions
+
+    return cameras.centers.to(torch.float64), ray_directions(cameras)
 
 
 def _cube_span(o: Tensor, d: Tensor, bound: float) -> tuple[Tensor, Tensor, Tensor]:

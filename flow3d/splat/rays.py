@@ -57,6 +57,7 @@ __all__ = [
     "center_errors",
     "plucker_rays",
     "pose_errors",
+    "ray_directions",
     "relative_rotation_errors_deg",
     "rotation_errors_deg",
     "scene_scale",
@@ -100,6 +101,14 @@ def _rays(K: Tensor, R: Tensor, o: Tensor, q: Tensor) -> Tensor:
     d = _directions(K, R, q)  # [C, h, w, 3]
     m = torch.linalg.cross(o[:, None, None, :].expand_as(d), d, dim=-1)
     return torch.cat([d, m], dim=-1).permute(0, 3, 1, 2)
+
+
+def ray_directions(cameras: Cameras) -> Tensor:
+    """Unit world directions ``[C, H, W, 3]`` (float64) through every pixel centre."""
+    q = _cell_centres(cameras.width, cameras.height, cameras.height, cameras.width,
+                      cameras.K.device)
+    return _directions(cameras.K.to(torch.float64),
+                       cameras.viewmats[:, :3, :3].to(torch.float64), q)
 
 
 def plucker_rays(cameras: Cameras, grid: int | tuple[int, int] | None = None) -> Tensor:
