@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     from flow3d.splat.rays import pose_errors, relative_rotation_errors_deg, scene_scale
     from flow3d.splat.render import render
     from flow3d.splat.scenes import load_scenes
-    from flow3d.splat.splatflow import Models, known_state
+    from flow3d.splat.splatflow import DEFAULT_STRENGTH, Models, known_state
 
     flow = load_model(args.flow)
     models = Models(flow.model.eval(), flow.head, load_frozen(args.decoder, "splat_decoder",
@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     rows = first[: args.scenes]
     out = ["## SplatFlow on held-out scenes (quality_splatflow)", "",
            f"`python -m benchmarks.quality_splatflow --scenes {args.scenes} --per-class "
-           f"{args.per_class} --steps {args.steps} --cfg {args.cfg:g} --flow {args.flow}`: "
+           f"{args.per_class} --steps {args.steps} --cfg {args.cfg:g} --flow {args.flow} --tasks "
+           f"{args.tasks}`: "
            f"{len(rows)} held-out scenes (one painting "
            f"of each of {len(rows)} CAPOD meshes never trained on), {m.views} views at "
            f"{m.size}^2, {args.steps} Euler steps.", ""]
@@ -143,8 +144,8 @@ def main(argv=None) -> int:
     # novel views, half known: completed with the known views' Gaussians warped (default) and
     # generated whole (SplatFlow's way)
     known_views, novel = [0, 2, 4, 6], [1, 3, 5, 7]
-    configs = {"complete: known views warped, the rest generated from strength 0.3 (default)":
-               (True, 0.3),
+    configs = {f"complete: known views warped, the rest generated from strength "
+               f"{DEFAULT_STRENGTH:g} (default)": (True, None),
                "complete --strength 1: known views warped, the rest generated from noise":
                (True, 1.0),
                "complete --no-warp: novel views generated whole (SplatFlow)": (False, None)}

@@ -389,7 +389,12 @@ def rotation_errors_deg(pred: Cameras, true: Cameras) -> Tensor:
     _check_pair(pred, true)
     Rp = pred.viewmats[:, :3, :3].to(torch.float64)
     Rt = true.viewmats[:, :3, :3].to(Rp.device, torch.float64)
-    return torch.rad2deg(so3.quat_angle(so3.rotmat_to_quat(Rp @ Rt.transpose(-1, -2))))
+    return _angle_between_deg(Rp, Rt)
+
+
+def _angle_between_deg(a: Tensor, b: Tensor) -> Tensor:
+    """Geodesic angle (degrees) of ``a b^T`` for rotations ``a, b [..., 3, 3]``."""
+    return torch.rad2deg(so3.quat_angle(so3.rotmat_to_quat(a @ b.transpose(-1, -2))))
 
 
 def relative_rotation_errors_deg(pred: Cameras, true: Cameras) -> Tensor:
@@ -400,9 +405,7 @@ def relative_rotation_errors_deg(pred: Cameras, true: Cameras) -> Tensor:
     Rp = pred.viewmats[:, :3, :3].to(torch.float64)
     Rt = true.viewmats[:, :3, :3].to(Rp.device, torch.float64)
     i, j = torch.triu_indices(len(Rp), len(Rp), offset=1)
-    rel_p = Rp[i] @ Rp[j].transpose(-1, -2)
-    rel_t = Rt[i] @ Rt[j].transpose(-1, -2)
-    return torch.rad2deg(so3.quat_angle(so3.rotmat_to_quat(rel_p @ rel_t.transpose(-1, -2))))
+    return _angle_between_deg(Rp[i] @ Rp[j].transpose(-1, -2), Rt[i] @ Rt[j].transpose(-1, -2))
 
 
 def scene_scale(cameras: Cameras) -> float:

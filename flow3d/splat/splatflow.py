@@ -312,12 +312,10 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
     seen = out.alpha[..., 0] >= WARP_SEEN_ALPHA
     masks, bound = known_hull(depth, cams, kv)
     empty = outside_hull(masks, cams[kv], cams[novel], bound=bound)
-    empty &= ~seen
     rgb[novel] = torch.where(seen[..., None], out.rgb.clamp(0, 1), torch.zeros_like(out.rgb))
     depth[novel] = torch.where(seen[..., None], out.depth, torch.zeros_like(out.depth))
     K, vm = _slot_cameras(cams, known.num_views, layout)
-    values = layout.to_state(rgb[None], depth[None], K, vm)
-    values[..., layout.groups()["rays"]] = known.values[..., layout.groups()["rays"]]
+    values = layout.to_state(rgb[None], depth[None], K, vm)  # rays: the known ones below
     pixels = torch.zeros(layout.views, layout.size, layout.size, dtype=torch.bool)
     pixels[novel] = seen | empty
     mask = known.mask | layout.pixel_mask(pixels)
@@ -325,7 +323,6 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
     rgb[novel] = out.rgb.clamp(0, 1)
     depth[novel] = torch.where(out.alpha >= 1.0 / 255, out.depth, torch.zeros_like(out.depth))
     start = layout.to_state(rgb[None], depth[None], K, vm)
-    start[..., layout.groups()["rays"]] = known.values[..., layout.groups()["rays"]]
     grown = torch.where(known.mask, known.values, torch.where(mask, values, 0.0))
     start = torch.where(mask, grown, start)
     # the empty slots of a dataset of fewer views start as copies of a known view (image,
