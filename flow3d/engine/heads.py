@@ -29,6 +29,7 @@ HEADS: dict[str, str] = {
     "splat_decoder": "flow3d.splat.head:GSDecoderHead",
     "splat_flow": "flow3d.splat.head:MultiViewFlowHead",
     "splat_classifier": "flow3d.splat.head:SceneClassifierHead",
+    "splat_rays": "flow3d.splat.head:RayRegressorHead",
 }
 
 # the pip extra that provides each head's optional dependencies
@@ -36,7 +37,8 @@ EXTRAS: dict[str, str] = {"protein": "protein", "mesh_vae": "mesh", "mesh_flow":
                           "mesh_svae": "mesh", "mesh_structure": "mesh", "mesh_slat": "mesh",
                           "mesh_occvae": "mesh", "appearance_vae": "mesh",
                           "appearance_flow": "mesh", "splat_decoder": "mesh",
-                          "splat_flow": "mesh", "splat_classifier": "mesh"}
+                          "splat_flow": "mesh", "splat_classifier": "mesh",
+                          "splat_rays": "mesh"}
 
 
 class HeadUnavailableError(ConfigError):

@@ -37,6 +37,13 @@ from flow3d.splat.decoder import (
 )
 from flow3d.splat.metrics import photometric_loss
 from flow3d.splat.mvflow import MultiViewFlow, MultiViewFlowConfig
+from flow3d.splat.raynet import (
+    RayRegressor,
+    RayRegressorConfig,
+    ray_loss,
+    sample_rays,
+    save_ray_samples,
+)
 from flow3d.splat.render import render
 from flow3d.splat.scenes import SceneBatch, SceneDataConfig, SceneSet, load_scenes
 
@@ -209,6 +216,16 @@ class FlowSampleConfig:
         check_float(self.stop_ray, "sample.stop_ray", lo=0.0, hi=1.0)
 
 
+def given_inputs(model: MultiViewFlow, x_1: Tensor, generator: torch.Generator) -> Tensor:
+    """The clean states a conditional flow is given in training: each scene's depth channels
+    set to 0 (no depth maps) with probability ``model.depth_drop``."""
+    if not model.cfg.depth_drop:
+        return x_1
+    drop = torch.rand(x_1.shape[0], 1, 1, generator=generator) < model.cfg.depth_drop
+    depth = model.layout.group_mask(("depth",))
+    return torch.where(drop.to(x_1.device) & depth.to(x_1.device), torch.zeros_like(x_1), x_1)
+
+
 def scene_velocity(model: MultiViewFlow, ctx: Tensor | None, cfg: FlowSampleConfig):
     """``v(x, t)`` with the condition bound and per-group classifier-free guidance (rgb, depth
     and ray channels of every token; :class:`~flow3d.core.guidance.ClassifierFreeGuidance`
@@ -232,6 +249,14 @@ def scene_velocity(model: MultiViewFlow, ctx: Tensor | None, cfg: FlowSampleConf
     return ClassifierFreeGuidance(cond, uncond, 0.0, groups=groups, channel_dim=-1)
 
 
+def _check_views_match(recipe) -> None:
+    """A model over ``views`` views at ``size``^2 needs data of that shape."""
+    m, d = recipe.model, recipe.data
+    if (m.views, m.size) != (d.views, d.size):
+        raise ConfigError(f"model.views / model.size ({m.views}, {m.size}) must match "
+                          f"data.views / data.size ({d.views}, {d.size})")
+
+
 class MultiViewFlowHead(GSDecoderHead):
     """Trains :class:`MultiViewFlow` on the cached scenes (the decoder head's data)."""
 
@@ -241,11 +266,8 @@ class MultiViewFlowHead(GSDecoderHead):
     sample_config = FlowSampleConfig
 
     def build_model(self) -> MultiViewFlow:
-        m, d = self.recipe.model, self.recipe.data
-        if (m.views, m.size) != (d.views, d.size):
-            raise ConfigError(f"model.views / model.size ({m.views}, {m.size}) must match "
-                              f"data.views / data.size ({d.views}, {d.size})")
-        return MultiViewFlow(m)
+        _check_views_match(self.recipe)
+        return MultiViewFlow(self.recipe.model)
 
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
         views = batch.views(torch.randperm(batch.rgb.shape[1], generator=generator))
@@ -254,26 +276,36 @@ class MultiViewFlowHead(GSDecoderHead):
         t = time_sampler(self.recipe.flow).sample(x_1.shape[0], generator=generator,
                                                   device=x_1.device)
         ps = affine_path(self.recipe.flow).sample(x_0, x_1, t)
+        x_t = ps.x_t
+        if model.cfg.given:  # a conditional flow: the given groups clean, no loss on them
+            x_t = torch.where(model.given, given_inputs(model, x_1, generator), x_t)
         ctx = model.drop_context(model.context(labels=views.label), generator)
-        pred = model(ps.x_t, t, ctx)
+        pred = model(x_t, t, ctx)
         w = model.cfg.ray_loss_weight
-        mask = None if w == 1.0 else model.layout.loss_weights(w).to(x_1).expand_as(x_1)
+        mask = None
+        if w != 1.0 or model.cfg.given:
+            weights = model.layout.loss_weights(w) * ~model.given.cpu()
+            mask = weights.to(x_1).expand_as(x_1)
         out = {"loss": flow_loss(self.recipe.flow, pred, ps.dx_t, t, mask=mask)}
-        if w != 1.0:  # the cameras' own error, to watch them learn
+        if w != 1.0 or model.cfg.given:  # the rays' own error (of x1_hat), to watch them learn
             rays = model.layout.groups()["rays"]
-            out["ray_mse"] = (pred - ps.dx_t)[..., rays].detach().square().mean()
+            err = (pred - ps.dx_t)[..., rays].detach() * (1 - t).view(-1, 1, 1)
+            out["ray_mse"] = err.square().mean()
         return out
 
     @torch.no_grad()
     def sample_states(self, model: MultiViewFlow, labels: Tensor | None, num: int, *,
                       seed: int = 0, hooks=(), start: Tensor | None = None,
-                      strength: float = 1.0, **overrides: Any) -> Tensor:
+                      strength: float = 1.0, given: Tensor | None = None,
+                      **overrides: Any) -> Tensor:
         """Token states ``[num, V T, dim]`` integrated from noise (``labels [num]`` for a
         class-conditional model, None for its null class; ``hooks``: solver hooks such as the
         core's inpainting). With ``start`` (an estimate of the states) and ``strength < 1``,
         SDEdit (:func:`~flow3d.core.editing.sdedit`): ``start`` noised to ``t = 1 -
         strength`` and integrated from there in ``strength`` of the steps (evenly spaced:
-        ``sample.shift`` applies to sampling from noise only)."""
+        ``sample.shift`` applies to sampling from noise only). A conditional flow
+        (``model.given``) needs ``given``: states whose given channels are used as they are
+        (the model keeps them: zero velocity)."""
         from flow3d.core.solvers import solve
         from flow3d.core.time import time_grid
 
@@ -281,6 +313,12 @@ class MultiViewFlowHead(GSDecoderHead):
         g = torch.Generator().manual_seed(seed)
         lay = model.layout
         x_0 = torch.randn(num, lay.views * lay.tokens_per_view, lay.dim, generator=g)
+        if model.cfg.given:
+            if given is None:
+                raise ConfigError(f"a conditional flow (given {', '.join(model.cfg.given)}) "
+                                  "samples only with those channels given (flow3d splat "
+                                  "poses)")
+            x_0 = torch.where(model.given, given.to(x_0).expand_as(x_0), x_0)
         ctx = None
         if model.cond == "class":
             ctx = model.null_context(num) if labels is None else model.context(labels=labels)
@@ -417,3 +455,28 @@ class SceneClassifierHead(GSDecoderHead):
         path = Path(out_dir) / "predictions.json"
         atomic_write_text(path, json.dumps([{"true": t, "predicted": p} for t, p in samples]))
         return [path]
+
+
+# ---- cameras from views ------------------------------------------------------------------------
+class RayRegressorHead(GSDecoderHead):
+    """Trains :class:`~flow3d.splat.raynet.RayRegressor` (:func:`~flow3d.splat.raynet.ray_loss`)
+    on the cached scenes; ``sample`` writes each held-out scene's ray errors."""
+
+    name = "splat_rays"
+    model_config = RayRegressorConfig
+    data_config = SceneDataConfig
+    sample_config = ClassifierSampleConfig  # the scenes of a split, as the classifier's
+
+    def build_model(self) -> RayRegressor:
+        _check_views_match(self.recipe)
+        return RayRegressor(self.recipe.model)
+
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
+        return ray_loss(model, batch, generator)
+
+    @torch.no_grad()
+    def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:
+        return sample_rays(self, model, num, **overrides)
+
+    def save_samples(self, samples, out_dir: Path) -> list[Path]:
+        return save_ray_samples(samples, out_dir)

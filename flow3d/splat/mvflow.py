@@ -40,6 +40,7 @@ from flow3d.splat.decoder import depth_from_disparity, disparity
 __all__ = ["MOMENT_SCALE", "MultiViewFlow", "MultiViewFlowConfig", "SceneLayout"]
 
 MOMENT_SCALE = 1.0 / 3.0  # |o x d| <= |o| ~ 2-3.5 scene units for these cameras
+GROUPS = ("rgb", "depth", "rays")  # a token's channel groups
 BACKGROUND_DISPARITY = 0.04  # below this (depth > 3.9 units; scenes reach 3.3) is background
 # floor of 1 - t when the predicted scene becomes a velocity: in training (bounded loss
 # weights, as JiT), and when sampling (tiny, so the last Euler step lands on the prediction)
@@ -65,6 +66,14 @@ class MultiViewFlowConfig:
     # training weight of each ray channel against a pixel channel: a token holds 256 pixel
     # numbers and 6 ray numbers, so at weight 1 the cameras are 2% of the loss
     ray_loss_weight: float = 1.0
+    # channel groups (of rgb, depth, rays) given clean instead of generated: a conditional
+    # flow over the rest (e.g. [rgb, depth]: the cameras of given views, Ray Diffusion's split
+    # of pose estimation from generation). Given channels are passed through unchanged (zero
+    # velocity) and carry no loss.
+    given: tuple[str, ...] = ()
+    # given depth: the chance that a training scene's depth channels are all 0 instead (how
+    # a dataset without depth maps is given, so one model serves both)
+    depth_drop: float = 0.0
 
     def __post_init__(self):
         check_int(self.views, "model.views", lo=1, hi=64)
@@ -86,6 +95,17 @@ class MultiViewFlowConfig:
         check_float(self.far, "model.far", lo=self.near, hi=1e9, lo_open=True)
         check_float(self.ray_loss_weight, "model.ray_loss_weight", lo=0.0, hi=1e4,
                     lo_open=True)
+        for g in self.given:
+            if g not in GROUPS:
+                raise ConfigError(f"model.given: unknown group {g!r} (choose from "
+                                  f"{', '.join(GROUPS)})")
+        if len(set(self.given)) != len(self.given) or len(self.given) == len(GROUPS):
+            raise ConfigError(f"model.given = {list(self.given)}: name each group once and "
+                              "leave at least one to generate")
+        check_float(self.depth_drop, "model.depth_drop", lo=0.0, hi=1.0)
+        if self.depth_drop and "depth" not in self.given:
+            raise ConfigError("model.depth_drop: applies to a given depth (add depth to "
+                              "model.given)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +191,14 @@ class SceneLayout:
         w[self.patch**2 * 4 :] = ray_weight
         return w
 
+    def group_mask(self, names) -> Tensor:
+        """Boolean ``[dim]``: the channels of the groups ``names``."""
+        m = torch.zeros(self.dim, dtype=torch.bool)
+        for name, idx in self.groups().items():
+            if name in names:
+                m[idx] = True
+        return m
+
     def pixel_mask(self, pixels: Tensor, channels=("rgb", "depth")) -> Tensor:
         """Boolean ``[1, V T, dim]``: the ``channels`` (of ``rgb``, ``depth``) of the pixels
         set in ``pixels [V, H, W]``; ray channels False."""
@@ -229,18 +257,22 @@ class MultiViewFlow(LatentFlow):
         self.cfg = cfg
         self.pos = nn.Parameter(torch.randn(1, self.layout.tokens_per_view, cfg.width) * 0.02)
         self.view_emb = nn.Parameter(torch.randn(cfg.views, 1, cfg.width) * 0.02)
+        self.register_buffer("given", self.layout.group_mask(cfg.given), persistent=False)
 
     def forward(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
-        """Velocity ``[B, V T, dim]`` from the predicted clean scene (module docstring)."""
+        """Velocity ``[B, V T, dim]`` from the predicted clean scene (module docstring); zero
+        on the given channels."""
         from flow3d.core.conversions import convert_prediction
 
         eps = MIN_REMAINING_TIME if self.training else SAMPLING_REMAINING_TIME
-        return convert_prediction(super().forward(x, t, ctx), x, t, src="x1", dst="velocity",
-                                  eps=eps)
+        v = convert_prediction(self.predict_scene(x, t, ctx), x, t, src="x1", dst="velocity",
+                               eps=eps)
+        return v.masked_fill(self.given, 0.0) if self.cfg.given else v  # exactly, no rounding
 
     def predict_scene(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
-        """The network's clean-scene prediction ``x1_hat`` itself."""
-        return super().forward(x, t, ctx)
+        """The network's clean-scene prediction ``x1_hat`` (the given channels: ``x``'s)."""
+        pred = super().forward(x, t, ctx)
+        return torch.where(self.given, x, pred) if self.cfg.given else pred
 
     def embed(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape

@@ -172,3 +172,84 @@ def test_velocity_comes_from_the_predicted_scene():
     with torch.no_grad():
         v = model(x, t, ctx)
     torch.testing.assert_close(v[1], x1[1] - (x[1] - 0.99 * x1[1]) / 0.05)
+
+
+# ---- a conditional flow: the rays generated from given views (Ray Diffusion's split) -------
+def _ray_flow(**kw) -> MultiViewFlow:
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = MultiViewFlow(dataclasses.replace(TINY, given=("rgb", "depth"), **kw))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_given_channels_keep_their_values_and_carry_no_loss():
+    from flow3d.engine.config import load_recipe
+    from flow3d.engine.heads import get_head
+
+    model = _ray_flow()
+    rays = model.layout.group_mask(("rays",))
+    assert torch.equal(model.given, ~rays)
+    x, t = torch.randn(2, 12, model.layout.dim), torch.tensor([0.2, 0.7])
+    ctx = model.context(labels=torch.tensor([0, 1]))
+    v = model(x, t, ctx)
+    assert torch.equal(v[..., ~rays], torch.zeros_like(v[..., ~rays]))
+    assert v[..., rays].abs().min() > 0
+    torch.testing.assert_close(model.predict_scene(x, t, ctx)[..., ~rays], x[..., ~rays])
+
+    recipe = load_recipe("recipes/splat/mvflow_poses.yaml", overrides=[
+        "model.views=3", "model.size=16", "model.width=16", "model.depth=1", "model.heads=2",
+        "data.views=3", "data.size=16", "model.depth_drop=0.0"])
+    head = get_head("splat_flow")(recipe)
+    model = head.build_model()
+    for p in model.parameters():  # not zero-initialised: every input reaches the output
+        torch.nn.init.normal_(p, std=0.05)
+    scene = sphere_scene(views=3, size=16)
+    loss = head.loss(model, scene, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loss["loss"], loss["ray_mse"])  # the loss is the rays' alone
+    loss["loss"].backward()
+    # the network reads the clean views: the input layer's weights on them learn
+    assert model.x_in.weight.grad[:, ~rays].abs().sum() > 0
+
+
+def test_depth_drop_zeroes_whole_scenes_depth_only():
+    from flow3d.splat.head import given_inputs
+
+    model = _ray_flow(depth_drop=0.5)
+    x = torch.randn(64, 12, model.layout.dim)
+    got = given_inputs(model, x, torch.Generator().manual_seed(0))
+    depth = model.layout.group_mask(("depth",))
+    dropped = (got[..., depth] == 0).all(-1).all(-1)
+    assert 16 < int(dropped.sum()) < 48
+    assert torch.equal(got[~dropped], x[~dropped])
+    assert torch.equal(got[dropped][..., ~depth], x[dropped][..., ~depth])
+
+
+def test_conditional_sampling_keeps_the_given_views_exactly():
+    from flow3d.engine.config import load_recipe
+    from flow3d.engine.heads import get_head
+
+    recipe = load_recipe("recipes/splat/mvflow_poses.yaml", overrides=[
+        "model.views=3", "model.size=16", "model.width=16", "model.depth=1", "model.heads=2",
+        "data.views=3", "data.size=16"])
+    head = get_head("splat_flow")(recipe)
+    model = head.build_model().eval()
+    scene = sphere_scene(views=3, size=16)
+    given = model.layout.to_state(scene.rgb, scene.depth, scene.K, scene.viewmats)
+    x = head.sample_states(model, None, 1, given=given, steps=3, stop_ray=0.0)
+    rays = model.layout.group_mask(("rays",))
+    assert torch.equal(x[..., ~rays], given[..., ~rays])
+    assert torch.isfinite(x).all() and not torch.equal(x[..., rays], given[..., rays])
+    with pytest.raises(ConfigError, match="given"):
+        head.sample_states(model, None, 1, steps=2)
+
+
+def test_given_config_checks():
+    with pytest.raises(ConfigError, match="model.given"):
+        MultiViewFlowConfig(given=("colour",))
+    with pytest.raises(ConfigError, match="model.given"):
+        MultiViewFlowConfig(given=("rgb", "depth", "rays"))
+    with pytest.raises(ConfigError, match="model.depth_drop"):
+        MultiViewFlowConfig(given=("rgb",), depth_drop=0.2)

@@ -23,6 +23,22 @@ ROOT = Path(__file__).resolve().parents[2]
 FLOW = Path(os.environ.get("FLOW3D_TEST_FLOW", ROOT / "checkpoints" / "splat" / "mvflow_class"))
 DECODER = Path(os.environ.get("FLOW3D_TEST_DECODER", ROOT / "checkpoints" / "splat" / "gsdecoder"))
 MODELS = ["--flow", str(FLOW), "--decoder", str(DECODER)]
+RAYS = Path(os.environ.get("FLOW3D_TEST_RAYS", ROOT / "checkpoints" / "splat" / "raynet"))
+
+
+@pytest.fixture(scope="module")
+def ray_flow(tmp_path_factory):
+    """An untrained (tiny) flow of the rays given the views: recipes/splat/mvflow_poses.yaml."""
+    from flow3d.engine.checkpoint import write_checkpoint
+    from flow3d.engine.config import load_recipe
+    from flow3d.engine.heads import get_head
+
+    recipe = load_recipe(ROOT / "recipes" / "splat" / "mvflow_poses.yaml", overrides=[
+        "model.width=16", "model.depth=1", "model.heads=2", "trainer.init_from=null"])
+    torch.manual_seed(0)
+    state = get_head("splat_flow")(recipe).build_model().state_dict()
+    return write_checkpoint(tmp_path_factory.mktemp("rayflow") / "last", model_state=state,
+                            ema_state=state, recipe=recipe, step=0)
 
 
 def run(argv) -> None:
@@ -73,6 +89,45 @@ def test_poses_reports_errors_for_every_view(tmp_path, capsys):
     report = json.loads((tmp_path / "posed" / "report.json").read_text())
     assert len(report["rotation_error_deg"]) == 5 and len(report["center_error"]) == 5
     assert len(load_dataset(tmp_path / "posed")) == 5
+
+
+def _poses(data, out, *extra) -> dict:
+    argv = ("splat", "poses", data, "--out", out, "--decoder", DECODER, *extra)
+    assert cli.main([str(a) for a in argv]) == 0
+    return json.loads((Path(out) / "report.json").read_text())
+
+
+@pytest.mark.parametrize("model", ["regressor", "ray flow"])
+def test_poses_keep_the_views_and_write_their_cameras(tmp_path, capsys, ray_flow, model):
+    data = write_scene(tmp_path / "data", views=5)
+    extra = ["--rays", RAYS] if model == "regressor" else ["--flow", ray_flow, "--steps", 3]
+    report = _poses(data, tmp_path / "posed", *extra)
+    src, got = load_dataset(data), load_dataset(tmp_path / "posed")
+    assert len(got) == 5 and torch.allclose(got.depths, src.depths, rtol=1e-3, atol=1e-3)
+    fg = (src.masks > 0).expand_as(src.images)
+    assert torch.allclose(got.images[fg], src.images[fg], atol=1 / 255 + 1e-6)
+    assert len(report["rotation_error_deg"]) == 5
+    assert len(load_scene(tmp_path / "posed" / "scene.ply")) == report["gaussians"] > 0
+
+
+@pytest.mark.parametrize("model", ["regressor", "ray flow"])
+def test_poses_of_views_without_depth_write_cameras_and_no_scene(tmp_path, capsys, ray_flow,
+                                                                 model):
+    data = write_scene(tmp_path / "data", depth=False)
+    extra = ["--rays", RAYS] if model == "regressor" else ["--flow", ray_flow, "--steps", 3]
+    report = _poses(data, tmp_path / "posed", *extra)
+    assert report["scene"] is None and report["gaussians"] == 0
+    assert not (tmp_path / "posed" / "scene.ply").exists()
+    src, got = load_dataset(data), load_dataset(tmp_path / "posed")
+    assert len(got) == 8 and torch.equal(got.masks > 0, src.masks > 0)  # alpha: the object
+
+
+def test_a_ray_flow_estimates_poses_only(tmp_path, capsys, ray_flow):
+    data = write_scene(tmp_path / "data")
+    argv = ["splat", "complete", data, "--known", "0", "--out", tmp_path / "c", "--flow",
+            ray_flow, "--decoder", DECODER]
+    assert_user_error([str(a) for a in argv], capsys, ["--flow", "poses", "not complete"],
+                      watch=[tmp_path])
 
 
 @pytest.fixture
@@ -127,11 +182,13 @@ def inputs(tmp_path):
     (["poses", "{tmp}/many", "--out", "{out}/p"], ["9 views", "holds 8"]),
     (["poses", "{tmp}/good", "--out", "{out}/p", "--flow",
       str(ROOT / "checkpoints" / "toy" / "eight_gaussians")], ["--flow", "not splat_flow"]),
+    (["poses", "{tmp}/good", "--out", "{out}/p", "--rays", str(FLOW)],
+     ["--rays", "not splat_rays"]),
 ])
 def test_splatflow_bad_input(inputs, capsys, argv, mentions):
     fill = {"tmp": str(inputs), "out": str(inputs / "out")}
     argv = ["splat"] + [a.format(**fill) for a in argv]
-    argv += MODELS if "--flow" not in argv else ["--decoder", str(DECODER)]
+    argv += MODELS if not {"--flow", "--rays"} & set(argv) else ["--decoder", str(DECODER)]
     assert_user_error(argv, capsys, mentions, watch=[inputs / "out"])
 
 

@@ -1,0 +1,290 @@
+"""Cameras refined by the views' own geometry: silhouette and free-space consistency.
+
+The cameras fitted to regressed rays (:mod:`flow3d.splat.raynet`) are right to some 10-20
+degrees. Views with depth say more: every surface point one view sees must project *inside*
+the object's silhouette in every other view (the visual hull's rule, :mod:`flow3d.splat.hull`)
+and must not float in front of the surface another view sees there (free space; behind it is
+fine: occlusion). :func:`refine_cameras` moves every camera (a rotation and a translation each)
+by gradient descent on those two residuals over every ordered pair of views, from the fitted
+cameras: a multi-view alignment of depth maps in the spirit of bundle adjustment, with
+silhouettes instead of feature matches (the views of one object share no reliable features at
+64^2).
+
+* silhouette: a point of view ``i`` projected into view ``j`` costs the square of its
+  distance (pixels, less half a pixel) to ``j``'s object, read from the distance transform of
+  ``j``'s background by bilinear lookup;
+* free space: where it lands on ``j``'s object, the square of how far (scene units, less a
+  ``margin``) it lies in front of ``j``'s depth.
+
+:func:`consistency_loss` evaluates all pairs at once; :func:`consistency_loss_reference` is its
+one-pair-at-a-time twin (the tests hold them equal, values and gradients).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from flow3d.options import check_float, check_int
+from flow3d.splat.cameras import Cameras
+
+COLOUR_SCALE = 0.05  # squared RGB difference (in [0, 1]) at which colours stop matching
+
+__all__ = ["AlignSettings", "consistency_loss", "consistency_loss_reference",
+           "outside_distance", "refine_cameras", "view_maps", "view_pixels", "view_points"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignSettings:
+    """How :func:`refine_cameras` runs: Adam ``iters`` steps of ``lr`` on ``points`` surface
+    points per view; the two residuals' weights and the free-space ``margin``."""
+
+    iters: int = 400
+    points: int = 300
+    lr: float = 0.02
+    margin: float = 0.03  # scene units a point may sit in front of another view's surface
+    # one camera took every view: the views share one focal length (the median of the fitted
+    # ones to start), refined with the poses
+    shared_focal: bool = True
+    # then each camera tried at these other azimuths about the object (degrees), kept where
+    # the views agree better after turn_iters steps of that camera alone: regressed cameras
+    # are often off by a symmetry of the object (front for back)
+    turns: tuple[float, ...] = (90.0, 180.0, 270.0)
+    turn_iters: int = 60
+    silhouette_weight: float = 0.01  # per squared pixel
+    free_space_weight: float = 10.0  # per squared scene unit
+    colour_weight: float = 0.3  # per point of another view's that it does not see as it is
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int(self.iters, "align.iters", lo=0, hi=100_000)
+        check_int(self.points, "align.points", lo=1, hi=1_000_000)
+        check_float(self.lr, "align.lr", lo=0.0, hi=10.0, lo_open=True)
+        check_float(self.margin, "align.margin", lo=0.0, hi=1e3)
+        check_float(self.silhouette_weight, "align.silhouette_weight", lo=0.0, hi=1e6)
+        check_float(self.free_space_weight, "align.free_space_weight", lo=0.0, hi=1e6)
+        check_float(self.colour_weight, "align.colour_weight", lo=0.0, hi=1e6)
+        check_int(self.seed, "align.seed", lo=0, hi=2**63 - 1)
+        for i, deg in enumerate(self.turns):
+            check_float(deg, f"align.turns[{i}]", lo=-360.0, hi=360.0)
+        check_int(self.turn_iters, "align.turn_iters", lo=0, hi=100_000)
+
+
+def outside_distance(mask: Tensor) -> Tensor:
+    """``[V, H, W]`` distance (pixels) from each pixel centre to the nearest object pixel of
+    ``mask [V, H, W]`` (0 on the object; a view without object: 0 everywhere, no constraint)."""
+    from scipy import ndimage
+
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    for v, m in enumerate(mask.bool().cpu().numpy()):
+        if m.any():
+            out[v] = torch.from_numpy(ndimage.distance_transform_edt(~m)).float()
+    return out
+
+
+def view_pixels(depth: Tensor, n: int, generator: torch.Generator,
+                rgb: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """``([V, n, 3], [V, n, 3] or None)``: ``n`` object pixels of every view drawn with
+    replacement as ``(x, y, depth)`` (pixel centres), and their colours from ``rgb [V, H, W,
+    3]``; ``depth [V, H, W, 1]``, 0 = background (a view without object gives zeros)."""
+    v = depth.shape[0]
+    out, colours = torch.zeros(v, n, 3), torch.zeros(v, n, 3)
+    for i in range(v):
+        ys, xs = torch.nonzero(depth[i, ..., 0] > 0, as_tuple=True)
+        if len(ys) == 0:
+            continue
+        pick = torch.randint(len(ys), (n,), generator=generator)
+        ys, xs = ys[pick], xs[pick]
+        out[i] = torch.stack([xs + 0.5, ys + 0.5, depth[i, ys, xs, 0].float()], -1)
+        if rgb is not None:
+            colours[i] = rgb[i, ys, xs].float()
+    return out, colours if rgb is not None else None
+
+
+def view_points(K: Tensor, pixels: Tensor) -> Tensor:
+    """``[V, n, 3]`` points in each camera's frame (OpenCV axes) of :func:`view_pixels`
+    lifted through ``K [V, 3, 3]`` (zeros stay zeros: see :func:`consistency_loss`)."""
+    x = (pixels[..., 0] - K[:, 0, 2, None]) / K[:, 0, 0, None]
+    y = (pixels[..., 1] - K[:, 1, 2, None]) / K[:, 1, 1, None]
+    z = pixels[..., 2]
+    return torch.stack([x * z, y * z, z], -1)
+
+
+def view_maps(depth: Tensor, rgb: Tensor | None = None) -> Tensor:
+    """``[V, C, H, W]`` what a point projected into a view reads there: the distance to the
+    object (:func:`outside_distance`), the depth, and the colour when ``rgb [V, H, W, 3]`` is
+    given (``C`` = 2 or 5)."""
+    d = depth[..., 0].float()
+    maps = [outside_distance(d > 0)[:, None], d[:, None]]
+    if rgb is not None:
+        maps.append(rgb.float().permute(0, 3, 1, 2))
+    return torch.cat(maps, 1)
+
+
+def _residuals(q: Tensor, colour: Tensor | None, K: Tensor, maps: Tensor,
+               s: AlignSettings) -> Tensor:
+    """``[3, ...]`` silhouette, free-space and colour residuals of points ``q [..., 3]`` (their
+    colours ``[..., 3]``) in the frame of views with intrinsics ``K [..., 3, 3]`` and ``maps
+    [N, C, H, W]`` (:func:`view_maps`; ``q`` is ``[N, M, 3]``: ``M`` points per view)."""
+    h, w = maps.shape[-2:]
+    z = q[..., 2].clamp_min(1e-3)
+    u = q[..., 0] / z * K[..., 0, 0, None] + K[..., 0, 2, None]
+    v = q[..., 1] / z * K[..., 1, 1, None] + K[..., 1, 2, None]
+    grid = torch.stack([u / w * 2 - 1, v / h * 2 - 1], -1)[:, None]  # [N, 1, M, 2]
+    read = F.grid_sample(maps, grid, align_corners=False, padding_mode="border")[:, :, 0]
+    d_out, d_obj = read[:, 0], read[:, 1]  # border: outside the image, the edge's values
+    inside = (grid.abs() <= 1).all(-1)[:, 0]
+    d_obj = torch.where(inside, d_obj, torch.zeros_like(d_obj))
+    sil = (d_out - 0.5).clamp_min(0).square()
+    free = torch.where(d_obj > 0, (d_obj - z - s.margin).clamp_min(0), torch.zeros_like(z))
+    col = torch.zeros_like(z)
+    if colour is not None and maps.shape[1] == 5:  # 1 - how surely j sees this point, as is
+        seen = torch.where(d_obj > 0, torch.exp(-((d_obj - z) / s.margin).square()), col)
+        diff = (read[:, 2:].movedim(1, -1) - colour).square().sum(-1)
+        col = 1 - seen * torch.exp(-diff / COLOUR_SCALE)
+    return torch.stack([sil, free.square(), col])
+
+
+def _weights(s: AlignSettings) -> Tensor:
+    return torch.tensor([s.silhouette_weight, s.free_space_weight, s.colour_weight])
+
+
+def consistency_loss_reference(points: Tensor, colours: Tensor | None, K: Tensor, R: Tensor,
+                               t: Tensor, maps: Tensor, s: AlignSettings) -> Tensor:
+    """The slow twin of :func:`consistency_loss`: one ordered pair of views at a time."""
+    v = len(maps)
+    has = points.abs().sum((1, 2)) > 0
+    total = points.new_zeros(())
+    for i in range(v):
+        if not has[i]:
+            continue
+        world = (points[i] - t[i]) @ R[i]
+        for j in range(v):
+            if j == i or not has[j]:
+                continue
+            r = _residuals((world @ R[j].T + t[j])[None], None if colours is None else
+                           colours[i][None], K[j][None], maps[j][None], s)
+            total = total + (_weights(s) * r.mean((1, 2))).sum()
+    return total
+
+
+def consistency_loss(points: Tensor, colours: Tensor | None, K: Tensor, R: Tensor, t: Tensor,
+                     maps: Tensor, s: AlignSettings) -> Tensor:
+    """Sum over ordered pairs of views ``(i, j)``, ``i != j``, of the mean silhouette,
+    free-space and colour residuals of ``i``'s points in ``j`` (module docstring).
+    ``points [V, n, 3]`` in camera frames (``colours [V, n, 3]`` or None), world-to-camera
+    ``R [V, 3, 3]``, ``t [V, 3]``, ``maps`` of :func:`view_maps`; views without points take
+    no part."""
+    v, n = points.shape[:2]
+    world = torch.einsum("vnk,vkl->vnl", points - t[:, None], R)  # R^T (p - t), row form
+    q = torch.einsum("inl,jml->jinm", world, R) + t[:, None, None]  # [j, i, n, 3]
+    col = None if colours is None else colours.reshape(1, v * n, 3).expand(v, -1, -1)
+    r = _residuals(q.reshape(v, v * n, 3), col, K, maps, s).reshape(3, v, v, n)
+    per_pair = torch.einsum("c,cji->ij", _weights(s), r.mean(-1))
+    has = points.abs().sum((1, 2)) > 0
+    pairs = has[:, None] & has[None, :] & ~torch.eye(v, dtype=torch.bool)
+    return torch.where(pairs, per_pair, torch.zeros_like(per_pair)).sum()
+
+
+@dataclasses.dataclass
+class _Poses:
+    """Cameras in refinement: world-to-camera ``R [V, 3, 3]``, ``t [V, 3]`` and the shared
+    focal scale ``log_f``."""
+
+    R: Tensor
+    t: Tensor
+    log_f: Tensor
+
+
+def _intrinsics(K0: Tensor, log_f: Tensor) -> Tensor:
+    scale = torch.ones(3, 3).index_put((torch.tensor([0, 1]), torch.tensor([0, 1])),
+                                       log_f.exp().expand(2))
+    return K0 * scale
+
+
+def _descend(p: _Poses, K0: Tensor, views: tuple, s: AlignSettings, iters: int, free: Tensor,
+             focal: bool) -> tuple[_Poses, float]:
+    """``iters`` Adam steps on the cameras ``free [V]`` (and the focal scale) given ``views``
+    ``(pixels, colours, maps)``; the loss at the end."""
+    from flow3d.core.so3 import axis_angle_to_rotmat
+
+    pixels, colours, maps = views
+    v = len(p.R)
+    omega = torch.zeros(v, 3, requires_grad=True)
+    shift = torch.zeros(v, 3, requires_grad=True)
+    log_f = p.log_f.clone().requires_grad_(focal)
+    opt = torch.optim.Adam([omega, shift] + ([log_f] if focal else []), lr=s.lr)
+    keep = (~free).view(v, 1)
+
+    def current() -> _Poses:
+        w = omega.masked_fill(keep, 0.0)
+        return _Poses(axis_angle_to_rotmat(w) @ p.R, p.t + shift.masked_fill(keep, 0.0), log_f)
+
+    def loss_of(q: _Poses) -> Tensor:
+        K = _intrinsics(K0, q.log_f)
+        return consistency_loss(view_points(K, pixels), colours, K, q.R, q.t, maps, s)
+
+    with torch.enable_grad():
+        for _ in range(iters):
+            loss = loss_of(current())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        q = current()
+        q = _Poses(q.R.detach(), q.t.detach(), q.log_f.detach())
+        return q, float(loss_of(q))
+
+
+def _turn_about_up(p: _Poses, i: int, degrees: float) -> _Poses:
+    """Camera ``i`` carried round the world's up axis (y, through the origin) by
+    ``degrees``: the same view of the object from another azimuth."""
+    from flow3d.core.so3 import axis_angle_to_rotmat
+
+    turn = axis_angle_to_rotmat(torch.tensor([0.0, math.radians(degrees), 0.0]))
+    R, t = p.R.clone(), p.t.clone()
+    R[i] = p.R[i] @ turn.T  # X' = turn X: x_cam = R turn^T X' + t
+    return _Poses(R, t, p.log_f)
+
+
+def refine_cameras(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSettings(),
+                   rgb: Tensor | None = None) -> Cameras:
+    """``cameras`` moved (and, with ``shared_focal``, given one common focal length) to agree
+    with the views' ``depth [V, H, W, 1]`` (and colours ``rgb [V, H, W, 3]``; module
+    docstring): each camera in turn, the others held, tried at the other azimuths of
+    ``s.turns`` and kept where the loss falls; then all cameras together; then both again."""
+    g = torch.Generator().manual_seed(s.seed)
+    K0 = cameras.K.float().clone()
+    if s.shared_focal:
+        K0[:, 0, 0] = K0[:, 1, 1] = K0[:, 0, 0].median()
+    vm = cameras.viewmats.float()
+    pixels, colours = view_pixels(depth, s.points, g, rgb)
+    views = (pixels, colours, view_maps(depth, rgb))
+    v = len(vm)
+    everyone = torch.ones(v, dtype=torch.bool)
+    p = _Poses(vm[:, :3, :3], vm[:, :3, 3], torch.zeros(()))
+
+    def turn_each(p: _Poses) -> _Poses:
+        for i in range(v if s.turns else 0):
+            alone = torch.arange(v) == i
+            p, loss = _descend(p, K0, views, s, s.turn_iters, alone, False)
+            for deg in s.turns:
+                q, q_loss = _descend(_turn_about_up(p, i, deg), K0, views, s, s.turn_iters,
+                                     alone, False)
+                if q_loss < loss:
+                    p, loss = q, q_loss
+        return p
+
+    # a camera a half turn off pulls the others its way once all move: turn before and after
+    p = turn_each(p) if s.turn_iters else p
+    p, _ = _descend(p, K0, views, s, s.iters, everyone, s.shared_focal)
+    if s.turns and s.turn_iters:
+        p, _ = _descend(turn_each(p), K0, views, s, s.iters // 2, everyone, s.shared_focal)
+    out = vm.clone()
+    out[:, :3, :3], out[:, :3, 3] = p.R, p.t
+    return Cameras(_intrinsics(K0, p.log_f).to(cameras.K.dtype), out.to(cameras.viewmats.dtype),
+                   cameras.width, cameras.height)
