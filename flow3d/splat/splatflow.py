@@ -455,7 +455,7 @@ def run_task(s: SplatFlowSettings) -> dict:
         report["warp"] = s.warp
         report["strength"] = s.sdedit_strength
     if s.task == "poses":
-        report["rays"] = str(s.model_path)
+        report["ray_model"] = str(s.model_path)
         report["refined"] = s.refine and scene is not None
         err = pose_errors(result.fitted, known.cameras, align=False)
         report["rotation_error_deg"] = [round(float(e), 2) for e in err["rotation_deg"]]
