@@ -1,20 +1,24 @@
-"""Cameras refined by the views' own geometry: silhouette and free-space consistency.
+"""Cameras refined by the views' own geometry and colour.
 
-The cameras fitted to regressed rays (:mod:`flow3d.splat.raynet`) are right to some 10-20
+The cameras fitted to regressed rays (:mod:`flow3d.splat.raynet`) are right to some 10-40
 degrees. Views with depth say more: every surface point one view sees must project *inside*
-the object's silhouette in every other view (the visual hull's rule, :mod:`flow3d.splat.hull`)
-and must not float in front of the surface another view sees there (free space; behind it is
-fine: occlusion). :func:`refine_cameras` moves every camera (a rotation and a translation each)
-by gradient descent on those two residuals over every ordered pair of views, from the fitted
-cameras: a multi-view alignment of depth maps in the spirit of bundle adjustment, with
-silhouettes instead of feature matches (the views of one object share no reliable features at
-64^2).
+the object's silhouette in every other view (the visual hull's rule, :mod:`flow3d.splat.hull`),
+must not float in front of the surface another view sees there (free space; behind it is
+fine: occlusion), and where another view does see it, it has the same colour there.
+:func:`refine_cameras` moves every camera (a rotation and a translation each, and one shared
+focal length) by gradient descent on those three residuals over every ordered pair of views,
+from the fitted cameras: a multi-view alignment of depth maps in the spirit of bundle
+adjustment, with silhouettes and a dense colour check instead of feature matches (the views
+of one object share few reliable features at 64^2).
 
 * silhouette: a point of view ``i`` projected into view ``j`` costs the square of its
   distance (pixels, less half a pixel) to ``j``'s object, read from the distance transform of
   ``j``'s background by bilinear lookup;
 * free space: where it lands on ``j``'s object, the square of how far (scene units, less a
-  ``margin``) it lies in front of ``j``'s depth.
+  ``margin``) it lies in front of ``j``'s depth;
+* colour: 1 minus how surely ``j`` sees the point (its depth there within about ``margin``)
+  with the point's own colour (a point ``j`` does not see costs 1, so the term rewards
+  overlap of matching surfaces rather than fewer visible points).
 
 :func:`consistency_loss` evaluates all pairs at once; :func:`consistency_loss_reference` is its
 one-pair-at-a-time twin (the tests hold them equal, values and gradients).
@@ -41,7 +45,7 @@ __all__ = ["AlignSettings", "consistency_loss", "consistency_loss_reference",
 @dataclasses.dataclass(frozen=True)
 class AlignSettings:
     """How :func:`refine_cameras` runs: Adam ``iters`` steps of ``lr`` on ``points`` surface
-    points per view; the two residuals' weights and the free-space ``margin``."""
+    points per view; the three residuals' weights and the free-space ``margin``."""
 
     iters: int = 400
     points: int = 300
@@ -269,7 +273,7 @@ def refine_cameras(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSett
     p = _Poses(vm[:, :3, :3], vm[:, :3, 3], torch.zeros(()))
 
     def turn_each(p: _Poses) -> _Poses:
-        for i in range(v if s.turns else 0):
+        for i in range(v):
             alone = torch.arange(v) == i
             p, loss = _descend(p, K0, views, s, s.turn_iters, alone, False)
             for deg in s.turns:
@@ -280,9 +284,10 @@ def refine_cameras(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSett
         return p
 
     # a camera a half turn off pulls the others its way once all move: turn before and after
-    p = turn_each(p) if s.turn_iters else p
+    turning = bool(s.turns and s.turn_iters)
+    p = turn_each(p) if turning else p
     p, _ = _descend(p, K0, views, s, s.iters, everyone, s.shared_focal)
-    if s.turns and s.turn_iters:
+    if turning:
         p, _ = _descend(turn_each(p), K0, views, s, s.iters // 2, everyone, s.shared_focal)
     out = vm.clone()
     out[:, :3, :3], out[:, :3, 3] = p.R, p.t
