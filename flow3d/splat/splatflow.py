@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -564,7 +565,7 @@ def _decode(models: Models, layout, known: Known, s: SplatFlowSettings, rgb: Ten
     if s.task == "poses" and s.refine and depth.any():  # the views' own geometry decides
         from flow3d.splat.align import refine_cameras
 
-        fitted = refine_cameras(fitted, depth, rgb=rgb)
+        fitted = refine_cameras(fitted, depth, rgb=rgb, progress=sys.stderr.isatty())
     # complete / edit decode at the cameras asked for (the dataset's, checked to be size^2)
     cams = known.cameras.to(torch.float32) if s.task in ("complete", "edit") else fitted
     scene = None  # poses of views without depth: cameras only

@@ -1,8 +1,11 @@
-"""Camera refinement by silhouette and free-space consistency: the batched loss is its
-pair-by-pair twin (values and gradients), true cameras are its minimum, and cameras turned
-off by 15 degrees come back on an object that is not symmetric."""
+"""Camera refinement by silhouette, free-space and colour consistency: the batched losses
+(all pairs; one camera at many places) are their pair-by-pair twin (values and gradients),
+true cameras are the minimum, cameras turned off by 15 degrees come back on an object that is
+not symmetric, and the search finds cameras far from where they were."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import torch
 from flow3d.core.so3 import axis_angle_to_rotmat
 from flow3d.splat.align import (
     AlignSettings,
+    camera_hypotheses_loss,
     consistency_loss,
     consistency_loss_reference,
     refine_cameras,
@@ -108,9 +112,12 @@ def test_turned_cameras_come_back(l_shape):
     cams, depth, rgb = l_shape
     turned = _turned(cams, [0, 15, -12, 14, -15, 10])
     before = relative_rotation_errors_deg(turned, cams)
-    after = relative_rotation_errors_deg(refine_cameras(turned, depth, rgb=rgb), cams)
+    refined = refine_cameras(turned, depth, rgb=rgb)
+    after = relative_rotation_errors_deg(refined, cams)
     assert before.median() > 10
     assert after.median() < 3 and after.max() < 8
+    # the views share the fitted cameras' median focal length, held there
+    assert torch.allclose(refined.K[:, 0, 0], cams.K[:, 0, 0].median(), rtol=0.01)
     assert torch.equal(refine_cameras(turned, depth, AlignSettings(iters=0, turn_iters=0)).viewmats,
                        turned.viewmats)
 
@@ -121,5 +128,75 @@ def test_a_camera_turned_round_to_the_far_side_comes_back(l_shape):
     assert relative_rotation_errors_deg(turned, cams).max() > 90
     after = relative_rotation_errors_deg(refine_cameras(turned, depth, rgb=rgb), cams)
     assert after.max() < 5
-    stuck = refine_cameras(turned, depth, AlignSettings(turns=()))  # without the turns
+    stuck = refine_cameras(turned, depth, AlignSettings(turns=(), grid_azimuths=0))  # no search
     assert relative_rotation_errors_deg(stuck, cams).max() > 30
+
+
+def _moved_round_the_object(cams: Cameras, i: int, azimuth: float, elevation: float) -> Cameras:
+    """Camera ``i`` carried to another azimuth and elevation (degrees, added to its own)
+    about the origin, still looking at the origin: a place no turn about up reaches."""
+    c = cams.to(torch.float64)
+    eye = c.centers[i]
+    r = float(eye.norm())
+    az = math.atan2(float(eye[0]), float(eye[2])) + math.radians(azimuth)
+    el = math.asin(float(eye[1]) / r) + math.radians(elevation)
+    new = r * torch.tensor([[math.cos(el) * math.sin(az), math.sin(el),
+                             math.cos(el) * math.cos(az)]], dtype=torch.float64)
+    moved = Cameras.look_at(new, torch.zeros(1, 3), fov_deg=40.0, width=cams.width,
+                            height=cams.height)
+    vm = cams.viewmats.clone()
+    vm[i] = moved.viewmats[0].to(vm.dtype)
+    return Cameras(cams.K, vm, cams.width, cams.height)
+
+
+def test_the_grid_search_finds_a_camera_far_from_where_it_was(l_shape):
+    cams, depth, rgb = l_shape
+    moved = _moved_round_the_object(cams, 3, 110.0, 35.0)
+    assert relative_rotation_errors_deg(moved, cams).max() > 60
+    # one round of the search, by the grid alone (measured: 1.3 deg; descent alone 87 deg)
+    found = refine_cameras(moved, depth, AlignSettings(turns=(), rounds=1), rgb=rgb)
+    assert relative_rotation_errors_deg(found, cams).max() < 5
+    stuck = refine_cameras(moved, depth, AlignSettings(turns=(), grid_azimuths=0, rounds=1),
+                           rgb=rgb)
+    assert relative_rotation_errors_deg(stuck, cams).max() > 30
+
+
+@pytest.mark.parametrize("with_colour", [False, True])
+def test_hypotheses_of_one_camera_are_its_pairs_in_values_and_gradients(l_shape, with_colour):
+    """:func:`camera_hypotheses_loss` scores H places of camera ``k`` at once: each is the
+    pair-by-pair twin over the pairs ``k`` takes part in (``only=k``) with the camera there,
+    values and gradients; and those pairs move camera ``k`` as the whole loss does."""
+    cams, depth, rgb = l_shape
+    depth = depth.clone()
+    depth[4] = 0  # a view without object among the others
+    s = AlignSettings()
+    pixels, colours = view_pixels(depth, 30, torch.Generator().manual_seed(2),
+                                  rgb if with_colour else None)
+    pts = view_points(cams.K, pixels).double()  # float64: the sums' order differs
+    colours = None if colours is None else colours.double()
+    c = _turned(cams, [5, -3, 0, 8, 4, -6]).to(torch.float64)
+    maps = view_maps(depth, rgb if with_colour else None).double()
+    k = 1
+    places = torch.stack([_turned(cams, [0, deg, 0, 0, 0, 0]).viewmats[k] for deg in
+                          (-20, 0, 7, 90)]).double()
+    Rk = places[:, :3, :3].clone().requires_grad_(True)
+    tk = places[:, :3, 3].clone().requires_grad_(True)
+    R, t = c.viewmats[:, :3, :3], c.viewmats[:, :3, 3]
+    batched = camera_hypotheses_loss(pts, colours, c.K, R, t, maps, s, k, Rk, tk)
+    gR, gt = torch.autograd.grad(batched.sum(), [Rk, tk])
+    assert batched.shape == (4,) and len(set(batched.tolist())) == 4
+    for h in range(4):
+        grads = []
+        for fn, only in ((consistency_loss_reference, k), (consistency_loss, None)):
+            Rh = R.clone().index_put((torch.tensor(k),), places[h, :3, :3]).requires_grad_(True)
+            th = t.clone().index_put((torch.tensor(k),), places[h, :3, 3]).requires_grad_(True)
+            loss = fn(pts, colours, c.K, Rh, th, maps, s, **({"only": only} if only else {}))
+            grads.append((loss.detach(), *torch.autograd.grad(loss, [Rh, th])))
+        (one, g1, g2), (whole, g3, g4) = grads
+        assert 0 < one < whole
+        torch.testing.assert_close(batched[h], one, rtol=1e-9, atol=1e-12)
+        for a, b in ((gR[h], g1[k]), (gt[h], g2[k]), (g1[k], g3[k]), (g2[k], g4[k])):
+            torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
+    # the view without object: nothing to score
+    assert torch.equal(camera_hypotheses_loss(pts, colours, c.K, R, t, maps, s, 4, Rk, tk),
+                       torch.zeros(4, dtype=torch.float64))
