@@ -267,10 +267,10 @@ def _intrinsics(K0: Tensor, log_f: Tensor) -> Tensor:
     return K0 * scale
 
 
-def _descend(p: _Poses, K0: Tensor, views: tuple, s: AlignSettings, iters: int, free: Tensor,
-             focal: bool) -> tuple[_Poses, float]:
-    """``iters`` Adam steps on the cameras ``free [V]`` (and the focal scale) given ``views``
-    ``(pixels, colours, maps)``; the loss at the end."""
+def _descend(p: _Poses, K0: Tensor, views: tuple, s: AlignSettings, iters: int,
+             focal: bool) -> _Poses:
+    """``iters`` Adam steps on every camera (and, with ``focal``, the focal scale) given
+    ``views`` ``(pixels, colours, maps)``."""
     from flow3d.core.so3 import axis_angle_to_rotmat
 
     pixels, colours, maps = views
@@ -279,27 +279,17 @@ def _descend(p: _Poses, K0: Tensor, views: tuple, s: AlignSettings, iters: int, 
     shift = torch.zeros(v, 3, requires_grad=True)
     log_f = p.log_f.clone().requires_grad_(focal)
     opt = torch.optim.Adam([omega, shift] + ([log_f] if focal else []), lr=s.lr)
-    keep = (~free).view(v, 1)
-
-    def current() -> _Poses:
-        w = omega.masked_fill(keep, 0.0)
-        return _Poses(axis_angle_to_rotmat(w) @ p.R, p.t + shift.masked_fill(keep, 0.0), log_f)
-
-    def loss_of(q: _Poses) -> Tensor:
-        K = _intrinsics(K0, q.log_f)
-        return (consistency_loss(view_points(K, pixels), colours, K, q.R, q.t, maps, s)
-                + s.focal_weight * q.log_f.square())
-
     with torch.enable_grad():
         for _ in range(iters):
-            loss = loss_of(current())
+            K = _intrinsics(K0, log_f)
+            loss = (consistency_loss(view_points(K, pixels), colours, K,
+                                     axis_angle_to_rotmat(omega) @ p.R, p.t + shift, maps, s)
+                    + s.focal_weight * log_f.square())
             opt.zero_grad()
             loss.backward()
             opt.step()
     with torch.no_grad():
-        q = current()
-        q = _Poses(q.R.detach(), q.t.detach(), q.log_f.detach())
-        return q, float(loss_of(q))
+        return _Poses(axis_angle_to_rotmat(omega) @ p.R, p.t + shift, log_f.detach())
 
 
 def _turn_about_up(p: _Poses, i: int, degrees: float) -> _Poses:
@@ -353,7 +343,7 @@ def _grid_places(p: _Poses, k: int, K: Tensor, views: tuple, s: AlignSettings
     az, el = torch.meshgrid(az, el, indexing="ij")
     eyes = dist * torch.stack([el.cos() * az.sin(), el.sin(), el.cos() * az.cos()], -1)
     eyes = eyes.reshape(-1, 3)
-    vm = Cameras.look_at(eyes, torch.zeros_like(eyes), fov_deg=40.0, width=1,
+    vm = Cameras.look_at(eyes, torch.zeros_like(eyes), fov_deg=40.0, width=1,  # K unused
                          height=1).viewmats.to(p.R.dtype)
     with torch.no_grad():
         loss = camera_hypotheses_loss(view_points(K, pixels), colours, K, p.R, p.t, maps, s, k,
@@ -380,7 +370,6 @@ def refine_cameras(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSett
     pixels, colours = view_pixels(depth, s.points, g, rgb)
     views = (pixels, colours, view_maps(depth, rgb))
     v = len(vm)
-    everyone = torch.ones(v, dtype=torch.bool)
     p = _Poses(vm[:, :3, :3], vm[:, :3, 3], torch.zeros(()))
 
     bar = tqdm(total=s.rounds * v, desc="refining cameras", unit="camera", leave=False,
@@ -409,8 +398,7 @@ def refine_cameras(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSett
     for r in range(s.rounds):
         p = turn_each(p) if turning else p
         bar.update(0 if turning else v)
-        p, _ = _descend(p, K0, views, s, s.iters if r == 0 else s.iters // 2, everyone,
-                        s.shared_focal)
+        p = _descend(p, K0, views, s, s.iters if r == 0 else s.iters // 2, s.shared_focal)
     bar.close()
     out = vm.clone()
     out[:, :3, :3], out[:, :3, 3] = p.R, p.t

@@ -63,19 +63,26 @@ def _turned(cams: Cameras, degrees) -> Cameras:
     return Cameras(cams.K, vm, cams.width, cams.height)
 
 
-@pytest.mark.parametrize("with_colour", [False, True])
-def test_batched_loss_is_its_reference_in_values_and_gradients(l_shape, with_colour):
+def _loss_inputs(l_shape, empty: int, n: int, seed: int, with_colour: bool):
+    """``(points, colours, maps)`` of the L's views with view ``empty`` blanked (a view
+    without object takes no part)."""
     cams, depth, rgb = l_shape
     depth = depth.clone()
-    depth[2] = 0  # a view without object takes no part
-    s = AlignSettings()
-    pixels, colours = view_pixels(depth, 40, torch.Generator().manual_seed(0),
+    depth[empty] = 0
+    pixels, colours = view_pixels(depth, n, torch.Generator().manual_seed(seed),
                                   rgb if with_colour else None)
     pts = view_points(cams.K, pixels)
-    assert torch.equal(pts[2], torch.zeros_like(pts[2]))
+    assert torch.equal(pts[empty], torch.zeros_like(pts[empty]))
     assert (colours is None) != with_colour
+    return pts, colours, view_maps(depth, rgb if with_colour else None)
+
+
+@pytest.mark.parametrize("with_colour", [False, True])
+def test_batched_loss_is_its_reference_in_values_and_gradients(l_shape, with_colour):
+    cams = l_shape[0]
+    s = AlignSettings()
+    pts, colours, maps = _loss_inputs(l_shape, 2, 40, 0, with_colour)
     turned = _turned(cams, [10, -7, 0, 12, 4, -9])
-    maps = view_maps(depth, rgb if with_colour else None)
     grads = []
     for fn in (consistency_loss, consistency_loss_reference):
         R = turned.viewmats[:, :3, :3].clone().requires_grad_(True)
@@ -166,16 +173,12 @@ def test_hypotheses_of_one_camera_are_its_pairs_in_values_and_gradients(l_shape,
     """:func:`camera_hypotheses_loss` scores H places of camera ``k`` at once: each is the
     pair-by-pair twin over the pairs ``k`` takes part in (``only=k``) with the camera there,
     values and gradients; and those pairs move camera ``k`` as the whole loss does."""
-    cams, depth, rgb = l_shape
-    depth = depth.clone()
-    depth[4] = 0  # a view without object among the others
+    cams = l_shape[0]
     s = AlignSettings()
-    pixels, colours = view_pixels(depth, 30, torch.Generator().manual_seed(2),
-                                  rgb if with_colour else None)
-    pts = view_points(cams.K, pixels).double()  # float64: the sums' order differs
+    pts, colours, maps = _loss_inputs(l_shape, 4, 30, 2, with_colour)
+    pts, maps = pts.double(), maps.double()  # float64: the sums' order differs
     colours = None if colours is None else colours.double()
     c = _turned(cams, [5, -3, 0, 8, 4, -6]).to(torch.float64)
-    maps = view_maps(depth, rgb if with_colour else None).double()
     k = 1
     places = torch.stack([_turned(cams, [0, deg, 0, 0, 0, 0]).viewmats[k] for deg in
                           (-20, 0, 7, 90)]).double()
