@@ -225,12 +225,13 @@ def consistency_loss(points: Tensor, colours: Tensor | None, K: Tensor, R: Tenso
 
 
 def camera_hypotheses_loss(points: Tensor, colours: Tensor | None, K: Tensor, R: Tensor,
-                           t: Tensor, maps: Tensor, s: AlignSettings, k: int, Rk: Tensor,
-                           tk: Tensor) -> Tensor:
+                           t: Tensor, maps: Tensor, s: AlignSettings, k: int,
+                           places: tuple[Tensor, Tensor]) -> Tensor:
     """``[H]``: the part of :func:`consistency_loss` that camera ``k`` changes (the ``2 (V -
-    1)`` pairs it takes part in) with the camera at each of ``H`` places (world-to-camera ``Rk
-    [H, 3, 3]``, ``tk [H, 3]``), the other cameras where ``R``, ``t`` have them: every place
-    tried for one camera scored, and descended, at once."""
+    1)`` pairs it takes part in) with the camera at each of ``H`` ``places`` (world-to-camera
+    ``Rk [H, 3, 3]``, ``tk [H, 3]``), the other cameras where ``R``, ``t`` have them: every
+    place tried for one camera scored, and descended, at once."""
+    Rk, tk = places
     v, n = points.shape[:2]
     h = len(Rk)
     has = points.abs().sum((1, 2)) > 0
@@ -318,7 +319,7 @@ def _descend_hypotheses(p: _Poses, k: int, Rk: Tensor, tk: Tensor, K: Tensor, vi
     opt = torch.optim.Adam([omega, shift], lr=s.lr)
 
     def loss_of(R: Tensor, t: Tensor) -> Tensor:
-        return camera_hypotheses_loss(pts, colours, K, p.R, p.t, maps, s, k, R, t)
+        return camera_hypotheses_loss(pts, colours, K, p.R, p.t, maps, s, k, (R, t))
 
     with torch.enable_grad():
         for _ in range(iters):
@@ -347,7 +348,7 @@ def _grid_places(p: _Poses, k: int, K: Tensor, views: tuple, s: AlignSettings
                          height=1).viewmats.to(p.R.dtype)
     with torch.no_grad():
         loss = camera_hypotheses_loss(view_points(K, pixels), colours, K, p.R, p.t, maps, s, k,
-                                      vm[:, :3, :3], vm[:, :3, 3])
+                                      (vm[:, :3, :3], vm[:, :3, 3]))
     best = loss.argsort()[: s.grid_keep]
     return vm[best, :3, :3], vm[best, :3, 3]
 

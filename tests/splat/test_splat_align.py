@@ -185,7 +185,7 @@ def test_hypotheses_of_one_camera_are_its_pairs_in_values_and_gradients(l_shape,
     Rk = places[:, :3, :3].clone().requires_grad_(True)
     tk = places[:, :3, 3].clone().requires_grad_(True)
     R, t = c.viewmats[:, :3, :3], c.viewmats[:, :3, 3]
-    batched = camera_hypotheses_loss(pts, colours, c.K, R, t, maps, s, k, Rk, tk)
+    batched = camera_hypotheses_loss(pts, colours, c.K, R, t, maps, s, k, (Rk, tk))
     gR, gt = torch.autograd.grad(batched.sum(), [Rk, tk])
     assert batched.shape == (4,) and len(set(batched.tolist())) == 4
     for h in range(4):
@@ -201,5 +201,5 @@ def test_hypotheses_of_one_camera_are_its_pairs_in_values_and_gradients(l_shape,
         for a, b in ((gR[h], g1[k]), (gt[h], g2[k]), (g1[k], g3[k]), (g2[k], g4[k])):
             torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
     # the view without object: nothing to score
-    assert torch.equal(camera_hypotheses_loss(pts, colours, c.K, R, t, maps, s, 4, Rk, tk),
+    assert torch.equal(camera_hypotheses_loss(pts, colours, c.K, R, t, maps, s, 4, (Rk, tk)),
                        torch.zeros(4, dtype=torch.float64))
