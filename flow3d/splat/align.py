@@ -239,15 +239,17 @@ def camera_hypotheses_loss(points: Tensor, colours: Tensor | None, K: Tensor, R:
         return points.new_zeros(h)
     world = torch.einsum("vnk,vkl->vnl", points - t[:, None], R)  # the others' points
     own = torch.einsum("nk,hkl->hnl", points[k], Rk) - torch.einsum("hk,hkl->hl", tk, Rk)[:, None]
+    # every hypothesis read from the one map it lands in: no copies of the maps
     into = world.reshape(1, v * n, 3) @ Rk.transpose(1, 2) + tk[:, None]  # [h, v n, 3]
     col = None if colours is None else colours.reshape(1, v * n, 3).expand(h, -1, -1)
-    r_in = _residuals(into, col, K[k].expand(h, 3, 3), maps[k].expand(h, *maps.shape[1:]),
-                      s).reshape(3, h, v, n)
-    out = torch.einsum("hnl,jml->hjnm", own, R) + t[None, :, None]  # [h, j, n, 3]
-    col = None if colours is None else colours[k].expand(h * v, n, 3)
-    r_out = _residuals(out.reshape(h * v, n, 3), col, K.repeat(h, 1, 1),
-                       maps.repeat(h, 1, 1, 1), s).reshape(3, h, v, n)
-    per = torch.einsum("c,chv->hv", _weights(s, points.dtype), r_in.mean(-1) + r_out.mean(-1))
+    r_in = _residuals(into.reshape(1, h * v * n, 3),
+                      None if col is None else col.reshape(1, h * v * n, 3), K[k][None],
+                      maps[k][None], s).reshape(3, h, v, n)
+    out = torch.einsum("hnl,jml->jhnm", own, R) + t[:, None, None]  # [j, h, n, 3]
+    col = None if colours is None else colours[k].repeat(h, 1)[None].expand(v, -1, -1)
+    r_out = _residuals(out.reshape(v, h * n, 3), col, K, maps, s).reshape(3, v, h, n)
+    per = torch.einsum("c,chv->hv", _weights(s, points.dtype),
+                       r_in.mean(-1) + r_out.mean(-1).transpose(1, 2))
     others = has & (torch.arange(v) != k)
     return torch.where(others, per, torch.zeros_like(per)).sum(-1)
 
