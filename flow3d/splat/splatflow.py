@@ -665,8 +665,8 @@ def add_poses_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rays", default=str(CHECKPOINTS / "raynet"), help="ray regressor "
                    "checkpoint (splat_rays), used unless --flow is given")
     p.add_argument("--no-refine", action="store_true", help="keep the cameras fitted to the "
-                   "rays (by default, views with depth refine them: silhouettes and free "
-                   "space agree across views)")
+                   "rays (by default, views with depth refine them until silhouettes, free "
+                   "space and colours agree across views)")
     _common(p, flow_help="estimate the rays with this multi-view flow (splat_flow) instead "
             "of the ray regressor: SplatFlow's way")
 
