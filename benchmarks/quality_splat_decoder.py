@@ -1,7 +1,7 @@
 """GSDecoder on held-out scenes (issue 16): PSNR / SSIM on views it was not given.
 
     python -m benchmarks.quality_splat_decoder [--ckpt checkpoints/splat/gsdecoder]
-        [--given 0,2,4,6] [--max-scenes 60]
+        [--given 0,2,4,6] [--max-scenes 60] [--refine 100] [--split heldout]
 
 Scenes are the held-out split of ``recipes/splat/gsdecoder.yaml``'s data (CAPOD meshes never
 trained on, 2 paintings each, 8 views at 64^2 on a black background). The decoder is given
@@ -11,7 +11,11 @@ Reported, per scene then averaged: PSNR and SSIM over the whole image on the vie
 pixels only (the true mask or the render's alpha > 0.5): on a black background most pixels
 are trivially right, so this is the harder number. Baseline: plain unprojection (one opaque
 Gaussian per pixel with depth, pixel-sized, the pixel's colour: the decoder with its last
-layer at zero).
+layer at zero). A decoder with the coverage channel is given the views' true coverage, and
+scored again with it binary (``depth > 0``: what it gets from generated views). ``--refine N``
+adds the decoder's Gaussians fitted N steps to the given views (:func:`flow3d.splat.fit.polish`,
+``flow3d splat reconstruct --refine``). ``--split train`` scores training scenes instead (for
+choosing settings without looking at the held-out ones).
 """
 
 from __future__ import annotations
@@ -23,23 +27,31 @@ import numpy as np
 import torch
 
 
-def score(model, batch, given: list[int], zero: bool = False) -> dict:
-    """Metrics of one scene (``batch`` of one) decoded from ``given`` views."""
-    from flow3d.splat.decoder import pixel_gaussians, view_inputs
+def score(model, batch, given: list[int], mode: str = "decoder", refine=None) -> dict:
+    """Metrics of one scene (``batch`` of one) decoded from ``given`` views; ``mode``: decoder,
+    zero (its last layer at zero: unprojection) or binary (binary coverage)."""
+    from flow3d.splat.decoder import decoder_inputs, pixel_gaussians, view_inputs
+    from flow3d.splat.fit import polish
     from flow3d.splat.metrics import psnr, ssim
     from flow3d.splat.render import render
 
     views = batch.views(given)
     cams = views.cameras(0)
-    x = view_inputs(views.rgb[0], views.depth[0], cams, model.cfg.near, model.cfg.far)
+    cfg = model.cfg
+    depth, cov = decoder_inputs(cfg, views.rgb[0], views.depth[0],
+                                None if mode == "binary" else views.mask[0])
+    x = view_inputs(views.rgb[0], depth, cams, cfg.near, cfg.far, cov)
     t0 = time.perf_counter()
     with torch.no_grad():
         params = model(x.unsqueeze(0))[0]
-        if zero:
+        if mode == "zero":
             params = torch.zeros_like(params)
-        g = pixel_gaussians(params, views.rgb[0], views.depth[0], cams)
+        g = pixel_gaussians(params, views.rgb[0], depth, cams, cov)
+        if refine is not None:
+            g = polish(g, cams, views.rgb[0] * views.mask[0], views.mask[0], refine,
+                       cfg.render_settings())
         decode_s = time.perf_counter() - t0
-        out = render(g, batch.cameras(0), settings=model.cfg.render_settings())
+        out = render(g, batch.cameras(0), settings=cfg.render_settings())
     target = batch.rgb[0] * batch.mask[0]
     rgb = out.rgb.clamp(0, 1)
     novel = [v for v in range(batch.rgb.shape[1]) if v not in given]
@@ -61,27 +73,37 @@ def main(argv=None) -> int:
     p.add_argument("--given", default="0,2,4,6", help="views given to the decoder")
     p.add_argument("--max-scenes", type=int, default=60)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--refine", type=int, default=0, help="also score N refinement steps")
+    p.add_argument("--split", default="heldout", choices=("heldout", "train"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from flow3d.engine.checkpoint import load_model
+    from flow3d.splat.fit import PolishSettings
     from flow3d.splat.scenes import load_scenes
 
     given = [int(v) for v in args.given.split(",")]
     loaded = load_model(args.ckpt, head_name="splat_decoder")
     model, head = loaded.model.eval(), loaded.head
-    scenes = load_scenes(head.recipe.data, "heldout")
+    scenes = load_scenes(head.recipe.data, args.split)
     n = min(args.max_scenes, len(scenes))
-    rows = {"unprojection (no network)": [], "GSDecoder": []}
+    runs = {"unprojection (no network)": ("zero", None), "GSDecoder": ("decoder", None)}
+    if model.cfg.coverage:
+        runs["GSDecoder, binary coverage"] = ("binary", None)
+    if args.refine:
+        runs[f"GSDecoder + {args.refine} refinement steps"] = (
+            "decoder", PolishSettings(steps=args.refine))
+    rows = {name: [] for name in runs}
     for i in range(n):
         batch = scenes.batch([i])
-        rows["unprojection (no network)"].append(score(model, batch, given, zero=True))
-        rows["GSDecoder"].append(score(model, batch, given))
+        for name, (mode, refine) in runs.items():
+            rows[name].append(score(model, batch, given, mode, refine))
     keys = ("novel_psnr", "novel_ssim", "novel_psnr_obj", "given_psnr", "given_psnr_obj")
     d = head.recipe.data
     out = ["## SplatFlow GSDecoder on held-out scenes (quality_splat_decoder)", "",
            f"`python -m benchmarks.quality_splat_decoder --ckpt {args.ckpt} --given "
-           f"{args.given} --max-scenes {args.max_scenes}`: {n} held-out scenes "
-           f"({len(set(scenes.mesh_ids[:n]))} CAPOD meshes never trained on), {d.views} views "
+           f"{args.given} --max-scenes {args.max_scenes} --refine {args.refine} --split "
+           f"{args.split}`: {n} {args.split} scenes "
+           f"({len(set(scenes.mesh_ids[:n]))} CAPOD meshes), {d.views} views "
            f"at {d.size}^2, given views {given}, the rest novel; black background.", "",
            "| method | novel PSNR | novel SSIM | novel PSNR, object pixels | given PSNR | "
            "given PSNR, object pixels | scenes with novel PSNR >= 26.8 |",
@@ -91,10 +113,12 @@ def main(argv=None) -> int:
         hit = np.mean([r["novel_psnr"] >= 26.8 for r in rs])
         out.append(f"| {name} | " + " | ".join(f"{v:.3f}" if "ssim" in k else f"{v:.2f}"
                                               for k, v in zip(keys, vals)) + f" | {hit:.0%} |")
-    rs = rows["GSDecoder"]
-    out += ["", f"Decode time (network + Gaussians, one thread): median "
-            f"{np.median([r['decode_s'] for r in rs]) * 1000:.0f} ms per scene; "
-            f"{np.median([r['gaussians'] for r in rs]):.0f} Gaussians per scene (median)."]
+    out.append("")
+    for name, rs in rows.items():
+        if name.startswith("GSDecoder"):
+            out.append(f"{name}: {np.median([r['decode_s'] for r in rs]) * 1000:.0f} ms per "
+                       f"scene (median, one thread), {np.median([r['gaussians'] for r in rs]):.0f}"
+                       f" Gaussians (median).")
     print("\n".join(out))
     return 0
 

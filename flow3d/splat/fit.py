@@ -396,6 +396,45 @@ def refine(params: SplatParams, control: DensityControl, s: FitSettings, extent:
         density.reset_opacity(params, control)
 
 
+@dataclass(frozen=True)
+class PolishSettings:
+    """A few steps of fitting that start from Gaussians a network predicted (the GSDecoder's
+    pixel-aligned ones) instead of from points: every given view rendered each step, loss
+    ``photometric + mask_weight |alpha - mask|``, one Adam per parameter at ``lr`` (opacity at
+    5x, means at 0.01x in scene units), no density control."""
+
+    steps: int = 100
+    lr: float = 0.01
+    mask_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_int(self.steps, "--refine", lo=0, hi=100_000)
+        check_float(self.lr, "refine lr", lo=0.0, hi=1.0, lo_open=True)
+        check_float(self.mask_weight, "refine mask_weight", lo=0.0, hi=100.0)
+
+
+def polish(scene: Gaussians, cameras: Cameras, target: Tensor, mask: Tensor | None,
+           s: PolishSettings, settings: RenderSettings | None = None) -> Gaussians:
+    """``scene`` fitted ``s.steps`` steps to the views ``target [V, H, W, 3]`` (premultiplied
+    on the render background) and, where given, their coverage ``mask [V, H, W, 1]``."""
+    if s.steps == 0 or len(scene) == 0:
+        return scene
+    lrs = {"means": 0.01 * s.lr, "quats": s.lr, "log_scales": s.lr, "opacity_logits": 5 * s.lr,
+           "sh0": s.lr, "shN": s.lr / 20}
+    params = SplatParams(scene, lrs)
+    with torch.enable_grad():
+        for _ in range(s.steps):
+            out = render(params.gaussians(), cameras, settings=settings)
+            loss = photometric_loss(out.rgb, target)
+            if mask is not None and s.mask_weight > 0:
+                loss = loss + s.mask_weight * (out.alpha - mask).abs().mean()
+            if not torch.isfinite(loss):
+                raise TrainingError(f"refine: loss is {float(loss)}; try fewer steps")
+            loss.backward()
+            params.step()
+    return params.gaussians().detach()
+
+
 @torch.no_grad()
 def evaluate(scene: Gaussians, views: PosedImages | None, s: FitSettings, prefix: str) -> dict:
     """Mean PSNR and SSIM over ``views`` (composited on the background)."""

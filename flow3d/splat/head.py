@@ -32,6 +32,7 @@ from flow3d.splat.decoder import (
     GSDecoder,
     GSDecoderConfig,
     decode_scene,
+    decoder_inputs,
     pixel_gaussians,
     view_inputs,
 )
@@ -63,12 +64,16 @@ class DecoderDataConfig(SceneDataConfig):
     given_min: int = 3
     given_max: int = 6
     depth_noise: float = 0.01
+    # a decoder with the coverage channel sees it binary (depth > 0, as a flow generates it)
+    # in this fraction of its training scenes, the true coverage in the rest
+    binary_coverage: float = 0.25
 
     def __post_init__(self):
         super().__post_init__()
         check_int(self.given_min, "data.given_min", lo=1, hi=self.views)
         check_int(self.given_max, "data.given_max", lo=self.given_min, hi=self.views)
         check_float(self.depth_noise, "data.depth_noise", lo=0.0, hi=1.0)
+        check_float(self.binary_coverage, "data.binary_coverage", lo=0.0, hi=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,20 +108,29 @@ class _Indices(torch.utils.data.Dataset):
 
 def decoder_loss(model: GSDecoder, batch: SceneBatch, given: Tensor, *,
                  depth_noise: float = 0.0, generator: torch.Generator | None = None,
-                 backend: str = "cpu") -> dict[str, Tensor]:
-    """Render the Gaussians decoded from the views ``given`` into every view of each scene."""
+                 backend: str = "cpu", binary_coverage: float = 0.0) -> dict[str, Tensor]:
+    """Render the Gaussians decoded from the views ``given`` into every view of each scene (a
+    decoder with the coverage channel reads each scene's coverage binary with probability
+    ``binary_coverage``)."""
     views = batch.views(given)
     if depth_noise > 0:
         noise = torch.randn(views.depth.shape, generator=generator) * depth_noise
         views = dataclasses.replace(views, depth=views.depth * noise.exp())
     cfg = model.cfg
-    x = torch.stack([view_inputs(views.rgb[b], views.depth[b], views.cameras(b), cfg.near,
-                                 cfg.far) for b in range(len(views.label))])
+    n = len(batch.label)
+    binary = torch.zeros(n, dtype=torch.bool)
+    if cfg.coverage and binary_coverage > 0:  # no draw otherwise: older recipes replay exactly
+        binary = torch.rand(n, generator=generator) < binary_coverage
+    inputs = [decoder_inputs(cfg, views.rgb[b], views.depth[b],
+                             None if binary[b] else views.mask[b]) for b in range(n)]
+    x = torch.stack([view_inputs(views.rgb[b], inputs[b][0], views.cameras(b), cfg.near,
+                                 cfg.far, inputs[b][1]) for b in range(n)])
     params = model(x)
     terms = {"rgb": 0.0, "mask": 0.0, "depth": 0.0}
     settings = cfg.render_settings()
-    for b in range(len(batch.label)):
-        g = pixel_gaussians(params[b], views.rgb[b], views.depth[b], views.cameras(b))
+    for b in range(n):
+        g = pixel_gaussians(params[b], views.rgb[b], inputs[b][0], views.cameras(b),
+                            inputs[b][1])
         out = render(g, batch.cameras(b), backend=backend, settings=settings)
         mask = batch.mask[b]
         target = batch.rgb[b] * mask
@@ -125,7 +139,6 @@ def decoder_loss(model: GSDecoder, batch: SceneBatch, given: Tensor, *,
         obj = (batch.depth[b] > 0).to(out.depth)
         err = (out.depth - batch.depth[b]).abs() * obj
         terms["depth"] = terms["depth"] + err.sum() / obj.sum().clamp_min(1.0)
-    n = len(batch.label)
     terms = {k: v / n for k, v in terms.items()}
     loss = terms["rgb"] + MASK_WEIGHT * terms["mask"] + DEPTH_WEIGHT * terms["depth"]
     return {"loss": loss, **terms}
@@ -165,7 +178,7 @@ class GSDecoderHead(Head):
         n = int(torch.randint(d.given_min, d.given_max + 1, (1,), generator=generator))
         given = torch.randperm(d.views, generator=generator)[:n]
         return decoder_loss(model, batch, given, depth_noise=d.depth_noise,
-                            generator=generator)
+                            generator=generator, binary_coverage=d.binary_coverage)
 
     @torch.no_grad()
     def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:
@@ -179,7 +192,8 @@ class GSDecoderHead(Head):
         out = []
         for i in range(min(num, len(scenes))):
             views = scenes.batch([i]).views(given)
-            out.append(decode_scene(model, views.rgb[0], views.depth[0], views.cameras(0)))
+            out.append(decode_scene(model, views.rgb[0], views.depth[0], views.cameras(0),
+                                    views.mask[0]))
         return out
 
     def save_samples(self, samples, out_dir: Path) -> list[Path]:

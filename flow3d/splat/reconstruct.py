@@ -6,11 +6,14 @@ them; SplatFlow's generator produces them), views of one size divisible by the d
 patch. The decoder was trained on objects in the frame of ``flow3d splat views`` (bounding box
 centred at the origin, longest side 1) seen from about 2-3 units at 64^2: other scales and
 sizes run but are outside what it learnt. Every view is given to the decoder; pixels with
-depth become Gaussians.
+depth become Gaussians (and, for a decoder with the coverage channel, pixels the masks cover).
+``--refine N`` then fits those Gaussians N steps to the same views
+(:func:`flow3d.splat.fit.polish`): a few seconds that sharpen the views the decoder saw and,
+measured on held-out scenes, the views it did not see as well (docs/benchmarks.md).
 
     1. check the settings, the dataset file and the output (before any work)
     2. read the dataset: images, masks, depths, cameras (depth is required)
-    3. load the decoder and decode every view
+    3. load the decoder and decode every view; refine
     4. write the scene (.ply, .splat or .spz by extension)
 """
 
@@ -26,11 +29,12 @@ import torch
 from flow3d.engine.checkpoint import PROJECT_ROOT, resolve_path
 from flow3d.errors import DataError
 from flow3d.io import check_output_file
-from flow3d.options import add_overwrite_flag
+from flow3d.options import add_overwrite_flag, int_range
 
 DEFAULT_CKPT = str(PROJECT_ROOT / "checkpoints" / "splat" / "gsdecoder")
 MAX_VIEWS = 64
 MAX_SIZE = 512
+REFINE_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -39,18 +43,27 @@ class ReconstructSettings:
     out: Path
     ckpt: Path = Path(DEFAULT_CKPT)
     overwrite: bool = False
+    refine: int = REFINE_STEPS
+
+    def __post_init__(self) -> None:
+        from flow3d.splat.fit import PolishSettings
+
+        PolishSettings(steps=self.refine)  # checks the count before any work
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset folder (or its transforms.json) with depth maps")
     p.add_argument("--out", required=True, help="scene file to write: .ply, .splat or .spz")
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="GSDecoder checkpoint folder")
+    p.add_argument("--refine", type=int_range(0, 100_000), default=REFINE_STEPS, metavar="STEPS",
+                   help=f"fit the decoded Gaussians this many steps to the views (default "
+                        f"{REFINE_STEPS}; 0: the decoder's output as it is)")
     add_overwrite_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
     s = ReconstructSettings(Path(args.dataset), Path(args.out), resolve_path(args.ckpt),
-                            args.overwrite)
+                            args.overwrite, args.refine)
     report = reconstruct(s)
     print(f"{report['out']}: {report['gaussians']} Gaussians from {report['views']} views "  # noqa: T201
           f"in {report['seconds']:.2f} s")
@@ -62,6 +75,7 @@ def reconstruct(s: ReconstructSettings) -> dict:
     from flow3d.engine.checkpoint import load_frozen
     from flow3d.splat.dataset import load_dataset, transforms_path
     from flow3d.splat.decoder import decode_scene
+    from flow3d.splat.fit import PolishSettings, polish
     from flow3d.splat.formats import SUFFIXES, save_scene
 
     # 1. inputs and output, before any work
@@ -92,8 +106,11 @@ def reconstruct(s: ReconstructSettings) -> dict:
         raise DataError(f"{where}: images are {w}x{h}; the decoder needs sides divisible by "
                         f"{patch}")
     t0 = time.perf_counter()
+    coverage = data.masks if data.masks is not None else (depth > 0).to(depth)
     with torch.no_grad():
-        scene = decode_scene(model, data.images, depth, data.cameras)
+        scene = decode_scene(model, data.images, depth, data.cameras, coverage)
+    scene = polish(scene, data.cameras, data.images * coverage, coverage,
+                   PolishSettings(steps=s.refine), model.cfg.render_settings())
     seconds = time.perf_counter() - t0
     # 4. write
     save_scene(scene.detach(), out)

@@ -12,10 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from synthetic_scenes import sphere_scene
 
 from flow3d.errors import ConfigError, DataError
-from flow3d.splat.decoder import GSDecoder, GSDecoderConfig, pixel_gaussians, view_inputs
+from flow3d.splat.decoder import (
+    GSDecoder,
+    GSDecoderConfig,
+    decode_scene,
+    decoder_inputs,
+    fill_depth,
+    pixel_gaussians,
+    view_inputs,
+)
 from flow3d.splat.head import DecoderDataConfig, decoder_loss
 from flow3d.splat.project import project
 from flow3d.splat.render import render
@@ -176,3 +185,86 @@ def test_scene_cache_builds_resumes_and_splits(tmp_path):
     with pytest.raises(DataError, match="missing"):
         load_scenes(dataclasses.replace(d, cache_dir=str(tmp_path / "none")), "train",
                     build=False)
+
+
+# ---- the coverage channel and the refinement ----------------------------------------------
+COV = dataclasses.replace(TINY, coverage=True)
+
+
+def test_fill_depth_gives_covered_pixels_the_nearest_neighbours_depth():
+    depth = torch.zeros(1, 4, 4, 1)
+    depth[0, 1, 1], depth[0, 1, 2] = 2.0, 3.0
+    cov = torch.zeros(1, 4, 4, 1)
+    cov[0, 1, 1] = cov[0, 1, 2] = 1.0
+    cov[0, 2, 2] = 0.4  # covered, no depth sample: its nearest neighbour is at 2
+    cov[0, 3, 0] = 0.3  # covered, but no neighbour has depth either
+    out = fill_depth(depth, cov)
+    assert out[0, 2, 2, 0] == 2.0
+    assert out[0, 3, 0, 0] == 0.0 and out[0, 0, 0, 0] == 0.0  # uncovered stays background
+    assert out[0, 1, 1, 0] == 2.0 and out[0, 1, 2, 0] == 3.0  # depth kept where it is
+    assert int((out > 0).sum()) == 3
+
+
+def test_binary_coverage_decodes_as_the_decoder_without_the_channel():
+    """Untrained (last layer zero) and given no coverage, a decoder with the channel makes
+    the same Gaussians as one without it: views from a flow decode as before."""
+    scene = sphere_scene()
+    cams = scene.cameras(0)
+    with torch.no_grad():
+        new = decode_scene(GSDecoder(COV), scene.rgb[0], scene.depth[0], cams)
+        old = decode_scene(GSDecoder(TINY), scene.rgb[0], scene.depth[0], cams)
+    for name in ("means", "quats", "log_scales", "opacity_logits", "sh"):
+        assert torch.allclose(getattr(new, name), getattr(old, name), atol=1e-5), name
+
+
+def test_coverage_sets_opacity_adds_edge_pixels_and_reaches_the_network():
+    torch.manual_seed(0)
+    scene = sphere_scene(size=32)
+    cams = scene.cameras(0)
+    depth = scene.depth[0].clone()
+    cov = scene.mask[0].clone()
+    edge = (F.max_pool2d(cov.permute(0, 3, 1, 2), 3, 1, 1).permute(0, 2, 3, 1) > 0) & (cov == 0)
+    cov[edge] = 0.25  # a ring of partly covered pixels whose depth sample missed
+    model = GSDecoder(COV)
+    with torch.no_grad():
+        g = decode_scene(model, scene.rgb[0], depth, cams, cov)
+        assert len(g) == int((depth > 0).sum()) + int(edge.sum())
+        alpha = torch.sigmoid(g.opacity_logits)
+        assert torch.isclose(alpha.min(), torch.tensor(0.25), atol=1e-5)
+        assert torch.isclose(alpha.max(), torch.tensor(1 / (1 + math.exp(-3.0))), atol=1e-5)
+        for p in model.head[-1].parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        d, c = decoder_inputs(COV, scene.rgb[0], depth, cov)
+        a = model(view_inputs(scene.rgb[0], d, cams, COV.near, COV.far, c).unsqueeze(0))
+        b = model(view_inputs(scene.rgb[0], d, cams, COV.near, COV.far,
+                              (c > 0).float()).unsqueeze(0))
+    assert (a - b).abs().max() > 1e-4  # the network reads the coverage it is given
+    batch = dataclasses.replace(scene, mask=cov[None])
+    out = decoder_loss(model, batch, torch.tensor([0, 1]), binary_coverage=0.0)
+    out["loss"].backward()
+    assert model.embed.weight.grad[:, 4].abs().max() > 0  # the coverage channel's weights
+
+
+def test_polish_fits_the_views_it_is_given():
+    """Decoded Gaussians with wrong colours, refined on the views, re-render them better;
+    zero steps change nothing."""
+    from flow3d.splat.fit import PolishSettings, polish
+
+    torch.manual_seed(0)
+    scene = sphere_scene(size=32)
+    cams = scene.cameras(0)
+    with torch.no_grad():
+        g = decode_scene(GSDecoder(TINY), scene.rgb[0], scene.depth[0], cams)
+    g = dataclasses.replace(g, sh=g.sh + 0.3 * torch.randn_like(g.sh))
+    target = scene.rgb[0] * scene.mask[0]
+
+    def error(s):
+        with torch.no_grad():
+            return float((render(s, cams).rgb - target).abs().mean())
+
+    assert polish(g, cams, target, scene.mask[0], PolishSettings(steps=0)) is g
+    fitted = polish(g, cams, target, scene.mask[0], PolishSettings(steps=40))
+    assert not fitted.means.requires_grad
+    assert error(fitted) < 0.6 * error(g), (error(fitted), error(g))
+    with pytest.raises(ConfigError, match="--refine"):
+        PolishSettings(steps=-1)

@@ -78,6 +78,8 @@ def inputs(tmp_path):
     ("good", "new.ply", ["--ckpt", "nowhere"], ["--ckpt", "nowhere", "no such checkpoint"]),
     ("good", "new.ply", ["--ckpt", str(ROOT / "checkpoints" / "toy" / "eight_gaussians")],
      ["eight_gaussians", "not splat_decoder"]),
+    ("good", "new.ply", ["--refine", "-1"], ["--refine", "-1"]),
+    ("good", "new.ply", ["--refine", "nan"], ["--refine", "nan"]),
 ])
 def test_reconstruct_bad_input(inputs, capsys, dataset, out, extra, mentions):
     argv = ["splat", "reconstruct", inputs / dataset, "--out", inputs / "out" / out, *extra]
