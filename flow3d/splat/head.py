@@ -50,7 +50,7 @@ from flow3d.splat.scenes import SceneBatch, SceneDataConfig, SceneSet, load_scen
 
 __all__ = ["ClassifierConfig", "DecoderDataConfig", "DecoderSampleConfig", "FlowSampleConfig",
            "GSDecoderHead", "MultiViewFlowHead", "SceneClassifier", "SceneClassifierHead",
-           "decoder_loss", "scene_velocity"]
+           "decoder_loss", "scene_velocity", "shuffle_colours"]
 
 MASK_WEIGHT = 1.0
 DEPTH_WEIGHT = 0.2
@@ -67,6 +67,9 @@ class DecoderDataConfig(SceneDataConfig):
     # a decoder with the coverage channel sees it binary (depth > 0, as a flow generates it)
     # in this fraction of its training scenes, the true coverage in the rest
     binary_coverage: float = 0.25
+    # each training scene's colour channels in a random order (the same in all its views and
+    # its targets): the paintings are arbitrary colours, and 135 meshes x 8 paintings are few
+    shuffle_colours: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -104,6 +107,13 @@ class _Indices(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
+
+
+def shuffle_colours(batch: SceneBatch, generator: torch.Generator | None = None) -> SceneBatch:
+    """Each scene's colour channels in a random order, the same in all its views."""
+    order = [torch.randperm(3, generator=generator) for _ in range(len(batch.label))]
+    return dataclasses.replace(batch, rgb=torch.stack([batch.rgb[b][..., o]
+                                                      for b, o in enumerate(order)]))
 
 
 def decoder_loss(model: GSDecoder, batch: SceneBatch, given: Tensor, *,
@@ -177,6 +187,8 @@ class GSDecoderHead(Head):
         d = self.recipe.data
         n = int(torch.randint(d.given_min, d.given_max + 1, (1,), generator=generator))
         given = torch.randperm(d.views, generator=generator)[:n]
+        if d.shuffle_colours:
+            batch = shuffle_colours(batch, generator)
         return decoder_loss(model, batch, given, depth_noise=d.depth_noise,
                             generator=generator, binary_coverage=d.binary_coverage)
 

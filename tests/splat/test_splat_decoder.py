@@ -268,3 +268,27 @@ def test_polish_fits_the_views_it_is_given():
     assert error(fitted) < 0.6 * error(g), (error(fitted), error(g))
     with pytest.raises(ConfigError, match="--refine"):
         PolishSettings(steps=-1)
+
+
+def test_shuffle_colours_permutes_each_scenes_channels_alike_in_every_view():
+    from flow3d.splat.head import shuffle_colours
+
+    scene = sphere_scene(views=3, size=16)
+    batch = dataclasses.replace(scene, rgb=torch.cat([scene.rgb, scene.rgb.flip(-1)]),
+                                mask=scene.mask.repeat(2, 1, 1, 1, 1),
+                                depth=scene.depth.repeat(2, 1, 1, 1, 1),
+                                K=scene.K.repeat(2, 1, 1, 1),
+                                viewmats=scene.viewmats.repeat(2, 1, 1, 1),
+                                label=torch.zeros(2, dtype=torch.long))
+    seen = set()
+    for seed in range(12):
+        out = shuffle_colours(batch, torch.Generator().manual_seed(seed))
+        for b in range(2):
+            # the same permutation of the channels in every view of scene b
+            perm = [next(c for c in range(3) if torch.equal(out.rgb[b, ..., k],
+                                                            batch.rgb[b, ..., c]))
+                    for k in range(3)]
+            assert sorted(perm) == [0, 1, 2]
+            seen.add(tuple(perm))
+        assert torch.equal(out.depth, batch.depth) and torch.equal(out.mask, batch.mask)
+    assert len(seen) >= 4  # the order is drawn, not fixed
