@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     from flow3d.splat.rays import pose_errors, relative_rotation_errors_deg, scene_scale
     from flow3d.splat.render import render
     from flow3d.splat.scenes import load_scenes
-    from flow3d.splat.splatflow import DEFAULT_STRENGTH, Models, known_state
+    from flow3d.splat.splatflow import DEFAULT_STRENGTH, POLISH_STEPS, Models, known_state
 
     flow = load_model(args.flow)
     models = Models(flow.model.eval(), flow.head, load_frozen(args.decoder, "splat_decoder",
@@ -153,8 +153,10 @@ def main(argv=None) -> int:
     # novel views, half known: completed with the known views' Gaussians warped (default) and
     # generated whole (SplatFlow's way)
     known_views, novel = [0, 2, 4, 6], [1, 3, 5, 7]
-    configs = {f"complete: known views warped, the rest generated from strength "
-               f"{DEFAULT_STRENGTH:g} (default)": (True, None),
+    configs = {f"complete: known views' Gaussians fitted {POLISH_STEPS} steps and warped, the "
+               f"rest generated from strength {DEFAULT_STRENGTH:g} (default)": (True, None),
+               "complete --polish 0: the decoder's Gaussians warped as they are":
+               (True, None, 0),
                "complete --strength 1: known views warped, the rest generated from noise":
                (True, 1.0),
                "complete --no-warp: novel views generated whole (SplatFlow)": (False, None)}
@@ -167,10 +169,11 @@ def main(argv=None) -> int:
                         viewmats=b.viewmats, num_views=m.views, known=known_views,
                         cameras=cams)
         truth = (b.rgb * b.mask)[0]
-        for name, (warp, strength) in configs.items():
+        for name, (warp, strength, *polish) in configs.items():
             s = dataclasses.replace(_settings("complete", None, args.steps,
                                               known=tuple(known_views)), warp=warp,
-                                    strength=strength)
+                                    strength=strength, polish=polish[0] if polish else
+                                    POLISH_STEPS)
             r = _run(models, lay, k, s, failed)
             if r is None:
                 continue

@@ -55,11 +55,12 @@ from torch import Tensor
 from flow3d.engine.checkpoint import PROJECT_ROOT, resolve_path
 from flow3d.errors import ConfigError, DataError
 from flow3d.io import atomic_write_text, check_output_dir, check_output_file, prepare_output_dir
-from flow3d.options import add_overwrite_flag, check_float, check_int
+from flow3d.options import add_overwrite_flag, check_float, check_int, int_range
 
 CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "splat"  # bundled, found from any directory
 MAX_STEPS = 10_000
 DEFAULT_STRENGTH = 0.3  # complete: how far the warped views are noised before the flow
+POLISH_STEPS = 100  # complete: fitting steps of the known views' Gaussians before the warp
 TASKS = ("generate", "complete", "edit", "poses")
 
 
@@ -83,6 +84,8 @@ class SplatFlowSettings:
     warp: bool = True  # complete: keep what the known views' Gaussians show (module docstring)
     strength: float | None = None  # complete with warp: SDEdit from the warped views (None:
     # DEFAULT_STRENGTH; 1: from noise)
+    polish: int = POLISH_STEPS  # complete with warp: the known views' Gaussians fitted to them
+    # this many steps before they are warped (flow3d.splat.fit.polish)
     overwrite: bool = False
 
     def __post_init__(self):
@@ -96,6 +99,7 @@ class SplatFlowSettings:
             if self.task != "complete" or not self.warp:
                 raise ConfigError("--strength: applies to complete's warped views only (drop "
                                   "--no-warp or --strength)")
+        check_int(self.polish, "--polish", lo=0, hi=100_000)
         if self.label is not None:
             from flow3d.mesh.condition import class_index
 
@@ -333,13 +337,15 @@ def hull_bound(depth: Tensor, cameras, views: list[int]) -> float:
     return max(HULL_BOUND, reach)
 
 
-def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
+def warp_known(decoder, layout, known: Known, views: tuple[int, ...],
+               polish_steps: int = 0) -> Known:
     """``complete``'s known entries grown by what the known ``views`` show elsewhere (module
-    docstring): their GSDecoder Gaussians rendered at the other cameras give the colour and
-    depth of pixels at least :data:`WARP_SEEN_ALPHA` opaque; pixels whose rays miss the
-    known silhouettes' visual hull are background. Returns ``known`` unchanged when every view
-    is known."""
+    docstring): their GSDecoder Gaussians (fitted ``polish_steps`` to those views) rendered
+    at the other cameras give the colour and depth of pixels at least
+    :data:`WARP_SEEN_ALPHA` opaque; pixels whose rays miss the known silhouettes' visual hull
+    are background. Returns ``known`` unchanged when every view is known."""
     from flow3d.splat.decoder import decode_scene
+    from flow3d.splat.fit import PolishSettings, polish
     from flow3d.splat.hull import outside_hull
     from flow3d.splat.render import render
 
@@ -352,6 +358,9 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...]) -> Known:
     rgb, depth = rgb[0].clone(), depth[0].clone()
     with torch.no_grad():
         g = decode_scene(decoder, rgb[kv], depth[kv], cams[kv])
+        present = (depth[kv] > 0).to(rgb)
+        g = polish(g, cams[kv], rgb[kv] * present, present,
+                   PolishSettings(steps=polish_steps), decoder.cfg.render_settings())
         out = render(g, cams[novel], settings=decoder.cfg.render_settings())
     seen = out.alpha[..., 0] >= WARP_SEEN_ALPHA
     masks, bound = known_hull(depth, cams, kv)
@@ -455,6 +464,7 @@ def run_task(s: SplatFlowSettings) -> dict:
     if s.task == "complete":
         report["warp"] = s.warp
         report["strength"] = s.sdedit_strength
+        report["polish"] = s.polish if s.warp else 0
     if s.task == "poses":
         report["ray_model"] = str(s.model_path)
         report["refined"] = s.refine and scene is not None
@@ -500,7 +510,7 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
 
     t_all = time.perf_counter()
     if s.task == "complete" and s.warp:
-        known = warp_known(models.decoder, layout, known, s.known)
+        known = warp_known(models.decoder, layout, known, s.known, s.polish)
     t0 = time.perf_counter()
     if s.regress:
         rgb, depth, rays = regress_rays(models.flow, layout, known)
@@ -642,6 +652,9 @@ def add_complete_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, default=None, help="how far the warped views "
                    f"are noised before the flow completes them (0 < s <= 1, default "
                    f"{DEFAULT_STRENGTH}; 1 = from pure noise)")
+    p.add_argument("--polish", type=int_range(0, 100_000), default=POLISH_STEPS,
+                   metavar="STEPS", help="fit the known views' Gaussians this many steps to "
+                   f"them before warping (default {POLISH_STEPS}; 0: the decoder's as they are)")
     _common(p)
 
 
@@ -681,6 +694,7 @@ def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
         rays=resolve_path(getattr(args, "rays", None) or CHECKPOINTS / "raynet"),
         decoder=resolve_path(args.decoder), warp=not getattr(args, "no_warp", False),
         strength=getattr(args, "strength", None),
+        polish=getattr(args, "polish", POLISH_STEPS),
         refine=not getattr(args, "no_refine", False),
         overwrite=args.overwrite)
 

@@ -173,6 +173,8 @@ def inputs(tmp_path):
      ["--strength"]),
     (["complete", "{tmp}/good", "--known", "0", "--out", "{out}/c", "--strength", "0.5",
       "--no-warp"], ["--strength", "--no-warp"]),
+    (["complete", "{tmp}/good", "--known", "0", "--out", "{out}/c", "--polish", "-1"],
+     ["--polish"]),
     (["edit", "{tmp}/good", "--mask", "{tmp}/nomasks", "--class", "chair", "--out",
       "{out}/e"], ["--mask", "nomasks"]),
     (["edit", "{tmp}/good", "--mask", "{tmp}/masks", "--class", "chair", "--out", "{out}/e"],
@@ -227,6 +229,11 @@ def test_warp_grows_the_known_entries_without_reading_the_novel_views():
     assert torch.equal(w2.mask, w.mask) and torch.equal(w2.values, w.values)
     assert torch.equal(w2.start, w.start)
     assert (k.values[~k.mask] == 0).all()  # the known entries carry nothing else
+    # the Gaussians fitted to the known views first: a different warp, still blind to the
+    # novel views
+    p = warp_known(decoder, lay, k, tuple(known), polish_steps=10)
+    p2 = warp_known(decoder, lay, k2, tuple(known), polish_steps=10)
+    assert torch.equal(p.values, p2.values) and not torch.equal(p.start, w.start)
     # every view known: nothing to warp
     _, full = _complete_known(scene, list(range(8)))
     assert warp_known(decoder, lay, full, tuple(range(8))) is full
@@ -240,6 +247,7 @@ def test_complete_from_noise_and_without_warp(tmp_path, capsys):
         run(["splat", "complete", data, "--known", "0,1,2,3", "--out", tmp_path / name, *extra])
         report = json.loads(capsys.readouterr().out)
         assert (report["warp"], report["strength"]) == (warp, strength)
+        assert report["polish"] == (100 if warp else 0)
         got, src = load_dataset(tmp_path / name), load_dataset(data)
         keep = (src.masks[:4] > 0).expand_as(src.images[:4])
         assert torch.allclose(got.images[:4][keep], src.images[:4][keep], atol=1 / 255 + 1e-6)
