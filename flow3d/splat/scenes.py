@@ -43,6 +43,7 @@ __all__ = ["SceneBatch", "SceneDataConfig", "SceneSet", "build_scene_cache", "lo
 
 KINDS = ("parts", "stripes", "checker", "noise", "gradient", "texture")
 SPLITS = ("train", "heldout")
+RENDER_VERSION = "2s"  # in the cache key: renders changed (2s: two-sided faces, session 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,8 @@ class SceneDataConfig:
     def key(self) -> str:
         """Names the settings that change the rendered pixels (not the paths)."""
         return (f"v{self.views}_s{self.size}_f{self.fov_deg:g}_p{self.paintings}"
-                f"x{self.heldout_paintings}_h{self.holdout_per_class}_seed{self.seed}")
+                f"x{self.heldout_paintings}_h{self.holdout_per_class}_seed{self.seed}"
+                f"_{RENDER_VERSION}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -195,3 +195,28 @@ def test_views_bad_inputs(tmp_path, capsys):
     for bad in ("0", "-1", "nan", "2.5"):
         assert_user_error(["splat", "views", str(mesh), "--num", bad, "--out",
                            str(tmp_path / "o")], capsys, ["--num"], [tmp_path])
+
+
+@needs_gl
+def test_render_mesh_shows_a_sheet_from_both_sides():
+    """One triangle seen from its front and from its back covers the same pixels with the same
+    colour and depth: renders are two-sided, so every view of a mesh with open sheets or
+    inconsistent winding shows one 3D object (pyrender culls back faces by default)."""
+    import trimesh
+
+    from flow3d.splat.views import render_mesh
+
+    tri = trimesh.Trimesh([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]], [[0, 1, 2]],
+                          process=False)
+    tri.visual.face_colors = [200, 40, 40, 255]
+    eyes = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, -2.0]])  # its front (+z), its back
+    cams = Cameras.look_at(eyes, torch.zeros(2, 3), fov_deg=40, width=16, height=16)
+    rgba, depth = render_mesh([tri], cams)
+    front, back = rgba[0, ..., 3] > 0, rgba[1, ..., 3] > 0
+    assert front.sum() > 20
+    # the back view is the front one mirrored (up to a partly covered pixel on an edge)
+    assert (front != back[:, ::-1]).sum() <= 2
+    assert np.abs(rgba[1][back][:, :3].astype(int) - [200, 40, 40]).max() <= 1
+    seen = depth > 0  # depth is sampled at the pixel centre, coverage over the pixel
+    assert abs(int(seen[1].sum()) - int(seen[0].sum())) <= 2 and seen[1].sum() > 10
+    assert np.allclose(depth[1][seen[1]], 2.0, atol=1e-3)
