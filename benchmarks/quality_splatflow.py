@@ -58,12 +58,12 @@ def _psnr(a, b, where=None) -> float:
 
 
 def _settings(task: str, label: str | None, steps: int, seed: int = 0, known=(),
-              cfg: float = 2.0):
+              cfg: float = 2.0, anchor: int = 0):
     from flow3d.splat.splatflow import SplatFlowSettings
 
     return SplatFlowSettings(task=task, out=Path("unused"), dataset=Path("unused"),
                              label=label, known=known, masks=Path("unused"), steps=steps,
-                             seed=seed, cfg=cfg)
+                             seed=seed, cfg=cfg, anchor=anchor)
 
 
 def _run(models, lay, known, settings, failures: list):
@@ -112,6 +112,13 @@ def main(argv=None) -> int:
                    help=f"which parts to run (of {','.join(TASKS)})")
     p.add_argument("--cfg", type=float, default=2.0, help="guidance on colour and depth "
                    "(generate and edit; the commands' default)")
+    p.add_argument("--anchor", type=int, default=None, help="generate and edit: views of the "
+                   "first integration kept, the rest completed from them (default: the "
+                   "commands')")
+    p.add_argument("--split", default="heldout", choices=("heldout", "train"),
+                   help="scenes of complete, poses and edit (train: to tune on, not to report)")
+    p.add_argument("--first-seed", type=int, default=0, help="generate: seeds first-seed, "
+                   "first-seed + 1, ... per class (tune on other seeds than the reported 0, 1)")
     args = p.parse_args(argv)
     tasks = set(args.tasks.split(","))
     if tasks - set(TASKS):
@@ -132,15 +139,16 @@ def main(argv=None) -> int:
     m = flow.recipe.model
     look = models.decoder.cfg.render_settings()  # how the decoder's Gaussians are rendered
     lay = SceneLayout(m.views, m.size, m.patch, m.near, m.far)
-    scenes = load_scenes(flow.recipe.data, "heldout")
+    scenes = load_scenes(flow.recipe.data, args.split)
     first = sorted({ids: i for i, ids in reversed(list(enumerate(scenes.mesh_ids)))}.values())
     rows = first[: args.scenes]
     out = ["## SplatFlow on held-out scenes (quality_splatflow)", "",
            f"`python -m benchmarks.quality_splatflow --scenes {args.scenes} --per-class "
            f"{args.per_class} --steps {args.steps} --cfg {args.cfg:g} --flow {args.flow} --tasks "
-           f"{args.tasks}`: "
-           f"{len(rows)} held-out scenes (one painting "
-           f"of each of {len(rows)} CAPOD meshes never trained on), {m.views} views at "
+           f"{args.tasks}{' --split train' if args.split == 'train' else ''}`: "
+           f"{len(rows)} {'held-out' if args.split == 'heldout' else 'TRAINING'} scenes (one "
+           f"painting of each of {len(rows)} CAPOD meshes"
+           f"{' never trained on' if args.split == 'heldout' else ''}), {m.views} views at "
            f"{m.size}^2, {args.steps} Euler steps.", ""]
 
     # reference: the classifier on real scenes
@@ -266,6 +274,9 @@ def main(argv=None) -> int:
 
     # editing
     if "edit" in tasks:
+        from flow3d.splat.splatflow import DEFAULT_EDIT_ANCHOR
+
+        edit_anchor = DEFAULT_EDIT_ANCHOR if args.anchor is None else args.anchor
         kept, hit = [], []
         for i in rows:
             b = scenes.batch([i])
@@ -281,7 +292,7 @@ def main(argv=None) -> int:
                             viewmats=b.viewmats, num_views=m.views, edit_mask=box,
                             cameras=b.cameras(0))
             r = _run(models, lay, k, _settings("edit", _class_name(target), args.steps,
-                                                   cfg=args.cfg), failed)
+                                                   cfg=args.cfg, anchor=edit_anchor), failed)
             if r is None:
                 hit.append(False)
                 continue
@@ -290,18 +301,22 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 hit.append(int(judge(r.rgb[None], r.depth[None]).argmax()) == target)
         out += ["### Editing (bars: unmasked >= 35 dB, requested class recognised in >= 70%)", "",
+                f"Anchored views (--anchor): {edit_anchor}.", "",
                 f"Unmasked pixels against the input: {_db(kept)}; requested class recognised in "
                 f"{np.mean(hit):.0%} of {len(hit)} edits.", ""]
 
     # generation
     if "generate" in tasks:
+        from flow3d.splat.splatflow import DEFAULT_ANCHOR
+
+        anchor = DEFAULT_ANCHOR if args.anchor is None else args.anchor
         hit, cons, secs = [], [], []
         for c in range(m.num_classes):
-            for seed in range(args.per_class):
+            for seed in range(args.first_seed, args.first_seed + args.per_class):
                 t0 = time.perf_counter()
                 r = _run(models, lay, known_state(lay, "generate"),
                          _settings("generate", _class_name(c), args.steps, seed,
-                                   cfg=args.cfg), failed)
+                                   cfg=args.cfg, anchor=anchor), failed)
                 if r is None:
                     hit.append(False)
                     continue
@@ -311,6 +326,8 @@ def main(argv=None) -> int:
                     re = render(r.scene, r.cameras, settings=look).rgb.clamp(0, 1)
                 cons.append(_psnr(re, r.rgb))
         out += ["### Generation (bars: class recognised >= 80%, re-render >= 25 dB, <= 60 s)", "",
+                f"Anchored views (--anchor): {anchor}; seeds {args.first_seed}-"
+                f"{args.first_seed + args.per_class - 1}.", "",
                 f"{len(hit)} scenes ({args.per_class} seeds x {m.num_classes} classes): requested "
                 f"class recognised in {np.mean(hit):.0%}; GSDecoder re-render of the generated "
                 f"views at their fitted cameras {np.mean(cons):.2f} dB (min {np.min(cons):.2f}); "

@@ -5,7 +5,11 @@ One multi-view flow (:mod:`flow3d.splat.mvflow`) generates the colour, depth and
 Gaussians. Every task is the same integration with a different set of known entries, replaced
 along the path by the core's :class:`~flow3d.core.guidance.Inpainting` hook (training-free):
 
-* ``generate``: nothing known; a class as the condition.
+* ``generate``: nothing known; a class as the condition. With ``--anchor k`` the joint
+  sample is only a draft: its ``k`` views that the GSDecoder scene of all eight re-renders
+  best are kept, with the cameras fitted to their rays, and the other views are completed
+  from them as ``complete`` does (below), under the same class, so every view shows the
+  same 3D Gaussians.
 * ``complete``: the known views' colour and depth and every view's rays (the cameras asked
   for) known; the other views generated. By default (``warp``) the known views are first
   decoded into Gaussians and rendered at the other cameras: the pixels they show solidly, and
@@ -61,6 +65,8 @@ CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "splat"  # bundled, found from any 
 MAX_STEPS = 10_000
 DEFAULT_STRENGTH = 0.3  # complete: how far the warped views are noised before the flow
 POLISH_STEPS = 100  # complete: fitting steps of the known views' Gaussians before the warp
+DEFAULT_ANCHOR = 0  # generate: views of the joint sample kept, the rest completed from them
+DEFAULT_EDIT_ANCHOR = 0  # edit: the same for the edited views
 TASKS = ("generate", "complete", "edit", "poses")
 
 
@@ -86,6 +92,8 @@ class SplatFlowSettings:
     # DEFAULT_STRENGTH; 1: from noise)
     polish: int = POLISH_STEPS  # complete with warp: the known views' Gaussians fitted to them
     # this many steps before they are warped (flow3d.splat.fit.polish)
+    anchor: int = 0  # generate: keep this many views of the joint sample (those the GSDecoder
+    # re-renders best) and complete the others from them (0: the joint sample as it is)
     overwrite: bool = False
 
     def __post_init__(self):
@@ -100,6 +108,9 @@ class SplatFlowSettings:
                 raise ConfigError("--strength: applies to complete's warped views only (drop "
                                   "--no-warp or --strength)")
         check_int(self.polish, "--polish", lo=0, hi=100_000)
+        check_int(self.anchor, "--anchor", lo=0, hi=64)
+        if self.anchor and self.task not in ("generate", "edit"):
+            raise ConfigError("--anchor: applies to generate and edit only")
         if self.label is not None:
             from flow3d.mesh.condition import class_index
 
@@ -448,6 +459,9 @@ def run_task(s: SplatFlowSettings) -> dict:
                           f"generates cameras only (flow3d splat poses), not {s.task}")
     layout = SceneLayout(flow_cfg.views, flow_cfg.size, flow_cfg.patch, flow_cfg.near,
                          flow_cfg.far)
+    if s.anchor >= layout.views:
+        raise ConfigError(f"--anchor {s.anchor}: the flow generates {layout.views} views; keep "
+                          "fewer (0 keeps the joint sample whole)")
     # 2. known entries (reads the dataset: every error in it is reported here)
     known = known_entries(s, layout)
     # 3-4. integrate, fit the cameras, decode
@@ -461,6 +475,8 @@ def run_task(s: SplatFlowSettings) -> dict:
               "seconds": round(result.seconds, 2),
               "scene": None if scene is None else str(s.scene_path),
               "views_dir": str(s.views_dir)}
+    if s.task in ("generate", "edit"):
+        report["anchors"] = list(result.anchors)  # --anchor: views kept, the rest completed
     if s.task == "complete":
         report["warp"] = s.warp
         report["strength"] = s.sdedit_strength
@@ -497,6 +513,7 @@ class Result:
     scene: object
     flow_seconds: float
     seconds: float
+    anchors: tuple[int, ...] = ()  # generate --anchor: the views kept from the joint sample
 
     @property
     def views(self) -> int:
@@ -539,8 +556,52 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     if s.task == "complete" and s.warp:
         generated = ~layout.known_pixels(known.mask)[:n]
         rgb, depth = drop_outside_hull(rgb, depth, known.cameras, s.known, generated)
-    return _decode(models, layout, known, s, rgb, depth, rays,
-                   flow_s=flow_s, t_all=t_all)
+    result = _decode(models, layout, known, s, rgb, depth, rays, flow_s=flow_s, t_all=t_all)
+    if s.anchor:  # generate, edit
+        result = complete_from_anchors(models, layout, known, result, s, t_all)
+    return result
+
+
+def anchor_views(result: Result, k: int, settings) -> tuple[int, ...]:
+    """The ``k`` views of a decoded scene that its Gaussians re-render best (colour squared
+    error at each view's camera), among the views showing at least half the median view's
+    object pixels (an almost empty view re-renders well and anchors nothing)."""
+    from flow3d.splat.render import render
+
+    with torch.no_grad():
+        out = render(result.scene, result.cameras, settings=settings)
+    err = (out.rgb.clamp(0, 1) - result.rgb).square().mean(dim=(1, 2, 3))
+    area = (result.depth[..., 0] > 0).flatten(1).sum(1).float()
+    err = torch.where(area >= 0.5 * area.median(), err, err + float("inf"))
+    order = [int(i) for i in torch.argsort(err, stable=True)]
+    return tuple(sorted(order[:k]))
+
+
+def complete_from_anchors(models: Models, layout, known: Known, result: Result,
+                          s: SplatFlowSettings, t_all: float) -> Result:
+    """``--anchor k`` (generate, edit): the ``k`` views of the first integration that its
+    decoded scene re-renders best (:func:`anchor_views`) kept whole, every view's camera kept
+    (generate: the fitted ones), and the rest of the other views completed from them as
+    ``complete`` does (warped Gaussians, hull, SDEdit under the same class) around what the
+    task already keeps (edit: the unmasked pixels), so the views agree through the
+    GSDecoder's 3D Gaussians rather than only through the flow."""
+    anchors = anchor_views(result, s.anchor, models.decoder.cfg.render_settings())
+    n, cams = result.views, result.cameras
+    rgb = torch.zeros(1, layout.views, layout.size, layout.size, 3)
+    depth = torch.zeros(1, layout.views, layout.size, layout.size, 1)
+    rgb[0, :n], depth[0, :n] = result.rgb, result.depth
+    K, vm = _slot_cameras(cams, n, layout)
+    pixels = torch.zeros(layout.views, layout.size, layout.size, dtype=torch.bool)
+    pixels[list(anchors)] = True
+    mask = known.mask | layout.pixel_mask(pixels)
+    mask[..., layout.groups()["rays"]] |= layout.view_mask(range(n))[0]
+    values = torch.where(known.mask, known.values,
+                         torch.where(mask, layout.to_state(rgb, depth, K, vm), 0.0))
+    done = synthesize(models, layout, Known(values, mask, cams, n),
+                      dataclasses.replace(s, task="complete", known=anchors, anchor=0))
+    return dataclasses.replace(done, fitted=result.fitted, anchors=anchors,
+                               flow_seconds=result.flow_seconds + done.flow_seconds,
+                               seconds=time.perf_counter() - t_all)
 
 
 def regress_rays(model, layout, known: Known) -> tuple[Tensor, Tensor, Tensor]:
@@ -638,7 +699,15 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="CAPOD class (e.g. chair)")
     p.add_argument("--out", required=True, help="scene file (.ply, .splat, .spz); the 8 views "
                    "and their cameras go to <out>_views/ (transforms.json)")
+    _anchor(p, DEFAULT_ANCHOR, "generated")
     _common(p)
+
+
+def _anchor(p: argparse.ArgumentParser, default: int, what: str) -> None:
+    p.add_argument("--anchor", type=int_range(0, 64), default=default, metavar="K",
+                   help=f"keep the K {what} views the decoded scene re-renders best and "
+                   "complete the others from them (as flow3d splat complete; default "
+                   f"{default}; 0: every view as the flow made it, SplatFlow's way)")
 
 
 def add_complete_arguments(p: argparse.ArgumentParser) -> None:
@@ -665,6 +734,7 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class", dest="label", required=True, metavar="NAME",
                    help="CAPOD class of the regenerated region")
     p.add_argument("--out", required=True, help="folder: edited views + scene.ply")
+    _anchor(p, DEFAULT_EDIT_ANCHOR, "edited")
     _common(p)
 
 
@@ -694,7 +764,7 @@ def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
         rays=resolve_path(getattr(args, "rays", None) or CHECKPOINTS / "raynet"),
         decoder=resolve_path(args.decoder), warp=not getattr(args, "no_warp", False),
         strength=getattr(args, "strength", None),
-        polish=getattr(args, "polish", POLISH_STEPS),
+        polish=getattr(args, "polish", POLISH_STEPS), anchor=getattr(args, "anchor", 0),
         refine=not getattr(args, "no_refine", False),
         overwrite=args.overwrite)
 

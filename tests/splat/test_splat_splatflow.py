@@ -55,6 +55,39 @@ def test_generate_writes_a_scene_and_its_views(tmp_path, capsys):
     assert json.loads((tmp_path / "chair_views" / "report.json").read_text())["class"] == "chair"
 
 
+def test_generate_with_anchors_keeps_those_views_of_the_joint_sample(tmp_path, capsys):
+    run(["splat", "generate", "--class", "chair", "--out", tmp_path / "a.ply", "--anchor", "0"])
+    assert json.loads(capsys.readouterr().out)["anchors"] == []
+    run(["splat", "generate", "--class", "chair", "--out", tmp_path / "b.ply", "--anchor", "3"])
+    anchors = json.loads(capsys.readouterr().out)["anchors"]
+    assert len(anchors) == 3 and anchors == sorted(set(anchors))
+    joint, anchored = load_dataset(tmp_path / "a_views"), load_dataset(tmp_path / "b_views")
+    # the anchors are the joint sample's views, at its fitted cameras; every camera is kept
+    assert torch.allclose(anchored.images[anchors], joint.images[anchors], atol=1 / 255 + 1e-6)
+    assert torch.allclose(anchored.cameras.viewmats, joint.cameras.viewmats, atol=1e-5)
+    others = [i for i in range(8) if i not in anchors]
+    assert not torch.allclose(anchored.images[others], joint.images[others], atol=1 / 255)
+
+
+def test_anchor_views_prefer_views_the_scene_re_renders_over_empty_or_broken_ones():
+    from synthetic_scenes import sphere_scene
+
+    from flow3d.engine.checkpoint import load_frozen
+    from flow3d.splat.decoder import decode_scene
+    from flow3d.splat.splatflow import Result, anchor_views
+
+    decoder = load_frozen(DECODER, "splat_decoder", "GSDecoder")
+    b = sphere_scene(views=6, size=64)
+    rgb, depth, cams = b.rgb[0].clone(), b.depth[0].clone(), b.cameras(0)
+    rgb[2] = (1.0 - rgb[2]) * (depth[2] > 0)  # view 2 disagrees with the others
+    rgb[4], depth[4] = 0.0, 0.0  # view 4 is empty: re-rendered well, but it anchors nothing
+    with torch.no_grad():
+        scene = decode_scene(decoder, rgb, depth, cams)
+    res = Result(rgb, depth, None, cams, cams, scene, 0.0, 0.0)
+    picked = anchor_views(res, 4, decoder.cfg.render_settings())
+    assert len(picked) == 4 and 2 not in picked and 4 not in picked
+
+
 def test_complete_keeps_the_known_views_and_cameras(tmp_path, capsys):
     data = write_scene(tmp_path / "data")
     run(["splat", "complete", data, "--known", "0,1,2,3", "--out", tmp_path / "done"])
@@ -66,21 +99,27 @@ def test_complete_keeps_the_known_views_and_cameras(tmp_path, capsys):
     assert (tmp_path / "done" / "scene.ply").is_file()
 
 
-def test_edit_keeps_every_pixel_outside_the_mask(tmp_path, capsys):
-    data = write_scene(tmp_path / "data")
+@pytest.mark.parametrize("views, anchor", [(8, 0), (8, 2), (5, 1)])
+def test_edit_keeps_every_pixel_outside_the_mask(tmp_path, capsys, views, anchor):
+    data = write_scene(tmp_path / "data", views=views)
     masks = tmp_path / "masks"
     masks.mkdir()
     m = np.zeros((64, 64), np.uint8)
     m[20:44, 20:44] = 255
-    Image.fromarray(m).save(masks / "000.png")
+    for v in (0, 2, 3):
+        Image.fromarray(m).save(masks / f"{v:03d}.png")
     run(["splat", "edit", data, "--mask", masks, "--class", "airplane", "--out",
-         tmp_path / "edited"])
+         tmp_path / "edited", "--anchor", anchor])
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["anchors"]) == anchor and all(a < views for a in report["anchors"])
     src, got = load_dataset(data), load_dataset(tmp_path / "edited")
-    outside = torch.ones(8, 64, 64, 1, dtype=torch.bool)
-    outside[0, 20:44, 20:44] = False
+    assert len(got) == views
+    outside = torch.ones(views, 64, 64, 1, dtype=torch.bool)
+    outside[[0, 2, 3], 20:44, 20:44] = False
     fg = outside & (src.masks > 0)
     assert torch.allclose(got.images[fg.expand_as(got.images)],
                           src.images[fg.expand_as(src.images)], atol=1 / 255 + 1e-6)
+    assert torch.allclose(got.cameras.viewmats, src.cameras.viewmats, atol=1e-5)
 
 
 def test_poses_reports_errors_for_every_view(tmp_path, capsys):
@@ -159,6 +198,9 @@ def inputs(tmp_path):
     (["generate", "--class", "chair", "--out", "{out}/new.ply", "--cfg", "nan"], ["--cfg"]),
     (["generate", "--class", "chair", "--out", "{out}/new.ply", "--flow", "{tmp}/nowhere"],
      ["--flow", "nowhere"]),
+    (["generate", "--class", "chair", "--out", "{out}/new.ply", "--anchor", "8"],
+     ["--anchor 8", "8 views"]),
+    (["generate", "--class", "chair", "--out", "{out}/new.ply", "--anchor", "-1"], ["--anchor"]),
     (["complete", "{tmp}/missing", "--known", "0", "--out", "{out}/c"],
      ["missing", "no such dataset"]),
     (["complete", "{tmp}/good", "--known", "0,9", "--out", "{out}/c"], ["--known 9"]),
