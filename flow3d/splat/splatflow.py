@@ -65,8 +65,8 @@ CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "splat"  # bundled, found from any 
 MAX_STEPS = 10_000
 DEFAULT_STRENGTH = 0.3  # complete: how far the warped views are noised before the flow
 POLISH_STEPS = 100  # complete: fitting steps of the known views' Gaussians before the warp
-DEFAULT_ANCHOR = 0  # generate: views of the joint sample kept, the rest completed from them
-DEFAULT_EDIT_ANCHOR = 0  # edit: the same for the edited views
+DEFAULT_ANCHOR = 1  # generate: views of the joint sample kept, the rest completed from them
+DEFAULT_EDIT_ANCHOR = 1  # edit: the same for the edited views
 TASKS = ("generate", "complete", "edit", "poses")
 
 
@@ -92,8 +92,9 @@ class SplatFlowSettings:
     # DEFAULT_STRENGTH; 1: from noise)
     polish: int = POLISH_STEPS  # complete with warp: the known views' Gaussians fitted to them
     # this many steps before they are warped (flow3d.splat.fit.polish)
-    anchor: int = 0  # generate: keep this many views of the joint sample (those the GSDecoder
-    # re-renders best) and complete the others from them (0: the joint sample as it is)
+    anchor: int | None = None  # generate, edit: keep this many views of the first integration
+    # (those the GSDecoder re-renders best) and complete the others from them (0: every view
+    # as the flow made it; None: the task's default, anchor_count)
     overwrite: bool = False
 
     def __post_init__(self):
@@ -108,7 +109,8 @@ class SplatFlowSettings:
                 raise ConfigError("--strength: applies to complete's warped views only (drop "
                                   "--no-warp or --strength)")
         check_int(self.polish, "--polish", lo=0, hi=100_000)
-        check_int(self.anchor, "--anchor", lo=0, hi=64)
+        if self.anchor is not None:
+            check_int(self.anchor, "--anchor", lo=0, hi=64)
         if self.anchor and self.task not in ("generate", "edit"):
             raise ConfigError("--anchor: applies to generate and edit only")
         if self.label is not None:
@@ -147,6 +149,13 @@ class SplatFlowSettings:
     @property
     def model_head(self) -> str:
         return "splat_rays" if self.regress else "splat_flow"
+
+    @property
+    def anchor_count(self) -> int:
+        """Views of the first integration kept (``--anchor``, or the task's default)."""
+        if self.anchor is not None:
+            return self.anchor
+        return {"generate": DEFAULT_ANCHOR, "edit": DEFAULT_EDIT_ANCHOR}.get(self.task, 0)
 
     @property
     def sdedit_strength(self) -> float:
@@ -459,9 +468,9 @@ def run_task(s: SplatFlowSettings) -> dict:
                           f"generates cameras only (flow3d splat poses), not {s.task}")
     layout = SceneLayout(flow_cfg.views, flow_cfg.size, flow_cfg.patch, flow_cfg.near,
                          flow_cfg.far)
-    if s.anchor >= layout.views:
-        raise ConfigError(f"--anchor {s.anchor}: the flow generates {layout.views} views; keep "
-                          "fewer (0 keeps the joint sample whole)")
+    if s.anchor_count >= layout.views:
+        raise ConfigError(f"--anchor {s.anchor_count}: the flow generates {layout.views} "
+                          "views; keep fewer (0 keeps every view as the flow made it)")
     # 2. known entries (reads the dataset: every error in it is reported here)
     known = known_entries(s, layout)
     # 3-4. integrate, fit the cameras, decode
@@ -557,7 +566,7 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
         generated = ~layout.known_pixels(known.mask)[:n]
         rgb, depth = drop_outside_hull(rgb, depth, known.cameras, s.known, generated)
     result = _decode(models, layout, known, s, rgb, depth, rays, flow_s=flow_s, t_all=t_all)
-    if s.anchor:  # generate, edit
+    if s.anchor_count:  # generate, edit
         result = complete_from_anchors(models, layout, known, result, s, t_all)
     return result
 
@@ -585,7 +594,7 @@ def complete_from_anchors(models: Models, layout, known: Known, result: Result,
     ``complete`` does (warped Gaussians, hull, SDEdit under the same class) around what the
     task already keeps (edit: the unmasked pixels), so the views agree through the
     GSDecoder's 3D Gaussians rather than only through the flow."""
-    anchors = anchor_views(result, s.anchor, models.decoder.cfg.render_settings())
+    anchors = anchor_views(result, s.anchor_count, models.decoder.cfg.render_settings())
     n, cams = result.views, result.cameras
     rgb = torch.zeros(1, layout.views, layout.size, layout.size, 3)
     depth = torch.zeros(1, layout.views, layout.size, layout.size, 1)
@@ -704,7 +713,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _anchor(p: argparse.ArgumentParser, default: int, what: str) -> None:
-    p.add_argument("--anchor", type=int_range(0, 64), default=default, metavar="K",
+    p.add_argument("--anchor", type=int_range(0, 64), default=None, metavar="K",
                    help=f"keep the K {what} views the decoded scene re-renders best and "
                    "complete the others from them (as flow3d splat complete; default "
                    f"{default}; 0: every view as the flow made it, SplatFlow's way)")
@@ -764,7 +773,7 @@ def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
         rays=resolve_path(getattr(args, "rays", None) or CHECKPOINTS / "raynet"),
         decoder=resolve_path(args.decoder), warp=not getattr(args, "no_warp", False),
         strength=getattr(args, "strength", None),
-        polish=getattr(args, "polish", POLISH_STEPS), anchor=getattr(args, "anchor", 0),
+        polish=getattr(args, "polish", POLISH_STEPS), anchor=getattr(args, "anchor", None),
         refine=not getattr(args, "no_refine", False),
         overwrite=args.overwrite)
 
