@@ -275,12 +275,14 @@ def scene_velocity(model: MultiViewFlow, ctx: Tensor | None, cfg: FlowSampleConf
     return ClassifierFreeGuidance(cond, uncond, 0.0, groups=groups, channel_dim=-1)
 
 
-def _check_views_match(recipe) -> None:
-    """A model over ``views`` views at ``size``^2 needs data of that shape."""
+def _check_views_match(recipe, fewer: bool = False) -> None:
+    """A model over ``views`` views at ``size``^2 needs data of that shape (``fewer``: or of
+    more views, a random ``views`` of them each step)."""
     m, d = recipe.model, recipe.data
-    if (m.views, m.size) != (d.views, d.size):
-        raise ConfigError(f"model.views / model.size ({m.views}, {m.size}) must match "
-                          f"data.views / data.size ({d.views}, {d.size})")
+    if m.size != d.size or (m.views > d.views if fewer else m.views != d.views):
+        need = "at most" if fewer else "equal to"
+        raise ConfigError(f"model.views / model.size ({m.views}, {m.size}) must be {need} / "
+                          f"match data.views / data.size ({d.views}, {d.size})")
 
 
 class MultiViewFlowHead(GSDecoderHead):
@@ -292,11 +294,14 @@ class MultiViewFlowHead(GSDecoderHead):
     sample_config = FlowSampleConfig
 
     def build_model(self) -> MultiViewFlow:
-        _check_views_match(self.recipe)
+        _check_views_match(self.recipe, fewer=True)
         return MultiViewFlow(self.recipe.model)
 
     def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
-        views = batch.views(torch.randperm(batch.rgb.shape[1], generator=generator))
+        # the views in a random order; a flow over fewer views than the scenes have: a random
+        # subset of them (e.g. one view: a single-view flow of the same scenes)
+        order = torch.randperm(batch.rgb.shape[1], generator=generator)
+        views = batch.views(order[: model.layout.views])
         x_1 = model.layout.to_state(views.rgb, views.depth, views.K, views.viewmats)
         x_0 = torch.randn(x_1.shape, generator=generator).to(x_1)
         t = time_sampler(self.recipe.flow).sample(x_1.shape[0], generator=generator,

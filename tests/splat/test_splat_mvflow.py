@@ -253,3 +253,32 @@ def test_given_config_checks():
         MultiViewFlowConfig(given=("rgb", "depth", "rays"))
     with pytest.raises(ConfigError, match="model.depth_drop"):
         MultiViewFlowConfig(given=("rgb",), depth_drop=0.2)
+
+
+def test_a_flow_over_fewer_views_trains_on_a_random_subset_of_each_scene():
+    from flow3d.engine.config import load_recipe
+    from flow3d.engine.heads import get_head
+
+    small = ["model.size=16", "model.width=16", "model.depth=1", "model.heads=2",
+             "data.views=3", "data.size=16"]
+    recipe = load_recipe("recipes/splat/mvflow_single.yaml", overrides=small)
+    head = get_head("splat_flow")(recipe)
+    model = head.build_model()
+    assert model.layout.views == 1
+    scene = sphere_scene(views=3, size=16)
+    drawn = []
+    to_state = model.layout.to_state
+
+    def spy(rgb, *rest):  # which of the scene's views each step trains on
+        drawn.append([bool(torch.equal(rgb[0, 0], scene.rgb[0, v] * (scene.depth[0, v] > 0)))
+                      for v in range(3)].index(True))
+        return to_state(rgb, *rest)
+
+    object.__setattr__(model.layout, "to_state", spy)
+    for seed in range(12):  # which view a step draws follows its generator
+        assert torch.isfinite(head.loss(model, scene, torch.Generator().manual_seed(seed))["loss"])
+    assert len(drawn) == 12 and set(drawn) == {0, 1, 2}
+    too_many = load_recipe("recipes/splat/mvflow_single.yaml",
+                           overrides=small + ["model.views=4"])
+    with pytest.raises(ConfigError, match="model.views"):
+        get_head("splat_flow")(too_many).build_model()
