@@ -153,9 +153,12 @@ def test_viewer_serves_until_ctrl_c(tmp_path):
     write_ply(splat_blob(100), tmp_path / "blob.ply")
     port = _free_port()
     root = Path(view.__file__).resolve().parents[1]  # this checkout's flow3d
+    # Ctrl-C's default action in the viewer even when this suite runs as a background job
+    # (a shell starts those with SIGINT ignored, and a child inherits that)
     proc = subprocess.Popen([sys.executable, "-m", "flow3d", "view", str(tmp_path / "blob.ply"),
                              "--port", str(port)], cwd=root, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         assert ready, "flow3d view printed nothing in 60 s"

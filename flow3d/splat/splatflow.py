@@ -522,7 +522,7 @@ class Result:
     scene: object
     flow_seconds: float
     seconds: float
-    anchors: tuple[int, ...] = ()  # generate --anchor: the views kept from the joint sample
+    anchors: tuple[int, ...] = ()  # generate, edit --anchor: the views kept from the first pass
 
     @property
     def views(self) -> int:
