@@ -2,8 +2,9 @@
 
 * ``splat_flow`` (``flow3d train recipes/splat/mvflow_class.yaml``): the multi-view
   rectified flow of :mod:`flow3d.splat.mvflow` over the colour, depth and rays of all 8 views
-  (views in a random order each step), class-conditional with condition dropout for
-  classifier-free guidance, logit-normal training times.
+  (views in a random order each step; a flow over fewer views, e.g. one in
+  ``recipes/splat/mvflow_single.yaml``, a random subset of them), class-conditional with
+  condition dropout for classifier-free guidance, logit-normal training times.
 * ``splat_classifier`` (``flow3d train recipes/splat/classifier.yaml``): the CAPOD class of a
   scene from any subset of its views, trained on real renders; the judge of the generation
   and editing benchmarks.
