@@ -281,9 +281,9 @@ def _check_views_match(recipe, fewer: bool = False) -> None:
     more views, a random ``views`` of them each step)."""
     m, d = recipe.model, recipe.data
     if m.size != d.size or (m.views > d.views if fewer else m.views != d.views):
-        need = "at most" if fewer else "equal to"
-        raise ConfigError(f"model.views / model.size ({m.views}, {m.size}) must be {need} / "
-                          f"match data.views / data.size ({d.views}, {d.size})")
+        views = "at most" if fewer else "equal to"
+        raise ConfigError(f"model.views / model.size ({m.views}, {m.size}): the views must be "
+                          f"{views} data.views ({d.views}) and the size data.size ({d.size})")
 
 
 class MultiViewFlowHead(GSDecoderHead):

@@ -600,13 +600,10 @@ def complete_from_anchors(models: Models, layout, known: Known, result: Result,
     depth = torch.zeros(1, layout.views, layout.size, layout.size, 1)
     rgb[0, :n], depth[0, :n] = result.rgb, result.depth
     K, vm = _slot_cameras(cams, n, layout)
-    pixels = torch.zeros(layout.views, layout.size, layout.size, dtype=torch.bool)
-    pixels[list(anchors)] = True
-    mask = known.mask | layout.pixel_mask(pixels)
-    mask[..., layout.groups()["rays"]] |= layout.view_mask(range(n))[0]
-    values = torch.where(known.mask, known.values,
-                         torch.where(mask, layout.to_state(rgb, depth, K, vm), 0.0))
-    done = synthesize(models, layout, Known(values, mask, cams, n),
+    kept = known_state(layout, "complete", rgb=rgb, depth=depth, K=K, viewmats=vm,
+                       num_views=n, known=anchors, cameras=cams)
+    values = torch.where(known.mask, known.values, kept.values)  # edit: the unmasked pixels
+    done = synthesize(models, layout, Known(values, known.mask | kept.mask, cams, n),
                       dataclasses.replace(s, task="complete", known=anchors, anchor=0))
     return dataclasses.replace(done, fitted=result.fitted, anchors=anchors,
                                flow_seconds=result.flow_seconds + done.flow_seconds,
