@@ -200,6 +200,12 @@ class LatentFlow(Conditioning, nn.Module):
     def forward(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
         """``v: [B, M, C]`` for ``x: [B, M, C]``, ``t`` 0-dim or ``[B]``, ``ctx`` from
         :meth:`context` / :meth:`null_context` (``None`` when unconditional)."""
+        return self.x_out(self.features(x, t, ctx)[0])
+
+    def features(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The transformer's modulated output features ``[B, M, W]`` (what ``x_out`` maps to
+        the velocity) and the time/class condition ``[B, W]``, for heads that decode more
+        from them than one linear layer does."""
         if x.ndim != 3:
             raise ValueError(f"x must be [B, M, C], got {tuple(x.shape)}")
         c = self.time_condition(t, x.shape[0], ctx, x.device)  # [B, W]
@@ -207,4 +213,4 @@ class LatentFlow(Conditioning, nn.Module):
         for block in self.blocks:
             h = block(h, c, ctx)
         shift, scale = self.mod_out(nn.functional.silu(c))[:, None].chunk(2, dim=-1)
-        return self.x_out(self.norm_out(h) * (1 + scale) + shift)
+        return self.norm_out(h) * (1 + scale) + shift, c

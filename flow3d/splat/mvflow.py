@@ -37,7 +37,7 @@ from flow3d.options import check_float, check_int
 from flow3d.splat.cameras import Cameras
 from flow3d.splat.decoder import depth_from_disparity, disparity
 
-__all__ = ["MOMENT_SCALE", "MultiViewFlow", "MultiViewFlowConfig", "SceneLayout"]
+__all__ = ["MOMENT_SCALE", "MultiViewFlow", "MultiViewFlowConfig", "PixelDecoder", "SceneLayout"]
 
 MOMENT_SCALE = 1.0 / 3.0  # |o x d| <= |o| ~ 2-3.5 scene units for these cameras
 GROUPS = ("rgb", "depth", "rays")  # a token's channel groups
@@ -74,6 +74,14 @@ class MultiViewFlowConfig:
     # given depth: the chance that a training scene's depth channels are all 0 instead (how
     # a dataset without depth maps is given, so one model serves both)
     depth_drop: float = 0.0
+    # how the pixels of the clean-scene prediction come out of the transformer: "linear" (one
+    # linear layer per token: each 8x8 patch from one 192-wide feature, little more than the
+    # patch's mean colour when undertrained) or "conv" (:class:`PixelDecoder`: the linear
+    # patches refined at full resolution by a small convolutional net that also sees the
+    # transformer's features and the noisy pixels, as a U-Net's last stage does)
+    pixel_decoder: str = "linear"
+    pixel_channels: int = 32  # the conv decoder's width
+    pixel_blocks: int = 2  # and its residual blocks (two 3x3 convolutions each)
 
     def __post_init__(self):
         check_int(self.views, "model.views", lo=1, hi=64)
@@ -103,6 +111,11 @@ class MultiViewFlowConfig:
             raise ConfigError(f"model.given = {list(self.given)}: name each group once and "
                               "leave at least one to generate")
         check_float(self.depth_drop, "model.depth_drop", lo=0.0, hi=1.0)
+        if self.pixel_decoder not in ("linear", "conv"):
+            raise ConfigError(f"model.pixel_decoder = {self.pixel_decoder!r}: must be linear "
+                              "or conv")
+        check_int(self.pixel_channels, "model.pixel_channels", lo=4, hi=1024)
+        check_int(self.pixel_blocks, "model.pixel_blocks", lo=0, hi=64)
         if self.depth_drop and "depth" not in self.given:
             raise ConfigError("model.depth_drop: applies to a given depth (add depth to "
                               "model.given)")
@@ -159,12 +172,25 @@ class SceneLayout:
             raise ValueError(f"scenes of {v} views at {w}x{h}; the layout takes {self.views} "
                              f"at {self.size}x{self.size}")
         fg = (depth > 0).to(rgb.dtype)
-        pix = torch.cat([2 * rgb * fg - 1, 2 * self.disparity(depth) - 1], dim=-1)
+        pix = self.patchify(torch.cat([2 * rgb * fg - 1, 2 * self.disparity(depth) - 1], -1))
+        g = self.grid
+        rays = self.rays(K, viewmats).permute(0, 1, 3, 4, 2).reshape(b, v * g * g, 6)
+        return torch.cat([pix, rays.to(pix)], dim=-1)
+
+    def patchify(self, images: Tensor) -> Tensor:
+        """``[B, V, H, W, C]`` images -> ``[B, V T, p^2 C]`` tokens (pixel-major, channel-minor:
+        a token's first ``p^2 * 4`` numbers when ``C = 4``)."""
+        b, v, _, _, c = images.shape
         p, g = self.patch, self.grid
-        pix = pix.reshape(b, v, g, p, g, p, 4).permute(0, 1, 2, 4, 3, 5, 6)
-        pix = pix.reshape(b, v, g * g, p * p * 4)
-        rays = self.rays(K, viewmats).permute(0, 1, 3, 4, 2).reshape(b, v, g * g, 6)
-        return torch.cat([pix, rays.to(pix)], dim=-1).reshape(b, v * g * g, self.dim)
+        t = images.reshape(b, v, g, p, g, p, c).permute(0, 1, 2, 4, 3, 5, 6)
+        return t.reshape(b, v * g * g, p * p * c)
+
+    def unpatchify(self, tokens: Tensor, channels: int = 4) -> Tensor:
+        """The inverse of :meth:`patchify`: ``[B, V T, p^2 C]`` -> ``[B, V, H, W, C]``."""
+        b = tokens.shape[0]
+        p, g, v = self.patch, self.grid, self.views
+        t = tokens.reshape(b, v, g, g, p, p, channels).permute(0, 1, 2, 4, 3, 5, 6)
+        return t.reshape(b, v, self.size, self.size, channels)
 
     # ---- tokens -> scenes -------------------------------------------------------------------
     def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -174,8 +200,7 @@ class SceneLayout:
         b = x.shape[0]
         p, g, v = self.patch, self.grid, self.views
         t = x.reshape(b, v, g, g, self.dim)
-        pix = t[..., : p * p * 4].reshape(b, v, g, g, p, p, 4).permute(0, 1, 2, 4, 3, 5, 6)
-        pix = pix.reshape(b, v, self.size, self.size, 4)
+        pix = self.unpatchify(x[..., : p * p * 4])
         disp = ((pix[..., 3:] + 1) / 2).clamp(0.0, 1.0)
         fg = disp > BACKGROUND_DISPARITY
         depth = torch.where(fg, depth_from_disparity(disp, self.near, self.far),
@@ -246,6 +271,59 @@ class SceneLayout:
         return m.repeat_interleave(self.tokens_per_view)[None, :, None]
 
 
+class PixelDecoder(nn.Module):
+    """The pixels of a clean-scene prediction refined at full resolution: the linear head's
+    patches ``[B, V T, p^2 4]``, the transformer's features (each token's ``W`` numbers spread
+    over its patch as ``p^2 x k`` by a linear layer) and the noisy pixels of ``x_t`` go into a
+    small residual CNN per view (FiLM from the time/class condition in each block), whose
+    output is added to the patches. The last convolution starts at zero, so an untrained
+    decoder returns the linear head's prediction."""
+
+    FEATURES = 8  # k: feature channels per pixel from the transformer
+
+    def __init__(self, layout: SceneLayout, width: int, channels: int, blocks: int):
+        super().__init__()
+        self.layout = layout
+        k = self.FEATURES
+        self.spread = nn.Linear(width, layout.patch**2 * k)
+        self.conv_in = nn.Conv2d(4 + 4 + k, channels, 3, padding=1)
+        groups = min(8, channels)
+        while channels % groups:
+            groups -= 1
+        self.norms = nn.ModuleList(nn.GroupNorm(groups, channels) for _ in range(2 * blocks))
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1)
+                                   for _ in range(2 * blocks))
+        self.film = nn.ModuleList(nn.Linear(width, 2 * channels) for _ in range(blocks))
+        for f in self.film:
+            nn.init.zeros_(f.weight)
+            nn.init.zeros_(f.bias)
+        self.conv_out = nn.Conv2d(channels, 4, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def _images(self, tokens: Tensor, channels: int) -> Tensor:
+        """``[B, V T, p^2 C]`` -> ``[B V, C, H, W]``."""
+        img = self.layout.unpatchify(tokens, channels)
+        return img.flatten(0, 1).permute(0, 3, 1, 2)
+
+    def forward(self, patches: Tensor, features: Tensor, x_t: Tensor, c: Tensor) -> Tensor:
+        """Refined pixel channels ``[B, V T, p^2 4]`` (``patches`` and ``x_t``'s pixel channels
+        ``[B, V T, p^2 4]``, ``features [B, V T, W]``, ``c [B, W]``)."""
+        b, v = patches.shape[0], self.layout.views
+        coarse = self._images(patches, 4)
+        h = torch.cat([coarse, self._images(x_t, 4),
+                       self._images(self.spread(features), self.FEATURES)], dim=1)
+        h = self.conv_in(h)
+        cv = c.repeat_interleave(v, dim=0)  # the condition of each view's scene
+        for i, film in enumerate(self.film):
+            scale, shift = film(nn.functional.silu(cv))[..., None, None].chunk(2, dim=1)
+            r = self.convs[2 * i](nn.functional.silu(self.norms[2 * i](h)))
+            r = self.norms[2 * i + 1](r) * (1 + scale) + shift
+            h = h + self.convs[2 * i + 1](nn.functional.silu(r))
+        out = coarse + self.conv_out(nn.functional.silu(h))
+        return self.layout.patchify(out.permute(0, 2, 3, 1).reshape(b, v, *out.shape[2:], 4))
+
+
 class MultiViewFlow(LatentFlow):
     """Velocity of multi-view token states ``[B, V T, dim]`` (module docstring)."""
 
@@ -258,6 +336,9 @@ class MultiViewFlow(LatentFlow):
         self.pos = nn.Parameter(torch.randn(1, self.layout.tokens_per_view, cfg.width) * 0.02)
         self.view_emb = nn.Parameter(torch.randn(cfg.views, 1, cfg.width) * 0.02)
         self.register_buffer("given", self.layout.group_mask(cfg.given), persistent=False)
+        self.pixel_decoder = (PixelDecoder(self.layout, cfg.width, cfg.pixel_channels,
+                                           cfg.pixel_blocks)
+                              if cfg.pixel_decoder == "conv" else None)
 
     def forward(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
         """Velocity ``[B, V T, dim]`` from the predicted clean scene (module docstring); zero
@@ -271,7 +352,14 @@ class MultiViewFlow(LatentFlow):
 
     def predict_scene(self, x: Tensor, t: Tensor, ctx: Tensor | None = None) -> Tensor:
         """The network's clean-scene prediction ``x1_hat`` (the given channels: ``x``'s)."""
-        pred = super().forward(x, t, ctx)
+        if self.pixel_decoder is None:
+            pred = super().forward(x, t, ctx)
+        else:
+            features, c = self.features(x, t, ctx)
+            pred = self.x_out(features)
+            n = self.layout.patch**2 * 4
+            pixels = self.pixel_decoder(pred[..., :n], features, x[..., :n], c)
+            pred = torch.cat([pixels, pred[..., n:]], dim=-1)
         return torch.where(self.given, x, pred) if self.cfg.given else pred
 
     def embed(self, x: Tensor) -> Tensor:

@@ -4,6 +4,8 @@ tiny flow trains and samples through the engine's head."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from synthetic_scenes import sphere_scene
@@ -67,6 +69,55 @@ def test_config_checks():
         MultiViewFlowConfig(size=20, patch=8)
     with pytest.raises(ConfigError, match="model.cond"):
         MultiViewFlowConfig(cond="image")
+
+
+def test_patchify_is_the_tokens_pixel_layout():
+    lay = SceneLayout(3, 16, 8, 0.5, 5.0)
+    img = torch.randn(2, 3, 16, 16, 5)
+    tok = lay.patchify(img)
+    assert tok.shape == (2, 12, 64 * 5)
+    assert torch.equal(lay.unpatchify(tok, 5), img)
+    # token 1 of view 2 is the patch at row 0, column 1; its pixels row-major, channels last
+    torch.testing.assert_close(tok[1, 2 * 4 + 1].reshape(8, 8, 5), img[1, 2, :8, 8:], rtol=0,
+                               atol=0)
+
+
+def test_conv_pixel_decoder_starts_as_the_linear_head_and_learns_each_pixel():
+    torch.manual_seed(0)
+    conv = MultiViewFlow(dataclasses.replace(TINY, pixel_decoder="conv", pixel_channels=8))
+    linear = MultiViewFlow(TINY)
+    for p in linear.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    missing, unexpected = conv.load_state_dict(linear.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("pixel_decoder.") for k in missing)
+    x, t = torch.randn(8, 12, 262), torch.rand(8)
+    ctx = linear.context(labels=torch.arange(8) % 4).detach()
+    # zero-initialised last convolution: the untrained decoder returns the linear prediction
+    torch.testing.assert_close(conv.predict_scene(x, t, ctx), linear.predict_scene(x, t, ctx))
+    # a target with detail in every pixel: the noisy pixels themselves (256 independent
+    # numbers per token), which a 16-wide token feature cannot carry through a linear map
+    # and the convolutions see directly
+    n = 64 * 4
+    target = x[..., :n]
+
+    def fit(model, params):
+        opt = torch.optim.Adam(params, lr=1e-2)
+        for _ in range(150):
+            opt.zero_grad()
+            (model.predict_scene(x, t, ctx)[..., :n] - target).square().mean().backward()
+            opt.step()
+        return float((model.predict_scene(x, t, ctx)[..., :n] - target).square().mean())
+
+    before = float((linear.predict_scene(x, t, ctx)[..., :n] - target).square().mean())
+    assert fit(conv, conv.pixel_decoder.parameters()) < 0.05 * before
+    # rays come from the transformer alone
+    torch.testing.assert_close(conv.predict_scene(x, t, ctx)[..., n:],
+                               linear.predict_scene(x, t, ctx)[..., n:])
+    assert fit(linear, linear.parameters()) > 0.5 * before
+    with pytest.raises(ConfigError, match="model.pixel_decoder"):
+        MultiViewFlowConfig(pixel_decoder="deconv")
+    with pytest.raises(ConfigError, match="model.pixel_channels"):
+        MultiViewFlowConfig(pixel_decoder="conv", pixel_channels=0)
 
 
 def test_group_guidance_weights_each_group():
