@@ -19,7 +19,9 @@ x_t) / (1 - t)`` (``1 - t`` floored at 0.05 in training): a token holds 262 numb
 is 192 wide, so a velocity (or noise) prediction would have to carry every pixel's noise through
 a narrower layer, while clean views lie near a low-dimensional set (JiT, Li and He 2025, "Back
 to Basics: Let Denoising Generative Models Denoise"; measured here: the velocity-predicting flow
-still left per-pixel noise in its samples after 1,250 steps). :class:`SceneLayout` converts
+still left per-pixel noise in its samples after 1,250 steps). With ``pixel_decoder: conv``
+(the bundled flow) :class:`PixelDecoder` refines that prediction's pixels at full resolution
+(the linear head alone makes each 8x8 patch from one token feature). :class:`SceneLayout` converts
 both ways and names the channel groups (``rgb``, ``depth``, ``rays``) that get their own
 guidance weights and inpainting masks.
 """
