@@ -5,6 +5,7 @@
     flow3d mesh reconstruct IN_MESH --out OUT_MESH [--vae DIR] [--resolution 256]
     flow3d mesh edit IN_MESH --box x0,y0,z0,x1,y1,z1 (--class NAME | --image PNG) --out OUT.glb
     flow3d mesh retrieve --image PHOTO.png --out MESH.glb [--library DIR] [--top 3] [--raw]
+                         [--candidates 16]
     flow3d mesh library --data CAPOD_DIR --out DIR [--holdout-per-class 2 --faces 2000]
     flow3d mesh eval PRED GT [--frame normalized|each|gt] [--png TURNTABLE.png] [--json REPORT.json]
 
@@ -122,6 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--raw", action="store_true", help="write the library's decimated mesh as "
                    "it is, without the SDF-VAE (not watertight in general)")
     t.add_argument("--top", type=int, default=3, help="matches to report")
+    t.add_argument("--candidates", type=int, default=16, help="best shapes whose views are "
+                   "searched again every 5 degrees around their best library view (0: the "
+                   "library's 24 views only; about 0.15 s each)")
     t.add_argument("--resolution", type=int, default=256, help="extraction grid of the VAE")
     t.add_argument("--png", help="also write a turntable PNG of the result")
     add_overwrite_flag(t)
@@ -206,7 +210,8 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
     settings = RetrieveSettings(
         image=args.image, library=args.library, vae=args.vae, raw=args.raw, top=args.top,
-        resolution=args.resolution, out=args.out, png=args.png, overwrite=args.overwrite,
+        candidates=args.candidates, resolution=args.resolution, out=args.out, png=args.png,
+        overwrite=args.overwrite,
     )
     started = time.perf_counter()
     result = retrieve(settings)

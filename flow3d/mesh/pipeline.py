@@ -434,6 +434,7 @@ class RetrieveSettings:
     vae: str | None = None  # a mesh_svae checkpoint; default: svae_r64
     raw: bool = False  # the library's decimated mesh as it is, no VAE
     top: int = 3  # how many matches to report
+    candidates: int = 16  # best shapes whose views are searched again finely (0: not at all)
     resolution: int = 256  # extraction grid of the VAE's output
     out: str | None = None
     png: str | None = None
@@ -448,6 +449,7 @@ class RetrieveSettings:
             if folder is not None and not Path(folder).is_dir():
                 raise DataError(f"{option} {folder}: folder not found")
         check_int(self.top, "--top", lo=1, hi=1000)
+        check_int(self.candidates, "--candidates", lo=0, hi=1000)
         check_resolution(self.resolution, "--resolution")
         _output(self.out, "--out", self.overwrite, EXPORT_FORMATS)
         _output(self.png, "--png", self.overwrite, (".png",))
@@ -485,8 +487,12 @@ def retrieve(settings: RetrieveSettings, *, image=None, library=None, vae=None) 
     pixels = not isinstance(image, torch.Tensor)
     mask = prepare_mask(image, library.masks.shape[-1]) if pixels else silhouette(image)
     warning = background_warning(image) if pixels else None
-    # 4. the best shape over all views
-    matches = library.search(mask, settings.top)
+    # 4. the best shape over all views: the library's 24, then finer around the best few
+    matches = library.search(mask, max(settings.top, settings.candidates))
+    if settings.candidates:
+        matches = library.refine(mask, matches[: settings.candidates]) + \
+            matches[settings.candidates:]
+    matches = matches[: settings.top]
     mesh = library.mesh(matches[0].index)
     # 5. through the SDF-VAE: closed, smooth normals, at the asked resolution
     ckpt = settings.vae_checkpoint

@@ -79,6 +79,33 @@ def test_search_between_views_and_colours(library):
         assert best.index == i and best.iou > second.iou + 0.05, (best, second)
 
 
+def test_refine_finds_the_view_between_library_views(library):
+    """A photo from between the library's views (azimuth 45, elevation 20: 15 and 10 degrees
+    from the nearest) matches its shape imperfectly; the finer search finds that view exactly
+    and the IoU becomes 1, while the other shapes' IoUs can only rise."""
+    for i in range(len(library)):
+        mask = prepare_mask(render(library.mesh(i), 45.0, 20.0))
+        coarse = library.search(mask, top=len(library))
+        assert coarse[0].azimuth % 30 == 0 and coarse[0].iou < 0.99
+        refined = library.refine(mask, coarse)
+        assert refined[0].index == i, (i, refined)
+        assert refined[0].iou == pytest.approx(1.0)
+        assert (refined[0].azimuth, refined[0].elevation) == (45.0, 20.0)
+        assert refined[0].view == coarse[0].view  # the library view it was refined from
+        before = {m.index: m.iou for m in coarse}
+        assert all(m.iou >= before[m.index] - 1e-6 for m in refined)
+        assert [m.iou for m in refined] == sorted((m.iou for m in refined), reverse=True)
+    with pytest.raises(ValueError, match="mask is"):
+        library.refine(torch.ones(32, 32, dtype=torch.bool), coarse)
+
+
+def test_refine_keeps_a_library_view_that_fits(library):
+    mask = prepare_mask(render(library.mesh(2), VIEW_AZIMUTHS[5], VIEW_ELEVATIONS[5]))
+    best = library.refine(mask, library.search(mask, top=2))[0]
+    assert best.index == 2 and best.iou == pytest.approx(1.0)
+    assert (best.azimuth, best.elevation) == (VIEW_AZIMUTHS[5], VIEW_ELEVATIONS[5])
+
+
 def test_grey_silhouette_of_a_prepared_image_matches_the_mask():
     """A grey render on white: the prepared image's grey mask and the colour mask agree (with
     a white margin around the render, so that the crop stays inside the photo)."""
@@ -153,3 +180,19 @@ def test_retrieve_task_raw_and_through_a_vae(library, tmp_path):
     from flow3d.mesh.metrics import mesh_metrics
 
     assert mesh_metrics(closed, mesh, n_points=5000, n_volume=0)["fscore@0.05"] > 0.8
+
+
+def test_retrieve_refines_the_best_candidates_only(library):
+    from flow3d.errors import ConfigError
+    from flow3d.mesh.pipeline import RetrieveSettings, retrieve
+
+    img = render(library.mesh(0), 75.0, 15.0)
+    coarse = retrieve(RetrieveSettings(raw=True, candidates=0, top=3), image=img,
+                      library=library)["matches"]
+    assert [m.azimuth % 30 for m in coarse] == [0.0] * 3
+    one = retrieve(RetrieveSettings(raw=True, candidates=1, top=3), image=img,
+                   library=library)["matches"]
+    assert one[0].index == 0 and (one[0].azimuth, one[0].elevation) == (75.0, 15.0)
+    assert one[1:] == coarse[1:]  # the rest keep their library views
+    with pytest.raises(ConfigError, match="--candidates"):
+        RetrieveSettings(candidates=-1)
