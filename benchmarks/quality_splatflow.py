@@ -58,13 +58,17 @@ def _psnr(a, b, where=None) -> float:
     return psnr(a, b) if where is None else psnr(a[where], b[where])
 
 
+KEEP_FLOATERS = False  # --keep-floaters: every decoded Gaussian, as before session 20
+
+
 def _settings(task: str, label: str | None, steps: int, seed: int = 0, known=(),
               cfg: float = 2.0, anchor: int | None = None):
     from flow3d.splat.splatflow import SplatFlowSettings
 
     return SplatFlowSettings(task=task, out=Path("unused"), dataset=Path("unused"),
                              label=label, known=known, masks=Path("unused"), steps=steps,
-                             seed=seed, cfg=cfg, anchor=anchor)
+                             seed=seed, cfg=cfg, anchor=anchor,
+                             keep_floaters=KEEP_FLOATERS and task != "poses")
 
 
 def _run(models, lay, known, settings, failures: list):
@@ -120,7 +124,11 @@ def main(argv=None) -> int:
                    help="scenes of complete, poses and edit (train: to tune on, not to report)")
     p.add_argument("--first-seed", type=int, default=0, help="generate: seeds first-seed, "
                    "first-seed + 1, ... per class (tune on other seeds than the reported 0, 1)")
+    p.add_argument("--keep-floaters", action="store_true", help="generate, complete, edit: "
+                   "keep the Gaussians other views contradict (the commands' --keep-floaters)")
     args = p.parse_args(argv)
+    global KEEP_FLOATERS
+    KEEP_FLOATERS = args.keep_floaters
     tasks = set(args.tasks.split(","))
     if tasks - set(TASKS):
         p.error(f"--tasks: unknown {sorted(tasks - set(TASKS))}; choose from {TASKS}")

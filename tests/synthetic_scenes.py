@@ -11,11 +11,12 @@ import torch
 from flow3d.splat.scenes import SceneBatch, scene_cameras
 
 
-def sphere_scene(views: int = 3, size: int = 16, seed: int = 0) -> SceneBatch:
+def sphere_scene(views: int = 3, size: int = 16, seed: int = 0, frame: float = 0.5) -> SceneBatch:
     """One scene of a unit-diameter sphere coloured by its normal, rendered analytically
-    (ray-sphere intersection at pixel centres): exact depth and mask, no renderer needed."""
+    (ray-sphere intersection at pixel centres): exact depth and mask, no renderer needed.
+    The cameras frame a ball of radius ``frame`` (0.5: the sphere fills the views)."""
     rng = np.random.default_rng(seed)
-    cams = scene_cameras(rng, views, radius=0.5, size=size, fov_deg=40.0)
+    cams = scene_cameras(rng, views, radius=frame, size=size, fov_deg=40.0)
     ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64) + 0.5,
                             torch.arange(size, dtype=torch.float64) + 0.5, indexing="ij")
     rgb, depth = [], []

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from flow3d.splat.cameras import Cameras
 
-__all__ = ["dilate", "in_hull", "inside_silhouettes", "outside_hull", "outside_hull_reference",
-           "pixel_rays"]
+__all__ = ["contradictions", "contradictions_reference", "dilate", "in_hull",
+           "inside_silhouettes", "outside_hull", "outside_hull_reference", "pixel_rays"]
 
 
 def dilate(masks: Tensor, pixels: int) -> Tensor:
@@ -79,6 +79,69 @@ def in_hull(points: Tensor, masks: Tensor, cameras: Cameras, *, bound: float = 0
     flat = points.reshape(-1, 3).to(torch.float64)
     inside = (flat.abs() <= bound).all(-1) & inside_silhouettes(flat, masks.bool(), cameras)
     return inside.reshape(points.shape[:-1])
+
+
+def contradictions(points: Tensor, source: Tensor, depth: Tensor, cameras: Cameras, *,
+                   margin: float, dilation: int = 1) -> tuple[Tensor, Tensor]:
+    """How many views contradict each of ``points [N, 3]``, the surface points of views
+    ``source [N]`` (long): ``(background [N], in_front [N])`` counts of the *other* views that
+    see a point (in front of the camera, inside the image) and show background there (outside
+    their silhouette ``depth [V, H, W] > 0``, grown by ``dilation`` pixels), or show a surface
+    there more than ``margin`` behind it (the point floats in space that view sees through).
+    Views that agree on an object contradict few of its points; a point only its own view
+    shows (a smeared silhouette edge, a view that disagrees with the rest) is contradicted by
+    many."""
+    pts = points.to(torch.float64)
+    vm = cameras.viewmats.to(torch.float64)
+    K = cameras.K.to(torch.float64)
+    masks = dilate(depth > 0, dilation)
+    background = torch.zeros(len(pts), dtype=torch.long)
+    in_front = torch.zeros(len(pts), dtype=torch.long)
+    for v in range(len(cameras)):
+        cam = pts @ vm[v, :3, :3].T + vm[v, :3, 3]
+        z = cam[:, 2]
+        u = K[v, 0, 0] * cam[:, 0] / z.clamp_min(1e-9) + K[v, 0, 2]
+        y = K[v, 1, 1] * cam[:, 1] / z.clamp_min(1e-9) + K[v, 1, 2]
+        seen = (source != v) & (z > 1e-9) & (u >= 0) & (u < cameras.width) & (y >= 0) \
+            & (y < cameras.height)
+        col = u.clamp(0, cameras.width - 1).long()
+        row = y.clamp(0, cameras.height - 1).long()
+        inside = masks[v][row, col]
+        surface = depth[v][row, col].to(torch.float64)
+        background += (seen & ~inside).long()
+        in_front += (seen & inside & (surface > 0) & (z < surface - margin)).long()
+    return background, in_front
+
+
+def contradictions_reference(points: Tensor, source: Tensor, depth: Tensor, cameras: Cameras,
+                             *, margin: float, dilation: int = 1) -> tuple[Tensor, Tensor]:
+    """:func:`contradictions` one point and one view at a time (the slow twin)."""
+    K, vm = cameras.K.tolist(), cameras.viewmats.tolist()
+    d = depth.tolist()
+    w, h = cameras.width, cameras.height
+    background, in_front = [], []
+    for p, src in zip(points.tolist(), source.tolist()):
+        nb = nf = 0
+        for v in range(len(K)):
+            if v == src:
+                continue
+            cam = [sum(vm[v][i][j] * p[j] for j in range(3)) + vm[v][i][3] for i in range(3)]
+            if cam[2] <= 1e-9:
+                continue
+            u = K[v][0][0] * cam[0] / cam[2] + K[v][0][2]
+            y = K[v][1][1] * cam[1] / cam[2] + K[v][1][2]
+            if not (0 <= u < w and 0 <= y < h):
+                continue
+            r, c = int(y), int(u)
+            near = [d[v][rr][cc] for rr in range(max(r - dilation, 0), min(r + dilation + 1, h))
+                    for cc in range(max(c - dilation, 0), min(c + dilation + 1, w))]
+            if not any(x > 0 for x in near):
+                nb += 1
+            elif d[v][r][c] > 0 and cam[2] < d[v][r][c] - margin:
+                nf += 1
+        background.append(nb)
+        in_front.append(nf)
+    return torch.tensor(background, dtype=torch.long), torch.tensor(in_front, dtype=torch.long)
 
 
 def outside_hull(masks: Tensor, cameras: Cameras, query: Cameras, *, bound: float = 0.5,

@@ -31,7 +31,11 @@ along the path by the core's :class:`~flow3d.core.guidance.Inpainting` hook (tra
   ``--no-refine`` skips it). Views without depth get cameras but no Gaussians.
 
 Generated rays are replaced by those of the fitted cameras before decoding (SplatFlow's
-"stop-ray", applied once at the end here, not during the first steps). Datasets are nerfstudio
+"stop-ray", applied once at the end here, not during the first steps). The decoded scene of
+``generate``, ``complete`` and ``edit`` loses the Gaussians that two or more of the other views
+contradict (:func:`drop_floaters`: background there, or a surface behind them): generated
+views disagree at silhouette edges and in shadows, and those pixels float beside the object as
+dark smudges seen from every other view (``--keep-floaters`` keeps them). Datasets are nerfstudio
 ``transforms.json`` folders with views of the flow's size (64^2), objects in the frame of
 ``flow3d splat views``; a dataset of fewer than 8 views fills the remaining slots with free
 generated views that are discarded.
@@ -95,6 +99,8 @@ class SplatFlowSettings:
     anchor: int | None = None  # generate, edit: keep this many views of the first integration
     # (those the GSDecoder re-renders best) and complete the others from them (0: every view
     # as the flow made it; None: the task's default, anchor_count)
+    keep_floaters: bool = False  # generate, complete, edit: keep the Gaussians other views
+    # contradict (drop_floaters)
     overwrite: bool = False
 
     def __post_init__(self):
@@ -126,6 +132,8 @@ class SplatFlowSettings:
             raise ConfigError(f"--known {','.join(map(str, self.known))}: a view is named twice")
         if not self.refine and self.task != "poses":
             raise ConfigError("--no-refine: applies to poses only")
+        if self.keep_floaters and self.task == "poses":
+            raise ConfigError("--keep-floaters: applies to generate, complete and edit only")
         if self.task == "edit" and self.masks is None:
             raise ConfigError("flow3d splat edit: --mask is required")
 
@@ -338,6 +346,42 @@ HULL_BOUND = 0.5  # half-size of the object's cube in flow3d splat views's frame
 HULL_MARGIN = 1.05  # the cube grows to hold every known point with this margin
 
 
+FLOATER_VIEWS = 2  # a Gaussian is dropped when at least this many other views contradict it
+FLOATER_MARGIN = 0.05  # in front of another view's surface by more than this: in its free
+# space (flow3d splat views's frame: the object spans 1)
+FLOATER_MAX_SHARE = 0.3  # views that contradict more Gaussians than this disagree as a whole:
+# nothing is dropped (a filter would carve the object itself)
+
+
+def drop_floaters(decoder, scene, rgb: Tensor, depth: Tensor, cameras) -> tuple[object, int]:
+    """The decoded ``scene`` without the Gaussians that at least :data:`FLOATER_VIEWS` of the
+    other views contradict (:func:`flow3d.splat.hull.contradictions`: background there, or a
+    surface more than :data:`FLOATER_MARGIN` behind), and how many were dropped. Generated
+    views disagree at silhouette edges and in shadows: their pixels become dark Gaussians
+    that float beside the object, seen from anywhere but their own view. Nothing is dropped
+    when more than :data:`FLOATER_MAX_SHARE` of the Gaussians would be."""
+    from flow3d.splat.decoder import decoder_inputs
+    from flow3d.splat.gaussians import Gaussians
+    from flow3d.splat.hull import contradictions
+
+    used, _ = decoder_inputs(decoder.cfg, rgb, depth, None)  # the depth the decoder placed by
+    present = used[..., 0] > 0  # [V, H, W]: one Gaussian per present pixel, in this order
+    if int(present.sum()) != len(scene.means):
+        raise ValueError(f"drop_floaters: {len(scene.means)} Gaussians for "
+                         f"{int(present.sum())} pixels with depth")
+    v = present.shape[0]
+    source = torch.arange(v).view(v, 1, 1).expand_as(present)[present]
+    background, in_front = contradictions(scene.means, source, used[..., 0], cameras,
+                                          margin=FLOATER_MARGIN)
+    drop = (background >= FLOATER_VIEWS) | (in_front >= FLOATER_VIEWS)
+    n = int(drop.sum())
+    if n == 0 or n > FLOATER_MAX_SHARE * len(drop):
+        return scene, 0
+    keep = ~drop
+    return Gaussians(scene.means[keep], scene.quats[keep], scene.log_scales[keep],
+                     scene.opacity_logits[keep], scene.sh[keep]), n
+
+
 def known_hull(depth: Tensor, cameras, views: list[int]) -> tuple[Tensor, float]:
     """The silhouettes the known ``views`` carve with (dilated by :data:`HULL_DILATION`) and
     the half-size of the object's cube (:func:`hull_bound`)."""
@@ -484,6 +528,8 @@ def run_task(s: SplatFlowSettings) -> dict:
               "seconds": round(result.seconds, 2),
               "scene": None if scene is None else str(s.scene_path),
               "views_dir": str(s.views_dir)}
+    if s.task != "poses":
+        report["floaters_dropped"] = result.floaters  # drop_floaters (--keep-floaters: 0)
     if s.task in ("generate", "edit"):
         report["anchors"] = list(result.anchors)  # --anchor: views kept, the rest completed
     if s.task == "complete":
@@ -523,6 +569,7 @@ class Result:
     flow_seconds: float
     seconds: float
     anchors: tuple[int, ...] = ()  # generate, edit --anchor: the views kept from the first pass
+    floaters: int = 0  # Gaussians dropped because other views contradict them (drop_floaters)
 
     @property
     def views(self) -> int:
@@ -565,9 +612,12 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     if s.task == "complete" and s.warp:
         generated = ~layout.known_pixels(known.mask)[:n]
         rgb, depth = drop_outside_hull(rgb, depth, known.cameras, s.known, generated)
+    if s.anchor_count:  # generate, edit: a draft; its anchors are chosen on every Gaussian
+        draft = dataclasses.replace(s, keep_floaters=True)
+        result = _decode(models, layout, known, draft, rgb, depth, rays, flow_s=flow_s,
+                         t_all=t_all)
+        return complete_from_anchors(models, layout, known, result, s, t_all)
     result = _decode(models, layout, known, s, rgb, depth, rays, flow_s=flow_s, t_all=t_all)
-    if s.anchor_count:  # generate, edit
-        result = complete_from_anchors(models, layout, known, result, s, t_all)
     return result
 
 
@@ -646,10 +696,14 @@ def _decode(models: Models, layout, known: Known, s: SplatFlowSettings, rgb: Ten
     # complete / edit decode at the cameras asked for (the dataset's, checked to be size^2)
     cams = known.cameras.to(torch.float32) if s.task in ("complete", "edit") else fitted
     scene = None  # poses of views without depth: cameras only
+    dropped = 0
     if s.task != "poses" or depth.any():
         with torch.no_grad():
             scene = decode_scene(models.decoder, rgb, depth, cams)
-    return Result(rgb, depth, rays, fitted, cams, scene, flow_s, time.perf_counter() - t_all)
+            if s.task != "poses" and not s.keep_floaters:  # views the flow made or changed
+                scene, dropped = drop_floaters(models.decoder, scene, rgb, depth, cams)
+    return Result(rgb, depth, rays, fitted, cams, scene, flow_s, time.perf_counter() - t_all,
+                  floaters=dropped)
 
 
 def _model_config(s: SplatFlowSettings):
@@ -706,7 +760,14 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="scene file (.ply, .splat, .spz); the 8 views "
                    "and their cameras go to <out>_views/ (transforms.json)")
     _anchor(p, DEFAULT_ANCHOR, "generated")
+    _floaters(p)
     _common(p)
+
+
+def _floaters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keep-floaters", action="store_true", help="keep the Gaussians that "
+                   f"{FLOATER_VIEWS} or more other views contradict (background there, or a "
+                   "surface behind them); dropped by default")
 
 
 def _anchor(p: argparse.ArgumentParser, default: int, what: str) -> None:
@@ -730,6 +791,7 @@ def add_complete_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--polish", type=int_range(0, 100_000), default=POLISH_STEPS,
                    metavar="STEPS", help="fit the known views' Gaussians this many steps to "
                    f"them before warping (default {POLISH_STEPS}; 0: the decoder's as they are)")
+    _floaters(p)
     _common(p)
 
 
@@ -741,6 +803,7 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
                    help="CAPOD class of the regenerated region")
     p.add_argument("--out", required=True, help="folder: edited views + scene.ply")
     _anchor(p, DEFAULT_EDIT_ANCHOR, "edited")
+    _floaters(p)
     _common(p)
 
 
@@ -772,7 +835,7 @@ def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
         strength=getattr(args, "strength", None),
         polish=getattr(args, "polish", POLISH_STEPS), anchor=getattr(args, "anchor", None),
         refine=not getattr(args, "no_refine", False),
-        overwrite=args.overwrite)
+        keep_floaters=getattr(args, "keep_floaters", False), overwrite=args.overwrite)
 
 
 def _run(task: str, args: argparse.Namespace) -> int:

@@ -119,3 +119,67 @@ def test_the_cube_grows_for_objects_in_a_larger_frame():
     generated[3:] = True
     _, out = drop_outside_hull(scene.rgb[0], depth, big, (0, 1, 2), generated)
     assert torch.equal(out, depth)  # nothing of the big sphere is carved
+
+
+def _probe_points(scene, source_views, extra: int, seed: int):
+    """Surface points of ``source_views`` jittered off the surface, plus ``extra`` random
+    points in the cube: every case of the vote (seen or not, inside, outside, in front)."""
+    cams = scene.cameras(0)
+    pts, idx = backproject(scene.depth[0, source_views], cams[source_views])
+    g = torch.Generator().manual_seed(seed)
+    pts = pts + 0.08 * torch.randn(pts.shape, generator=g, dtype=pts.dtype)
+    source = torch.tensor(source_views)[idx[:, 0]]
+    rand = torch.rand(extra, 3, generator=g, dtype=pts.dtype) * 1.6 - 0.8
+    src = torch.randint(0, len(cams), (extra,), generator=g)
+    return torch.cat([pts, rand]), torch.cat([source, src])
+
+
+@pytest.mark.parametrize("views, size, dilation, margin", [(4, 10, 1, 0.05), (5, 12, 0, 0.1),
+                                                           (3, 16, 2, 0.0)])
+def test_fast_contradictions_equal_reference(views, size, dilation, margin):
+    from flow3d.splat.hull import contradictions, contradictions_reference
+
+    scene = sphere_scene(views=views, size=size, seed=size)
+    pts, source = _probe_points(scene, [0, views - 1], extra=60, seed=views)
+    depth = scene.depth[0, ..., 0]
+    fast = contradictions(pts, source, depth, scene.cameras(0), margin=margin,
+                          dilation=dilation)
+    slow = contradictions_reference(pts, source, depth, scene.cameras(0), margin=margin,
+                                    dilation=dilation)
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    assert fast[0].any() and fast[1].any()  # both kinds of contradiction were exercised
+
+
+def test_views_of_one_object_do_not_contradict_its_surface_but_do_a_floater():
+    from flow3d.splat.hull import contradictions
+
+    scene = sphere_scene(views=6, size=24, seed=7)
+    cams = scene.cameras(0)
+    depth = scene.depth[0, ..., 0]
+    pts, idx = backproject(scene.depth[0], cams)
+    background, in_front = contradictions(pts, idx[:, 0], depth, cams, margin=0.05)
+    assert background.sum() == 0
+    # near another view's rim the depth changes fast within a pixel: a few points there are
+    # "in front" of one view (nearest-pixel lookup), hardly any of two
+    assert (in_front >= 1).sum() < 0.05 * len(pts) and (in_front >= 2).sum() < 0.002 * len(pts)
+    # a point beside the sphere, and one between view 0's camera and the sphere's surface
+    o, d = pixel_rays(cams[[0]])
+    hit = depth[0] > 0
+    r, c = [int(x) for x in hit.nonzero()[len(hit.nonzero()) // 2]]
+    ray = d[0, r, c]
+    z_cam = float(depth[0, r, c])  # camera z of the surface; the ray's length differs by cos
+    axes = cams.viewmats[0, :3, :3].to(ray.dtype)  # rows: camera 0's x, y, z in the world
+    cos = float(ray @ axes[2])
+    front = o[0] + (z_cam - 0.3) / cos * ray  # 0.3 in front of view 0's surface
+    bg, fr = contradictions(front[None], torch.tensor([1]), depth, cams, margin=0.05)
+    assert fr[0] >= 1 and bg[0] == 0  # view 0 (at least) sees through it to its surface
+    # a view 0 that shows background on its left half contradicts exactly the other views'
+    # points that fall there (the sphere fills the frame: "beside it" is outside every image)
+    cut = depth.clone()
+    cut[0, :, :12] = 0
+    others = idx[:, 0] != 0
+    bg, _ = contradictions(pts[others], idx[others, 0], cut, cams, margin=0.05)
+    cam0 = pts[others].double() @ cams.viewmats[0, :3, :3].double().T + cams.viewmats[0, :3, 3]
+    u = cams.K[0, 0, 0] * cam0[:, 0] / cam0[:, 2] + cams.K[0, 0, 2]
+    assert bg.max() == 1 and ((bg == 1) == (u < 11)).float().mean() > 0.99
+    assert (u < 11).sum() > 100

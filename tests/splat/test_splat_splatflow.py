@@ -51,8 +51,63 @@ def test_generate_writes_a_scene_and_its_views(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     views = load_dataset(tmp_path / "chair_views")
     assert len(views) == 8 and views.depths is not None
-    assert len(load_scene(out)) == report["gaussians"] == int((views.depths > 0).sum())
+    assert len(load_scene(out)) == report["gaussians"] == \
+        int((views.depths > 0).sum()) - report["floaters_dropped"]
     assert json.loads((tmp_path / "chair_views" / "report.json").read_text())["class"] == "chair"
+    run(["splat", "generate", "--class", "chair", "--out", tmp_path / "all.ply",
+         "--keep-floaters"])
+    kept = json.loads(capsys.readouterr().out)
+    assert kept["floaters_dropped"] == 0
+    assert len(load_scene(tmp_path / "all.ply")) == int((views.depths > 0).sum())
+
+
+def test_drop_floaters_removes_what_other_views_contradict_and_keeps_the_object():
+    """Views of one sphere, decoded by a (tiny, untrained) GSDecoder: nothing to drop. A blob
+    painted into view 0 beside the sphere (other views show background there) is dropped;
+    when the views disagree as a whole nothing is."""
+    from synthetic_scenes import sphere_scene
+
+    from flow3d.splat.decoder import GSDecoder, GSDecoderConfig, decode_scene
+    from flow3d.splat.hull import contradictions
+    from flow3d.splat.splatflow import (
+        FLOATER_MARGIN,
+        FLOATER_MAX_SHARE,
+        FLOATER_VIEWS,
+        drop_floaters,
+    )
+
+    torch.manual_seed(0)
+    model = GSDecoder(GSDecoderConfig(width=16, depth=1, heads=2, patch=4, pixel_width=8))
+    scene = sphere_scene(views=6, size=32, seed=4, frame=1.0)  # room around the sphere
+    rgb, depth, cams = scene.rgb[0], scene.depth[0], scene.cameras(0)
+    with torch.no_grad():
+        whole = decode_scene(model, rgb, depth, cams)
+        kept, n = drop_floaters(model, whole, rgb, depth, cams)
+        assert n <= 0.01 * len(whole) and len(kept) == len(whole) - n  # the decoder moves a few
+        blob = depth.clone()
+        blob[0, 14:18, 14:18] -= 0.3  # pulled 0.3 towards camera 0: floating before the sphere
+        moved = decode_scene(model, rgb, blob, cams)
+        kept, n = drop_floaters(model, moved, rgb, blob, cams)
+    patch = torch.zeros(depth.shape[:3], dtype=torch.bool)
+    patch[0, 14:18, 14:18] = True
+    floating = moved.means[patch[depth[..., 0] > 0]]  # the Gaussians of those 16 pixels
+    assert 16 <= n <= 16 + 0.01 * len(whole)
+    assert not any(torch.isclose(kept.means, p).all(-1).any() for p in floating)
+    # views that disagree as a whole (half show another scene's sphere): nothing dropped
+    other = sphere_scene(views=6, size=32, seed=9, frame=1.0)
+    mixed = torch.cat([depth[:3], other.depth[0, 3:]])
+    with torch.no_grad():
+        g = decode_scene(model, rgb, mixed, cams)
+        same, none = drop_floaters(model, g, rgb, mixed, cams)
+    present = mixed[..., 0] > 0
+    source = torch.arange(6).view(6, 1, 1).expand_as(present)[present]
+    bg, fr = contradictions(g.means, source, mixed[..., 0], cams, margin=FLOATER_MARGIN)
+    assert ((bg >= FLOATER_VIEWS) | (fr >= FLOATER_VIEWS)).float().mean() > FLOATER_MAX_SHARE
+    assert none == 0 and same is g
+    extra = depth.clone()
+    extra[0, 0, 0] = 1.0  # a corner pixel: background in the sphere's views
+    with pytest.raises(ValueError, match="Gaussians for"):
+        drop_floaters(model, whole, rgb, extra, cams)
 
 
 def test_generate_with_anchors_keeps_those_views_of_the_joint_sample(tmp_path, capsys):
