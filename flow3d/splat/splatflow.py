@@ -69,6 +69,7 @@ CHECKPOINTS = PROJECT_ROOT / "checkpoints" / "splat"  # bundled, found from any 
 MAX_STEPS = 10_000
 DEFAULT_STRENGTH = 0.3  # complete: how far the warped views are noised before the flow
 POLISH_STEPS = 100  # complete: fitting steps of the known views' Gaussians before the warp
+CAMERA_SOURCES = ("sampled", "generated")  # generate --cameras
 DEFAULT_ANCHOR = 1  # generate: views of the joint sample kept, the rest completed from them
 DEFAULT_EDIT_ANCHOR = 1  # edit: the same for the edited views
 TASKS = ("generate", "complete", "edit", "poses")
@@ -99,6 +100,8 @@ class SplatFlowSettings:
     anchor: int | None = None  # generate, edit: keep this many views of the first integration
     # (those the GSDecoder re-renders best) and complete the others from them (0: every view
     # as the flow made it; None: the task's default, anchor_count)
+    cameras: str = "sampled"  # generate: cameras drawn as the training scenes' (sampled), or
+    # made by the flow with the views (generated: SplatFlow's way)
     keep_floaters: bool = False  # generate, complete, edit: keep the Gaussians other views
     # contradict (drop_floaters)
     overwrite: bool = False
@@ -132,6 +135,11 @@ class SplatFlowSettings:
             raise ConfigError(f"--known {','.join(map(str, self.known))}: a view is named twice")
         if not self.refine and self.task != "poses":
             raise ConfigError("--no-refine: applies to poses only")
+        if self.cameras not in CAMERA_SOURCES:
+            raise ConfigError(f"--cameras {self.cameras}: choose from "
+                              f"{', '.join(CAMERA_SOURCES)}")
+        if self.cameras != "sampled" and self.task != "generate":
+            raise ConfigError("--cameras: applies to generate only")
         if self.keep_floaters and self.task == "poses":
             raise ConfigError("--keep-floaters: applies to generate, complete and edit only")
         if self.task == "edit" and self.masks is None:
@@ -285,10 +293,28 @@ def read_masks(s: SplatFlowSettings, data, layout) -> Tensor:
     return out
 
 
+CAMERA_RADIUS = 0.57  # generate --cameras sampled: the bounding radius the cameras frame
+# (the training scenes' median camera distance, 1.71, is what scene_cameras places at it)
+
+
+def sample_cameras(layout, seed: int, fov_deg: float = 40.0):
+    """``generate``'s cameras: ``layout.views`` cameras drawn as the training scenes' are
+    (:func:`flow3d.splat.scenes.scene_cameras`: an orbit or scattered over a band of
+    elevations, each at its own distance, looking at the object with a jitter), for an
+    object of bounding radius :data:`CAMERA_RADIUS`, from ``seed``."""
+    from flow3d.splat.scenes import scene_cameras
+
+    return scene_cameras(np.random.default_rng(seed), layout.views, radius=CAMERA_RADIUS,
+                         size=layout.size, fov_deg=fov_deg)
+
+
 def known_entries(s: SplatFlowSettings, layout) -> Known:
     """Step 2: what the task keeps (module docstring), from the dataset."""
     if s.task == "generate":
-        return known_state(layout, "generate")
+        if s.cameras == "generated":
+            return known_state(layout, "generate")
+        return known_state(layout, "generate", cameras=sample_cameras(layout, s.seed,
+                                                                      _scene_fov(s)))
     data, rgb, depth, has_depth = read_views(s, layout)
     if s.task in ("complete", "edit") and not has_depth:
         raise DataError(f"{s.dataset}: no depth maps; {s.task} keeps the given colour and "
@@ -306,8 +332,16 @@ def known_state(layout, task: str, **views) -> Known:
     of which the first ``num_views`` are real; ``known`` (complete), ``edit_mask [V, H, W]``
     (edit, True = regenerate); ``cameras`` the views' own (kept in the result)."""
     shape = (1, layout.views * layout.tokens_per_view, layout.dim)
-    if task == "generate":
+    if task == "generate" and views.get("cameras") is None:  # rays generated too
         return Known(torch.zeros(shape), torch.zeros(shape, dtype=torch.bool))
+    if task == "generate":  # every view's rays known: the cameras asked for
+        cams = views["cameras"]
+        empty = torch.zeros(1, layout.views, layout.size, layout.size, 3)
+        values = layout.to_state(empty, empty[..., :1], cams.K[None].float(),
+                                 cams.viewmats[None].float())
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask[..., layout.groups()["rays"]] = True
+        return Known(torch.where(mask, values, 0.0), mask, cams, layout.views)
     rgb, depth, v = views["rgb"], views["depth"], views["num_views"]
     has_depth = depth is not None
     # without depth every pixel counts as the object's (the colour is kept as given; the
@@ -530,6 +564,8 @@ def run_task(s: SplatFlowSettings) -> dict:
               "views_dir": str(s.views_dir)}
     if s.task != "poses":
         report["floaters_dropped"] = result.floaters  # drop_floaters (--keep-floaters: 0)
+    if s.task == "generate":
+        report["cameras"] = s.cameras
     if s.task in ("generate", "edit"):
         report["anchors"] = list(result.anchors)  # --anchor: views kept, the rest completed
     if s.task == "complete":
@@ -693,8 +729,10 @@ def _decode(models: Models, layout, known: Known, s: SplatFlowSettings, rgb: Ten
         from flow3d.splat.align import refine_cameras
 
         fitted = refine_cameras(fitted, depth, rgb=rgb, progress=sys.stderr.isatty())
-    # complete / edit decode at the cameras asked for (the dataset's, checked to be size^2)
-    cams = known.cameras.to(torch.float32) if s.task in ("complete", "edit") else fitted
+    # complete / edit (and generate at sampled cameras) decode at the cameras asked for (the
+    # dataset's, checked to be size^2)
+    asked = s.task in ("complete", "edit") or (s.task == "generate" and known.cameras is not None)
+    cams = known.cameras.to(torch.float32) if asked else fitted
     scene = None  # poses of views without depth: cameras only
     dropped = 0
     if s.task != "poses" or depth.any():
@@ -704,6 +742,13 @@ def _decode(models: Models, layout, known: Known, s: SplatFlowSettings, rgb: Ten
                 scene, dropped = drop_floaters(models.decoder, scene, rgb, depth, cams)
     return Result(rgb, depth, rays, fitted, cams, scene, flow_s, time.perf_counter() - t_all,
                   floaters=dropped)
+
+
+def _scene_fov(s: SplatFlowSettings) -> float:
+    """The field of view of the scenes the flow was trained on (its recipe's data.fov_deg)."""
+    from flow3d.engine.checkpoint import read_recipe
+
+    return float(getattr(read_recipe(s.model_path).data, "fov_deg", 40.0))
 
 
 def _model_config(s: SplatFlowSettings):
@@ -760,6 +805,11 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="scene file (.ply, .splat, .spz); the 8 views "
                    "and their cameras go to <out>_views/ (transforms.json)")
     _anchor(p, DEFAULT_ANCHOR, "generated")
+    p.add_argument("--cameras", choices=CAMERA_SOURCES, default="sampled",
+                   help="sampled: 8 cameras drawn around the object as in the training scenes "
+                   "(from --seed), the flow generates colour and depth at them; generated: "
+                   "the flow generates the cameras' rays too (SplatFlow's way; this flow's "
+                   "rays all look one way)")
     _floaters(p)
     _common(p)
 
@@ -835,6 +885,7 @@ def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
         strength=getattr(args, "strength", None),
         polish=getattr(args, "polish", POLISH_STEPS), anchor=getattr(args, "anchor", None),
         refine=not getattr(args, "no_refine", False),
+        cameras=getattr(args, "cameras", "sampled"),
         keep_floaters=getattr(args, "keep_floaters", False), overwrite=args.overwrite)
 
 
