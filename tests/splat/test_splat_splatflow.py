@@ -61,6 +61,26 @@ def test_generate_writes_a_scene_and_its_views(tmp_path, capsys):
     assert len(load_scene(tmp_path / "all.ply")) == int((views.depths > 0).sum())
 
 
+def test_generate_draws_cameras_around_the_object_or_lets_the_flow_make_them(tmp_path, capsys):
+    from flow3d.splat.mvflow import SceneLayout
+    from flow3d.splat.splatflow import sample_cameras
+
+    run(["splat", "generate", "--class", "guitar", "--out", tmp_path / "s.ply", "--seed", "3"])
+    assert json.loads(capsys.readouterr().out)["cameras"] == "sampled"
+    cams = load_dataset(tmp_path / "s_views").cameras
+    drawn = sample_cameras(SceneLayout(8, 64, 8, 0.5, 5.0), 3)
+    assert torch.allclose(cams.viewmats, drawn.viewmats.float(), atol=1e-5)
+    assert torch.allclose(cams.K, drawn.K.float(), atol=1e-4)
+    axes = cams.viewmats[:, 2, :3].double()
+    spread = torch.rad2deg(torch.acos((axes @ axes.T).clamp(-1, 1))).sum() / 56
+    assert spread > 20  # views from around the object, as in the training scenes
+    run(["splat", "generate", "--class", "guitar", "--out", tmp_path / "g.ply", "--seed", "3",
+         "--cameras", "generated"])
+    assert json.loads(capsys.readouterr().out)["cameras"] == "generated"
+    assert not torch.allclose(load_dataset(tmp_path / "g_views").cameras.viewmats,
+                              cams.viewmats, atol=1e-3)
+
+
 def test_drop_floaters_removes_what_other_views_contradict_and_keeps_the_object():
     """Views of one sphere, decoded by a (tiny, untrained) GSDecoder: nothing to drop. A blob
     painted into view 0 beside the sphere (other views show background there) is dropped;
@@ -93,9 +113,8 @@ def test_drop_floaters_removes_what_other_views_contradict_and_keeps_the_object(
     floating = moved.means[patch[depth[..., 0] > 0]]  # the Gaussians of those 16 pixels
     assert 16 <= n <= 16 + 0.01 * len(whole)
     assert not any(torch.isclose(kept.means, p).all(-1).any() for p in floating)
-    # views that disagree as a whole (half show another scene's sphere): nothing dropped
-    other = sphere_scene(views=6, size=32, seed=9, frame=1.0)
-    mixed = torch.cat([depth[:3], other.depth[0, 3:]])
+    # views that disagree as a whole (each puts the sphere at its own distance): nothing dropped
+    mixed = depth * torch.tensor([0.7, 1.3, 0.8, 0.6, 1.0, 1.5]).view(6, 1, 1, 1)
     with torch.no_grad():
         g = decode_scene(model, rgb, mixed, cams)
         same, none = drop_floaters(model, g, rgb, mixed, cams)
@@ -256,6 +275,8 @@ def inputs(tmp_path):
     (["generate", "--class", "chair", "--out", "{out}/new.ply", "--anchor", "8"],
      ["--anchor 8", "8 views"]),
     (["generate", "--class", "chair", "--out", "{out}/new.ply", "--anchor", "-1"], ["--anchor"]),
+    (["generate", "--class", "chair", "--out", "{out}/new.ply", "--cameras", "magic"],
+     ["--cameras", "magic"]),
     (["complete", "{tmp}/missing", "--known", "0", "--out", "{out}/c"],
      ["missing", "no such dataset"]),
     (["complete", "{tmp}/good", "--known", "0,9", "--out", "{out}/c"], ["--known 9"]),
