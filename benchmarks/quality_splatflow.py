@@ -357,7 +357,7 @@ def main(argv=None) -> int:
                 f"{args.first_seed + args.per_class - 1}.", "",
                 f"{len(hit)} scenes ({args.per_class} seeds x {m.num_classes} classes): requested "
                 f"class recognised in {np.mean(hit):.0%}; GSDecoder re-render of the generated "
-                f"views at their fitted cameras {np.mean(cons):.2f} dB (min {np.min(cons):.2f}); "
+                f"views at their cameras {np.mean(cons):.2f} dB (min {np.min(cons):.2f}); "
                 f"{np.median(secs):.1f} s per scene (median, flow + cameras + decoder, one "
                 f"thread; max {np.max(secs):.1f} s). Cameras ({args.cameras}): views' optical "
                 f"axes {np.mean(spread):.1f} degrees apart on average (min over scenes "
