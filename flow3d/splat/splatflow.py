@@ -12,9 +12,9 @@ along the path by the core's :class:`~flow3d.core.guidance.Inpainting` hook (tra
   optical axes 4-14 degrees apart, against 55-90 in the training scenes; docs/benchmarks.md),
   so its scenes are seen from one side only. With ``--anchor k`` the joint
   sample is only a draft: its ``k`` views that the GSDecoder scene of all eight re-renders
-  best are kept, with the cameras fitted to their rays, and the other views are completed
-  from them as ``complete`` does (below), under the same class, so every view shows the
-  same 3D Gaussians.
+  best are kept, with every view's camera (drawn, or fitted to the generated rays), and the
+  other views are completed from them as ``complete`` does (below), under the same class, so
+  every view shows the same 3D Gaussians.
 * ``complete``: the known views' colour and depth and every view's rays (the cameras asked
   for) known; the other views generated. By default (``warp``) the known views are first
   decoded into Gaussians and rendered at the other cameras: the pixels they show solidly, and
@@ -682,9 +682,9 @@ def complete_from_anchors(models: Models, layout, known: Known, result: Result,
                           s: SplatFlowSettings, t_all: float) -> Result:
     """``--anchor k`` (generate, edit): the ``k`` views of the first integration that its
     decoded scene re-renders best (:func:`anchor_views`) kept whole, every view's camera kept
-    (generate: the fitted ones), and the rest of the other views completed from them as
-    ``complete`` does (warped Gaussians, hull, SDEdit under the same class) around what the
-    task already keeps (edit: the unmasked pixels), so the views agree through the
+    (generate: the drawn ones, or those fitted to the generated rays), and the rest of the
+    other views completed from them as ``complete`` does (warped Gaussians, hull, SDEdit
+    under the same class) around what the task already keeps (edit: the unmasked pixels), so the views agree through the
     GSDecoder's 3D Gaussians rather than only through the flow."""
     anchors = anchor_views(result, s.anchor_count, models.decoder.cfg.render_settings())
     n, cams = result.views, result.cameras
