@@ -684,8 +684,9 @@ def complete_from_anchors(models: Models, layout, known: Known, result: Result,
     decoded scene re-renders best (:func:`anchor_views`) kept whole, every view's camera kept
     (generate: the drawn ones, or those fitted to the generated rays), and the rest of the
     other views completed from them as ``complete`` does (warped Gaussians, hull, SDEdit
-    under the same class) around what the task already keeps (edit: the unmasked pixels), so the views agree through the
-    GSDecoder's 3D Gaussians rather than only through the flow."""
+    under the same class) around what the task already keeps (edit: the unmasked pixels),
+    so the views agree through the GSDecoder's 3D Gaussians rather than only through the
+    flow."""
     anchors = anchor_views(result, s.anchor_count, models.decoder.cfg.render_settings())
     n, cams = result.views, result.cameras
     rgb = torch.zeros(1, layout.views, layout.size, layout.size, 3)
