@@ -106,7 +106,7 @@ class SplatFlowSettings:
     # (those the GSDecoder re-renders best) and complete the others from them (0: every view
     # as the flow made it; None: the task's default, anchor_count)
     cameras: str = "sampled"  # generate: cameras drawn as the training scenes' (sampled), or
-    # made by the flow with the views (generated: SplatFlow's way)
+    # made by the flow with the views (generated: SplatFlow's way); other tasks ignore it
     keep_floaters: bool = False  # generate, complete, edit: keep the Gaussians other views
     # contradict (drop_floaters)
     overwrite: bool = False
@@ -143,8 +143,6 @@ class SplatFlowSettings:
         if self.cameras not in CAMERA_SOURCES:
             raise ConfigError(f"--cameras {self.cameras}: choose from "
                               f"{', '.join(CAMERA_SOURCES)}")
-        if self.cameras != "sampled" and self.task != "generate":
-            raise ConfigError("--cameras: applies to generate only")
         if self.keep_floaters and self.task == "poses":
             raise ConfigError("--keep-floaters: applies to generate, complete and edit only")
         if self.task == "edit" and self.masks is None:
