@@ -82,8 +82,7 @@ def in_hull(points: Tensor, masks: Tensor, cameras: Cameras, *, bound: float = 0
 
 
 def contradictions(points: Tensor, source: Tensor, depth: Tensor, cameras: Cameras, *,
-                   margin: float, dilation: int = 1,
-                   framed: bool = False) -> tuple[Tensor, Tensor]:
+                   margin: float, dilation: int = 1) -> tuple[Tensor, Tensor]:
     """How many views contradict each of ``points [N, 3]``, the surface points of views
     ``source [N]`` (long): ``(background [N], in_front [N])`` counts of the *other* views that
     see a point (in front of the camera, inside the image) and show background there (outside
@@ -91,8 +90,7 @@ def contradictions(points: Tensor, source: Tensor, depth: Tensor, cameras: Camer
     there more than ``margin`` behind it (the point floats in space that view sees through).
     Views that agree on an object contradict few of its points; a point only its own view
     shows (a smeared silhouette edge, a view that disagrees with the rest) is contradicted by
-    many. ``framed``: every view frames the whole object (``flow3d splat views``, the flow's
-    data), so a point in front of a camera but outside its image is background there too."""
+    many."""
     pts = points.to(torch.float64)
     vm = cameras.viewmats.to(torch.float64)
     K = cameras.K.to(torch.float64)
@@ -104,22 +102,19 @@ def contradictions(points: Tensor, source: Tensor, depth: Tensor, cameras: Camer
         z = cam[:, 2]
         u = K[v, 0, 0] * cam[:, 0] / z.clamp_min(1e-9) + K[v, 0, 2]
         y = K[v, 1, 1] * cam[:, 1] / z.clamp_min(1e-9) + K[v, 1, 2]
-        ahead = (source != v) & (z > 1e-9)
-        seen = ahead & (u >= 0) & (u < cameras.width) & (y >= 0) & (y < cameras.height)
+        seen = (source != v) & (z > 1e-9) & (u >= 0) & (u < cameras.width) & (y >= 0) \
+            & (y < cameras.height)
         col = u.clamp(0, cameras.width - 1).long()
         row = y.clamp(0, cameras.height - 1).long()
         inside = masks[v][row, col]
         surface = depth[v][row, col].to(torch.float64)
         background += (seen & ~inside).long()
-        if framed:
-            background += (ahead & ~seen).long()
         in_front += (seen & inside & (surface > 0) & (z < surface - margin)).long()
     return background, in_front
 
 
 def contradictions_reference(points: Tensor, source: Tensor, depth: Tensor, cameras: Cameras,
-                             *, margin: float, dilation: int = 1,
-                             framed: bool = False) -> tuple[Tensor, Tensor]:
+                             *, margin: float, dilation: int = 1) -> tuple[Tensor, Tensor]:
     """:func:`contradictions` one point and one view at a time (the slow twin)."""
     K, vm = cameras.K.tolist(), cameras.viewmats.tolist()
     d = depth.tolist()
@@ -136,7 +131,6 @@ def contradictions_reference(points: Tensor, source: Tensor, depth: Tensor, came
             u = K[v][0][0] * cam[0] / cam[2] + K[v][0][2]
             y = K[v][1][1] * cam[1] / cam[2] + K[v][1][2]
             if not (0 <= u < w and 0 <= y < h):
-                nb += int(framed)
                 continue
             r, c = int(y), int(u)
             near = [d[v][rr][cc] for rr in range(max(r - dilation, 0), min(r + dilation + 1, h))

@@ -393,9 +393,8 @@ FLOATER_MAX_SHARE = 0.75  # views that contradict more Gaussians than this disag
 
 def drop_floaters(decoder, scene, rgb: Tensor, depth: Tensor, cameras) -> tuple[object, int]:
     """The decoded ``scene`` without the Gaussians that at least :data:`FLOATER_VIEWS` of the
-    other views contradict (:func:`flow3d.splat.hull.contradictions`: background there, or
-    outside the image of a view that frames the whole object, or a surface more than
-    :data:`FLOATER_MARGIN` behind), and how many were dropped. Generated
+    other views contradict (:func:`flow3d.splat.hull.contradictions`: background there, or a
+    surface more than :data:`FLOATER_MARGIN` behind), and how many were dropped. Generated
     views disagree at silhouette edges and in shadows: their pixels become dark Gaussians
     that float beside the object, seen from anywhere but their own view. Nothing is dropped
     when more than :data:`FLOATER_MAX_SHARE` of the Gaussians would be."""
@@ -411,7 +410,7 @@ def drop_floaters(decoder, scene, rgb: Tensor, depth: Tensor, cameras) -> tuple[
     v = present.shape[0]
     source = torch.arange(v).view(v, 1, 1).expand_as(present)[present]
     background, in_front = contradictions(scene.means, source, used[..., 0], cameras,
-                                          margin=FLOATER_MARGIN, framed=True)
+                                          margin=FLOATER_MARGIN)
     drop = (background >= FLOATER_VIEWS) | (in_front >= FLOATER_VIEWS)
     n = int(drop.sum())
     if n == 0 or n > FLOATER_MAX_SHARE * len(drop):

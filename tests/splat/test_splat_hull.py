@@ -134,18 +134,18 @@ def _probe_points(scene, source_views, extra: int, seed: int):
     return torch.cat([pts, rand]), torch.cat([source, src])
 
 
-@pytest.mark.parametrize("views, size, dilation, margin, framed", [
-    (4, 10, 1, 0.05, False), (5, 12, 0, 0.1, True), (3, 16, 2, 0.0, False), (4, 10, 1, 0.05, True)])
-def test_fast_contradictions_equal_reference(views, size, dilation, margin, framed):
+@pytest.mark.parametrize("views, size, dilation, margin", [(4, 10, 1, 0.05), (5, 12, 0, 0.1),
+                                                           (3, 16, 2, 0.0)])
+def test_fast_contradictions_equal_reference(views, size, dilation, margin):
     from flow3d.splat.hull import contradictions, contradictions_reference
 
     scene = sphere_scene(views=views, size=size, seed=size)
     pts, source = _probe_points(scene, [0, views - 1], extra=60, seed=views)
     depth = scene.depth[0, ..., 0]
     fast = contradictions(pts, source, depth, scene.cameras(0), margin=margin,
-                          dilation=dilation, framed=framed)
+                          dilation=dilation)
     slow = contradictions_reference(pts, source, depth, scene.cameras(0), margin=margin,
-                                    dilation=dilation, framed=framed)
+                                    dilation=dilation)
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
     assert fast[0].any() and fast[1].any()  # both kinds of contradiction were exercised
 
@@ -183,10 +183,3 @@ def test_views_of_one_object_do_not_contradict_its_surface_but_do_a_floater():
     u = cams.K[0, 0, 0] * cam0[:, 0] / cam0[:, 2] + cams.K[0, 0, 2]
     assert bg.max() == 1 and ((bg == 1) == (u < 11)).float().mean() > 0.99
     assert (u < 11).sum() > 100
-    # a point far outside every frame: unseen, unless the views frame the whole object
-    far = torch.tensor([[3.0, 3.0, 3.0]], dtype=pts.dtype)
-    assert contradictions(far, torch.tensor([0]), depth, cams, margin=0.05)[0] == 0
-    ahead = sum(int(float(far[0].double() @ cams.viewmats[v, :3, :3].double()[2]
-                          + cams.viewmats[v, 2, 3]) > 0) for v in range(1, 6))
-    bg, _ = contradictions(far, torch.tensor([0]), depth, cams, margin=0.05, framed=True)
-    assert bg[0] == ahead > 0
