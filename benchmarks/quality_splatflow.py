@@ -148,8 +148,8 @@ def main(argv=None) -> int:
         DEFAULT_STRENGTH,
         POLISH_STEPS,
         Models,
+        known_entries,
         known_state,
-        sample_cameras,
     )
 
     flow = load_model(args.flow)
@@ -334,12 +334,10 @@ def main(argv=None) -> int:
         for c in range(m.num_classes):
             for seed in range(args.first_seed, args.first_seed + args.per_class):
                 t0 = time.perf_counter()
-                cams = None if args.cameras == "generated" else \
-                    sample_cameras(lay, seed, float(flow.recipe.data.fov_deg))
-                r = _run(models, lay, known_state(lay, "generate", cameras=cams),
-                         dataclasses.replace(_settings("generate", _class_name(c), args.steps,
-                                                       seed, cfg=args.cfg, anchor=anchor),
-                                             cameras=args.cameras), failed)
+                s = dataclasses.replace(_settings("generate", _class_name(c), args.steps, seed,
+                                                  cfg=args.cfg, anchor=anchor),
+                                        cameras=args.cameras, flow=Path(args.flow))
+                r = _run(models, lay, known_entries(s, lay), s, failed)  # the command's cameras
                 if r is None:
                     hit.append(False)
                     continue

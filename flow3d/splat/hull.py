@@ -54,21 +54,28 @@ def _cube_span(o: Tensor, d: Tensor, bound: float) -> tuple[Tensor, Tensor, Tens
     return s0, s1, s1 > s0
 
 
+def _pixels(points: Tensor, cameras: Cameras, v: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Float64 ``points [N, 3]`` in view ``v``: camera depth ``z``, whether the view sees them
+    (in front, inside the image), and the ``row``, ``col`` of the pixel they fall in (clamped
+    into the image where they do not)."""
+    vm = cameras.viewmats[v].to(points.device, torch.float64)
+    K = cameras.K[v].to(points.device, torch.float64)
+    cam = points @ vm[:3, :3].T + vm[:3, 3]
+    z = cam[:, 2]
+    u = K[0, 0] * cam[:, 0] / z.clamp_min(1e-9) + K[0, 2]
+    y = K[1, 1] * cam[:, 1] / z.clamp_min(1e-9) + K[1, 2]
+    seen = (z > 1e-9) & (u >= 0) & (u < cameras.width) & (y >= 0) & (y < cameras.height)
+    return (z, seen, y.clamp(0, cameras.height - 1).long(),
+            u.clamp(0, cameras.width - 1).long())
+
+
 def inside_silhouettes(points: Tensor, masks: Tensor, cameras: Cameras) -> Tensor:
     """``[N]``: whether each point ``[N, 3]`` is inside the silhouette (``masks [V, H, W]``
     bool) of every view of ``cameras`` that sees it (in front, inside the image)."""
     points = points.to(torch.float64)
-    vm = cameras.viewmats.to(points.device, torch.float64)
-    K = cameras.K.to(points.device, torch.float64)
     inside = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
     for v in range(len(cameras)):
-        cam = points @ vm[v, :3, :3].T + vm[v, :3, 3]
-        z = cam[:, 2]
-        u = K[v, 0, 0] * cam[:, 0] / z.clamp_min(1e-9) + K[v, 0, 2]
-        y = K[v, 1, 1] * cam[:, 1] / z.clamp_min(1e-9) + K[v, 1, 2]
-        seen = (z > 1e-9) & (u >= 0) & (u < cameras.width) & (y >= 0) & (y < cameras.height)
-        col = u.clamp(0, cameras.width - 1).long()
-        row = y.clamp(0, cameras.height - 1).long()
+        _, seen, row, col = _pixels(points, cameras, v)
         inside &= ~seen | masks[v][row, col]
     return inside
 
@@ -92,20 +99,12 @@ def contradictions(points: Tensor, source: Tensor, depth: Tensor, cameras: Camer
     shows (a smeared silhouette edge, a view that disagrees with the rest) is contradicted by
     many."""
     pts = points.to(torch.float64)
-    vm = cameras.viewmats.to(torch.float64)
-    K = cameras.K.to(torch.float64)
     masks = dilate(depth > 0, dilation)
     background = torch.zeros(len(pts), dtype=torch.long)
     in_front = torch.zeros(len(pts), dtype=torch.long)
     for v in range(len(cameras)):
-        cam = pts @ vm[v, :3, :3].T + vm[v, :3, 3]
-        z = cam[:, 2]
-        u = K[v, 0, 0] * cam[:, 0] / z.clamp_min(1e-9) + K[v, 0, 2]
-        y = K[v, 1, 1] * cam[:, 1] / z.clamp_min(1e-9) + K[v, 1, 2]
-        seen = (source != v) & (z > 1e-9) & (u >= 0) & (u < cameras.width) & (y >= 0) \
-            & (y < cameras.height)
-        col = u.clamp(0, cameras.width - 1).long()
-        row = y.clamp(0, cameras.height - 1).long()
+        z, seen, row, col = _pixels(pts, cameras, v)
+        seen = seen & (source != v)
         inside = masks[v][row, col]
         surface = depth[v][row, col].to(torch.float64)
         background += (seen & ~inside).long()
