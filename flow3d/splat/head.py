@@ -319,7 +319,8 @@ class MultiViewFlowHead(GSDecoderHead):
             weights = model.layout.loss_weights(w) * ~model.given.cpu()
             mask = weights.to(x_1).expand_as(x_1)
         out = {"loss": flow_loss(self.recipe.flow, pred, ps.dx_t, t, mask=mask)}
-        if w != 1.0 or model.cfg.given:  # the rays' own error (of x1_hat), to watch them learn
+        if (w != 1.0 or model.cfg.given) and "rays" not in model.cfg.given:
+            # the rays' own error (of x1_hat), to watch them learn
             rays = model.layout.groups()["rays"]
             err = (pred - ps.dx_t)[..., rays].detach() * (1 - t).view(-1, 1, 1)
             out["ray_mse"] = err.square().mean()
@@ -351,24 +352,30 @@ class MultiViewFlowHead(GSDecoderHead):
                                   "samples only with those channels given (flow3d splat "
                                   "poses)")
             x_0 = torch.where(model.given, given.to(x_0).expand_as(x_0), x_0)
+            if start is not None:  # the path from start keeps the given channels too
+                start = torch.where(model.given, given.to(start).expand_as(start), start)
         ctx = None
         if model.cond == "class":
             ctx = model.null_context(num) if labels is None else model.context(labels=labels)
             if labels is None:
                 cfg = dataclasses.replace(cfg, cfg_rgb=0.0, cfg_depth=0.0, cfg_rays=0.0)
         velocity = scene_velocity(model, ctx, cfg)
-        if cfg.stop_ray > 0:  # SplatFlow's stop-ray, before any other hook (inpainting)
+        if cfg.stop_ray > 0 and "rays" not in model.cfg.given:
+            # SplatFlow's stop-ray, before any other hook (inpainting)
             from flow3d.core.guidance import ProjectPrediction
 
             hooks = [ProjectPrediction(velocity, lay.snap_rays, t_max=cfg.stop_ray), *hooks]
         if start is not None and strength < 1.0:
             from flow3d.core.editing import sdedit
 
-            return sdedit(velocity, start.expand_as(x_0), strength, noise=x_0,
-                          steps=max(1, round(cfg.steps * strength)), method=cfg.method,
-                          hooks=list(hooks)).x
-        return solve(velocity, x_0, method=cfg.method,
-                     grid=time_grid(cfg.steps, shift=cfg.shift), hooks=list(hooks)).x
+            x = sdedit(velocity, start.expand_as(x_0), strength, noise=x_0,
+                       steps=max(1, round(cfg.steps * strength)), method=cfg.method,
+                       hooks=list(hooks)).x
+        else:
+            x = solve(velocity, x_0, method=cfg.method,
+                      grid=time_grid(cfg.steps, shift=cfg.shift), hooks=list(hooks)).x
+        # the given channels exactly (SDEdit's noising mixes a value with itself: rounding)
+        return torch.where(model.given, x_0, x) if model.cfg.given else x
 
     @torch.no_grad()
     def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:

@@ -35,15 +35,23 @@ along the path by the core's :class:`~flow3d.core.guidance.Inpainting` hook (tra
   views' silhouettes and not in front of their surfaces (:mod:`flow3d.splat.align`;
   ``--no-refine`` skips it). Views without depth get cameras but no Gaussians.
 
+A flow trained with some channel groups given (``model.given``) takes the known entries of
+those groups as its condition instead (given channels are never noised or changed; the other
+known entries are still inpainted): a flow given the views estimates poses only, a flow given
+the rays (``recipes/splat/mvflow_cams.yaml``: the cameras as a condition it reads at every
+step, rather than rays inpainted along the path, which are mostly noise early on) serves every
+task that knows the cameras — generate at drawn cameras, complete and edit (:func:`check_given`).
+
 Generated rays are replaced by those of the fitted cameras before decoding (SplatFlow's
 "stop-ray", applied once at the end here, not during the first steps). The decoded scene of
 ``generate``, ``complete`` and ``edit`` loses the Gaussians that two or more of the other views
 contradict (:func:`drop_floaters`: background there, or a surface behind them): generated
 views disagree at silhouette edges and in shadows, and those pixels float beside the object as
-dark smudges seen from every other view (``--keep-floaters`` keeps them). Datasets are nerfstudio
-``transforms.json`` folders with views of the flow's size (64^2), objects in the frame of
-``flow3d splat views``; a dataset of fewer than 8 views fills the remaining slots with free
-generated views that are discarded.
+dark smudges seen from every other view; ``generate`` at drawn cameras also drops the Gaussians
+beyond 1.5 times the object's cube, which no other view sees (``--keep-floaters`` keeps them).
+Datasets are nerfstudio ``transforms.json`` folders with views of the flow's size (64^2),
+objects in the frame of ``flow3d splat views``; a dataset of fewer than 8 views fills the
+remaining slots with free generated views that are discarded.
 
     1. check the settings, inputs and outputs (before any model is loaded)
     2. read the dataset (complete / edit / poses) and build the known entries
@@ -225,6 +233,8 @@ class Known:
     cameras: object = None
     num_views: int = 0
     start: Tensor | None = None  # an estimate of the whole state to start from (SDEdit)
+    cube: float | None = None  # half-size of a cube the object is known to lie in (generate
+    # at drawn cameras): decoded Gaussians outside it are dropped as floaters
 
 
 def read_views(s: SplatFlowSettings, layout) -> tuple[object, Tensor, Tensor, bool]:
@@ -344,7 +354,8 @@ def known_state(layout, task: str, **views) -> Known:
                                  cams.viewmats[None].float())
         mask = torch.zeros(shape, dtype=torch.bool)
         mask[..., layout.groups()["rays"]] = True
-        return Known(torch.where(mask, values, 0.0), mask, cams, layout.views)
+        return Known(torch.where(mask, values, 0.0), mask, cams, layout.views,
+                     cube=HULL_BOUND * GENERATE_MARGIN)
     rgb, depth, v = views["rgb"], views["depth"], views["num_views"]
     has_depth = depth is not None
     # without depth every pixel counts as the object's (the colour is kept as given; the
@@ -386,18 +397,23 @@ HULL_MARGIN = 1.05  # the cube grows to hold every known point with this margin
 FLOATER_VIEWS = 2  # a Gaussian is dropped when at least this many other views contradict it
 FLOATER_MARGIN = 0.05  # in front of another view's surface by more than this: in its free
 # space (flow3d splat views's frame: the object spans 1)
+GENERATE_MARGIN = 1.5  # generate at drawn cameras: Gaussians beyond 1.5x the object's cube go
 FLOATER_MAX_SHARE = 0.75  # views that contradict more Gaussians than this disagree as a
 # whole: nothing is dropped (the filter would carve the object itself; on generated scenes at
 # drawn cameras up to 60% went and every one re-rendered its left-out views better)
 
 
-def drop_floaters(decoder, scene, rgb: Tensor, depth: Tensor, cameras) -> tuple[object, int]:
+def drop_floaters(decoder, scene, rgb: Tensor, depth: Tensor, cameras,
+                  bound: float | None = None) -> tuple[object, int]:
     """The decoded ``scene`` without the Gaussians that at least :data:`FLOATER_VIEWS` of the
     other views contradict (:func:`flow3d.splat.hull.contradictions`: background there, or a
     surface more than :data:`FLOATER_MARGIN` behind), and how many were dropped. Generated
     views disagree at silhouette edges and in shadows: their pixels become dark Gaussians
     that float beside the object, seen from anywhere but their own view. Nothing is dropped
-    when more than :data:`FLOATER_MAX_SHARE` of the Gaussians would be."""
+    when more than :data:`FLOATER_MAX_SHARE` of the Gaussians would be. With ``bound``, the
+    Gaussians whose centres lie outside the cube ``[-bound, bound]^3`` go too (generate at
+    drawn cameras, whose object is known to lie in :data:`HULL_BOUND`'s cube: pixels that no
+    other view sees, so that no view can contradict them)."""
     from flow3d.splat.decoder import decoder_inputs
     from flow3d.splat.gaussians import Gaussians
     from flow3d.splat.hull import contradictions
@@ -412,8 +428,12 @@ def drop_floaters(decoder, scene, rgb: Tensor, depth: Tensor, cameras) -> tuple[
     background, in_front = contradictions(scene.means, source, used[..., 0], cameras,
                                           margin=FLOATER_MARGIN)
     drop = (background >= FLOATER_VIEWS) | (in_front >= FLOATER_VIEWS)
+    if int(drop.sum()) > FLOATER_MAX_SHARE * len(drop):
+        drop = torch.zeros_like(drop)
+    if bound is not None:
+        drop |= (scene.means.abs() > bound).any(dim=-1)
     n = int(drop.sum())
-    if n == 0 or n > FLOATER_MAX_SHARE * len(drop):
+    if n == 0:
         return scene, 0
     keep = ~drop
     return Gaussians(scene.means[keep], scene.quats[keep], scene.log_scales[keep],
@@ -485,7 +505,7 @@ def warp_known(decoder, layout, known: Known, views: tuple[int, ...],
     t = layout.tokens_per_view
     for slot in range(known.num_views, layout.views):
         start[:, slot * t: (slot + 1) * t] = start[:, kv[0] * t: (kv[0] + 1) * t]
-    return Known(grown, mask, known.cameras, known.num_views, start=start)
+    return dataclasses.replace(known, values=grown, mask=mask, start=start)
 
 
 def drop_outside_hull(rgb: Tensor, depth: Tensor, cameras, views: tuple[int, ...],
@@ -535,6 +555,25 @@ def check_inputs(s: SplatFlowSettings) -> None:
             raise DataError(f"{opt} {path}: no such checkpoint folder")
 
 
+def check_given(s: SplatFlowSettings, given: tuple[str, ...]) -> None:
+    """A conditional flow (``model.given``) serves only the tasks that know what it is given:
+    a flow given the views (colour, depth) estimates poses; one given the rays (the cameras)
+    makes views at known cameras (generate at drawn cameras, complete, edit)."""
+    if not given:
+        return
+    what = ", ".join(given)
+    if "rays" in given:
+        if s.task == "poses":
+            raise ConfigError(f"--flow {s.model_path}: a flow given {what} cannot estimate "
+                              "cameras (flow3d splat poses: use the ray regressor)")
+        if s.task == "generate" and s.cameras == "generated":
+            raise ConfigError(f"--flow {s.model_path}: a flow given {what} needs cameras: "
+                              "drop --cameras generated")
+    elif s.task != "poses":
+        raise ConfigError(f"--flow {s.model_path}: a flow given {what} generates cameras "
+                          f"only (flow3d splat poses), not {s.task}")
+
+
 def run_task(s: SplatFlowSettings) -> dict:
     """Steps 1-5 of the module docstring; returns the report (also written as report.json)."""
     from flow3d.splat.formats import save_scene
@@ -545,9 +584,7 @@ def run_task(s: SplatFlowSettings) -> dict:
     check_inputs(s)
     check_outputs(s)
     flow_cfg = _model_config(s)
-    if getattr(flow_cfg, "given", ()) and s.task != "poses":
-        raise ConfigError(f"--flow {s.model_path}: a flow given {', '.join(flow_cfg.given)} "
-                          f"generates cameras only (flow3d splat poses), not {s.task}")
+    check_given(s, tuple(getattr(flow_cfg, "given", ())))
     layout = SceneLayout(flow_cfg.views, flow_cfg.size, flow_cfg.patch, flow_cfg.near,
                          flow_cfg.far)
     if s.anchor_count >= layout.views:
@@ -631,10 +668,13 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
                        flow_s=time.perf_counter() - t0, t_all=t_all)
     labels = None if s.label is None else torch.tensor([class_index(s.label)])
     w = s.cfg if labels is not None else 0.0
-    conditional = bool(models.flow.cfg.given)  # a ray flow given the views: no inpainting
-    hooks = [Inpainting(known.values, known.mask,
+    # a conditional flow keeps its given groups itself (zero velocity); the other known
+    # entries (complete's views, edit's unmasked pixels) are inpainted
+    conditional = bool(models.flow.cfg.given)
+    inpaint = known.mask & ~models.flow.given if conditional else known.mask
+    hooks = [Inpainting(known.values, inpaint,
                         generator=torch.Generator().manual_seed(s.seed + 1))] \
-        if known.mask.any() and not conditional else []
+        if inpaint.any() else []
     with torch.no_grad():
         x = models.head.sample_states(models.flow, labels, 1, seed=s.seed, hooks=hooks,
                                       start=known.start, strength=s.sdedit_strength,
@@ -646,7 +686,8 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     flow_s = time.perf_counter() - t0
     n = layout.views if s.task == "generate" else known.num_views
     rgb, depth, rays = rgb[0, :n], depth[0, :n], rays[0, :n]
-    no_depth = conditional and not known.mask[..., layout.groups()["depth"]].any()
+    no_depth = "depth" in models.flow.cfg.given \
+        and not known.mask[..., layout.groups()["depth"]].any()
     if no_depth:  # given colour only: the flow made no depth, so there are no Gaussians
         depth = torch.zeros_like(depth)
     if s.task == "complete" and s.warp:
@@ -694,7 +735,8 @@ def complete_from_anchors(models: Models, layout, known: Known, result: Result,
     kept = known_state(layout, "complete", rgb=rgb, depth=depth, K=K, viewmats=vm,
                        num_views=n, known=anchors, cameras=cams)
     values = torch.where(known.mask, known.values, kept.values)  # edit: the unmasked pixels
-    done = synthesize(models, layout, Known(values, known.mask | kept.mask, cams, n),
+    done = synthesize(models, layout, Known(values, known.mask | kept.mask, cams, n,
+                                            cube=known.cube),
                       dataclasses.replace(s, task="complete", known=anchors, anchor=0))
     return dataclasses.replace(done, fitted=result.fitted, anchors=anchors,
                                flow_seconds=result.flow_seconds + done.flow_seconds,
@@ -744,7 +786,8 @@ def _decode(models: Models, layout, known: Known, s: SplatFlowSettings, rgb: Ten
         with torch.no_grad():
             scene = decode_scene(models.decoder, rgb, depth, cams)
             if s.task != "poses" and not s.keep_floaters:  # views the flow made or changed
-                scene, dropped = drop_floaters(models.decoder, scene, rgb, depth, cams)
+                scene, dropped = drop_floaters(models.decoder, scene, rgb, depth, cams,
+                                               known.cube)
     return Result(rgb, depth, rays, fitted, cams, scene, flow_s, time.perf_counter() - t_all,
                   floaters=dropped)
 

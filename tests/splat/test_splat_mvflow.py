@@ -297,6 +297,37 @@ def test_conditional_sampling_keeps_the_given_views_exactly():
         head.sample_states(model, None, 1, steps=2)
 
 
+def test_a_flow_given_the_cameras_keeps_them_from_noise_and_from_an_sdedit_start():
+    from flow3d.engine.config import load_recipe
+    from flow3d.engine.heads import get_head
+
+    recipe = load_recipe("recipes/splat/mvflow_cams.yaml", overrides=[
+        "model.views=3", "model.size=16", "model.width=16", "model.depth=1", "model.heads=2",
+        "model.pixel_channels=4", "data.views=3", "data.size=16", "trainer.init_from=null"])
+    head = get_head("splat_flow")(recipe)
+    model = head.build_model().eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    rays = model.layout.group_mask(("rays",))
+    assert torch.equal(model.given, rays)
+    scene = sphere_scene(views=3, size=16)
+    given = model.layout.to_state(scene.rgb, scene.depth, scene.K, scene.viewmats)
+    labels = torch.tensor([2])
+    x = head.sample_states(model, labels, 1, given=given, steps=3)
+    assert torch.equal(x[..., rays], given[..., rays])
+    assert torch.isfinite(x).all() and not torch.equal(x[..., ~rays], given[..., ~rays])
+    # an SDEdit start whose rays differ (a dataset's spare slots): the given rays win
+    start = given + torch.randn(given.shape, generator=torch.Generator().manual_seed(1))
+    x = head.sample_states(model, labels, 1, given=given, start=start, strength=0.4, steps=5)
+    assert torch.equal(x[..., rays], given[..., rays])
+    # training: the loss is the images' alone (rays given exactly carry none)
+    model.train()
+    loss = head.loss(model, sphere_scene(views=3, size=16), torch.Generator().manual_seed(3))
+    assert set(loss) == {"loss"} and loss["loss"] > 0
+    loss["loss"].backward()
+    assert model.x_in.weight.grad[:, rays].abs().sum() > 0  # the network reads the cameras
+
+
 def test_given_config_checks():
     with pytest.raises(ConfigError, match="model.given"):
         MultiViewFlowConfig(given=("colour",))

@@ -41,6 +41,22 @@ def ray_flow(tmp_path_factory):
                             ema_state=state, recipe=recipe, step=0)
 
 
+@pytest.fixture(scope="module")
+def camera_flow(tmp_path_factory):
+    """An untrained (tiny) flow of the views given the cameras: recipes/splat/mvflow_cams.yaml."""
+    from flow3d.engine.checkpoint import write_checkpoint
+    from flow3d.engine.config import load_recipe
+    from flow3d.engine.heads import get_head
+
+    recipe = load_recipe(ROOT / "recipes" / "splat" / "mvflow_cams.yaml", overrides=[
+        "model.width=16", "model.depth=1", "model.heads=2", "model.pixel_channels=4",
+        "trainer.init_from=null"])
+    torch.manual_seed(0)
+    state = get_head("splat_flow")(recipe).build_model().state_dict()
+    return write_checkpoint(tmp_path_factory.mktemp("camflow") / "last", model_state=state,
+                            ema_state=state, recipe=recipe, step=0)
+
+
 def run(argv) -> None:
     assert cli.main([str(a) for a in argv] + MODELS + ["--steps", "2"]) == 0
 
@@ -54,6 +70,7 @@ def test_generate_writes_a_scene_and_its_views(tmp_path, capsys):
     assert len(load_scene(out)) == report["gaussians"] == \
         int((views.depths > 0).sum()) - report["floaters_dropped"]
     assert json.loads((tmp_path / "chair_views" / "report.json").read_text())["class"] == "chair"
+    assert load_scene(out).means.abs().max() <= 0.75  # nothing beyond 1.5x the object's cube
     run(["splat", "generate", "--class", "chair", "--out", tmp_path / "all.ply",
          "--keep-floaters"])
     kept = json.loads(capsys.readouterr().out)
@@ -123,6 +140,15 @@ def test_drop_floaters_removes_what_other_views_contradict_and_keeps_the_object(
     bg, fr = contradictions(g.means, source, mixed[..., 0], cams, margin=FLOATER_MARGIN)
     assert ((bg >= FLOATER_VIEWS) | (fr >= FLOATER_VIEWS)).float().mean() > FLOATER_MAX_SHARE
     assert none == 0 and same is g
+    # a cube the object is known to lie in: what lies outside goes, whatever the views say
+    with torch.no_grad():
+        boxed, out = drop_floaters(model, g, rgb, mixed, cams, bound=0.3)
+    outside = (g.means.abs() > 0.3).any(-1)
+    assert out == int(outside.sum()) > 0 and len(boxed) == len(g) - out
+    assert (boxed.means.abs() <= 0.3).all()
+    with torch.no_grad():
+        _, n = drop_floaters(model, whole, rgb, depth, cams, bound=10.0)
+    assert n == drop_floaters(model, whole, rgb, depth, cams)[1]  # a far cube changes nothing
     extra = depth.clone()
     extra[0, 0, 0] = 1.0  # a corner pixel: background in the sphere's views
     with pytest.raises(ValueError, match="Gaussians for"):
@@ -393,3 +419,51 @@ def test_warp_with_fewer_views_than_slots_starts_spare_slots_as_known_views():
     for slot in (5, 6, 7):
         assert torch.equal(w.start[:, slot * t: (slot + 1) * t], w.start[:, :t])
         assert not w.mask[:, slot * t: (slot + 1) * t].any()
+
+
+def test_a_camera_flow_makes_views_at_the_cameras_it_is_given(tmp_path, capsys, camera_flow):
+    from flow3d.splat.mvflow import SceneLayout
+    from flow3d.splat.splatflow import sample_cameras
+
+    flow = ["--flow", camera_flow, "--decoder", DECODER, "--steps", "2"]
+    assert cli.main(["splat", "generate", "--class", "chair", "--out", str(tmp_path / "s.ply"),
+                     "--seed", "4", *map(str, flow)]) == 0
+    cams = load_dataset(tmp_path / "s_views").cameras
+    drawn = sample_cameras(SceneLayout(8, 64, 8, 0.5, 5.0), 4)
+    assert torch.allclose(cams.viewmats, drawn.viewmats.float(), atol=1e-5)
+    # complete and edit of a dataset of fewer views than slots: the known pixels kept
+    data = write_scene(tmp_path / "data", views=5)
+    assert cli.main(["splat", "complete", str(data), "--known", "0,2", "--out",
+                     str(tmp_path / "done"), *map(str, flow)]) == 0
+    src, got = load_dataset(data), load_dataset(tmp_path / "done")
+    assert len(got) == 5 and torch.allclose(got.cameras.viewmats, src.cameras.viewmats,
+                                            atol=1e-5)
+    keep = (src.masks[[0, 2]] > 0).expand_as(src.images[[0, 2]])
+    assert torch.allclose(got.images[[0, 2]][keep], src.images[[0, 2]][keep],
+                          atol=1 / 255 + 1e-6)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    m = np.zeros((64, 64), np.uint8)
+    m[16:40, 16:40] = 255
+    Image.fromarray(m).save(masks / "001.png")
+    assert cli.main(["splat", "edit", str(data), "--mask", str(masks), "--class", "vase",
+                     "--out", str(tmp_path / "edited"), *map(str, flow)]) == 0
+    got = load_dataset(tmp_path / "edited")
+    outside = torch.ones(5, 64, 64, 1, dtype=torch.bool)
+    outside[1, 16:40, 16:40] = False
+    fg = (outside & (src.masks > 0)).expand_as(src.images)
+    assert torch.allclose(got.images[fg], src.images[fg], atol=1 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("argv, mentions", [
+    (["splat", "generate", "--class", "chair", "--cameras", "generated"],
+     ["--flow", "needs cameras", "--cameras generated"]),
+    (["splat", "poses", "DATA"], ["--flow", "cannot estimate cameras"]),
+])
+def test_a_camera_flow_refuses_tasks_without_cameras(tmp_path, capsys, camera_flow, argv,
+                                                     mentions):
+    data = write_scene(tmp_path / "data")
+    argv = [str(data) if a == "DATA" else a for a in argv]
+    argv += ["--out", str(tmp_path / "out.ply" if argv[1] == "generate" else tmp_path / "out"),
+             "--flow", str(camera_flow), "--decoder", str(DECODER)]
+    assert_user_error(argv, capsys, mentions, watch=[tmp_path])
