@@ -467,3 +467,14 @@ def test_a_camera_flow_refuses_tasks_without_cameras(tmp_path, capsys, camera_fl
     argv += ["--out", str(tmp_path / "out.ply" if argv[1] == "generate" else tmp_path / "out"),
              "--flow", str(camera_flow), "--decoder", str(DECODER)]
     assert_user_error(argv, capsys, mentions, watch=[tmp_path])
+
+
+def test_the_bundled_camera_flow_generates_at_the_drawn_cameras(tmp_path, capsys):
+    from flow3d.engine.checkpoint import read_recipe
+
+    cams = ROOT / "checkpoints" / "splat" / "mvflow_cams"
+    assert tuple(read_recipe(cams).model.given) == ("rays",)
+    assert cli.main(["splat", "generate", "--class", "dog", "--out", str(tmp_path / "d.ply"),
+                     "--flow", str(cams), "--decoder", str(DECODER), "--steps", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["cameras"] == "sampled" and report["gaussians"] > 0
