@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -175,7 +176,7 @@ def read_train_state(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     try:
         meta = json.loads((path / "train_state.json").read_text(encoding="utf-8"))
         tensors = load_file(str(path / "train_state.safetensors"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # missing, not JSON, truncated
         raise DataError(f"{path}: unreadable train state ({e})") from None
     return meta, tensors
 
@@ -225,7 +226,7 @@ def read_checkpoint(path: str | Path, *, ema: bool = True) -> tuple[Recipe, dict
     weights_file = ema_file(path) if ema else path / "weights.safetensors"
     try:
         weights = load_file(str(weights_file))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # missing, truncated, not safetensors
         raise DataError(f"{weights_file}: unreadable weights ({e})") from None
     # weights stored in half precision (bundle_checkpoint(half=True)) are used in float32
     weights = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v

@@ -97,6 +97,16 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
         ck.load_model(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("name, what", [("ema.safetensors", "unreadable weights"),
+                                        ("train_state.safetensors", "unreadable train state")])
+def test_truncated_checkpoint_files_are_data_errors(tmp_path, recipe, name, what):
+    path = _write(tmp_path / "c", recipe, 1)
+    f = path / name
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(DataError, match=what):
+        ck.read_checkpoint(path)
+
+
 def test_mismatched_weights_are_a_data_error(tmp_path, recipe):
     path = _write(tmp_path / "c", recipe, 1)  # a Linear(2, 2), not the recipe's MLP
     with pytest.raises(DataError, match="do not match"):
