@@ -26,35 +26,32 @@ MODELS = ["--flow", str(FLOW), "--decoder", str(DECODER)]
 RAYS = Path(os.environ.get("FLOW3D_TEST_RAYS", ROOT / "checkpoints" / "splat" / "raynet"))
 
 
-@pytest.fixture(scope="module")
-def ray_flow(tmp_path_factory):
-    """An untrained (tiny) flow of the rays given the views: recipes/splat/mvflow_poses.yaml."""
+def _tiny_flow(folder: Path, recipe_name: str, *overrides: str) -> Path:
+    """An untrained tiny flow of ``recipes/splat/<recipe_name>.yaml`` as a checkpoint."""
     from flow3d.engine.checkpoint import write_checkpoint
     from flow3d.engine.config import load_recipe
     from flow3d.engine.heads import get_head
 
-    recipe = load_recipe(ROOT / "recipes" / "splat" / "mvflow_poses.yaml", overrides=[
-        "model.width=16", "model.depth=1", "model.heads=2", "trainer.init_from=null"])
+    recipe = load_recipe(ROOT / "recipes" / "splat" / f"{recipe_name}.yaml", overrides=[
+        "model.width=16", "model.depth=1", "model.heads=2", "trainer.init_from=null",
+        *overrides])
     torch.manual_seed(0)
     state = get_head("splat_flow")(recipe).build_model().state_dict()
-    return write_checkpoint(tmp_path_factory.mktemp("rayflow") / "last", model_state=state,
-                            ema_state=state, recipe=recipe, step=0)
+    return write_checkpoint(folder / "last", model_state=state, ema_state=state,
+                            recipe=recipe, step=0)
+
+
+@pytest.fixture(scope="module")
+def ray_flow(tmp_path_factory):
+    """An untrained (tiny) flow of the rays given the views: recipes/splat/mvflow_poses.yaml."""
+    return _tiny_flow(tmp_path_factory.mktemp("rayflow"), "mvflow_poses")
 
 
 @pytest.fixture(scope="module")
 def camera_flow(tmp_path_factory):
     """An untrained (tiny) flow of the views given the cameras: recipes/splat/mvflow_cams.yaml."""
-    from flow3d.engine.checkpoint import write_checkpoint
-    from flow3d.engine.config import load_recipe
-    from flow3d.engine.heads import get_head
-
-    recipe = load_recipe(ROOT / "recipes" / "splat" / "mvflow_cams.yaml", overrides=[
-        "model.width=16", "model.depth=1", "model.heads=2", "model.pixel_channels=4",
-        "trainer.init_from=null"])
-    torch.manual_seed(0)
-    state = get_head("splat_flow")(recipe).build_model().state_dict()
-    return write_checkpoint(tmp_path_factory.mktemp("camflow") / "last", model_state=state,
-                            ema_state=state, recipe=recipe, step=0)
+    return _tiny_flow(tmp_path_factory.mktemp("camflow"), "mvflow_cams",
+                      "model.pixel_channels=4")
 
 
 def run(argv) -> None:
