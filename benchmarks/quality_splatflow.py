@@ -1,13 +1,14 @@
 """SplatFlow on held-out scenes (issue 16): novel views, poses, editing, generation, speed.
 
     python -m benchmarks.quality_splatflow [--scenes 30] [--per-class 2] [--steps 50]
-        [--flow checkpoints/splat/mvflow_class] [--rays checkpoints/splat/raynet]
+        [--flow CKPT] [--rays checkpoints/splat/raynet]
         [--pose-flow CKPT] [--anchor K] [--first-seed S] [--split heldout|train]
         [--tasks complete,poses,edit,generate]
 
 Scenes: the held-out split of the splat scene cache (CAPOD meshes never trained on, one painting
 per mesh, 8 views at 64^2). Models: the bundled multi-view flow, GSDecoder and classifier
-(``checkpoints/splat/``). Every task runs the same code as its command
+(``checkpoints/splat/``; each task the flow its command uses without ``--flow``: the joint
+flow, and for edit the flow given the cameras). Every task runs the same code as its command
 (:func:`flow3d.splat.splatflow.synthesize`).
 
 * **Novel views, half known** (``complete``, views 0, 2, 4, 6 given with their cameras, the
@@ -107,7 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-class", type=int, default=2)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--flow", default=str(CKPT / "mvflow_class"))
+    p.add_argument("--flow", default=None, help="the flow of complete, edit and generate "
+                   "(default: each command's own, flow3d.splat.splatflow.default_flow)")
     p.add_argument("--rays", default=str(CKPT / "raynet"),
                    help="the ray regressor of the poses task (the command's default)")
     p.add_argument("--pose-flow", default=None,
@@ -148,13 +150,23 @@ def main(argv=None) -> int:
         DEFAULT_STRENGTH,
         POLISH_STEPS,
         Models,
+        default_flow,
         known_entries,
         known_state,
     )
 
-    flow = load_model(args.flow)
-    models = Models(flow.model.eval(), flow.head, load_frozen(args.decoder, "splat_decoder",
-                                                              "GSDecoder"))
+    decoder = load_frozen(args.decoder, "splat_decoder", "GSDecoder")
+    loaded: dict = {}
+
+    def task_models(task: str) -> Models:
+        """The flow ``task`` runs with: ``--flow``, or its command's default."""
+        path = Path(args.flow) if args.flow else default_flow(task)
+        if path not in loaded:
+            loaded[path] = load_model(path)
+        return Models(loaded[path].model.eval(), loaded[path].head, decoder)
+
+    models = task_models("complete")
+    flow = next(iter(loaded.values()))  # its recipe: the scenes' layout and data
     judge = load_frozen(args.classifier, "splat_classifier", "classifier")
     m = flow.recipe.model
     look = models.decoder.cfg.render_settings()  # how the decoder's Gaussians are rendered
@@ -164,7 +176,8 @@ def main(argv=None) -> int:
     rows = first[: args.scenes]
     out = ["## SplatFlow on held-out scenes (quality_splatflow)", "",
            f"`python -m benchmarks.quality_splatflow --scenes {args.scenes} --per-class "
-           f"{args.per_class} --steps {args.steps} --cfg {args.cfg:g} --flow {args.flow} --tasks "
+           f"{args.per_class} --steps {args.steps} --cfg {args.cfg:g}"
+           f"{f' --flow {args.flow}' if args.flow else ''} --tasks "
            f"{args.tasks}{' --split train' if args.split == 'train' else ''}`: "
            f"{len(rows)} {'held-out' if args.split == 'heldout' else 'TRAINING'} scenes (one "
            f"painting of each of {len(rows)} CAPOD meshes"
@@ -232,7 +245,7 @@ def main(argv=None) -> int:
     # centres after the best similarity, over the scene scale), and the object's own frame
     if "poses" in tasks:
         pose = load_model(args.pose_flow or args.rays)
-        pose_models = Models(pose.model.eval(), pose.head, models.decoder)
+        pose_models = Models(pose.model.eval(), pose.head, decoder)
         pose_settings = _settings("poses", None, args.steps)
         if args.pose_flow:
             pose_settings = dataclasses.replace(pose_settings, flow=Path(args.pose_flow))
@@ -295,6 +308,7 @@ def main(argv=None) -> int:
     # editing
     if "edit" in tasks:
         edit_anchor = _settings("edit", "chair", 1, anchor=args.anchor).anchor_count
+        edit_models = task_models("edit")
         kept, hit, cons = [], [], []
         for i in rows:
             b = scenes.batch([i])
@@ -309,8 +323,8 @@ def main(argv=None) -> int:
             k = known_state(lay, "edit", rgb=b.rgb * (b.depth > 0), depth=b.depth, K=b.K,
                             viewmats=b.viewmats, num_views=m.views, edit_mask=box,
                             cameras=b.cameras(0))
-            r = _run(models, lay, k, _settings("edit", _class_name(target), args.steps,
-                                                   cfg=args.cfg, anchor=edit_anchor), failed)
+            r = _run(edit_models, lay, k, _settings("edit", _class_name(target), args.steps,
+                                                        cfg=args.cfg, anchor=edit_anchor), failed)
             if r is None:
                 hit.append(False)
                 continue
@@ -336,8 +350,10 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 s = dataclasses.replace(_settings("generate", _class_name(c), args.steps, seed,
                                                   cfg=args.cfg, anchor=anchor),
-                                        cameras=args.cameras, flow=Path(args.flow))
-                r = _run(models, lay, known_entries(s, lay), s, failed)  # the command's cameras
+                                        cameras=args.cameras, flow=Path(args.flow) if args.flow
+                                        else None)
+                # the command's cameras
+                r = _run(task_models("generate"), lay, known_entries(s, lay), s, failed)
                 if r is None:
                     hit.append(False)
                     continue

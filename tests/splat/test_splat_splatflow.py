@@ -219,6 +219,34 @@ def test_edit_keeps_every_pixel_outside_the_mask(tmp_path, capsys, views, anchor
     assert torch.allclose(got.cameras.viewmats, src.cameras.viewmats, atol=1e-5)
 
 
+def test_edit_by_default_runs_the_flow_given_the_cameras_unanchored(tmp_path, capsys):
+    """Without --flow, edit takes the bundled flow given the cameras and keeps every edited
+    view as it made them (the defaults docs/benchmarks.md measured); generate keeps the joint
+    flow."""
+    data = write_scene(tmp_path / "data", views=6)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    m = np.zeros((64, 64), np.uint8)
+    m[24:40, 20:44] = 255
+    Image.fromarray(m).save(masks / "002.png")
+    assert cli.main(["splat", "edit", str(data), "--mask", str(masks), "--class", "dog",
+                     "--out", str(tmp_path / "edited"), "--decoder", str(DECODER),
+                     "--steps", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert Path(report["flow"]) == ROOT / "checkpoints" / "splat" / "mvflow_cams"
+    assert report["anchors"] == []
+    src, got = load_dataset(data), load_dataset(tmp_path / "edited")
+    outside = torch.ones(6, 64, 64, 1, dtype=torch.bool)
+    outside[2, 24:40, 20:44] = False
+    fg = (outside & (src.masks > 0)).expand_as(src.images)
+    assert torch.allclose(got.images[fg], src.images[fg], atol=1 / 255 + 1e-6)
+    from flow3d.splat.splatflow import SplatFlowSettings, default_flow
+
+    assert SplatFlowSettings(task="generate", out=tmp_path / "g.ply",
+                             label="dog").model_path == default_flow("generate")
+    assert default_flow("generate").name == "mvflow_class"
+
+
 def test_poses_reports_errors_for_every_view(tmp_path, capsys):
     data = write_scene(tmp_path / "data", views=5)
     run(["splat", "poses", data, "--out", tmp_path / "posed"])
