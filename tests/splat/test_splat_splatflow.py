@@ -58,6 +58,24 @@ def run(argv) -> None:
     assert cli.main([str(a) for a in argv] + MODELS + ["--steps", "2"]) == 0
 
 
+def square_masks(folder: Path, views, box: tuple[slice, slice]) -> Path:
+    """Edit masks: ``box`` (rows, columns) white in each of ``views``, no PNG for the others."""
+    folder.mkdir()
+    m = np.zeros((64, 64), np.uint8)
+    m[box] = 255
+    for v in views:
+        Image.fromarray(m).save(folder / f"{v:03d}.png")
+    return folder
+
+
+def assert_kept_outside(src, got, views, box: tuple[slice, slice]) -> None:
+    """Every object pixel of ``src`` outside ``box`` in ``views`` is in ``got`` unchanged."""
+    outside = torch.ones(len(src), 64, 64, 1, dtype=torch.bool)
+    outside[(list(views), *box)] = False
+    fg = (outside & (src.masks > 0)).expand_as(src.images)
+    assert torch.allclose(got.images[fg], src.images[fg], atol=1 / 255 + 1e-6)
+
+
 def test_generate_writes_a_scene_and_its_views(tmp_path, capsys):
     out = tmp_path / "chair.ply"
     run(["splat", "generate", "--class", "chair", "--out", out])
@@ -199,23 +217,15 @@ def test_complete_keeps_the_known_views_and_cameras(tmp_path, capsys):
 @pytest.mark.parametrize("views, anchor", [(8, 0), (8, 2), (5, 1)])
 def test_edit_keeps_every_pixel_outside_the_mask(tmp_path, capsys, views, anchor):
     data = write_scene(tmp_path / "data", views=views)
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    m = np.zeros((64, 64), np.uint8)
-    m[20:44, 20:44] = 255
-    for v in (0, 2, 3):
-        Image.fromarray(m).save(masks / f"{v:03d}.png")
+    box = (slice(20, 44), slice(20, 44))
+    masks = square_masks(tmp_path / "masks", (0, 2, 3), box)
     run(["splat", "edit", data, "--mask", masks, "--class", "airplane", "--out",
          tmp_path / "edited", "--anchor", anchor])
     report = json.loads(capsys.readouterr().out)
     assert len(report["anchors"]) == anchor and all(a < views for a in report["anchors"])
     src, got = load_dataset(data), load_dataset(tmp_path / "edited")
     assert len(got) == views
-    outside = torch.ones(views, 64, 64, 1, dtype=torch.bool)
-    outside[[0, 2, 3], 20:44, 20:44] = False
-    fg = outside & (src.masks > 0)
-    assert torch.allclose(got.images[fg.expand_as(got.images)],
-                          src.images[fg.expand_as(src.images)], atol=1 / 255 + 1e-6)
+    assert_kept_outside(src, got, (0, 2, 3), box)
     assert torch.allclose(got.cameras.viewmats, src.cameras.viewmats, atol=1e-5)
 
 
@@ -224,22 +234,15 @@ def test_edit_by_default_runs_the_flow_given_the_cameras_unanchored(tmp_path, ca
     view as it made them (the defaults docs/benchmarks.md measured); generate keeps the joint
     flow."""
     data = write_scene(tmp_path / "data", views=6)
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    m = np.zeros((64, 64), np.uint8)
-    m[24:40, 20:44] = 255
-    Image.fromarray(m).save(masks / "002.png")
+    box = (slice(24, 40), slice(20, 44))
+    masks = square_masks(tmp_path / "masks", (2,), box)
     assert cli.main(["splat", "edit", str(data), "--mask", str(masks), "--class", "dog",
                      "--out", str(tmp_path / "edited"), "--decoder", str(DECODER),
                      "--steps", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert Path(report["flow"]) == ROOT / "checkpoints" / "splat" / "mvflow_cams"
     assert report["anchors"] == []
-    src, got = load_dataset(data), load_dataset(tmp_path / "edited")
-    outside = torch.ones(6, 64, 64, 1, dtype=torch.bool)
-    outside[2, 24:40, 20:44] = False
-    fg = (outside & (src.masks > 0)).expand_as(src.images)
-    assert torch.allclose(got.images[fg], src.images[fg], atol=1 / 255 + 1e-6)
+    assert_kept_outside(load_dataset(data), load_dataset(tmp_path / "edited"), (2,), box)
     from flow3d.splat.splatflow import SplatFlowSettings, default_flow
 
     assert SplatFlowSettings(task="generate", out=tmp_path / "g.ply",
@@ -466,18 +469,11 @@ def test_a_camera_flow_makes_views_at_the_cameras_it_is_given(tmp_path, capsys, 
     keep = (src.masks[[0, 2]] > 0).expand_as(src.images[[0, 2]])
     assert torch.allclose(got.images[[0, 2]][keep], src.images[[0, 2]][keep],
                           atol=1 / 255 + 1e-6)
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    m = np.zeros((64, 64), np.uint8)
-    m[16:40, 16:40] = 255
-    Image.fromarray(m).save(masks / "001.png")
+    box = (slice(16, 40), slice(16, 40))
+    masks = square_masks(tmp_path / "masks", (1,), box)
     assert cli.main(["splat", "edit", str(data), "--mask", str(masks), "--class", "vase",
                      "--out", str(tmp_path / "edited"), *map(str, flow)]) == 0
-    got = load_dataset(tmp_path / "edited")
-    outside = torch.ones(5, 64, 64, 1, dtype=torch.bool)
-    outside[1, 16:40, 16:40] = False
-    fg = (outside & (src.masks > 0)).expand_as(src.images)
-    assert torch.allclose(got.images[fg], src.images[fg], atol=1 / 255 + 1e-6)
+    assert_kept_outside(src, load_dataset(tmp_path / "edited"), (1,), box)
 
 
 @pytest.mark.parametrize("argv, mentions", [
