@@ -158,15 +158,19 @@ def main(argv=None) -> int:
     decoder = load_frozen(args.decoder, "splat_decoder", "GSDecoder")
     loaded: dict = {}
 
-    def task_models(task: str) -> Models:
-        """The flow ``task`` runs with: ``--flow``, or its command's default."""
+    def task_flow(task: str):
+        """The flow ``task`` runs with (``--flow``, or its command's default), loaded once."""
         path = Path(args.flow) if args.flow else default_flow(task)
         if path not in loaded:
             loaded[path] = load_model(path)
-        return Models(loaded[path].model.eval(), loaded[path].head, decoder)
+        return loaded[path]
+
+    def task_models(task: str) -> Models:
+        flow = task_flow(task)
+        return Models(flow.model.eval(), flow.head, decoder)
 
     models = task_models("complete")
-    flow = next(iter(loaded.values()))  # its recipe: the scenes' layout and data
+    flow = task_flow("complete")  # its recipe: the scenes' layout and data
     judge = load_frozen(args.classifier, "splat_classifier", "classifier")
     m = flow.recipe.model
     look = models.decoder.cfg.render_settings()  # how the decoder's Gaussians are rendered
