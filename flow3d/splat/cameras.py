@@ -45,6 +45,15 @@ class Cameras:
         return Cameras(self.K.to(*args, **kwargs), self.viewmats.to(*args, **kwargs),
                        self.width, self.height)
 
+    def resized(self, factor: int) -> Cameras:
+        """The same cameras at ``factor`` times the image size: focal lengths and principal
+        point scaled (pixel centres at integer + 0.5 keep the image's edges in place)."""
+        if int(factor) != factor or factor < 1:
+            raise ValueError(f"Cameras.resized: factor {factor} must be a positive integer")
+        K = self.K.clone()
+        K[:, :2] = K[:, :2] * factor
+        return Cameras(K, self.viewmats, self.width * int(factor), self.height * int(factor))
+
     @property
     def camtoworlds(self) -> Tensor:  # [C, 4, 4], OpenCV axes
         return torch.linalg.inv(self.viewmats)

@@ -102,6 +102,18 @@ class Gaussians:
         m = self.rotmats * self.scales.unsqueeze(-2)  # R @ diag(s)
         return m @ m.transpose(-1, -2)
 
+    def smoothed(self, variance: Tensor | float) -> Gaussians:
+        """The Gaussians convolved with an isotropic Gaussian of ``variance`` (per row ``[N]``
+        or one number, world units^2): covariance ``+ variance I``. An isotropic term commutes
+        with the rotation, so only the scales change, to ``sqrt(s^2 + variance)``; opacity is
+        kept (the rasterizer's 2D low-pass keeps it too: :mod:`flow3d.splat.lowpass`)."""
+        v = torch.as_tensor(variance, dtype=self.dtype, device=self.device)
+        if bool((v < 0).any()):
+            raise ValueError("Gaussians.smoothed: variance must be >= 0")
+        v = v.reshape(-1, 1) if v.ndim else v
+        log_scales = 0.5 * torch.log(torch.exp(2 * self.log_scales) + v)
+        return Gaussians(self.means, self.quats, log_scales, self.opacity_logits, self.sh)
+
     @property
     def dc_colors(self) -> Tensor:  # [N, 3]: the view-independent colour
         return (self.sh[:, 0] * sh.C0 + 0.5).clamp_min(0.0)

@@ -9,11 +9,14 @@ sizes run but are outside what it learnt. Every view is given to the decoder; pi
 depth become Gaussians (and, for a decoder with the coverage channel, pixels the masks cover).
 ``--refine N`` then fits those Gaussians N steps to the same views
 (:func:`flow3d.splat.fit.polish`): a few seconds that sharpen the views the decoder saw and,
-measured on held-out scenes, the views it did not see as well (docs/benchmarks.md).
+measured on held-out scenes, the views it did not see as well (docs/benchmarks.md). The
+decoder's Gaussians lean on its rasterizer's 2D low-pass (``eps2d``); the file is written with
+that low-pass moved into them (:mod:`flow3d.splat.lowpass`), so it renders at any size without
+falling apart into dots: render it with ``eps2d`` 0 (``flow3d splat render --eps2d 0``).
 
     1. check the settings, the dataset file and the output (before any work)
     2. read the dataset: images, masks, depths, cameras (depth is required)
-    3. load the decoder and decode every view; refine
+    3. load the decoder and decode every view; refine; bake the low-pass
     4. write the scene (.ply, .splat or .spz by extension)
 """
 
@@ -77,6 +80,7 @@ def reconstruct(s: ReconstructSettings) -> dict:
     from flow3d.splat.decoder import decode_scene
     from flow3d.splat.fit import PolishSettings, polish
     from flow3d.splat.formats import SUFFIXES, save_scene
+    from flow3d.splat.lowpass import bake_low_pass
 
     # 1. inputs and output, before any work
     transforms_path(s.dataset)
@@ -111,7 +115,10 @@ def reconstruct(s: ReconstructSettings) -> dict:
         scene = decode_scene(model, data.images, depth, data.cameras, coverage)
     scene = polish(scene, data.cameras, data.images * coverage, coverage,
                    PolishSettings(steps=s.refine), model.cfg.render_settings())
+    # the decoder's low-pass moved into the Gaussians: the file renders at any size
+    scene = bake_low_pass(scene.detach(), data.cameras, model.cfg.eps2d)
     seconds = time.perf_counter() - t0
     # 4. write
-    save_scene(scene.detach(), out)
-    return {"out": str(out), "gaussians": len(scene), "views": len(data), "seconds": seconds}
+    save_scene(scene, out)
+    return {"out": str(out), "gaussians": len(scene), "views": len(data), "seconds": seconds,
+            "eps2d_baked": model.cfg.eps2d}

@@ -39,7 +39,7 @@ from flow3d.options import check_float, check_int
 from flow3d.splat.cameras import Cameras
 
 __all__ = ["SceneBatch", "SceneDataConfig", "SceneSet", "build_scene_cache", "load_scenes",
-           "scene_cameras"]
+           "render_painting", "scene_cameras"]
 
 KINDS = ("parts", "stripes", "checker", "noise", "gradient", "texture")
 SPLITS = ("train", "heldout")
@@ -184,6 +184,20 @@ def _render_mesh_scenes(path: Path, mesh_id: str, count: int, d: SceneDataConfig
     scenes = {k: torch.stack(v) if k != "kind" else torch.tensor(v) for k, v in out.items()}
     scenes["label"] = torch.full((count,), capod_class_of(path), dtype=torch.long)
     return scenes
+
+
+def render_painting(d: SceneDataConfig, split: str, mesh_id: str, painting: int,
+                    size: int) -> dict:
+    """Painting ``painting`` of mesh ``mesh_id`` (of ``split``) rendered again at ``size``^2:
+    the cached scene's painting and cameras (the same seeds), more pixels (``rgb``, ``mask``,
+    ``depth``, ``K``, ``viewmats`` of its views). For scoring a scene decoded at the cached
+    size against what a larger render would show."""
+    files = {_mesh_id(f): f for f in _split_files(d)[split]}
+    if mesh_id not in files:
+        raise DataError(f"{mesh_id}: no such mesh in the {split} split of {d.root}")
+    scenes = _render_mesh_scenes(files[mesh_id], mesh_id, painting + 1,
+                                 dataclasses.replace(d, size=size))
+    return {k: scenes[k][painting] for k in ("rgb", "mask", "depth", "K", "viewmats")}
 
 
 def _split_files(d: SceneDataConfig) -> dict[str, list[Path]]:

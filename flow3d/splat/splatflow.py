@@ -53,13 +53,16 @@ dark smudges seen from every other view; ``generate`` at drawn cameras also drop
 beyond 1.5 times the object's cube, which no other view sees (``--keep-floaters`` keeps them).
 Datasets are nerfstudio ``transforms.json`` folders with views of the flow's size (64^2),
 objects in the frame of ``flow3d splat views``; a dataset of fewer than 8 views fills the
-remaining slots with free generated views that are discarded.
+remaining slots with free generated views that are discarded. The scene file is written with
+the decoder's 2D low-pass moved into its Gaussians (:mod:`flow3d.splat.lowpass`): it renders at
+any size (a viewer, ``flow3d splat render --scale 4``) rather than as dots; render it at the
+views' own size with ``eps2d`` 0 (``report.json``: ``eps2d_baked``).
 
     1. check the settings, inputs and outputs (before any model is loaded)
     2. read the dataset (complete / edit / poses) and build the known entries
     3. load the models and integrate
     4. fit the cameras, decode the Gaussians
-    5. write the scene, the views (transforms.json) and a report
+    5. write the scene (low-pass baked), the views (transforms.json) and a report
 """
 
 from __future__ import annotations
@@ -589,6 +592,7 @@ def check_given(s: SplatFlowSettings, given: tuple[str, ...]) -> None:
 def run_task(s: SplatFlowSettings) -> dict:
     """Steps 1-5 of the module docstring; returns the report (also written as report.json)."""
     from flow3d.splat.formats import save_scene
+    from flow3d.splat.lowpass import bake_low_pass
     from flow3d.splat.mvflow import SceneLayout
     from flow3d.splat.rays import pose_errors
 
@@ -615,6 +619,8 @@ def run_task(s: SplatFlowSettings) -> dict:
               "seconds": round(result.seconds, 2),
               "scene": None if scene is None else str(s.scene_path),
               "views_dir": str(s.views_dir)}
+    if scene is not None:  # render the file with eps2d 0 (flow3d.splat.lowpass)
+        report["eps2d_baked"] = models.decoder.cfg.eps2d
     if s.task != "poses":
         report["flow"] = str(s.model_path)  # --flow, or the task's bundled flow
         report["floaters_dropped"] = result.floaters  # drop_floaters (--keep-floaters: 0)
@@ -637,7 +643,9 @@ def run_task(s: SplatFlowSettings) -> dict:
     else:
         prepare_output_dir(s.views_dir, overwrite=s.overwrite)
     if scene is not None:  # poses of views without depth: cameras and views only
-        save_scene(scene.detach(), s.scene_path)
+        # the decoder's low-pass moved into the Gaussians: the file renders at any size
+        save_scene(bake_low_pass(scene.detach(), result.cameras, models.decoder.cfg.eps2d),
+                   s.scene_path)
     _write_views(s.views_dir, result.rgb, result.depth, result.cameras, report)
     atomic_write_text(s.views_dir / "report.json", json.dumps(report, indent=1) + "\n")
     return report

@@ -238,6 +238,10 @@ def test_render_bad_inputs(tmp_path, capsys):
                        "--out", out], capsys, ["x"], [tmp_path])
     assert_user_error(["splat", "render", str(tmp_path / "ok.ply"), str(folder), "--out",
                        str(tmp_path / "taken")], capsys, ["taken", "--overwrite"], [tmp_path])
+    for flag, value in (("--eps2d", "nan"), ("--eps2d", "-1"), ("--scale", "0"),
+                        ("--scale", "2.5")):
+        assert_user_error(["splat", "render", str(tmp_path / "ok.ply"), str(folder), "--out",
+                           out, flag, value], capsys, [flag], [tmp_path])
 
 
 @pytest.mark.slow

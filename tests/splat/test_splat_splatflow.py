@@ -18,6 +18,7 @@ from synthetic_scenes import write_sphere_dataset as write_scene
 from flow3d import cli
 from flow3d.splat.dataset import load_dataset
 from flow3d.splat.formats import load_scene
+from flow3d.splat.lowpass import sampling_footprint
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOW = Path(os.environ.get("FLOW3D_TEST_FLOW", ROOT / "checkpoints" / "splat" / "mvflow_class"))
@@ -86,6 +87,12 @@ def test_generate_writes_a_scene_and_its_views(tmp_path, capsys):
         int((views.depths > 0).sum()) - report["floaters_dropped"]
     assert json.loads((tmp_path / "chair_views" / "report.json").read_text())["class"] == "chair"
     assert load_scene(out).means.abs().max() <= 0.75  # nothing beyond 1.5x the object's cube
+    # written with the decoder's low-pass in the Gaussians: no axis narrower than sqrt(eps2d)
+    # pixels of the finest view (0.32 px; the decoder's own are about a tenth of a pixel)
+    assert report["eps2d_baked"] == 0.1
+    scene = load_scene(out)
+    pixel = sampling_footprint(scene.means, views.cameras)
+    assert bool((scene.scales.min(dim=1).values >= 0.999 * 0.1 ** 0.5 * pixel).all())
     run(["splat", "generate", "--class", "chair", "--out", tmp_path / "all.ply",
          "--keep-floaters"])
     kept = json.loads(capsys.readouterr().out)
