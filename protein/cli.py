@@ -49,7 +49,9 @@ def design_settings(args: argparse.Namespace):
         lengths = None if args.length is None else (args.length,)
     sampler = SamplerSettings(steps=args.steps, method=args.method, rot_rate=args.rot_rate,
                               clash_guidance=args.clash_guidance,
-                              guidance_iters=args.guidance_iters)
+                              guidance_iters=args.guidance_iters,
+                              trans_noise=args.trans_noise,
+                              trans_noise_scale=args.trans_noise_scale)
     return DesignSettings(
         lengths=lengths, num=args.num, seed=args.seed, sampler=sampler,
         batch_size=args.batch_size, residue=args.residue, format=args.format,
@@ -171,6 +173,13 @@ def _add_design(sub: argparse._SubParsersAction) -> None:
                    help="gradient steps of clash guidance per network evaluation (the "
                         "recipe's: 10, 30 with --motif). 30 gives cleaner geometry at 50+ "
                         "steps but less secondary structure at 10 (docs/benchmarks.md)")
+    d.add_argument("--trans-noise", default=None, metavar="{model,length}",
+                   help="translation noise sampling starts from: the model's training prior, "
+                        "or a cloud whose radius of gyration follows real chains' law at each "
+                        "length (the recipe's; the bundled default: length)")
+    d.add_argument("--trans-noise-scale", type=float_range(), default=None, metavar="S",
+                   help="times that noise's std: larger starts give larger backbones (the "
+                        "recipe's; the bundled default: 1.5)")
     d.add_argument("--motif", default=None, metavar="FILE",
                    help="scaffold a motif from this PDB/mmCIF file (with --motif-segments)")
     d.add_argument("--motif-segments", default=None, metavar="SPEC",

@@ -178,25 +178,31 @@ class ProteinFlow:
 
     # ---- prior and path -------------------------------------------------------------------
     def prior(
-        self, mask: Tensor, generator: torch.Generator | None = None
+        self, mask: Tensor, generator: torch.Generator | None = None,
+        noise: tuple[str, float] = ("model", 1.0),
     ) -> tuple[Tensor, Tensor]:
-        """Centred Gaussian translations ``[B, L, 3]`` and uniform rotations ``[B, L, 4]``."""
+        """Centred Gaussian translations ``[B, L, 3]`` and uniform rotations ``[B, L, 4]``;
+        ``noise``: the translations' std (:meth:`trans_std`; training always uses the model's
+        own, sampling may start elsewhere)."""
         B, L = mask.shape
         trans = torch.randn(B, L, 3, generator=generator, device=mask.device)
-        trans = masked_centre(trans * self.trans_std(mask), mask)
+        trans = masked_centre(trans * self.trans_std(mask, *noise), mask)
         quats = so3.random_quat((B, L), generator=generator, device=mask.device)
         return trans, quats
 
-    def trans_std(self, mask: Tensor) -> Tensor | float:
-        """Per-coordinate std (nm) of the translation noise: a number ("fixed"), or ``[B, 1,
-        1]`` ("length"): a centred Gaussian cloud of n points with per-coordinate std s has
-        E[Rg^2] = 3 s^2 (n - 1) / n, so s = Rg_law(n) / sqrt(3 (n - 1) / n) with n the
-        chain's present residues."""
-        if self.s.trans_prior == "fixed":
-            return self.s.trans_prior_std
+    def trans_std(self, mask: Tensor, kind: str = "model", scale: float = 1.0) -> Tensor | float:
+        """Per-coordinate std (nm) of the translation noise, times ``scale``. ``kind``
+        "model": the model's prior, a number (``trans_prior`` "fixed") or the law's below
+        ("length"); "length": ``[B, 1, 1]``, a centred Gaussian cloud of n points with
+        per-coordinate std s has E[Rg^2] = 3 s^2 (n - 1) / n, so s = Rg_law(n) / sqrt(3 (n -
+        1) / n) with n the chain's present residues (the model's ``trans_prior_std`` applies
+        to its own prior only)."""
+        if kind == "model" and self.s.trans_prior == "fixed":
+            return scale * self.s.trans_prior_std
+        factor = scale * (self.s.trans_prior_std if kind == "model" else 1.0)
         n = mask.float().sum(1).clamp(min=2.0)
         rg_nm = RG_PREFACTOR_ANG * n.pow(RG_EXPONENT) * ANG_TO_NM
-        return (self.s.trans_prior_std * rg_nm / torch.sqrt(3.0 * (n - 1.0) / n))[:, None, None]
+        return (factor * rg_nm / torch.sqrt(3.0 * (n - 1.0) / n))[:, None, None]
 
     def interpolate(self, trans_0, quats_0, trans_1, quats_1, t: Tensor):
         """Frames at time ``t [B]`` on the path, and the rotation target ``log(r_t^-1 r_1)``.
@@ -471,9 +477,10 @@ class ProteinFlow:
         mask = torch.ones(num, length, device=device)
         res_idx = torch.arange(length, device=device).expand(num, length)
         cond = dataclasses.replace(cond or Condition(), mask=mask, res_idx=res_idx)
-        trans_0, quats_0 = self.prior(mask, generator)
+        v = self.velocity_fn(model, settings, cond)  # checks that settings are resolved
+        trans_0, quats_0 = self.prior(mask, generator,
+                                      (settings.trans_noise, settings.trans_noise_scale))
         x0 = torch.cat([trans_0, quats_to_points(quats_0, self.s.rot_path)], dim=-1)
-        v = self.velocity_fn(model, settings, cond)
         hooks = []
         if on_step is not None and settings.method != "dopri5":  # dopri5 re-evaluates the
             def report(x: Tensor, t: Tensor, i: int) -> None:  # velocity after a hook

@@ -146,6 +146,10 @@ class ProteinSampleConfig:
     # ... when scaffolding a motif: its fixed ends need more steps to bond to the scaffold
     # (30 vs 10 on five TS50 motifs: junctions within 3.8 +/- 0.2 A 0.94 vs 0.80)
     motif_guidance_iters: int = 30
+    # translation noise to start from: the model's prior ("model") or the Rg law's
+    # ("length"), times trans_noise_scale (protein.settings.SamplerSettings)
+    trans_noise: str = "model"
+    trans_noise_scale: float = 1.0
     batch_size: int = 16
     residue: str = "GLY"  # "GLY" | "ALA" in written PDB files
     format: str = "pdb"  # "pdb" | "cif"

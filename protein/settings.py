@@ -42,6 +42,8 @@ DEFAULT_LENGTHS = (100,)
 DEFAULT_STEPS = 50  # the command line's default (the bundled recipes say the same)
 
 ROT_SCHEDULES = ("exp", "linear")
+TRANS_NOISES = ("model", "length")  # protein.flow.ProteinFlow.trans_std
+TRANS_NOISE_SCALE_MAX = 10.0
 RESIDUES = ("GLY", "ALA")
 FORMATS = ("pdb", "cif")
 SS_METHODS = ("pydssp", "mkdssp", "pymol", "auto")
@@ -83,6 +85,11 @@ class SamplerSettings:
     clash_guidance: float | None = None  # strength in [0, 1]; 0 = off
     guidance_window: tuple[float, float] | None = None  # times t at which guidance acts
     guidance_iters: int | None = None  # gradient steps of clash guidance per evaluation
+    # the translation noise sampling starts from: "model", the prior the model was trained
+    # with; "length", a cloud whose Rg follows the real chains' law at each length; either
+    # times trans_noise_scale (protein.flow.ProteinFlow.trans_std)
+    trans_noise: str | None = None
+    trans_noise_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps is not None:
@@ -102,6 +109,12 @@ class SamplerSettings:
         if self.guidance_iters is not None:
             _set(self, "guidance_iters", check_int(self.guidance_iters, "--guidance-iters",
                                                    lo=1, hi=GUIDANCE_ITERS_MAX))
+        if self.trans_noise is not None:
+            _choice(self.trans_noise, "--trans-noise", TRANS_NOISES)
+        if self.trans_noise_scale is not None:
+            _set(self, "trans_noise_scale",
+                 check_float(self.trans_noise_scale, "--trans-noise-scale", lo=0.0,
+                             hi=TRANS_NOISE_SCALE_MAX, lo_open=True))
 
     @property
     def is_resolved(self) -> bool:
@@ -268,7 +281,8 @@ OPTION_NAMES = {
     "sampler.method": "--method", "sampler.rot_schedule": "sample.rot_schedule",
     "sampler.rot_rate": "--rot-rate", "sampler.clash_guidance": "--clash-guidance",
     "sampler.guidance_window": "sample.guidance_window",
-    "sampler.guidance_iters": "--guidance-iters", "batch_size": "--batch-size",
+    "sampler.guidance_iters": "--guidance-iters", "sampler.trans_noise": "--trans-noise",
+    "sampler.trans_noise_scale": "--trans-noise-scale", "batch_size": "--batch-size",
     "residue": "--residue", "format": "--format", "trajectory": "--trajectory",
     "motif": "--motif", "motif_segments": "--motif-segments", "ss": "--ss",
     "topology": "--topology", "topology_from": "--topology-from",

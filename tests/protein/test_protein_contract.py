@@ -103,6 +103,9 @@ NUMBER_CASES = [
     (["--rot-rate", "0"], ["--rot-rate", "above 0"]),
     (["--rot-rate", "inf"], ["--rot-rate", "finite"]),
     (["--guidance-iters", "0"], ["--guidance-iters", "at least 1"]),
+    (["--trans-noise", "wide"], ["--trans-noise", "model, length"]),
+    (["--trans-noise-scale", "0"], ["--trans-noise-scale", "above 0"]),
+    (["--trans-noise-scale", "nan"], ["--trans-noise-scale", "finite"]),
     (["--batch-size", "-2"], ["--batch-size", "at least 1"]),
 ]
 

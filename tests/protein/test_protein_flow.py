@@ -107,6 +107,26 @@ def test_length_prior_follows_the_compact_globule_law(lengths):
         FlowSettings(trans_prior="chroma")
 
 
+def test_sampling_noise_can_start_from_the_length_law_or_a_scaled_prior():
+    """``sample.trans_noise`` / ``trans_noise_scale``: a model trained with the fixed prior
+    samples from the length law's cloud (the same numbers as a length-prior model's) or from
+    its own prior scaled; the rotations drawn are the same either way."""
+    fixed = ProteinFlow(FlowSettings(trans_prior_std=1.0))
+    length = ProteinFlow(FlowSettings(trans_prior="length"))
+    mask = torch.ones(3, 80)
+
+    def draw(flow, noise):
+        return flow.prior(mask, torch.Generator().manual_seed(4), noise)
+
+    law, q_law = draw(fixed, ("length", 1.5))
+    own, q_own = draw(length, ("model", 1.5))
+    torch.testing.assert_close(law, own, rtol=0, atol=0)
+    base, q_base = draw(fixed, ("model", 1.0))
+    torch.testing.assert_close(draw(fixed, ("model", 2.0))[0], 2 * base)
+    assert torch.equal(q_law, q_base) and torch.equal(q_own, q_base)
+    torch.testing.assert_close(draw(fixed, ("length", 1.0))[0] * 1.5, law)
+
+
 def test_protein_flow_loss_zero_for_oracle_and_trains_tiny_model():
     d = _data()
     flow = ProteinFlow(FlowSettings(aux_weight=0.25, aux_t=0.0))

@@ -42,6 +42,9 @@ def test_settings_are_frozen_and_normalised():
     (lambda: DesignSettings(motif="m.pdb"), "--motif FILE and --motif-segments SPEC"),
     (lambda: DesignSettings(topology="", ss=None), "--topology: a file is required"),
     (lambda: DesignSettings(sampler={"steps": 3}), "expected SamplerSettings"),
+    (lambda: SamplerSettings(trans_noise="wide"), "--trans-noise 'wide': use one of"),
+    (lambda: SamplerSettings(trans_noise_scale=0.0), "--trans-noise-scale = 0"),
+    (lambda: SamplerSettings(trans_noise_scale=float("nan")), "--trans-noise-scale"),
     (lambda: EvalSettings(""), "designs: a folder or file is required"),
     (lambda: EvalSettings("d", out=""), "--out: a path is required"),
     (lambda: EvalSettings("d", max_diversity=0), "--max-diversity = 0"),
@@ -61,7 +64,8 @@ def test_resolved_takes_the_recipe_for_what_was_not_given():
     assert s.is_resolved and s.lengths == (100,) and s.batch_size == 4 and s.residue == "GLY"
     assert s.sampler == SamplerSettings(steps=10, method="midpoint", rot_schedule="exp",
                                         rot_rate=40.0, clash_guidance=0.0,
-                                        guidance_window=(0.5, 1.0), guidance_iters=10)
+                                        guidance_window=(0.5, 1.0), guidance_iters=10,
+                                        trans_noise="model", trans_noise_scale=1.0)
     # a motif takes the recipe's motif_guidance_iters unless --guidance-iters is given
     motif = dataclasses.replace(given, motif="m.pdb", motif_segments="A1-3@2")
     assert motif.resolved(recipe, "ckpt").sampler.guidance_iters == 30
