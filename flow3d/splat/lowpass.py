@@ -33,8 +33,8 @@ def sampling_footprint(means: Tensor, cameras: Cameras) -> Tensor:
     """``[N]``: for each of ``means [N, 3]``, the smallest world-space size of a pixel ``z /
     f`` among the cameras whose frustum (grown by :data:`FRUSTUM_MARGIN`) holds it; a mean no
     camera sees gets the largest ``z / f`` of any camera in front of which it lies, or, behind
-    every camera, the largest of all (its Gaussian is then smoothed generously, never not
-    at all)."""
+    every camera, the largest of all (its Gaussian is smoothed generously rather than not at
+    all)."""
     if len(means) == 0:
         return means.new_zeros(0)
     cams = cameras.to(means.dtype)
