@@ -156,10 +156,7 @@ def upscaled(model, scenes, d, split: str, n: int, given: list[int], factor: int
         cams = batch.cameras(0)
         if float((hi["viewmats"] - batch.viewmats[0]).abs().max()) > 1e-4:
             raise RuntimeError(f"{mesh}: the re-rendered cameras are not the cached ones")
-        rgb, mask = hi["rgb"].float(), hi["mask"].float()
-        rgb, mask = (rgb / 255 if rgb.max() > 1.5 else rgb), (mask / 255 if mask.max() > 1.5
-                                                               else mask)
-        truth = rgb * mask[..., None]
+        truth = (hi["rgb"].float() / 255) * (hi["mask"].float() / 255)[..., None]  # uint8
         views = batch.views(given)
         with torch.no_grad():
             g = decode_scene(model, views.rgb[0], views.depth[0] * (views.mask[0] > 0),

@@ -28,7 +28,7 @@ from flow3d.splat.decoder import (
 from flow3d.splat.head import DecoderDataConfig, decoder_loss
 from flow3d.splat.project import project
 from flow3d.splat.render import render
-from flow3d.splat.scenes import SceneDataConfig, load_scenes, scene_cameras
+from flow3d.splat.scenes import SceneDataConfig, load_scenes, render_painting, scene_cameras
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "meshes" / "capod"
 TINY = GSDecoderConfig(width=16, depth=1, heads=2, patch=4, pixel_width=8)
@@ -168,6 +168,17 @@ def test_scene_cache_builds_resumes_and_splits(tmp_path):
         pytest.skip(str(e))
     held = load_scenes(d, "heldout")
     assert len(train) == 4 and len(held) == 2
+    # a cached scene rendered again: at its own size the cached pixels and cameras, at twice
+    # the size the same cameras with twice the focal length (quality_splat_decoder --upscale)
+    mesh = held.mesh_ids[0]
+    same = render_painting(d, "heldout", mesh, 0, d.size)
+    assert torch.equal(same["rgb"], held.rgb[0])
+    torch.testing.assert_close(same["viewmats"], held.viewmats[0].to(same["viewmats"]))
+    big = render_painting(d, "heldout", mesh, 0, 2 * d.size)
+    assert big["rgb"].shape[1:3] == (32, 32)
+    torch.testing.assert_close(big["K"][:, :2], 2 * same["K"][:, :2])
+    with pytest.raises(DataError, match="no such mesh"):
+        render_painting(d, "heldout", "class9_m0", 0, 16)
     assert not set(train.mesh_ids) & set(held.mesh_ids)
     assert train.rgb.shape == (4, 2, 16, 16, 3) and train.rgb.dtype == torch.uint8
     batch = train.batch([0, 1, 2, 3])
