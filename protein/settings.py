@@ -259,6 +259,9 @@ class DesignSettings:
         """Inverse of :meth:`to_dict` (what ``--resume`` reads back)."""
         data = dict(data)
         sampler = dict(data.pop("sampler", {}))
+        if sampler and "trans_noise" not in sampler:
+            # written before the setting existed: such runs started from the model's noise
+            sampler.update(trans_noise="model", trans_noise_scale=1.0)
         if sampler.get("guidance_window") is not None:
             sampler["guidance_window"] = tuple(sampler["guidance_window"])
         if data.get("lengths") is not None:

@@ -157,3 +157,15 @@ def test_design_records_have_no_nan_and_progress_advances_per_step(tmp_path):
     record = json.loads(text, parse_constant=_refuse)
     assert record["designs"]["len016_000"]["helix_agreement"] is None
     assert report.topology == record
+
+
+def test_a_run_from_before_the_noise_setting_reads_back_as_the_models_noise():
+    """``run.json`` files written before ``trans_noise`` existed sampled from the model's own
+    prior: read back so, a resume under the new default is refused naming --trans-noise."""
+    old = DesignSettings(sampler=SamplerSettings(steps=10)).to_dict()
+    for key in ("trans_noise", "trans_noise_scale"):
+        old["sampler"].pop(key)
+    back = DesignSettings.from_dict(old)
+    assert (back.sampler.trans_noise, back.sampler.trans_noise_scale) == ("model", 1.0)
+    new = DesignSettings(sampler=SamplerSettings(steps=10, trans_noise="length"))
+    assert ("--trans-noise", "model", "length") in back.differences(new)
