@@ -144,8 +144,8 @@ def upscaled(model, scenes, d, split: str, n: int, given: list[int], factor: int
     from flow3d.splat.scenes import render_painting
 
     look = model.cfg.render_settings()
-    methods = ("decoder's Gaussians (its low-pass, eps2d "
-               f"{look.eps2d:g})", "low-pass baked (as written; eps2d 0.3)",
+    methods = (f"decoder's Gaussians (its low-pass, eps2d {look.eps2d:g})",
+               "low-pass baked (as written; eps2d 0.3)",
                f"the {d.size}^2 render upsampled bilinearly")
     rows = {m: {"novel": [], "given": []} for m in methods}
     for i in range(n):
@@ -159,8 +159,7 @@ def upscaled(model, scenes, d, split: str, n: int, given: list[int], factor: int
         truth = (hi["rgb"].float() / 255) * (hi["mask"].float() / 255)[..., None]  # uint8
         views = batch.views(given)
         with torch.no_grad():
-            g = decode_scene(model, views.rgb[0], views.depth[0] * (views.mask[0] > 0),
-                             cams[given], views.mask[0])
+            g = decode_scene(model, views.rgb[0], views.depth[0], cams[given], views.mask[0])
             big = cams.resized(factor)
             native = render(g, cams, settings=look).rgb.clamp(0, 1)
             renders = {methods[0]: render(g, big, settings=look).rgb,

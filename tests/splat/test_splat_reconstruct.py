@@ -56,6 +56,8 @@ def test_reconstructed_scene_renders_at_four_times_its_size(tmp_path):
     scores within a few dB of its render at its own size (the average blurs more than the
     pixel centre does); the decoder's raw Gaussians (a tenth of a pixel wide) fall apart into
     dots at 4x and score far lower."""
+    from PIL import Image
+
     from flow3d.engine.checkpoint import load_frozen
     from flow3d.splat.dataset import load_dataset
     from flow3d.splat.decoder import decode_scene
@@ -70,8 +72,6 @@ def test_reconstructed_scene_renders_at_four_times_its_size(tmp_path):
         assert cli.main(["splat", "render", str(out), str(data), "--out", str(folder),
                          "--eps2d", "0", "--scale", str(scale)]) == 0
         scores[scale] = json.loads((folder / "metrics.json").read_text())["psnr"]
-        from PIL import Image
-
         assert Image.open(folder / "000.png").size == (64 * scale, 64 * scale)
     views = load_dataset(data)
     model = load_frozen(CKPT, "splat_decoder", "GSDecoder")

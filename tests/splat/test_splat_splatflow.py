@@ -83,14 +83,14 @@ def test_generate_writes_a_scene_and_its_views(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     views = load_dataset(tmp_path / "chair_views")
     assert len(views) == 8 and views.depths is not None
-    assert len(load_scene(out)) == report["gaussians"] == \
+    scene = load_scene(out)
+    assert len(scene) == report["gaussians"] == \
         int((views.depths > 0).sum()) - report["floaters_dropped"]
     assert json.loads((tmp_path / "chair_views" / "report.json").read_text())["class"] == "chair"
-    assert load_scene(out).means.abs().max() <= 0.75  # nothing beyond 1.5x the object's cube
+    assert scene.means.abs().max() <= 0.75  # nothing beyond 1.5x the object's cube
     # written with the decoder's low-pass in the Gaussians: no axis narrower than sqrt(eps2d)
     # pixels of the finest view (0.32 px; the decoder's own are about a tenth of a pixel)
     assert report["eps2d_baked"] == 0.1
-    scene = load_scene(out)
     pixel = sampling_footprint(scene.means, views.cameras)
     assert bool((scene.scales.min(dim=1).values >= 0.999 * 0.1 ** 0.5 * pixel).all())
     run(["splat", "generate", "--class", "chair", "--out", tmp_path / "all.ply",
