@@ -35,6 +35,17 @@ def _lengths(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 60,100,150") from None
 
 
+def _distances(text: str) -> tuple[float, ...]:
+    from protein.settings import local_min_dist
+
+    parse = float_range()
+    try:
+        values = tuple(parse(x) for x in text.replace(" ", "").split(","))
+        return local_min_dist(values[0] if len(values) == 1 else values)
+    except (argparse.ArgumentTypeError, ConfigError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected e.g. 5,4.8,5 or 0 ({e})") from None
+
+
 def _warn(message: str) -> None:
     print(f"flow3d: warning: {message}", file=sys.stderr, flush=True)
 
@@ -51,7 +62,8 @@ def design_settings(args: argparse.Namespace):
                               clash_guidance=args.clash_guidance,
                               guidance_iters=args.guidance_iters,
                               trans_noise=args.trans_noise,
-                              trans_noise_scale=args.trans_noise_scale)
+                              trans_noise_scale=args.trans_noise_scale,
+                              local_min_dist=args.local_min_dist)
     return DesignSettings(
         lengths=lengths, num=args.num, seed=args.seed, sampler=sampler,
         batch_size=args.batch_size, residue=args.residue, format=args.format,
@@ -171,15 +183,19 @@ def _add_design(sub: argparse._SubParsersAction) -> None:
                         "strength in [0, 1]; 0 = off (the bundled default samples with 1.0)")
     d.add_argument("--guidance-iters", type=int_range(), default=None, metavar="N",
                    help="gradient steps of clash guidance per network evaluation (the "
-                        "recipe's: 10, 30 with --motif). 30 gives cleaner geometry at 50+ "
-                        "steps but less secondary structure at 10 (docs/benchmarks.md)")
+                        "recipe's; the bundled default: 30, also with --motif)")
     d.add_argument("--trans-noise", default=None, metavar="{model,length}",
                    help="translation noise sampling starts from: the model's training prior, "
                         "or a cloud whose radius of gyration follows real chains' law at each "
                         "length (the recipe's; the bundled default: length)")
     d.add_argument("--trans-noise-scale", type=float_range(), default=None, metavar="S",
                    help="times that noise's std: larger starts give larger backbones (the "
-                        "recipe's; the bundled default: 1.5)")
+                        "recipe's; the bundled default: 1.15)")
+    d.add_argument("--local-min-dist", type=_distances, default=None, metavar="A2,A3,A4",
+                   help="clash guidance also holds CA pairs 2, 3 and 4 residues apart at least "
+                        "this far (angstrom; one number for all, 0 = off). Real chains never "
+                        "come closer; without it the bundled model's helices fold too tight "
+                        "(the recipe's; the bundled default: 5,4.8,5)")
     d.add_argument("--motif", default=None, metavar="FILE",
                    help="scaffold a motif from this PDB/mmCIF file (with --motif-segments)")
     d.add_argument("--motif-segments", default=None, metavar="SPEC",

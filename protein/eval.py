@@ -47,7 +47,13 @@ from flow3d.io import atomic_path, atomic_write_text, check_output_dir, prepare_
 from protein.constants import CA_CA_IDEAL_ANG, CA_CA_TOL_ANG, PARTNER_RANGE_ANG, TM_CLUSTER
 from protein.data.filters import rg_scaling, secondary_structure, ss_fractions
 from protein.data.structures import Structure, load_structures
-from protein.metrics import ca_ca_distances, ca_ca_valid, count_clashes, valid_strand_fraction
+from protein.metrics import (
+    ca_ca_distances,
+    ca_ca_valid,
+    count_clashes,
+    count_tight_local,
+    valid_strand_fraction,
+)
 from protein.pdbio import write_backbone_pdb
 from protein.records import (
     read_motif_summary,
@@ -143,6 +149,7 @@ def structure_metrics(s: Structure, ss_method: str = "pydssp") -> dict:
     d = ca_ca_distances(ca)
     valid = ca_ca_valid(d)
     rg = float(np.sqrt(((ca - ca.mean(0)) ** 2).sum(-1).mean()))
+    tight, n_local = count_tight_local(ca)
     if s.helix is not None and ss_method == "pydssp" and s.strand == 0:
         helix, strand, coil = s.helix, s.strand, s.coil  # cached, and no strand to check
         strand_valid = 0.0
@@ -162,6 +169,8 @@ def structure_metrics(s: Structure, ss_method: str = "pydssp") -> dict:
         "n_ca_ca_valid": int(valid.sum()),
         "n_ca_ca": len(d),
         "n_clashes": count_clashes(ca),
+        "n_tight_local": tight,
+        "n_local": n_local,
         "rg": rg,
         "rg_ratio": rg / float(rg_scaling(len(s))),
         "helix": helix,
@@ -272,6 +281,14 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _ratio(rows: list[dict], num: str, den: str) -> float:
+    """Pooled ``sum(num) / sum(den)`` over the rows that have both (a cached reference row
+    written before a metric existed has neither)."""
+    have = [r for r in rows if r.get(num) is not None and r.get(den)]
+    total = sum(r[den] for r in have)
+    return sum(r[num] for r in have) / total if total else float("nan")
+
+
 def _set_summary(rows: list[dict]) -> dict:
     n_valid = sum(r["n_ca_ca_valid"] for r in rows)
     n_pairs = sum(r["n_ca_ca"] for r in rows)
@@ -280,6 +297,7 @@ def _set_summary(rows: list[dict]) -> dict:
         "ca_ca_valid_fraction": n_valid / n_pairs if n_pairs else float("nan"),
         "ca_ca_mean": _mean(rows, "ca_ca_mean"),
         "clashes_per_structure": _mean(rows, "n_clashes"),
+        "tight_local_fraction": _ratio(rows, "n_tight_local", "n_local"),
         "rg_ratio_mean": _mean(rows, "rg_ratio"),
         "helix": _mean(rows, "helix"),
         "strand": _mean(rows, "strand"),
@@ -390,9 +408,9 @@ def _evaluate(settings: EvalSettings, progress: bool, warn):
 
 # --- output ------------------------------------------------------------------------------
 CSV_COLUMNS = ("name", "path", "length", "ca_ca_mean", "ca_ca_max", "ca_ca_valid_fraction",
-               "n_clashes", "rg", "rg_ratio", "helix", "strand", "strand_valid", "coil",
-               "helix_strand",
-               "ss_method", "novelty_tm", "novelty_ref", "novelty_n_compared", "time_s")
+               "n_clashes", "n_tight_local", "n_local", "rg", "rg_ratio", "helix", "strand",
+               "strand_valid", "coil", "helix_strand", "ss_method", "novelty_tm", "novelty_ref",
+               "novelty_n_compared", "time_s")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -512,6 +530,7 @@ def format_summary(summary: dict) -> str:
     keys = (("structures", "n", "{:.0f}"),
             ("CA-CA within 3.8+/-0.2 A", "ca_ca_valid_fraction", "{:.3f}"),
             ("clashes per structure", "clashes_per_structure", "{:.2f}"),
+            ("CA i..i+4 under 4.2 A", "tight_local_fraction", "{:.4f}"),
             ("Rg / (2.2 L^0.38)", "rg_ratio_mean", "{:.3f}"),
             ("helix", "helix", "{:.3f}"), ("strand", "strand", "{:.3f}"),
             ("strand, no CA within 3.8 A", "strand_valid", "{:.3f}"),

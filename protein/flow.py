@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from protein.constants import (
     ANG_TO_NM,
     CA_CA_IDEAL_NM,
     CLASH_GUIDANCE_DISTANCE_NM,
+    LOCAL_SEPARATIONS,
     NM_TO_ANG,
     RG_EXPONENT,
     RG_PREFACTOR_ANG,
@@ -62,11 +63,30 @@ def nonadjacent_pairs(mask: Tensor) -> Tensor:
 
 
 def clash_energy(x: Tensor, pair: Tensor,
-                 min_dist: float = CLASH_GUIDANCE_DISTANCE_NM) -> Tensor:
+                 min_dist: float | Tensor = CLASH_GUIDANCE_DISTANCE_NM) -> Tensor:
     """``sum_ij pair_ij relu(min_dist - |x_i - x_j|)^2`` per example ``[B]`` (each pair twice),
-    with a distance that has a gradient at 0."""
+    with a distance that has a gradient at 0. ``min_dist``: one distance, or one per pair
+    (``[L, L]``, :func:`clash_floors`)."""
     d = (x[:, :, None] - x[:, None, :]).pow(2).sum(-1).add(1e-9).sqrt()  # [B, L, L]
     return (torch.relu(min_dist - d) ** 2 * pair).sum((1, 2))
+
+
+def clash_floors(length: int, local_min_dist: Sequence[float] = (), *,
+                 min_dist: float = CLASH_GUIDANCE_DISTANCE_NM, like: Tensor | None = None
+                 ) -> Tensor:
+    """The closest each CA pair may come under clash guidance, ``[L, L]`` nm: ``min_dist``
+    for every pair, raised for pairs ``k`` residues apart to ``local_min_dist[k - 2]``
+    (angstrom; one value per :data:`~protein.constants.LOCAL_SEPARATIONS`, 0 = no floor
+    of its own). Real chains keep these local pairs apart through their bond angles and
+    torsions, which a CA-only steric term does not see."""
+    kw = {} if like is None else {"dtype": like.dtype, "device": like.device}
+    idx = torch.arange(length, device=kw.get("device"))
+    sep = (idx[:, None] - idx[None, :]).abs()
+    floors = torch.full((length, length), float(min_dist), **kw)
+    for k, d_ang in zip(LOCAL_SEPARATIONS, local_min_dist, strict=False):
+        if d_ang > 0:
+            floors = torch.where(sep == k, floors.clamp_min(d_ang * ANG_TO_NM), floors)
+    return floors
 
 
 # ---- representation helpers ----------------------------------------------------------------
@@ -328,7 +348,7 @@ class ProteinFlow:
     def steer_clashes(
         trans: Tensor, mask: Tensor, strength: float, *, iters: int = 10,
         min_dist: float = CLASH_GUIDANCE_DISTANCE_NM, bond: float = CA_CA_IDEAL_NM,
-        frozen: Tensor | None = None,
+        frozen: Tensor | None = None, local_min_dist: Sequence[float] = (),
     ) -> Tensor:
         """Move predicted CA positions ``trans [B, L, 3]`` (nm) down the gradient of a
         physical prior: ``sum relu(min_dist - d_ij)^2`` over pairs ``|i - j| >= 2`` (steric
@@ -336,7 +356,9 @@ class ProteinFlow:
         steps; ``strength`` in (0, 1] is the fraction of the largest stable step, and each move
         is capped at 0.05 nm per residue. Gradients are taken at the prediction only
         (FlowChef-style gradient skipping, no backpropagation through the network).
-        ``frozen [B, L]`` (bool): residues that do not move (a motif)."""
+        ``frozen [B, L]`` (bool): residues that do not move (a motif). ``local_min_dist``
+        (angstrom, for pairs 2, 3, 4 apart; :func:`clash_floors`): the local chain's own
+        floors, above ``min_dist``."""
         if strength <= 0:
             return trans
         if strength > 1:
@@ -345,10 +367,11 @@ class ProteinFlow:
         link = mask[:, 1:] * mask[:, :-1]  # [B, L-1]
         movable = mask if frozen is None else mask * (~frozen).to(mask)
         x = trans.detach()
+        floors = clash_floors(x.shape[1], local_min_dist, min_dist=min_dist, like=x)
         for _ in range(iters):
             with torch.enable_grad():
                 x = x.requires_grad_(True)
-                clash = clash_energy(x, pair, min_dist).sum() / 2  # each pair once
+                clash = clash_energy(x, pair, floors).sum() / 2  # each pair once
                 b = (x[:, 1:] - x[:, :-1]).norm(dim=-1)  # [B, L-1]
                 energy = clash + ((b - bond) ** 2 * link).sum()
                 (grad,) = torch.autograd.grad(energy, x)
@@ -381,7 +404,8 @@ class ProteinFlow:
         ``cond.mask [B, L]`` must match the batch the solver passes. ``clash_guidance > 0``
         steers the predicted translations with :meth:`steer_clashes` while ``t`` is inside
         ``guidance_window = (start, end)`` (an inference-time physical prior, like
-        RFdiffusion's potentials), with ``guidance_iters`` gradient steps per evaluation.
+        RFdiffusion's potentials), with ``guidance_iters`` gradient steps per evaluation and
+        the local chain's floors ``local_min_dist``.
 
         ``cond.motif`` (:class:`protein.motif.Motif`): every prediction of the motif residues
         is replaced by the motif superimposed on it (:meth:`place_motif`), and clash guidance
@@ -398,6 +422,7 @@ class ProteinFlow:
             rot_rate = min(rot_rate, float(settings.steps))
         g_start, g_end = settings.guidance_window
         strength, iters = settings.clash_guidance, settings.guidance_iters
+        local = settings.local_min_dist
         use_sc = self.s.self_condition if self_condition is None else self_condition
         state: dict = {"trans_sc": None, "t": None}
         flow, motif, mask = self, cond.motif, cond.mask
@@ -425,7 +450,8 @@ class ProteinFlow:
             state["trans_sc"] = pred
             if strength > 0 and g_start <= t_now < g_end:
                 frozen = None if pos is None else motif_mask(pos, m)
-                pred = flow.steer_clashes(pred, m, strength, iters=iters, frozen=frozen)
+                pred = flow.steer_clashes(pred, m, strength, iters=iters, frozen=frozen,
+                                          local_min_dist=local)
             one_minus_t = (1.0 - t_b).clamp_min(min_one_minus_t)[:, None, None]
             v_trans = masked_centre((pred - trans_t) / one_minus_t, m)
             log = flow.rot_vf(quats_t, pred_q)  # [B, L, 3]

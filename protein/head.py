@@ -150,6 +150,9 @@ class ProteinSampleConfig:
     # ("length"), times trans_noise_scale (protein.settings.SamplerSettings)
     trans_noise: str = "model"
     trans_noise_scale: float = 1.0
+    # clash guidance's own floors for CA pairs 2, 3, 4 apart (angstrom; 0 = none): real
+    # chains never fold that close (protein.constants.LOCAL_SEPARATIONS)
+    local_min_dist: tuple[float, ...] = (0.0, 0.0, 0.0)
     batch_size: int = 16
     residue: str = "GLY"  # "GLY" | "ALA" in written PDB files
     format: str = "pdb"  # "pdb" | "cif"

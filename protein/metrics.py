@@ -14,11 +14,13 @@ from protein.constants import (
     CA_CA_TOL_ANG,
     CLASH_DISTANCE_ANG,
     CLASH_MIN_SEPARATION,
+    LOCAL_SEPARATIONS,
+    LOCAL_TIGHT_ANG,
     STRAND_MIN_CA_DISTANCE_ANG,
 )
 
 __all__ = ["ca_ca_distances", "ca_ca_valid", "ca_ca_valid_fraction", "count_clashes",
-           "valid_strand_fraction"]
+           "count_tight_local", "valid_strand_fraction"]
 
 
 def ca_ca_distances(ca: np.ndarray) -> np.ndarray:
@@ -44,6 +46,19 @@ def count_clashes(ca: np.ndarray, threshold: float = CLASH_DISTANCE_ANG,
     d = np.linalg.norm(ca[:, None] - ca[None], axis=-1)  # [L, L]
     i, j = np.triu_indices(len(ca), k=min_separation)
     return int((d[i, j] < threshold).sum())
+
+
+def count_tight_local(ca: np.ndarray, threshold: float = LOCAL_TIGHT_ANG) -> tuple[int, int]:
+    """``(tight, pairs)``: of the CA pairs 2, 3 and 4 residues apart in ``ca [L, 3]``, how many
+    there are and how many are closer than ``threshold`` (a helix folded onto itself; real
+    chains: 0.01-0.02%)."""
+    ca = np.asarray(ca, dtype=np.float64)
+    tight = pairs = 0
+    for k in LOCAL_SEPARATIONS:
+        if len(ca) > k:
+            d = np.linalg.norm(ca[k:] - ca[:-k], axis=-1)
+            tight, pairs = tight + int((d < threshold).sum()), pairs + len(d)
+    return tight, pairs
 
 
 def valid_strand_fraction(ss: str, ca: np.ndarray,

@@ -23,6 +23,7 @@ from typing import Any
 from flow3d.core.solvers import SOLVERS
 from flow3d.errors import ConfigError
 from flow3d.options import check_float, check_int
+from protein.constants import LOCAL_MIN_DIST_MAX_ANG, LOCAL_SEPARATIONS
 from protein.model.trunk import PAIR_PRECISIONS
 
 __all__ = ["DesignSettings", "EvalSettings", "SamplerSettings"]
@@ -90,6 +91,9 @@ class SamplerSettings:
     # times trans_noise_scale (protein.flow.ProteinFlow.trans_std)
     trans_noise: str | None = None
     trans_noise_scale: float | None = None
+    # clash guidance's floors for CA pairs 2, 3, 4 residues apart, angstrom (0: none of its
+    # own); protein.flow.clash_floors
+    local_min_dist: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.steps is not None:
@@ -115,6 +119,8 @@ class SamplerSettings:
             _set(self, "trans_noise_scale",
                  check_float(self.trans_noise_scale, "--trans-noise-scale", lo=0.0,
                              hi=TRANS_NOISE_SCALE_MAX, lo_open=True))
+        if self.local_min_dist is not None:
+            _set(self, "local_min_dist", local_min_dist(self.local_min_dist))
 
     @property
     def is_resolved(self) -> bool:
@@ -128,6 +134,17 @@ class SamplerSettings:
         if self.guidance_iters is None and motif:
             fill["guidance_iters"] = defaults.motif_guidance_iters
         return dataclasses.replace(self, **fill)
+
+
+def local_min_dist(value: Any, option: str = "--local-min-dist") -> tuple[float, ...]:
+    """One floor per :data:`~protein.constants.LOCAL_SEPARATIONS` (angstrom, 0 = none), from
+    one number for all of them or one each."""
+    n = len(LOCAL_SEPARATIONS)
+    values = [value] * n if isinstance(value, int | float) else value
+    if isinstance(values, str) or not hasattr(values, "__len__") or len(values) != n:
+        raise ConfigError(f"{option} = {value!r}: expected {n} distances in angstrom (CA pairs "
+                          f"{', '.join(map(str, LOCAL_SEPARATIONS))} apart; 0 = none)")
+    return tuple(check_float(v, option, lo=0.0, hi=LOCAL_MIN_DIST_MAX_ANG) for v in values)
 
 
 def _window(value: Any) -> tuple[float, float]:
@@ -262,6 +279,10 @@ class DesignSettings:
         if sampler and "trans_noise" not in sampler:
             # written before the setting existed: such runs started from the model's noise
             sampler.update(trans_noise="model", trans_noise_scale=1.0)
+        if sampler and "local_min_dist" not in sampler:  # likewise: no local floors then
+            sampler["local_min_dist"] = (0.0,) * len(LOCAL_SEPARATIONS)
+        if sampler.get("local_min_dist") is not None:
+            sampler["local_min_dist"] = tuple(sampler["local_min_dist"])
         if sampler.get("guidance_window") is not None:
             sampler["guidance_window"] = tuple(sampler["guidance_window"])
         if data.get("lengths") is not None:
@@ -285,7 +306,8 @@ OPTION_NAMES = {
     "sampler.rot_rate": "--rot-rate", "sampler.clash_guidance": "--clash-guidance",
     "sampler.guidance_window": "sample.guidance_window",
     "sampler.guidance_iters": "--guidance-iters", "sampler.trans_noise": "--trans-noise",
-    "sampler.trans_noise_scale": "--trans-noise-scale", "batch_size": "--batch-size",
+    "sampler.trans_noise_scale": "--trans-noise-scale",
+    "sampler.local_min_dist": "--local-min-dist", "batch_size": "--batch-size",
     "residue": "--residue", "format": "--format", "trajectory": "--trajectory",
     "motif": "--motif", "motif_segments": "--motif-segments", "ss": "--ss",
     "topology": "--topology", "topology_from": "--topology-from",

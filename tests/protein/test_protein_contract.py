@@ -106,6 +106,9 @@ NUMBER_CASES = [
     (["--trans-noise", "wide"], ["--trans-noise", "model, length"]),
     (["--trans-noise-scale", "0"], ["--trans-noise-scale", "above 0"]),
     (["--trans-noise-scale", "nan"], ["--trans-noise-scale", "finite"]),
+    (["--local-min-dist", "5,4.8"], ["--local-min-dist", "5,4.8,5 or 0"]),
+    (["--local-min-dist", "5,x,5"], ["--local-min-dist", "5,x,5"]),
+    (["--local-min-dist", "9"], ["--local-min-dist", "at most 8"]),
     (["--batch-size", "-2"], ["--batch-size", "at least 1"]),
 ]
 

@@ -15,7 +15,12 @@ from protein.data import find_structure_files, parse_structure, shared_protein_d
 from protein.data.cache import build_cache
 from protein.data.filters import FilterConfig
 from protein.eval import evaluate_designs, greedy_clusters, run_eval
-from protein.metrics import ca_ca_distances, count_clashes, valid_strand_fraction
+from protein.metrics import (
+    ca_ca_distances,
+    count_clashes,
+    count_tight_local,
+    valid_strand_fraction,
+)
 from protein.pdbio import write_backbone_pdb
 from protein.settings import EvalSettings
 
@@ -29,6 +34,20 @@ def _line(n: int, spacing: float) -> np.ndarray:
     ca[:, 0] = np.arange(n) * spacing
     offsets = np.array([[-0.5, 1.0, 0.0], [0, 0, 0], [0.5, 1.0, 0.0], [0.5, 2.0, 0.0]])
     return ca[:, None] + offsets[None]
+
+
+def test_tight_local_pairs_known_answers():
+    """CA pairs 2-4 apart under 4.2 A: none in an ideal helix (5.4 / 5.0 / 6.2 A), all 3- and
+    4-apart pairs of one wound to a 0.9 A rise (3.6 / 3.7 A)."""
+    def helix(rise):
+        turn = np.deg2rad(100.0)
+        r = np.sqrt(3.8**2 - rise**2) / (2 * np.sin(turn / 2))
+        k = np.arange(12)
+        return np.stack([r * np.cos(k * turn), r * np.sin(k * turn), rise * k], -1)
+
+    assert count_tight_local(helix(1.5)) == (0, 10 + 9 + 8)
+    assert count_tight_local(helix(0.9)) == (9 + 8, 10 + 9 + 8)
+    assert count_tight_local(helix(1.5)[:2]) == (0, 0)  # no pair that far apart
 
 
 def test_ca_ca_and_clashes_known_answers():

@@ -7,7 +7,7 @@ import torch
 
 from flow3d.core import so3
 from flow3d.errors import ConfigError
-from protein.flow import Condition, FlowSettings, ProteinFlow, masked_centre
+from protein.flow import Condition, FlowSettings, ProteinFlow, clash_floors, masked_centre
 from protein.head import ProteinSampleConfig
 from protein.model import IPATrunk, TrunkConfig
 from protein.settings import SamplerSettings
@@ -282,6 +282,53 @@ def test_clash_steering_removes_clashes_keeps_bonds_and_is_se3_equivariant():
     torch.testing.assert_close(y3[0, -3:], x[0, -3:], atol=0, rtol=0)
     with pytest.raises(ValueError, match="strength"):
         ProteinFlow.steer_clashes(x, mask, 1.5)
+
+
+def _helix_ca(n: int, rise_ang: float) -> torch.Tensor:
+    """CA trace ``[1, n, 3]`` nm of a helix with 100 degrees a residue, the radius set so
+    consecutive CAs are 3.80 A apart (rise 1.5 A: an ideal alpha helix)."""
+    turn = torch.deg2rad(torch.tensor(100.0, dtype=torch.float64))
+    radius = (3.80**2 - rise_ang**2) ** 0.5 / (2 * torch.sin(turn / 2))
+    k = torch.arange(n, dtype=torch.float64)
+    x = torch.stack([radius * torch.cos(k * turn), radius * torch.sin(k * turn), rise_ang * k], -1)
+    return (x * 0.1)[None]
+
+
+def _local_dist(x: torch.Tensor, k: int) -> torch.Tensor:
+    return (x[0, k:] - x[0, :-k]).norm(dim=-1) * 10.0  # angstrom
+
+
+def test_clash_floors_raise_only_the_local_pairs_asked_for():
+    f = clash_floors(7, (5.0, 0.0, 4.6), min_dist=0.38)
+    sep = (torch.arange(7)[:, None] - torch.arange(7)[None, :]).abs()
+    torch.testing.assert_close(f, f.T)
+    assert torch.allclose(f[sep == 2], torch.tensor(0.5)) and torch.allclose(f[sep == 4],
+                                                                             torch.tensor(0.46))
+    assert torch.allclose(f[(sep != 2) & (sep != 4)], torch.tensor(0.38))  # 3 apart: no floor
+    # a floor under the clash distance does not lower it
+    assert torch.allclose(clash_floors(5, (3.0, 3.0, 3.0), min_dist=0.38), torch.tensor(0.38))
+    assert torch.equal(clash_floors(4, ()), clash_floors(4, (0.0, 0.0, 0.0)))
+
+
+def test_local_floors_open_a_collapsed_helix_and_leave_an_ideal_one():
+    """The sampled helices' defect: CA(i, i+3) folded to ~3.6 A (real chains: >= 4.5 A)."""
+    mask = torch.ones(1, 16, dtype=torch.float64)
+    floors = (5.0, 4.8, 5.0)
+    ideal = _helix_ca(16, 1.5)
+    assert _local_dist(ideal, 3).min() > 5.0 and _local_dist(ideal, 4).min() > 6.1
+    # an ideal helix is under no floor: steering leaves it where it is
+    y = ProteinFlow.steer_clashes(ideal, mask, 1.0, iters=30, local_min_dist=floors)
+    torch.testing.assert_close(y, ideal, atol=1e-6, rtol=0)
+    tight = _helix_ca(16, 0.9)
+    assert _local_dist(tight, 3).max() < 3.7
+    # plain clash guidance lifts them only to its 3.8 A clash distance ...
+    kept = ProteinFlow.steer_clashes(tight, mask, 1.0, iters=200)
+    assert _local_dist(kept, 3).max() < 3.9
+    # ... the local floors open it, bonds kept
+    opened = ProteinFlow.steer_clashes(tight, mask, 1.0, iters=200, local_min_dist=floors)
+    for k, floor in zip((2, 3, 4), floors, strict=True):
+        assert _local_dist(opened, k).min() > floor - 0.1, k
+    assert ((_local_dist(opened, 1) - 3.8).abs() < 0.2).all()
 
 
 def test_clash_guidance_with_an_oracle_of_clashing_frames_separates_them():

@@ -174,8 +174,9 @@ def test_protein_demo_scaffolds_the_bundled_hairpin(tmp_path):
 
 
 def test_motif_sampling_runs_more_guidance_iterations(source_pdb, monkeypatch):
-    """Clash guidance takes sample.guidance_iters steps per evaluation, and
-    sample.motif_guidance_iters (30) when a motif is scaffolded; both can be overridden."""
+    """Clash guidance takes sample.guidance_iters steps per evaluation (the bundled
+    default's: 30), and sample.motif_guidance_iters (30) when a motif is scaffolded; both can
+    be overridden, each only for its own case."""
     from protein.design import load_designer
 
     seen = []
@@ -188,7 +189,8 @@ def test_motif_sampling_runs_more_guidance_iterations(source_pdb, monkeypatch):
     monkeypatch.setattr(ProteinFlow, "steer_clashes", staticmethod(spy))
     loaded = load_designer()
     motif = load_motif(source_pdb, "B1-8@3")
-    for kwargs, iters in (({}, 10), ({"motif": motif}, 30), ({"guidance_iters": 4}, 4),
+    for kwargs, iters in (({}, 30), ({"motif": motif}, 30), ({"guidance_iters": 4}, 4),
+                          ({"motif_guidance_iters": 5}, 30),
                           ({"motif": motif, "motif_guidance_iters": 5}, 5)):
         seen.clear()
         loaded.sample(1, lengths=(20,), steps=3, **kwargs)

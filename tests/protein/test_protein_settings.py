@@ -45,6 +45,11 @@ def test_settings_are_frozen_and_normalised():
     (lambda: SamplerSettings(trans_noise="wide"), "--trans-noise 'wide': use one of"),
     (lambda: SamplerSettings(trans_noise_scale=0.0), "--trans-noise-scale = 0"),
     (lambda: SamplerSettings(trans_noise_scale=float("nan")), "--trans-noise-scale"),
+    (lambda: SamplerSettings(local_min_dist=(5.0, 4.8)), "--local-min-dist = (5.0, 4.8): "
+                                                          "expected 3 distances"),
+    (lambda: SamplerSettings(local_min_dist=(5.0, -1.0, 5.0)), "--local-min-dist = -1: must be"),
+    (lambda: SamplerSettings(local_min_dist=9.0), "--local-min-dist = 9: must be at most 8"),
+    (lambda: SamplerSettings(local_min_dist="5"), "--local-min-dist = '5': expected 3"),
     (lambda: EvalSettings(""), "designs: a folder or file is required"),
     (lambda: EvalSettings("d", out=""), "--out: a path is required"),
     (lambda: EvalSettings("d", max_diversity=0), "--max-diversity = 0"),
@@ -65,7 +70,8 @@ def test_resolved_takes_the_recipe_for_what_was_not_given():
     assert s.sampler == SamplerSettings(steps=10, method="midpoint", rot_schedule="exp",
                                         rot_rate=40.0, clash_guidance=0.0,
                                         guidance_window=(0.5, 1.0), guidance_iters=10,
-                                        trans_noise="model", trans_noise_scale=1.0)
+                                        trans_noise="model", trans_noise_scale=1.0,
+                                        local_min_dist=(0.0, 0.0, 0.0))
     # a motif takes the recipe's motif_guidance_iters unless --guidance-iters is given
     motif = dataclasses.replace(given, motif="m.pdb", motif_segments="A1-3@2")
     assert motif.resolved(recipe, "ckpt").sampler.guidance_iters == 30
@@ -169,3 +175,16 @@ def test_a_run_from_before_the_noise_setting_reads_back_as_the_models_noise():
     assert (back.sampler.trans_noise, back.sampler.trans_noise_scale) == ("model", 1.0)
     new = DesignSettings(sampler=SamplerSettings(steps=10, trans_noise="length"))
     assert ("--trans-noise", "model", "length") in back.differences(new)
+
+
+def test_local_floors_are_three_distances_and_old_runs_had_none():
+    assert SamplerSettings(local_min_dist=0).local_min_dist == (0.0, 0.0, 0.0)
+    assert SamplerSettings(local_min_dist=[5, 4.8, 5]).local_min_dist == (5.0, 4.8, 5.0)
+    old = DesignSettings(sampler=SamplerSettings(steps=10)).to_dict()
+    old["sampler"].pop("local_min_dist")
+    back = DesignSettings.from_dict(old)
+    assert back.sampler.local_min_dist == (0.0, 0.0, 0.0)
+    new = DesignSettings(sampler=SamplerSettings(steps=10, local_min_dist=(5, 4.8, 5)))
+    assert ("--local-min-dist", "0.0,0.0,0.0", "5.0,4.8,5.0") in back.differences(new)
+    # what a run records reads back as itself
+    assert DesignSettings.from_dict(json.loads(json.dumps(new.to_dict()))) == new
