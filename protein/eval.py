@@ -282,11 +282,9 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def _ratio(rows: list[dict], num: str, den: str) -> float:
-    """Pooled ``sum(num) / sum(den)`` over the rows that have both (a cached reference row
-    written before a metric existed has neither)."""
-    have = [r for r in rows if r.get(num) is not None and r.get(den)]
-    total = sum(r[den] for r in have)
-    return sum(r[num] for r in have) / total if total else float("nan")
+    """Pooled ``sum(num) / sum(den)`` over the rows (nan when there is nothing to count)."""
+    total = sum(r[den] for r in rows)
+    return sum(r[num] for r in rows) / total if total else float("nan")
 
 
 def _set_summary(rows: list[dict]) -> dict:

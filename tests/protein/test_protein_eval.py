@@ -117,6 +117,8 @@ def test_evaluate_designs_real_and_broken(design_dir, tmp_path):
     assert len(warnings) == 1 and "skipped" in warnings[0] and "junk.pdb" in warnings[0]
     bad = by_name["squashed"]
     assert bad["ca_ca_valid_fraction"] == 0.0 and bad["n_clashes"] > 0
+    # CAs 1.2 A apart: pairs 2 / 3 / 4 apart at 2.4 / 3.6 / 4.8 A, the first two tight
+    assert (bad["n_tight_local"], bad["n_local"]) == (58 + 57, 58 + 57 + 56)
     assert bad["time_s"] == 0.5 and summary["time_per_design_s"] == 0.5
     real = [r for n, r in by_name.items() if n != "squashed"]
     assert bad["strand_valid"] == 0.0  # its spurious DSSP labels never count as strand
@@ -125,6 +127,9 @@ def test_evaluate_designs_real_and_broken(design_dir, tmp_path):
         assert r["strand_valid"] == r["strand"]  # every real strand residue has room
         assert 0.3 < r["helix_strand"] <= 1.0
         assert 0.8 < r["rg_ratio"] < 1.3
+        assert r["n_tight_local"] <= 1 and r["n_local"] == 3 * r["length"] - 9
+    pairs = sum(r["n_local"] for r in rows)
+    assert summary["tight_local_fraction"] == sum(r["n_tight_local"] for r in rows) / pairs
     # the first two designs are copies of the references: novelty TM ~ 1
     copied = by_name[files[0].name.split(".")[0]]
     assert copied["novelty_tm"] > 0.99
