@@ -44,7 +44,13 @@ from tqdm.auto import tqdm
 
 from flow3d.errors import DataError
 from flow3d.io import atomic_path, atomic_write_text, check_output_dir, prepare_output_dir
-from protein.constants import CA_CA_IDEAL_ANG, CA_CA_TOL_ANG, PARTNER_RANGE_ANG, TM_CLUSTER
+from protein.constants import (
+    CA_CA_IDEAL_ANG,
+    CA_CA_TOL_ANG,
+    LOCAL_TIGHT_ANG,
+    PARTNER_RANGE_ANG,
+    TM_CLUSTER,
+)
 from protein.data.filters import rg_scaling, secondary_structure, ss_fractions
 from protein.data.structures import Structure, load_structures
 from protein.metrics import (
@@ -400,6 +406,8 @@ def _evaluate(settings: EvalSettings, progress: bool, warn):
         "design_ca": np.concatenate([ca_ca_distances(st.coords[:, 1]) for st in structures]),
         "ref_ca": np.concatenate([ca_ca_distances(r.coords[:, 1]) for r in refs])
         if refs else np.array([]),
+        "design_i3": np.concatenate([_i3(st.coords[:, 1]) for st in structures]),
+        "ref_i3": np.concatenate([_i3(r.coords[:, 1]) for r in refs]) if refs else np.array([]),
     }
     return rows, summary, extras
 
@@ -426,8 +434,14 @@ def _savefig(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
+def _i3(ca: np.ndarray) -> np.ndarray:
+    """CA(i)-CA(i+3) distances of a trace (a helix's 5.0-5.4 A; wound tighter under 4.2)."""
+    return np.linalg.norm(ca[3:] - ca[:-3], axis=-1)
+
+
 def _plots(out_dir: Path, structures_rows: list[dict], ref_rows: list[dict],
-           design_ca: np.ndarray, ref_ca: np.ndarray) -> list[str]:
+           extras: dict) -> list[str]:
+    design_ca, ref_ca = extras["design_ca"], extras["ref_ca"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -448,6 +462,20 @@ def _plots(out_dir: Path, structures_rows: list[dict], ref_rows: list[dict],
     _savefig(fig, out_dir / "ca_ca_hist.png")
     plt.close(fig)
     written.append("ca_ca_hist.png")
+    # CA(i)-CA(i+3): where helices wound too tight show up (under LOCAL_TIGHT_ANG)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins = np.linspace(3.0, 11.0, 81)
+    for key, label, alpha in (("design_i3", "designs", 0.6), ("ref_i3", "reference", 0.5)):
+        if len(extras[key]):
+            ax.hist(np.clip(extras[key], 3.0, 11.0), bins=bins, density=True, alpha=alpha,
+                    label=label)
+    ax.axvline(LOCAL_TIGHT_ANG, color="k", ls="--", lw=1, label=f"{LOCAL_TIGHT_ANG:g} A")
+    ax.set_xlabel("CA(i)-CA(i+3) distance (A)")
+    ax.set_ylabel("density")
+    ax.legend()
+    _savefig(fig, out_dir / "ca_i3_hist.png")
+    plt.close(fig)
+    written.append("ca_i3_hist.png")
     # Rg vs length
     fig, ax = plt.subplots(figsize=(5, 3.5))
     if ref_rows:
@@ -517,7 +545,7 @@ def run_eval(settings: EvalSettings, *, overwrite: bool = False, progress: bool 
     _write_csv(out_dir / "designs.csv", rows)
     if ref_rows:
         _write_csv(out_dir / "reference.csv", ref_rows)
-    summary["plots"] = _plots(out_dir, rows, ref_rows, extras["design_ca"], extras["ref_ca"])
+    summary["plots"] = _plots(out_dir, rows, ref_rows, extras)
     write_json(out_dir / "summary.json", summary)
     return summary
 

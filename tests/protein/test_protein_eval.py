@@ -152,7 +152,7 @@ def test_run_eval_writes_outputs_and_reads_cache(design_dir, tmp_path):
     summary = run_eval(EvalSettings(str(folder), str(cache), str(out), max_reference=2),
                        progress=False)
     for name in ("designs.csv", "reference.csv", "summary.json", "ca_ca_hist.png",
-                 "rg_vs_length.png", "ss_fractions.png"):
+                 "ca_i3_hist.png", "rg_vs_length.png", "ss_fractions.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["n"] == summary["n"] == 4
