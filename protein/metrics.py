@@ -20,7 +20,7 @@ from protein.constants import (
 )
 
 __all__ = ["ca_ca_distances", "ca_ca_valid", "ca_ca_valid_fraction", "count_clashes",
-           "count_tight_local", "valid_strand_fraction"]
+           "count_tight_local", "local_distances", "valid_strand_fraction"]
 
 
 def ca_ca_distances(ca: np.ndarray) -> np.ndarray:
@@ -48,17 +48,18 @@ def count_clashes(ca: np.ndarray, threshold: float = CLASH_DISTANCE_ANG,
     return int((d[i, j] < threshold).sum())
 
 
+def local_distances(ca: np.ndarray, k: int) -> np.ndarray:
+    """CA(i)-CA(i+k) distances ``[L - k]`` of a CA trace ``[L, 3]`` (empty when ``L <= k``)."""
+    ca = np.asarray(ca, dtype=np.float64)
+    return np.linalg.norm(ca[k:] - ca[:-k], axis=-1) if len(ca) > k else np.zeros(0)
+
+
 def count_tight_local(ca: np.ndarray, threshold: float = LOCAL_TIGHT_ANG) -> tuple[int, int]:
     """``(tight, pairs)``: of the CA pairs 2, 3 and 4 residues apart in ``ca [L, 3]``, how many
     there are and how many are closer than ``threshold`` (a helix folded onto itself; real
     chains: 0.01-0.02%)."""
-    ca = np.asarray(ca, dtype=np.float64)
-    tight = pairs = 0
-    for k in LOCAL_SEPARATIONS:
-        if len(ca) > k:
-            d = np.linalg.norm(ca[k:] - ca[:-k], axis=-1)
-            tight, pairs = tight + int((d < threshold).sum()), pairs + len(d)
-    return tight, pairs
+    d = [local_distances(ca, k) for k in LOCAL_SEPARATIONS]
+    return sum(int((x < threshold).sum()) for x in d), sum(len(x) for x in d)
 
 
 def valid_strand_fraction(ss: str, ca: np.ndarray,
