@@ -53,7 +53,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "LikelihoodResult", "divergence", "log_likelihood", "standard_normal_log_prob",
     ),
     "guidance": (
-        "ClassifierFreeGuidance", "FlowChef", "Inpainting", "OptimizerGuidance", "renoise",
+        "ClassifierFreeGuidance", "ClassifierGuidance", "FlowChef", "Inpainting",
+        "OptimizerGuidance", "renoise",
     ),
     "editing": ("flowedit", "sdedit"),
     "reflow": ("ReflowPairs", "generate_pairs"),

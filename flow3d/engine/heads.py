@@ -30,6 +30,7 @@ HEADS: dict[str, str] = {
     "splat_flow": "flow3d.splat.head:MultiViewFlowHead",
     "splat_classifier": "flow3d.splat.head:SceneClassifierHead",
     "splat_rays": "flow3d.splat.head:RayRegressorHead",
+    "splat_guide": "flow3d.splat.guide:NoisyClassifierHead",
 }
 
 # the pip extra that provides each head's optional dependencies
@@ -38,7 +39,7 @@ EXTRAS: dict[str, str] = {"protein": "protein", "mesh_vae": "mesh", "mesh_flow":
                           "mesh_occvae": "mesh", "appearance_vae": "mesh",
                           "appearance_flow": "mesh", "splat_decoder": "mesh",
                           "splat_flow": "mesh", "splat_classifier": "mesh",
-                          "splat_rays": "mesh"}
+                          "splat_rays": "mesh", "splat_guide": "mesh"}
 
 
 class HeadUnavailableError(ConfigError):

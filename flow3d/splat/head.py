@@ -330,7 +330,7 @@ class MultiViewFlowHead(GSDecoderHead):
     def sample_states(self, model: MultiViewFlow, labels: Tensor | None, num: int, *,
                       seed: int = 0, hooks=(), start: Tensor | None = None,
                       strength: float = 1.0, given: Tensor | None = None,
-                      **overrides: Any) -> Tensor:
+                      guidance=None, **overrides: Any) -> Tensor:
         """Token states ``[num, V T, dim]`` integrated from noise (``labels [num]`` for a
         class-conditional model, None for its null class; ``hooks``: solver hooks such as the
         core's inpainting). With ``start`` (an estimate of the states) and ``strength < 1``,
@@ -338,7 +338,9 @@ class MultiViewFlowHead(GSDecoderHead):
         strength`` and integrated from there in ``strength`` of the steps (evenly spaced:
         ``sample.shift`` applies to sampling from noise only). A conditional flow
         (``model.given``) needs ``given``: states whose given channels are used as they are
-        (the model keeps them: zero velocity)."""
+        (the model keeps them: zero velocity). ``guidance``: a ``velocity -> velocity``
+        wrapper applied after classifier-free guidance (e.g. the splat guide's classifier
+        guidance, :func:`~flow3d.splat.splatflow.class_guidance`)."""
         from flow3d.core.solvers import solve
         from flow3d.core.time import time_grid
 
@@ -360,6 +362,8 @@ class MultiViewFlowHead(GSDecoderHead):
             if labels is None:
                 cfg = dataclasses.replace(cfg, cfg_rgb=0.0, cfg_depth=0.0, cfg_rays=0.0)
         velocity = scene_velocity(model, ctx, cfg)
+        if guidance is not None:
+            velocity = guidance(velocity)
         if cfg.stop_ray > 0 and "rays" not in model.cfg.given:
             # SplatFlow's stop-ray, before any other hook (inpainting)
             from flow3d.core.guidance import ProjectPrediction

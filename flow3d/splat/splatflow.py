@@ -90,6 +90,7 @@ POLISH_STEPS = 100  # complete: fitting steps of the known views' Gaussians befo
 CAMERA_SOURCES = ("sampled", "generated")  # generate --cameras
 DEFAULT_ANCHOR = 1  # generate: views of the joint sample kept, the rest completed from them
 DEFAULT_EDIT_ANCHOR = 0  # edit: every edited view as the flow given the cameras made it
+DEFAULT_CLASS_GUIDANCE: dict[str, float] = {}  # --class-guidance of each task (else 0: off)
 DEFAULT_FLOWS = {"edit": "mvflow_cams"}  # the bundled flow of each task (else mvflow_class):
 # edit knows its cameras, and the flow given them clean recognises the class far more often
 TASKS = ("generate", "complete", "edit", "poses")
@@ -114,6 +115,9 @@ class SplatFlowSettings:
     steps: int = 50
     seed: int = 0
     cfg: float = 2.0  # guidance on colour and depth (rays get 1 when conditioned)
+    class_guidance: float | None = None  # weight of the guide's classifier guidance (None:
+    # the task's default, DEFAULT_CLASS_GUIDANCE; 0: off)
+    guide: Path = CHECKPOINTS / "guide"  # the noisy-state classifier (splat_guide)
     flow: Path | None = None  # None: the task's bundled flow (default_flow; poses: the ray
     # regressor)
     rays: Path = CHECKPOINTS / "raynet"  # poses without --flow: the ray regressor
@@ -139,6 +143,11 @@ class SplatFlowSettings:
         check_int(self.steps, "--steps", lo=1, hi=MAX_STEPS)
         check_int(self.seed, "--seed", lo=0, hi=2**63 - 1)
         check_float(self.cfg, "--cfg", lo=0.0, hi=100.0)
+        if self.class_guidance is not None:
+            check_float(self.class_guidance, "--class-guidance", lo=0.0, hi=1000.0)
+            if self.class_guidance > 0 and (self.label is None or self.regress):
+                raise ConfigError("--class-guidance: needs --class and a flow (the guide "
+                                  "steers the flow towards that class)")
         if self.strength is not None:
             check_float(self.strength, "--strength", lo=0.0, hi=1.0, lo_open=True)
             if self.task != "complete" or not self.warp:
@@ -199,6 +208,15 @@ class SplatFlowSettings:
         return {"generate": DEFAULT_ANCHOR, "edit": DEFAULT_EDIT_ANCHOR}.get(self.task, 0)
 
     @property
+    def guidance_weight(self) -> float:
+        """``--class-guidance``, or the task's default; 0 without a class."""
+        if self.label is None or self.regress:
+            return 0.0
+        if self.class_guidance is not None:
+            return self.class_guidance
+        return DEFAULT_CLASS_GUIDANCE.get(self.task, 0.0)
+
+    @property
     def sdedit_strength(self) -> float:
         """The SDEdit strength of complete's warped start (1 elsewhere: from noise)."""
         if self.task == "complete" and self.warp:
@@ -222,6 +240,7 @@ class Models:
     flow: torch.nn.Module
     head: object  # the splat_flow head (sampling settings, integration)
     decoder: torch.nn.Module
+    guide: torch.nn.Module | None = None  # the noisy-state classifier (--class-guidance)
 
 
 def load_models(s: SplatFlowSettings) -> Models:
@@ -233,7 +252,14 @@ def load_models(s: SplatFlowSettings) -> Models:
         raise ConfigError(f"{s.model_option} {s.model_path}: a {loaded.recipe.head!r} "
                           f"checkpoint, not {s.model_head}")
     decoder = load_frozen(s.decoder, "splat_decoder", "--decoder GSDecoder")
-    return Models(loaded.model.eval().requires_grad_(False), loaded.head, decoder)
+    flow = loaded.model.eval().requires_grad_(False)
+    guide = None
+    if s.guidance_weight > 0:
+        from flow3d.splat.guide import check_layouts_match
+
+        guide = load_frozen(s.guide, "splat_guide", "--guide classifier")
+        check_layouts_match(guide, flow)
+    return Models(flow, loaded.head, decoder, guide)
 
 
 # ---- the known entries -------------------------------------------------------------------------
@@ -565,7 +591,10 @@ def check_inputs(s: SplatFlowSettings) -> None:
     if s.task == "edit" and not Path(s.masks).is_dir():
         raise DataError(f"--mask {s.masks}: no such folder (one PNG per view, white = "
                         "regenerate)")
-    for path, opt in ((s.model_path, s.model_option), (s.decoder, "--decoder")):
+    paths = [(s.model_path, s.model_option), (s.decoder, "--decoder")]
+    if s.guidance_weight > 0:
+        paths.append((s.guide, "--guide"))
+    for path, opt in paths:
         if not Path(path).is_dir():
             raise DataError(f"{opt} {path}: no such checkpoint folder")
 
@@ -624,6 +653,9 @@ def run_task(s: SplatFlowSettings) -> dict:
     if s.task != "poses":
         report["flow"] = str(s.model_path)  # --flow, or the task's bundled flow
         report["floaters_dropped"] = result.floaters  # drop_floaters (--keep-floaters: 0)
+        report["class_guidance"] = s.guidance_weight  # --class-guidance (0: off)
+        if s.guidance_weight > 0:
+            report["guide"] = str(s.guide)
     if s.task == "generate":
         report["cameras"] = s.cameras
     if s.task in ("generate", "edit"):
@@ -696,13 +728,19 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     hooks = [Inpainting(known.values, inpaint,
                         generator=torch.Generator().manual_seed(s.seed + 1))] \
         if inpaint.any() else []
+    guidance = None
+    if labels is not None and s.guidance_weight > 0:
+        if models.guide is None:
+            raise ConfigError("--class-guidance: no guide loaded (load_models loads it)")
+        guidance = class_guidance(models.guide, labels, s.guidance_weight)
     with torch.no_grad():
         x = models.head.sample_states(models.flow, labels, 1, seed=s.seed, hooks=hooks,
                                       start=known.start, strength=s.sdedit_strength,
                                       given=given_views(layout, known) if conditional
                                       else None, steps=s.steps,
                                       cfg_rgb=w, cfg_depth=w,
-                                      cfg_rays=1.0 if labels is not None else 0.0)
+                                      cfg_rays=1.0 if labels is not None else 0.0,
+                                      guidance=guidance)
     rgb, depth, rays = layout.split(x)  # known entries: set exactly by Inpainting at t = 1
     flow_s = time.perf_counter() - t0
     n = layout.views if s.task == "generate" else known.num_views
@@ -721,6 +759,17 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
         return complete_from_anchors(models, layout, known, result, s, t_all)
     result = _decode(models, layout, known, s, rgb, depth, rays, flow_s=flow_s, t_all=t_all)
     return result
+
+
+def class_guidance(guide, labels: Tensor, weight: float):
+    """``velocity -> velocity``: the core's classifier guidance (weight ``weight``) with the
+    noisy-state classifier ``guide`` (:mod:`flow3d.splat.guide`) towards ``labels``, over the
+    whole path but its first 5% (where the factor ``(1 - t) / t`` is held at 19)."""
+    from flow3d.core.guidance import ClassifierGuidance
+    from flow3d.splat.guide import class_log_prob
+
+    log_prob = class_log_prob(guide, labels)
+    return lambda velocity: ClassifierGuidance(velocity, log_prob, weight)
 
 
 def anchor_views(result: Result, k: int, settings) -> tuple[int, ...]:
@@ -855,6 +904,13 @@ def _common(p: argparse.ArgumentParser, flow_help: str | None = None,
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--cfg", type=float, default=2.0, help="guidance on colour and depth "
                    "(rays: 1) when a class is given; 0 = conditional only")
+    if task != "poses":
+        p.add_argument("--class-guidance", type=float, default=None, metavar="W",
+                       help="classifier guidance towards --class with the noisy-state "
+                       "classifier --guide (default "
+                       f"{DEFAULT_CLASS_GUIDANCE.get(task, 0.0):g}; 0: off)")
+        p.add_argument("--guide", default=str(CHECKPOINTS / "guide"),
+                       help="noisy-state classifier checkpoint (splat_guide)")
     p.add_argument("--flow", default=None, help=flow_help or "multi-view flow checkpoint "
                    f"(splat_flow; default {default_flow(task)})")
     p.add_argument("--decoder", default=str(CHECKPOINTS / "gsdecoder"),
@@ -913,7 +969,7 @@ def add_complete_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="STEPS", help="fit the known views' Gaussians this many steps to "
                    f"them before warping (default {POLISH_STEPS}; 0: the decoder's as they are)")
     _floaters(p)
-    _common(p)
+    _common(p, task="complete")
 
 
 def add_edit_arguments(p: argparse.ArgumentParser) -> None:
@@ -941,7 +997,7 @@ def add_poses_arguments(p: argparse.ArgumentParser) -> None:
                    "rays (by default, views with depth refine them until silhouettes, free "
                    "space and colours agree across views)")
     _common(p, flow_help="estimate the rays with this multi-view flow (splat_flow) instead "
-            "of the ray regressor: SplatFlow's way")
+            "of the ray regressor: SplatFlow's way", task="poses")
 
 
 def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
@@ -949,7 +1005,8 @@ def _settings(task: str, args: argparse.Namespace) -> SplatFlowSettings:
         task=task, out=Path(args.out), dataset=Path(args.dataset) if task != "generate"
         else None, label=args.label, known=getattr(args, "known", ()),
         masks=Path(args.masks) if getattr(args, "masks", None) else None, steps=args.steps,
-        seed=args.seed, cfg=args.cfg,
+        seed=args.seed, cfg=args.cfg, class_guidance=getattr(args, "class_guidance", None),
+        guide=resolve_path(getattr(args, "guide", None) or CHECKPOINTS / "guide"),
         flow=resolve_path(args.flow) if args.flow is not None else None,
         rays=resolve_path(getattr(args, "rays", None) or CHECKPOINTS / "raynet"),
         decoder=resolve_path(args.decoder), warp=not getattr(args, "no_warp", False),

@@ -337,3 +337,98 @@ def test_project_prediction_moves_only_the_predicted_data():
         torch.testing.assert_close(same(x, torch.tensor(0.1), 0), x)
     with pytest.raises(ValueError, match="t_max"):
         ProjectPrediction(v, lambda x1: x1, t_max=1.5)
+
+
+# ---- classifier guidance ------------------------------------------------------------------
+
+
+def _two_class_mixture():
+    """Four 2-D Gaussians, classes {0, 1} and {2, 3}, and the exact fields of each class."""
+    from flow3d.core.analytic import GaussianMixtureFlow
+
+    means = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [0.0, -2.5]])
+    weights = torch.tensor([0.1, 0.3, 0.4, 0.2])
+    std = torch.tensor([0.4, 0.6, 0.5, 0.3])
+    full = GaussianMixtureFlow.isotropic(means, std, weights)
+    classes = [GaussianMixtureFlow.isotropic(means[k], std[k], weights[k])
+               for k in ([0, 1], [2, 3])]
+    prior = torch.log(torch.tensor([0.4, 0.6], dtype=torch.float64))
+    return full, classes, prior
+
+
+def _posterior(full, classes, prior, label):
+    """Exact ``log p(c | x_t = x)`` of class ``label`` (a number or ``[B]``)."""
+
+    def log_prob(x, t):
+        logs = torch.stack([prior[c] + classes[c].log_prob(x, t) for c in range(2)], -1)
+        post = logs - full.log_prob(x, t)[..., None]
+        lab = torch.as_tensor(label).expand(x.shape[0])
+        return post.gather(-1, lab[:, None]).squeeze(-1)
+
+    return log_prob
+
+
+@pytest.mark.parametrize("t", [0.1, 0.4, 0.75, 0.95])
+def test_classifier_guidance_with_the_exact_posterior_is_the_class_field(t):
+    from flow3d.core.guidance import ClassifierGuidance
+
+    full, classes, prior = _two_class_mixture()
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
+    for c in range(2):
+        guided = ClassifierGuidance(full.velocity, _posterior(full, classes, prior, c), 1.0,
+                                    t_min=1e-3)
+        torch.testing.assert_close(guided(x, torch.tensor(t, dtype=torch.float64)),
+                                   classes[c].velocity(x, t),
+                                   rtol=1e-8, atol=1e-8)
+    # per-sample classes and times ([B] t, as training code calls wrappers)
+    labels = torch.arange(64) % 2
+    tb = torch.full((64,), t, dtype=torch.float64)
+    guided = ClassifierGuidance(full.velocity, _posterior(full, classes, prior, labels), 1.0,
+                                t_min=1e-3)
+    want = torch.where(labels[:, None].bool(), classes[1].velocity(x, t), classes[0].velocity(x, t))
+    torch.testing.assert_close(guided(x, tb), want, rtol=1e-8, atol=1e-8)
+
+
+def test_classifier_guidance_samples_the_class_and_sharpens_with_the_weight():
+    from flow3d.core.guidance import ClassifierGuidance
+
+    full, classes, prior = _two_class_mixture()
+    x0 = torch.randn(400, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def share_of_class_0(scale):
+        guided = ClassifierGuidance(full.velocity, _posterior(full, classes, prior, 0), scale,
+                                    t_min=1e-3)
+        x1 = solve(guided, x0, method="midpoint", steps=100).x
+        post = _posterior(full, classes, prior, 0)(x1, torch.tensor(1.0))
+        return float((post.exp() > 0.5).double().mean())
+
+    unguided = share_of_class_0(0.0)
+    assert abs(unguided - 0.4) < 0.08  # the prior's share
+    assert share_of_class_0(1.0) > 0.97
+    assert share_of_class_0(3.0) >= share_of_class_0(1.0)
+
+
+def test_classifier_guidance_interval_t_min_and_errors():
+    from flow3d.core.guidance import ClassifierGuidance
+
+    calls = []
+
+    def log_prob(x, t):
+        calls.append(t)
+        return (x * torch.tensor([1.0, -2.0])).sum(-1)  # gradient (1, -2) everywhere
+
+    v = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    g = ClassifierGuidance(v, log_prob, 2.0, interval=(0.2, 0.8), t_min=0.25)
+    x = torch.randn(3, 2)
+    assert torch.equal(g(x, torch.tensor(0.9)), torch.zeros(3, 2)) and not calls
+    torch.testing.assert_close(g(x, torch.tensor(0.5)), torch.tensor([2.0, -4.0]).expand(3, 2))
+    # (1 - t) / max(t, t_min) at t = 0.2: 0.8 / 0.25
+    torch.testing.assert_close(g(x, torch.tensor(0.2)),
+                               2 * 3.2 * torch.tensor([1.0, -2.0]).expand(3, 2))
+    # per-sample times: rows outside the interval are not moved
+    out = g(x, torch.tensor([0.1, 0.5, 0.9]))
+    assert torch.equal(out[0], torch.zeros(2)) and torch.equal(out[2], torch.zeros(2))
+    with pytest.raises(ValueError, match="scale"):
+        ClassifierGuidance(v, log_prob, -1.0)
+    with pytest.raises(ValueError, match="t_min"):
+        ClassifierGuidance(v, log_prob, 1.0, t_min=0.0)
