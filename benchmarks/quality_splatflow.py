@@ -3,7 +3,8 @@
     python -m benchmarks.quality_splatflow [--scenes 30] [--per-class 2] [--steps 50]
         [--flow CKPT] [--rays checkpoints/splat/raynet]
         [--pose-flow CKPT] [--anchor K] [--first-seed S] [--split heldout|train]
-        [--class-guidance W] [--guide checkpoints/splat/guide]
+        [--class-guidance W] [--guide checkpoints/splat/guide] [--second-classifier CKPT]
+        [--views-dir DIR]
         [--tasks complete,poses,edit,generate]
 
 Scenes: the held-out split of the splat scene cache (CAPOD meshes never trained on, one painting
@@ -142,6 +143,12 @@ def main(argv=None) -> int:
                    "complete): the commands' --class-guidance (default: theirs)")
     p.add_argument("--guide", default=str(CKPT / "guide"), help="the noisy-state classifier "
                    "of --class-guidance (the commands' --guide)")
+    p.add_argument("--second-classifier", default=None, help="edit, generate: also report "
+                   "the recognition of this classifier (splat_classifier; e.g. one trained "
+                   "with another seed and width), a check that guided samples are not "
+                   "recognised by one network only")
+    p.add_argument("--views-dir", default=None, help="edit, generate: write each result's "
+                   "views there as one PNG (colour row over the input's or nothing)")
     args = p.parse_args(argv)
     global KEEP_FLOATERS, CLASS_GUIDANCE
     KEEP_FLOATERS, CLASS_GUIDANCE = args.keep_floaters, args.class_guidance
@@ -177,7 +184,7 @@ def main(argv=None) -> int:
     def task_models(task: str) -> Models:
         flow = task_flow(task)
         guide = None
-        if _settings(task, "chair", 1).guidance_weight > 0:  # the command loads it then
+        if _settings(task, "chair", 1, known=(0,)).guidance_weight > 0:  # as the command
             from flow3d.splat.guide import check_layouts_match
 
             if "guide" not in loaded:
@@ -189,6 +196,31 @@ def main(argv=None) -> int:
     models = task_models("complete")
     flow = task_flow("complete")  # its recipe: the scenes' layout and data
     judge = load_frozen(args.classifier, "splat_classifier", "classifier")
+    judge2 = (load_frozen(args.second_classifier, "splat_classifier", "second classifier")
+              if args.second_classifier else None)
+    hit2: dict[str, list] = {"edit": [], "generate": []}
+
+    def second(task: str, r, target: int) -> None:
+        if judge2 is not None:
+            with torch.no_grad():
+                hit2[task].append(int(judge2(r.rgb[None], r.depth[None]).argmax()) == target)
+
+    def second_note(task: str) -> str:
+        if judge2 is None:
+            return ""
+        return (f" (second classifier {args.second_classifier}: "
+                f"{np.mean(hit2[task]):.0%})")
+
+    def save_views(name: str, rows) -> None:
+        if args.views_dir is None:
+            return
+        from PIL import Image
+
+        folder = Path(args.views_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        grid = torch.cat([torch.cat(list(v), dim=1) for v in rows], dim=0)  # rows of views
+        Image.fromarray((grid.clamp(0, 1) * 255).round().byte().numpy()).save(
+            folder / f"{name}.png")
     m = flow.recipe.model
     look = models.decoder.cfg.render_settings()  # how the decoder's Gaussians are rendered
     lay = SceneLayout(m.views, m.size, m.patch, m.near, m.far)
@@ -355,11 +387,15 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 hit.append(int(judge(r.rgb[None], r.depth[None]).argmax()) == target)
                 re = render(r.scene, r.cameras, settings=look).rgb.clamp(0, 1)
+            second("edit", r, target)
+            save_views(f"edit_{i:03d}_{_class_name(target)}", [(b.rgb * (b.depth > 0))[0],
+                                                                r.rgb])
             cons.append(_psnr(re, r.rgb))
         out += ["### Editing (bars: unmasked >= 35 dB, requested class recognised in >= 70%)", "",
                 f"Anchored views (--anchor): {edit_anchor}.", "",
                 f"Unmasked pixels against the input: {_db(kept)}; requested class recognised in "
-                f"{np.mean(hit):.0%} of {len(hit)} edits; GSDecoder re-render of the edited "
+                f"{np.mean(hit):.0%} of {len(hit)} edits"
+                f"{second_note('edit')}; GSDecoder re-render of the edited "
                 f"views (multi-view consistency, no bar) {np.mean(cons):.2f} dB (min "
                 f"{np.min(cons):.2f}).", ""]
 
@@ -387,12 +423,15 @@ def main(argv=None) -> int:
                 with torch.no_grad():
                     hit.append(int(judge(r.rgb[None], r.depth[None]).argmax()) == c)
                     re = render(r.scene, r.cameras, settings=look).rgb.clamp(0, 1)
+                second("generate", r, c)
+                save_views(f"generate_{_class_name(c)}_{seed}", [r.rgb])
                 cons.append(_psnr(re, r.rgb))
         out += ["### Generation (bars: class recognised >= 80%, re-render >= 25 dB, <= 60 s)", "",
                 f"Anchored views (--anchor): {anchor}; seeds {args.first_seed}-"
                 f"{args.first_seed + args.per_class - 1}.", "",
                 f"{len(hit)} scenes ({args.per_class} seeds x {m.num_classes} classes): requested "
-                f"class recognised in {np.mean(hit):.0%}; GSDecoder re-render of the generated "
+                f"class recognised in {np.mean(hit):.0%}"
+                f"{second_note('generate')}; GSDecoder re-render of the generated "
                 f"views at their cameras {np.mean(cons):.2f} dB (min {np.min(cons):.2f}); "
                 f"{np.median(secs):.1f} s per scene (median, flow + cameras + decoder, one "
                 f"thread; max {np.max(secs):.1f} s). Cameras ({args.cameras}): views' optical "

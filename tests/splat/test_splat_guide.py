@@ -153,3 +153,14 @@ def test_class_guidance_bad_input(tmp_path, capsys, argv, mentions):
             .replace("MISSING", str(tmp_path / "missing")) for a in argv]
     assert_user_error(argv, capsys, [mentions])
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.ply").exists()
+
+
+def test_the_bundled_guide_reads_the_bundled_flows_states():
+    """checkpoints/splat/guide has the layout and classes of both bundled flows (its held-out
+    accuracy at each time is in docs/benchmarks.md)."""
+    from flow3d.engine.checkpoint import load_frozen, load_model
+
+    guide = load_frozen(ROOT / "checkpoints" / "splat" / "guide", "splat_guide", "guide")
+    for name in ("mvflow_class", "mvflow_cams"):
+        check_layouts_match(guide, load_model(ROOT / "checkpoints" / "splat" / name).model)
+    assert guide.cfg.num_classes == 15

@@ -249,6 +249,9 @@ def test_edit_by_default_runs_the_flow_given_the_cameras_unanchored(tmp_path, ca
     report = json.loads(capsys.readouterr().out)
     assert Path(report["flow"]) == ROOT / "checkpoints" / "splat" / "mvflow_cams"
     assert report["anchors"] == []
+    # and guides the flow towards the class with the bundled noisy-state classifier
+    assert report["class_guidance"] == 20
+    assert Path(report["guide"]) == ROOT / "checkpoints" / "splat" / "guide"
     assert_kept_outside(load_dataset(data), load_dataset(tmp_path / "edited"), (2,), box)
     from flow3d.splat.splatflow import SplatFlowSettings, default_flow
 
