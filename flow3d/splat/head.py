@@ -51,7 +51,7 @@ from flow3d.splat.scenes import SceneBatch, SceneDataConfig, SceneSet, load_scen
 
 __all__ = ["ClassifierConfig", "DecoderDataConfig", "DecoderSampleConfig", "FlowSampleConfig",
            "GSDecoderHead", "MultiViewFlowHead", "SceneClassifier", "SceneClassifierHead",
-           "decoder_loss", "scene_velocity", "shuffle_colours"]
+           "Steering", "decoder_loss", "scene_velocity", "shuffle_colours"]
 
 MASK_WEIGHT = 1.0
 DEPTH_WEIGHT = 0.2
@@ -243,6 +243,17 @@ class FlowSampleConfig:
         check_float(self.stop_ray, "sample.stop_ray", lo=0.0, hi=1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Steering:
+    """What steers :meth:`MultiViewFlowHead.sample_states` besides classifier-free guidance:
+    solver ``hooks`` (``hook(x, t_next, step) -> x``, e.g. the core's inpainting) and
+    ``guidance``, a ``velocity -> velocity`` wrapper applied after CFG (e.g. the splat guide's
+    classifier guidance, :func:`~flow3d.splat.splatflow.class_guidance`)."""
+
+    hooks: tuple = ()
+    guidance: Any = None
+
+
 def given_inputs(model: MultiViewFlow, x_1: Tensor, generator: torch.Generator) -> Tensor:
     """The clean states a conditional flow is given in training: each scene's depth channels
     set to 0 (no depth maps) with probability ``model.depth_drop``."""
@@ -328,19 +339,18 @@ class MultiViewFlowHead(GSDecoderHead):
 
     @torch.no_grad()
     def sample_states(self, model: MultiViewFlow, labels: Tensor | None, num: int, *,
-                      seed: int = 0, hooks=(), start: Tensor | None = None,
-                      strength: float = 1.0, given: Tensor | None = None,
-                      guidance=None, **overrides: Any) -> Tensor:
+                      seed: int = 0, steer: Steering | None = None,
+                      start: Tensor | None = None, strength: float = 1.0,
+                      given: Tensor | None = None, **overrides: Any) -> Tensor:
         """Token states ``[num, V T, dim]`` integrated from noise (``labels [num]`` for a
-        class-conditional model, None for its null class; ``hooks``: solver hooks such as the
-        core's inpainting). With ``start`` (an estimate of the states) and ``strength < 1``,
-        SDEdit (:func:`~flow3d.core.editing.sdedit`): ``start`` noised to ``t = 1 -
-        strength`` and integrated from there in ``strength`` of the steps (evenly spaced:
+        class-conditional model, None for its null class; ``steer``: a :class:`Steering`, solver
+        hooks such as the core's inpainting and a velocity wrapper). With ``start`` (an
+        estimate of the states) and ``strength < 1``, SDEdit
+        (:func:`~flow3d.core.editing.sdedit`): ``start`` noised to ``t = 1 - strength`` and
+        integrated from there in ``strength`` of the steps (evenly spaced:
         ``sample.shift`` applies to sampling from noise only). A conditional flow
         (``model.given``) needs ``given``: states whose given channels are used as they are
-        (the model keeps them: zero velocity). ``guidance``: a ``velocity -> velocity``
-        wrapper applied after classifier-free guidance (e.g. the splat guide's classifier
-        guidance, :func:`~flow3d.splat.splatflow.class_guidance`)."""
+        (the model keeps them: zero velocity)."""
         from flow3d.core.solvers import solve
         from flow3d.core.time import time_grid
 
@@ -362,8 +372,10 @@ class MultiViewFlowHead(GSDecoderHead):
             if labels is None:
                 cfg = dataclasses.replace(cfg, cfg_rgb=0.0, cfg_depth=0.0, cfg_rays=0.0)
         velocity = scene_velocity(model, ctx, cfg)
-        if guidance is not None:
-            velocity = guidance(velocity)
+        steer = steer or Steering()
+        hooks = steer.hooks
+        if steer.guidance is not None:
+            velocity = steer.guidance(velocity)
         if cfg.stop_ray > 0 and "rays" not in model.cfg.given:
             # SplatFlow's stop-ray, before any other hook (inpainting)
             from flow3d.core.guidance import ProjectPrediction

@@ -713,6 +713,7 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
     """Steps 3-4: integrate with the known entries inpainted, fit the cameras, decode."""
     from flow3d.core.guidance import Inpainting
     from flow3d.mesh.condition import class_index
+    from flow3d.splat.head import Steering
 
     t_all = time.perf_counter()
     if s.task == "complete" and s.warp:
@@ -737,13 +738,13 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
             raise ConfigError("--class-guidance: no guide loaded (load_models loads it)")
         guidance = class_guidance(models.guide, labels, s.guidance_weight)
     with torch.no_grad():
-        x = models.head.sample_states(models.flow, labels, 1, seed=s.seed, hooks=hooks,
+        x = models.head.sample_states(models.flow, labels, 1, seed=s.seed,
+                                      steer=Steering(tuple(hooks), guidance),
                                       start=known.start, strength=s.sdedit_strength,
                                       given=given_views(layout, known) if conditional
                                       else None, steps=s.steps,
                                       cfg_rgb=w, cfg_depth=w,
-                                      cfg_rays=1.0 if labels is not None else 0.0,
-                                      guidance=guidance)
+                                      cfg_rays=1.0 if labels is not None else 0.0)
     rgb, depth, rays = layout.split(x)  # known entries: set exactly by Inpainting at t = 1
     flow_s = time.perf_counter() - t0
     n = layout.views if s.task == "generate" else known.num_views
@@ -767,7 +768,7 @@ def synthesize(models: Models, layout, known: Known, s: SplatFlowSettings) -> Re
 def class_guidance(guide, labels: Tensor, weight: float):
     """``velocity -> velocity``: the core's classifier guidance (weight ``weight``) with the
     noisy-state classifier ``guide`` (:mod:`flow3d.splat.guide`) towards ``labels``, over the
-    whole path but its first 5% (where the factor ``(1 - t) / t`` is held at 19)."""
+    whole path (below t = 0.05 the factor ``(1 - t) / t`` is taken at t = 0.05: ``t_min``)."""
     from flow3d.core.guidance import ClassifierGuidance
     from flow3d.splat.guide import class_log_prob
 
