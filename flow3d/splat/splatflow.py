@@ -811,7 +811,8 @@ def complete_from_anchors(models: Models, layout, known: Known, result: Result,
     values = torch.where(known.mask, known.values, kept.values)  # edit: the unmasked pixels
     done = synthesize(models, layout, Known(values, known.mask | kept.mask, cams, n,
                                             cube=known.cube),
-                      dataclasses.replace(s, task="complete", known=anchors, anchor=0))
+                      dataclasses.replace(s, task="complete", known=anchors, anchor=0,
+                                          class_guidance=s.guidance_weight))
     return dataclasses.replace(done, fitted=result.fitted, anchors=anchors,
                                flow_seconds=result.flow_seconds + done.flow_seconds,
                                seconds=time.perf_counter() - t_all)

@@ -164,3 +164,31 @@ def test_the_bundled_guide_reads_the_bundled_flows_states():
     for name in ("mvflow_class", "mvflow_cams"):
         check_layouts_match(guide, load_model(ROOT / "checkpoints" / "splat" / name).model)
     assert guide.cfg.num_classes == 15
+
+
+def test_anchored_edits_guide_the_completion_too(tmp_path, capsys, tiny_guide, monkeypatch):
+    """--anchor 1: the draft and the completion from its anchor are both guided, with edit's
+    default weight (the completion runs as a complete task, whose own default is off)."""
+    import numpy as np
+    from PIL import Image
+
+    from flow3d.splat import splatflow
+
+    weights = []
+    real = splatflow.class_guidance
+
+    def spy(guide, labels, weight):
+        weights.append(weight)
+        return real(guide, labels, weight)
+
+    monkeypatch.setattr(splatflow, "class_guidance", spy)
+    data = write_scene(tmp_path / "data", views=3)
+    (tmp_path / "masks").mkdir()
+    m = np.zeros((64, 64), np.uint8)
+    m[24:40, 24:40] = 255
+    Image.fromarray(m).save(tmp_path / "masks" / "000.png")
+    assert cli.main(["splat", "edit", str(data), "--mask", str(tmp_path / "masks"), "--class",
+                     "chair", "--out", str(tmp_path / "edited"), "--decoder", str(DECODER),
+                     "--steps", "2", "--anchor", "1", "--guide", str(tiny_guide)]) == 0
+    capsys.readouterr()
+    assert weights == [splatflow.DEFAULT_CLASS_GUIDANCE["edit"]] * 2
