@@ -148,7 +148,7 @@ def main(argv=None) -> int:
                    "with another seed and width), a check that guided samples are not "
                    "recognised by one network only")
     p.add_argument("--views-dir", default=None, help="edit, generate: write each result's "
-                   "views there as one PNG (colour row over the input's or nothing)")
+                   "views there as one PNG (edit: the input's views above the edited ones)")
     args = p.parse_args(argv)
     global KEEP_FLOATERS, CLASS_GUIDANCE
     KEEP_FLOATERS, CLASS_GUIDANCE = args.keep_floaters, args.class_guidance

@@ -49,3 +49,15 @@ def write_sphere_dataset(folder: Path, views: int = 8, size: int = 64, depth: bo
     save_dataset(folder, np.round(rgba.numpy() * 255).astype(np.uint8), scene.cameras(0),
                  depths=scene.depth[0, ..., 0].numpy() if depth else None)
     return folder
+
+
+def square_masks(folder: Path, views, box: tuple[slice, slice], size: int = 64) -> Path:
+    """Edit masks: ``box`` (rows, columns) white in each of ``views``, no PNG for the others."""
+    from PIL import Image
+
+    folder.mkdir()
+    m = np.zeros((size, size), np.uint8)
+    m[box] = 255
+    for v in views:
+        Image.fromarray(m).save(folder / f"{v:03d}.png")
+    return folder

@@ -32,7 +32,12 @@ from torch import Tensor, nn
 
 from flow3d.errors import ConfigError
 from flow3d.options import check_float, check_int
-from flow3d.splat.head import ClassifierSampleConfig, GSDecoderHead, _check_views_match
+from flow3d.splat.head import (
+    ClassifierSampleConfig,
+    GSDecoderHead,
+    _check_views_match,
+    classification_loss,
+)
 from flow3d.splat.mvflow import SceneLayout
 from flow3d.splat.scenes import SceneDataConfig
 
@@ -155,10 +160,7 @@ class NoisyClassifierHead(GSDecoderHead):
         x_0 = torch.randn(x_1.shape, generator=generator).to(x_1)
         t = torch.rand(x_1.shape[0], generator=generator).to(x_1)
         x_t = t[:, None, None] * x_1 + (1 - t[:, None, None]) * x_0
-        logits = model(x_t, t)
-        loss = nn.functional.cross_entropy(logits, views.label)
-        acc = (logits.argmax(-1) == views.label).float().mean()
-        return {"loss": loss, "accuracy": acc}
+        return classification_loss(model(x_t, t), views.label)
 
     @torch.no_grad()
     def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:

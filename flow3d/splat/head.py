@@ -51,7 +51,7 @@ from flow3d.splat.scenes import SceneBatch, SceneDataConfig, SceneSet, load_scen
 
 __all__ = ["ClassifierConfig", "DecoderDataConfig", "DecoderSampleConfig", "FlowSampleConfig",
            "GSDecoderHead", "MultiViewFlowHead", "SceneClassifier", "SceneClassifierHead",
-           "Steering", "decoder_loss", "scene_velocity", "shuffle_colours"]
+           "Steering", "classification_loss", "decoder_loss", "scene_velocity", "shuffle_colours"]
 
 MASK_WEIGHT = 1.0
 DEPTH_WEIGHT = 0.2
@@ -459,6 +459,13 @@ class SceneClassifier(nn.Module):
         return self.out(f)
 
 
+def classification_loss(logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """Cross-entropy and accuracy: the losses of the scene classifiers (the judge and the
+    guide of :mod:`flow3d.splat.guide`)."""
+    return {"loss": nn.functional.cross_entropy(logits, labels),
+            "accuracy": (logits.argmax(-1) == labels).float().mean()}
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifierSampleConfig:
     split: str = "heldout"
@@ -487,10 +494,7 @@ class SceneClassifierHead(GSDecoderHead):
         rgb, depth = views.rgb, views.depth
         if float(torch.rand((), generator=generator)) < 0.5:
             rgb, depth = rgb.flip(-2), depth.flip(-2)
-        logits = model(rgb, depth)
-        loss = nn.functional.cross_entropy(logits, views.label)
-        acc = (logits.argmax(-1) == views.label).float().mean()
-        return {"loss": loss, "accuracy": acc}
+        return classification_loss(model(rgb, depth), views.label)
 
     @torch.no_grad()
     def sample(self, model: nn.Module, num: int, *, seed: int = 0, **overrides: Any) -> list:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic_scenes import sphere_scene
+from synthetic_scenes import sphere_scene, square_masks
 from synthetic_scenes import write_sphere_dataset as write_scene
 
 from flow3d import cli
@@ -115,17 +115,11 @@ def tiny_guide(tmp_path_factory) -> Path:
 
 
 def test_edit_with_class_guidance_keeps_the_unmasked_pixels(tmp_path, capsys, tiny_guide):
-    import numpy as np
-    from PIL import Image
-
     from flow3d.splat.dataset import load_dataset
 
     data = write_scene(tmp_path / "data", views=4)
-    (tmp_path / "masks").mkdir()
-    m = np.zeros((64, 64), np.uint8)
-    m[20:44, 20:44] = 255
-    Image.fromarray(m).save(tmp_path / "masks" / "001.png")
-    assert cli.main(["splat", "edit", str(data), "--mask", str(tmp_path / "masks"), "--class",
+    masks = square_masks(tmp_path / "masks", (1,), (slice(20, 44), slice(20, 44)))
+    assert cli.main(["splat", "edit", str(data), "--mask", str(masks), "--class",
                      "dog", "--out", str(tmp_path / "edited"), "--decoder", str(DECODER),
                      "--steps", "2", "--class-guidance", "3", "--guide", str(tiny_guide)]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -169,9 +163,6 @@ def test_the_bundled_guide_reads_the_bundled_flows_states():
 def test_anchored_edits_guide_the_completion_too(tmp_path, capsys, tiny_guide, monkeypatch):
     """--anchor 1: the draft and the completion from its anchor are both guided, with edit's
     default weight (the completion runs as a complete task, whose own default is off)."""
-    import numpy as np
-    from PIL import Image
-
     from flow3d.splat import splatflow
 
     weights = []
@@ -183,11 +174,8 @@ def test_anchored_edits_guide_the_completion_too(tmp_path, capsys, tiny_guide, m
 
     monkeypatch.setattr(splatflow, "class_guidance", spy)
     data = write_scene(tmp_path / "data", views=3)
-    (tmp_path / "masks").mkdir()
-    m = np.zeros((64, 64), np.uint8)
-    m[24:40, 24:40] = 255
-    Image.fromarray(m).save(tmp_path / "masks" / "000.png")
-    assert cli.main(["splat", "edit", str(data), "--mask", str(tmp_path / "masks"), "--class",
+    masks = square_masks(tmp_path / "masks", (0,), (slice(24, 40), slice(24, 40)))
+    assert cli.main(["splat", "edit", str(data), "--mask", str(masks), "--class",
                      "chair", "--out", str(tmp_path / "edited"), "--decoder", str(DECODER),
                      "--steps", "2", "--anchor", "1", "--guide", str(tiny_guide)]) == 0
     capsys.readouterr()

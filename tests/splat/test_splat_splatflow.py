@@ -13,6 +13,7 @@ import pytest
 import torch
 from contract import assert_user_error
 from PIL import Image
+from synthetic_scenes import square_masks
 from synthetic_scenes import write_sphere_dataset as write_scene
 
 from flow3d import cli
@@ -57,16 +58,6 @@ def camera_flow(tmp_path_factory):
 
 def run(argv) -> None:
     assert cli.main([str(a) for a in argv] + MODELS + ["--steps", "2"]) == 0
-
-
-def square_masks(folder: Path, views, box: tuple[slice, slice]) -> Path:
-    """Edit masks: ``box`` (rows, columns) white in each of ``views``, no PNG for the others."""
-    folder.mkdir()
-    m = np.zeros((64, 64), np.uint8)
-    m[box] = 255
-    for v in views:
-        Image.fromarray(m).save(folder / f"{v:03d}.png")
-    return folder
 
 
 def assert_kept_outside(src, got, views, box: tuple[slice, slice]) -> None:
