@@ -25,7 +25,10 @@ often far from theirs (on held-out scenes the true cameras scored lower than the
 in almost every scene that failed). So before each joint descent every camera in turn, the
 others held, is tried at many places at once: where it is, turned about the up axis, and the
 best places of a grid of azimuths and elevations around the object (the views were taken
-looking at it), each descended a few steps; the lowest loss is kept.
+looking at it), each descended a few steps; the lowest loss is kept. That search is greedy
+(one camera moves while the others hold), and which minimum it reaches depends on the points
+it was given; ``restarts`` runs it again on other samples and keeps the run whose cameras
+agree best on a larger common sample (:func:`refinement_loss`).
 
 :func:`consistency_loss` evaluates all pairs at once, :func:`camera_hypotheses_loss` the pairs
 of one camera at many places at once; :func:`consistency_loss_reference` is their
@@ -45,9 +48,11 @@ from flow3d.options import ConfigError, check_float, check_int
 from flow3d.splat.cameras import Cameras
 
 COLOUR_SCALE = 0.05  # squared RGB difference (in [0, 1]) at which colours stop matching
+JUDGE_SEED_OFFSET = 1_000_003  # refinement_loss draws its points apart from every restart's
 
 __all__ = ["AlignSettings", "camera_hypotheses_loss", "consistency_loss",
-           "consistency_loss_reference", "outside_distance", "refine_cameras", "view_maps",
+           "consistency_loss_reference", "outside_distance", "refine_cameras",
+           "refinement_loss", "view_maps",
            "view_pixels", "view_points"]
 
 
@@ -77,6 +82,12 @@ class AlignSettings:
     grid_keep: int = 12
     turn_iters: int = 60
     rounds: int = 4  # search, descend all together (iters, then iters // 2 steps), again
+    # the whole refinement run this many times from the same cameras, each on its own sample
+    # of points (seed, seed + 1, ...): the search is greedy (one camera at a time, the others
+    # held), so a sample that leads it elsewhere can find the minimum another missed; the run
+    # whose cameras agree best on a common, larger sample (judge_points per view) is kept
+    restarts: int = 1
+    judge_points: int = 2000
     silhouette_weight: float = 0.01  # per squared pixel
     free_space_weight: float = 10.0  # per squared scene unit
     colour_weight: float = 0.3  # per point of another view's that it does not see as it is
@@ -103,6 +114,8 @@ class AlignSettings:
         check_int(self.grid_keep, "align.grid_keep", lo=1, hi=1_000_000)
         check_int(self.turn_iters, "align.turn_iters", lo=0, hi=100_000)
         check_int(self.rounds, "align.rounds", lo=1, hi=1000)
+        check_int(self.restarts, "align.restarts", lo=1, hi=1000)
+        check_int(self.judge_points, "align.judge_points", lo=1, hi=1_000_000)
 
 
 def outside_distance(mask: Tensor) -> Tensor:
@@ -361,10 +374,38 @@ def refine_cameras(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSett
     with the views' ``depth [V, H, W, 1]`` (and colours ``rgb [V, H, W, 3]``; module
     docstring): ``s.rounds`` times, each camera in turn, the others held, tried where it is,
     at the other azimuths of ``s.turns`` and at the best places of the grid, kept where the
-    loss is lowest; then all cameras together. ``progress``: a bar over the cameras searched
-    (on stderr)."""
+    loss is lowest; then all cameras together. With ``s.restarts > 1`` all of that is run
+    again on other samples of points and the run with the lowest :func:`refinement_loss` is
+    returned. ``progress``: a bar over the cameras searched (on stderr)."""
     from tqdm.auto import tqdm
 
+    bar = tqdm(total=s.restarts * s.rounds * len(cameras.viewmats), desc="refining cameras",
+               unit="camera", leave=False, disable=not progress)
+    runs = [_refine_once(cameras, depth, dataclasses.replace(s, seed=s.seed + r), rgb, bar)
+            for r in range(s.restarts)]
+    bar.close()
+    if len(runs) == 1:
+        return runs[0]
+    losses = [refinement_loss(c, depth, s, rgb) for c in runs]
+    return runs[min(range(len(runs)), key=losses.__getitem__)]  # ties: the first run
+
+
+def refinement_loss(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSettings(),
+                    rgb: Tensor | None = None) -> float:
+    """:func:`consistency_loss` of ``cameras`` (their own intrinsics) on ``s.judge_points``
+    points per view drawn with a seed of their own (not one a restart descended on): the
+    score :func:`refine_cameras` picks its restarts by."""
+    g = torch.Generator().manual_seed(s.seed + JUDGE_SEED_OFFSET)
+    pixels, colours = view_pixels(depth, s.judge_points, g, rgb)
+    K, vm = cameras.K.float(), cameras.viewmats.float()
+    with torch.no_grad():
+        return float(consistency_loss(view_points(K, pixels), colours, K, vm[:, :3, :3],
+                                      vm[:, :3, 3], view_maps(depth, rgb), s))
+
+
+def _refine_once(cameras: Cameras, depth: Tensor, s: AlignSettings, rgb: Tensor | None,
+                 bar) -> Cameras:
+    """One run of :func:`refine_cameras` on the points of ``s.seed``."""
     g = torch.Generator().manual_seed(s.seed)
     K0 = cameras.K.float().clone()
     if s.shared_focal:
@@ -374,9 +415,6 @@ def refine_cameras(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSett
     views = (pixels, colours, view_maps(depth, rgb))
     v = len(vm)
     p = _Poses(vm[:, :3, :3], vm[:, :3, 3], torch.zeros(()))
-
-    bar = tqdm(total=s.rounds * v, desc="refining cameras", unit="camera", leave=False,
-               disable=not progress)
 
     def turn_each(p: _Poses) -> _Poses:
         K = _intrinsics(K0, p.log_f)
@@ -402,7 +440,6 @@ def refine_cameras(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSett
         p = turn_each(p) if turning else p
         bar.update(0 if turning else v)
         p = _descend(p, K0, views, s, s.iters if r == 0 else s.iters // 2, s.shared_focal)
-    bar.close()
     out = vm.clone()
     out[:, :3, :3], out[:, :3, 3] = p.R, p.t
     return Cameras(_intrinsics(K0, p.log_f).to(cameras.K.dtype), out.to(cameras.viewmats.dtype),

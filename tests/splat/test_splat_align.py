@@ -1,7 +1,8 @@
 """Camera refinement by silhouette, free-space and colour consistency: the batched losses
 (all pairs; one camera at many places) are their pair-by-pair twin (values and gradients),
 true cameras are the minimum, cameras turned off by 15 degrees come back on an object that is
-not symmetric, and the search finds cameras far from where they were."""
+not symmetric, the search finds cameras far from where they were, and restarts keep the run
+whose cameras agree best."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from flow3d.splat.align import (
     consistency_loss,
     consistency_loss_reference,
     refine_cameras,
+    refinement_loss,
     view_maps,
     view_pixels,
     view_points,
@@ -203,3 +205,40 @@ def test_hypotheses_of_one_camera_are_its_pairs_in_values_and_gradients(l_shape,
     # the view without object: nothing to score
     assert torch.equal(camera_hypotheses_loss(pts, colours, c.K, R, t, maps, s, 4, (Rk, tk)),
                        torch.zeros(4, dtype=torch.float64))
+
+
+def test_refinement_loss_is_lowest_at_the_true_cameras(l_shape):
+    cams, depth, rgb = l_shape
+    at_truth = refinement_loss(cams, depth, rgb=rgb)
+    for degrees in ([0, 0, 180, 0, 0, 0], [0, 10, 0, 0, 0, 0], [0, 0, 0, -10, 0, 0]):
+        assert refinement_loss(_turned(cams, degrees), depth, rgb=rgb) > at_truth
+    # its own sample of points: not the one a run with the same seed descended on
+    s = AlignSettings(judge_points=AlignSettings().points)
+    pixels, _ = view_pixels(depth, s.points, torch.Generator().manual_seed(s.seed), rgb)
+    judged, _ = view_pixels(depth, s.judge_points,
+                            torch.Generator().manual_seed(s.seed + 1_000_003), rgb)
+    assert not torch.equal(pixels, judged)
+
+
+def test_restarts_keep_the_run_whose_cameras_agree_best(l_shape):
+    """``restarts=3`` returns, of the three single runs on the samples of seeds 0, 1, 2, the
+    one :func:`refinement_loss` scores lowest (a cheap search, so that the runs differ)."""
+    cams, depth, rgb = l_shape
+    start = _turned(cams, [0, 0, 150, 0, -60, 0])
+    cheap = dict(iters=15, turn_iters=4, rounds=1, grid_azimuths=6, grid_elevations=(0.0,),
+                 grid_keep=1, points=25, judge_points=300)
+    runs = [refine_cameras(start, depth, AlignSettings(seed=r, **cheap), rgb=rgb)
+            for r in range(3)]
+    losses = [refinement_loss(c, depth, AlignSettings(**cheap), rgb) for c in runs]
+    assert len({round(v, 6) for v in losses}) == 3  # the samples led the runs apart
+    best = refine_cameras(start, depth, AlignSettings(restarts=3, **cheap), rgb=rgb)
+    assert torch.equal(best.viewmats, runs[int(np.argmin(losses))].viewmats)
+    assert torch.equal(best.K, runs[int(np.argmin(losses))].K)
+
+
+@pytest.mark.parametrize("field, value", [("restarts", 0), ("judge_points", 0)])
+def test_align_settings_refuse_nonsense(field, value):
+    from flow3d.options import ConfigError
+
+    with pytest.raises(ConfigError, match=f"align.{field}"):
+        AlignSettings(**{field: value})
