@@ -130,6 +130,8 @@ def main(argv=None) -> int:
     p.add_argument("--anchor", type=int, default=None, help="generate and edit: views of the "
                    "first integration kept, the rest completed from them (default: the "
                    "commands')")
+    p.add_argument("--restarts", type=int, default=None, help="poses: runs of the "
+                   "refinement (the command's --restarts; default: its default)")
     p.add_argument("--split", default="heldout", choices=("heldout", "train"),
                    help="scenes of complete, poses and edit (train: to tune on, not to report)")
     p.add_argument("--first-seed", type=int, default=0, help="generate: seeds first-seed, "
@@ -231,7 +233,8 @@ def main(argv=None) -> int:
            f"`python -m benchmarks.quality_splatflow --scenes {args.scenes} --per-class "
            f"{args.per_class} --steps {args.steps} --cfg {args.cfg:g}"
            f"{'' if args.class_guidance is None else f' --class-guidance {args.class_guidance:g}'}"
-           f"{f' --flow {args.flow}' if args.flow else ''} --tasks "
+           f"{f' --flow {args.flow}' if args.flow else ''}"
+           f"{'' if args.restarts is None else f' --restarts {args.restarts}'} --tasks "
            f"{args.tasks}{' --split train' if args.split == 'train' else ''}`: "
            f"{len(rows)} {'held-out' if args.split == 'heldout' else 'TRAINING'} scenes (one "
            f"painting of each of {len(rows)} CAPOD meshes"
@@ -325,8 +328,9 @@ def main(argv=None) -> int:
             k = known_state(lay, "poses", rgb=b.rgb * (b.depth > 0),
                             depth=b.depth if with_depth else None, K=b.K,
                             viewmats=b.viewmats, num_views=m.views, cameras=true)
-            r = _run(pose_models, lay, k, dataclasses.replace(pose_settings, refine=refine),
-                     failed)
+            r = _run(pose_models, lay, k, dataclasses.replace(
+                pose_settings, refine=refine, restarts=args.restarts if refine and args.restarts
+                else pose_settings.restarts), failed)
             pairs = m.views * (m.views - 1) // 2
             if r is None:  # no cameras: every one wrong
                 rel += [180.0] * pairs

@@ -253,10 +253,32 @@ def test_edit_by_default_runs_the_flow_given_the_cameras_unanchored(tmp_path, ca
 
 def test_poses_reports_errors_for_every_view(tmp_path, capsys):
     data = write_scene(tmp_path / "data", views=5)
-    run(["splat", "poses", data, "--out", tmp_path / "posed"])
+    run(["splat", "poses", data, "--out", tmp_path / "posed", "--restarts", "2"])
     report = json.loads((tmp_path / "posed" / "report.json").read_text())
     assert len(report["rotation_error_deg"]) == 5 and len(report["center_error"]) == 5
     assert len(load_dataset(tmp_path / "posed")) == 5
+    assert report["refined"] and report["restarts"] == 2
+
+
+def test_poses_refine_with_the_default_restarts(tmp_path, capsys, monkeypatch):
+    """The command hands its ``--restarts`` (default :data:`POSE_RESTARTS`) to the
+    refinement (recorded here instead of run: the refinement's restarts are tested in
+    test_splat_align) and reports it."""
+    import flow3d.splat.align as align
+    from flow3d.splat.splatflow import POSE_RESTARTS
+
+    seen = []
+
+    def record(cameras, depth, s=None, rgb=None, progress=False):
+        seen.append(None if s is None else s.restarts)
+        return cameras
+
+    monkeypatch.setattr(align, "refine_cameras", record)
+    data = write_scene(tmp_path / "data", views=5)
+    report = _poses(data, tmp_path / "posed", "--rays", RAYS)
+    assert POSE_RESTARTS > 1 and seen == [POSE_RESTARTS] and report["restarts"] == POSE_RESTARTS
+    _poses(data, tmp_path / "again", "--rays", RAYS, "--restarts", 1)
+    assert seen == [POSE_RESTARTS, 1]
 
 
 def _poses(data, out, *extra) -> dict:
@@ -269,7 +291,7 @@ def _poses(data, out, *extra) -> dict:
 def test_poses_keep_the_views_and_write_their_cameras(tmp_path, capsys, ray_flow, model):
     data = write_scene(tmp_path / "data", views=5)
     extra = ["--rays", RAYS] if model == "regressor" else ["--flow", ray_flow, "--steps", 3]
-    report = _poses(data, tmp_path / "posed", *extra)
+    report = _poses(data, tmp_path / "posed", *extra, "--restarts", 1)
     src, got = load_dataset(data), load_dataset(tmp_path / "posed")
     assert len(got) == 5 and torch.allclose(got.depths, src.depths, rtol=1e-3, atol=1e-3)
     fg = (src.masks > 0).expand_as(src.images)
@@ -355,6 +377,9 @@ def inputs(tmp_path):
     (["edit", "{tmp}/good", "--mask", "{tmp}/badmask", "--class", "chair", "--out",
       "{out}/e"], ["000.png", "32x32"]),
     (["poses", "{tmp}/many", "--out", "{out}/p"], ["9 views", "holds 8"]),
+    (["poses", "{tmp}/good", "--out", "{out}/p", "--restarts", "0"], ["--restarts"]),
+    (["poses", "{tmp}/good", "--out", "{out}/p", "--restarts", "2", "--no-refine"],
+     ["--restarts", "--no-refine"]),
     (["poses", "{tmp}/good", "--out", "{out}/p", "--flow",
       str(ROOT / "checkpoints" / "toy" / "eight_gaussians")], ["--flow", "not splat_flow"]),
     (["poses", "{tmp}/good", "--out", "{out}/p", "--rays", str(FLOW)],
