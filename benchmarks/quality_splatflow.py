@@ -328,9 +328,10 @@ def main(argv=None) -> int:
             k = known_state(lay, "poses", rgb=b.rgb * (b.depth > 0),
                             depth=b.depth if with_depth else None, K=b.K,
                             viewmats=b.viewmats, num_views=m.views, cameras=true)
-            r = _run(pose_models, lay, k, dataclasses.replace(
-                pose_settings, refine=refine, restarts=args.restarts if refine and args.restarts
-                else pose_settings.restarts), failed)
+            restarts = args.restarts if refine and args.restarts is not None \
+                else pose_settings.restarts  # --no-refine: nothing to restart
+            r = _run(pose_models, lay, k, dataclasses.replace(pose_settings, refine=refine,
+                                                              restarts=restarts), failed)
             pairs = m.views * (m.views - 1) // 2
             if r is None:  # no cameras: every one wrong
                 rel += [180.0] * pairs

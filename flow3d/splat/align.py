@@ -52,8 +52,7 @@ JUDGE_SEED_OFFSET = 1_000_003  # refinement_loss draws its points apart from eve
 
 __all__ = ["AlignSettings", "camera_hypotheses_loss", "consistency_loss",
            "consistency_loss_reference", "outside_distance", "refine_cameras",
-           "refinement_loss", "view_maps",
-           "view_pixels", "view_points"]
+           "refinement_loss", "view_maps", "view_pixels", "view_points"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,7 +404,8 @@ def refinement_loss(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSet
 
 def _refine_once(cameras: Cameras, depth: Tensor, s: AlignSettings, rgb: Tensor | None,
                  bar) -> Cameras:
-    """One run of :func:`refine_cameras` on the points of ``s.seed``."""
+    """One run of :func:`refine_cameras` on the points of ``s.seed`` (``bar``: its tqdm bar,
+    advanced once per camera searched)."""
     g = torch.Generator().manual_seed(s.seed)
     K0 = cameras.K.float().clone()
     if s.shared_focal:
