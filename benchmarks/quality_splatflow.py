@@ -2,7 +2,7 @@
 
     python -m benchmarks.quality_splatflow [--scenes 30] [--per-class 2] [--steps 50]
         [--flow CKPT] [--rays checkpoints/splat/raynet]
-        [--pose-flow CKPT] [--anchor K] [--first-seed S] [--split heldout|train]
+        [--pose-flow CKPT] [--restarts K] [--anchor K] [--first-seed S] [--split heldout|train]
         [--class-guidance W] [--guide checkpoints/splat/guide] [--second-classifier CKPT]
         [--views-dir DIR]
         [--tasks complete,poses,edit,generate]

@@ -378,14 +378,16 @@ def refine_cameras(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSett
     returned. ``progress``: a bar over the cameras searched (on stderr)."""
     from tqdm.auto import tqdm
 
+    maps = view_maps(depth, rgb)  # the distance transforms: once for every run and the judge
     bar = tqdm(total=s.restarts * s.rounds * len(cameras.viewmats), desc="refining cameras",
                unit="camera", leave=False, disable=not progress)
-    runs = [_refine_once(cameras, depth, dataclasses.replace(s, seed=s.seed + r), rgb, bar)
-            for r in range(s.restarts)]
+    runs = [_refine_once(cameras, depth, maps, dataclasses.replace(s, seed=s.seed + r), rgb,
+                         bar) for r in range(s.restarts)]
     bar.close()
     if len(runs) == 1:
         return runs[0]
-    losses = [refinement_loss(c, depth, s, rgb) for c in runs]
+    judged = _judge_sample(depth, maps, s, rgb)
+    losses = [_judge(c, judged, s) for c in runs]
     return runs[min(range(len(runs)), key=losses.__getitem__)]  # ties: the first run
 
 
@@ -394,25 +396,35 @@ def refinement_loss(cameras: Cameras, depth: Tensor, s: AlignSettings = AlignSet
     """:func:`consistency_loss` of ``cameras`` (their own intrinsics) on ``s.judge_points``
     points per view drawn with a seed of their own (not one a restart descended on): the
     score :func:`refine_cameras` picks its restarts by."""
+    return _judge(cameras, _judge_sample(depth, view_maps(depth, rgb), s, rgb), s)
+
+
+def _judge_sample(depth: Tensor, maps: Tensor, s: AlignSettings,
+                  rgb: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``(pixels, colours, maps)`` of :func:`refinement_loss`'s own sample."""
     g = torch.Generator().manual_seed(s.seed + JUDGE_SEED_OFFSET)
-    pixels, colours = view_pixels(depth, s.judge_points, g, rgb)
+    return (*view_pixels(depth, s.judge_points, g, rgb), maps)
+
+
+def _judge(cameras: Cameras, sample: tuple, s: AlignSettings) -> float:
+    pixels, colours, maps = sample
     K, vm = cameras.K.float(), cameras.viewmats.float()
     with torch.no_grad():
         return float(consistency_loss(view_points(K, pixels), colours, K, vm[:, :3, :3],
-                                      vm[:, :3, 3], view_maps(depth, rgb), s))
+                                      vm[:, :3, 3], maps, s))
 
 
-def _refine_once(cameras: Cameras, depth: Tensor, s: AlignSettings, rgb: Tensor | None,
-                 bar) -> Cameras:
-    """One run of :func:`refine_cameras` on the points of ``s.seed`` (``bar``: its tqdm bar,
-    advanced once per camera searched)."""
+def _refine_once(cameras: Cameras, depth: Tensor, maps: Tensor, s: AlignSettings,
+                 rgb: Tensor | None, bar) -> Cameras:
+    """One run of :func:`refine_cameras` on the points of ``s.seed`` (``maps``: the views'
+    :func:`view_maps`; ``bar``: its tqdm bar, advanced once per camera searched)."""
     g = torch.Generator().manual_seed(s.seed)
     K0 = cameras.K.float().clone()
     if s.shared_focal:
         K0[:, 0, 0] = K0[:, 1, 1] = K0[:, 0, 0].median()
     vm = cameras.viewmats.float()
     pixels, colours = view_pixels(depth, s.points, g, rgb)
-    views = (pixels, colours, view_maps(depth, rgb))
+    views = (pixels, colours, maps)
     v = len(vm)
     p = _Poses(vm[:, :3, :3], vm[:, :3, 3], torch.zeros(()))
 

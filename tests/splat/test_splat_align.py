@@ -214,10 +214,13 @@ def test_refinement_loss_is_lowest_at_the_true_cameras(l_shape):
         assert refinement_loss(_turned(cams, degrees), depth, rgb=rgb) > at_truth
     # its own sample of points: not the one a run with the same seed descended on
     s = AlignSettings(judge_points=AlignSettings().points)
-    pixels, _ = view_pixels(depth, s.points, torch.Generator().manual_seed(s.seed), rgb)
-    judged, _ = view_pixels(depth, s.judge_points,
-                            torch.Generator().manual_seed(s.seed + 1_000_003), rgb)
-    assert not torch.equal(pixels, judged)
+    pixels, colours = view_pixels(depth, s.points, torch.Generator().manual_seed(s.seed), rgb)
+    vm = _turned(cams, [0, 10, 0, 0, 0, 0]).viewmats
+    on_descent_sample = float(consistency_loss(view_points(cams.K, pixels), colours, cams.K,
+                                               vm[:, :3, :3], vm[:, :3, 3],
+                                               view_maps(depth, rgb), s))
+    assert refinement_loss(_turned(cams, [0, 10, 0, 0, 0, 0]), depth, s, rgb) != \
+        pytest.approx(on_descent_sample, rel=1e-6)
 
 
 def test_restarts_keep_the_run_whose_cameras_agree_best(l_shape):
