@@ -63,7 +63,8 @@ def design_settings(args: argparse.Namespace):
                               guidance_iters=args.guidance_iters,
                               trans_noise=args.trans_noise,
                               trans_noise_scale=args.trans_noise_scale,
-                              local_min_dist=args.local_min_dist)
+                              local_min_dist=args.local_min_dist,
+                              sheet_guidance=args.sheet_guidance)
     return DesignSettings(
         lengths=lengths, num=args.num, seed=args.seed, sampler=sampler,
         batch_size=args.batch_size, residue=args.residue, format=args.format,
@@ -196,6 +197,10 @@ def _add_design(sub: argparse._SubParsersAction) -> None:
                         "this far (angstrom; one number for all, 0 = off). Real chains never "
                         "come closer; without it the bundled model's helices fold too tight "
                         "(the recipe's; the bundled default: 5,4.8,5)")
+    d.add_argument("--sheet-guidance", type=float_range(), default=None, metavar="STRENGTH",
+                   help="with a fold plan: steer the strands it pairs until they form "
+                        "H-bonded sheets (DSSP bridges); 1 = the tuned strength, 0 = off (the "
+                        "recipe's; the bundled fold-plan model: 1). About 2.5x the time")
     d.add_argument("--motif", default=None, metavar="FILE",
                    help="scaffold a motif from this PDB/mmCIF file (with --motif-segments)")
     d.add_argument("--motif-segments", default=None, metavar="SPEC",

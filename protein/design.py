@@ -170,6 +170,9 @@ def prepare_design(settings: DesignSettings, out_dir: str | Path | None, *,
         raise ConfigError("--overwrite and --resume: give one (replace the folder's designs, "
                           "or continue the run in it)")
     _check_device(device)
+    if (settings.sampler.sheet_guidance or 0) > 0 and not settings.plan_options():
+        raise ConfigError("--sheet-guidance: it steers the strands of a fold plan; give "
+                          "--topology-from, --topology or --ss")
     out = check_output_dir(out_dir, "--out", overwrite=overwrite, resume=resume,
                            resumable=True)
     if settings.trajectory:

@@ -49,6 +49,7 @@ from protein.constants import (
 )
 from protein.geometry import Rigid, backbone_from_frames, superimpose
 from protein.settings import SamplerSettings
+from protein.sheets import sheet_iters, sheet_targets, steer_sheets
 from protein.topology import ADJ_UNKNOWN, UNKNOWN
 
 TRANS_PRIORS = ("fixed", "length")
@@ -405,7 +406,10 @@ class ProteinFlow:
         steers the predicted translations with :meth:`steer_clashes` while ``t`` is inside
         ``guidance_window = (start, end)`` (an inference-time physical prior, like
         RFdiffusion's potentials), with ``guidance_iters`` gradient steps per evaluation and
-        the local chain's floors ``local_min_dist``.
+        the local chain's floors ``local_min_dist``. ``sheet_guidance > 0`` with a fold plan
+        steers the predicted frames (before clash guidance) until the strands the plan pairs
+        form DSSP bridges (:func:`protein.sheets.steer_sheets`, from
+        :data:`protein.sheets.SHEET_START` on).
 
         ``cond.motif`` (:class:`protein.motif.Motif`): every prediction of the motif residues
         is replaced by the motif superimposed on it (:meth:`place_motif`), and clash guidance
@@ -427,6 +431,10 @@ class ProteinFlow:
         state: dict = {"trans_sc": None, "t": None}
         flow, motif, mask = self, cond.motif, cond.mask
         plan = {k: v for k, v in (("ss", cond.ss), ("adj", cond.adj)) if v is not None}
+        sheets = settings.sheet_guidance
+        pairs = None  # residue pairs the plan wants bridged (sheet guidance)
+        if sheets > 0 and cond.ss is not None and cond.adj is not None:
+            pairs = sheet_targets(cond.ss, cond.adj, mask)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             B = x.shape[0]
@@ -443,6 +451,10 @@ class ProteinFlow:
             m = mask if mask is not None else torch.ones_like(trans_t[..., 0])
             out = model(trans_t, quats_t, t_b, m, cond.res_idx, sc, **plan)
             pred, pred_q = out["trans"], out["quats"]
+            iters_now = sheet_iters(t_now) if pairs is not None else 0
+            if iters_now:
+                pred, pred_q = steer_sheets(pred, pred_q, pairs, m, strength=sheets,
+                                            iters=iters_now)
             pos = None
             if motif is not None:
                 pos = _motif_positions(motif, cond.motif_positions, B)

@@ -153,6 +153,8 @@ class ProteinSampleConfig:
     # clash guidance's own floors for CA pairs 2, 3, 4 apart (angstrom; 0 = none): real
     # chains never fold that close (protein.constants.LOCAL_SEPARATIONS)
     local_min_dist: tuple[float, ...] = (0.0, 0.0, 0.0)
+    # > 0: with a fold plan, steer planned strand pairs into H-bonded sheets (protein.sheets)
+    sheet_guidance: float = 0.0
     batch_size: int = 16
     residue: str = "GLY"  # "GLY" | "ALA" in written PDB files
     format: str = "pdb"  # "pdb" | "cif"

@@ -45,6 +45,7 @@ DEFAULT_STEPS = 50  # the command line's default (the bundled recipes say the sa
 ROT_SCHEDULES = ("exp", "linear")
 TRANS_NOISES = ("model", "length")  # protein.flow.ProteinFlow.trans_std
 TRANS_NOISE_SCALE_MAX = 10.0
+SHEET_GUIDANCE_MAX = 10.0  # x the tuned sheet energy (protein.sheets); 1 is the tuned one
 RESIDUES = ("GLY", "ALA")
 FORMATS = ("pdb", "cif")
 SS_METHODS = ("pydssp", "mkdssp", "pymol", "auto")
@@ -94,6 +95,8 @@ class SamplerSettings:
     # clash guidance's floors for CA pairs 2, 3, 4 residues apart, angstrom (0: none of its
     # own); protein.flow.clash_floors
     local_min_dist: tuple[float, ...] | None = None
+    # > 0: steer planned strand pairs into H-bonded sheets (protein.sheets; fold plans only)
+    sheet_guidance: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps is not None:
@@ -121,6 +124,9 @@ class SamplerSettings:
                              hi=TRANS_NOISE_SCALE_MAX, lo_open=True))
         if self.local_min_dist is not None:
             _set(self, "local_min_dist", local_min_dist(self.local_min_dist))
+        if self.sheet_guidance is not None:
+            _set(self, "sheet_guidance", check_float(self.sheet_guidance, "--sheet-guidance",
+                                                     lo=0.0, hi=SHEET_GUIDANCE_MAX))
 
     @property
     def is_resolved(self) -> bool:
@@ -281,6 +287,8 @@ class DesignSettings:
             sampler.update(trans_noise="model", trans_noise_scale=1.0)
         if sampler and "local_min_dist" not in sampler:  # likewise: no local floors then
             sampler["local_min_dist"] = (0.0,) * len(LOCAL_SEPARATIONS)
+        if sampler and "sheet_guidance" not in sampler:  # likewise: no sheet guidance then
+            sampler["sheet_guidance"] = 0.0
         if sampler.get("local_min_dist") is not None:
             sampler["local_min_dist"] = tuple(sampler["local_min_dist"])
         if sampler.get("guidance_window") is not None:
@@ -307,7 +315,8 @@ OPTION_NAMES = {
     "sampler.guidance_window": "sample.guidance_window",
     "sampler.guidance_iters": "--guidance-iters", "sampler.trans_noise": "--trans-noise",
     "sampler.trans_noise_scale": "--trans-noise-scale",
-    "sampler.local_min_dist": "--local-min-dist", "batch_size": "--batch-size",
+    "sampler.local_min_dist": "--local-min-dist", "sampler.sheet_guidance": "--sheet-guidance",
+    "batch_size": "--batch-size",
     "residue": "--residue", "format": "--format", "trajectory": "--trajectory",
     "motif": "--motif", "motif_segments": "--motif-segments", "ss": "--ss",
     "topology": "--topology", "topology_from": "--topology-from",

@@ -71,7 +71,8 @@ def test_resolved_takes_the_recipe_for_what_was_not_given():
                                         rot_rate=40.0, clash_guidance=0.0,
                                         guidance_window=(0.5, 1.0), guidance_iters=10,
                                         trans_noise="model", trans_noise_scale=1.0,
-                                        local_min_dist=(0.0, 0.0, 0.0))
+                                        local_min_dist=(0.0, 0.0, 0.0),
+                                        sheet_guidance=0.0)
     # a motif takes the recipe's motif_guidance_iters unless --guidance-iters is given
     motif = dataclasses.replace(given, motif="m.pdb", motif_segments="A1-3@2")
     assert motif.resolved(recipe, "ckpt").sampler.guidance_iters == 30
@@ -188,3 +189,16 @@ def test_local_floors_are_three_distances_and_old_runs_had_none():
     assert ("--local-min-dist", "0.0,0.0,0.0", "5.0,4.8,5.0") in back.differences(new)
     # what a run records reads back as itself
     assert DesignSettings.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+
+
+def test_sheet_guidance_is_a_strength_and_old_runs_had_none():
+    assert SamplerSettings(sheet_guidance=1).sheet_guidance == 1.0
+    for bad in (-0.5, 11.0, "on"):
+        with pytest.raises(ConfigError, match="--sheet-guidance"):
+            SamplerSettings(sheet_guidance=bad)
+    old = DesignSettings(sampler=SamplerSettings(steps=10)).to_dict()
+    old["sampler"].pop("sheet_guidance")
+    back = DesignSettings.from_dict(old)
+    assert back.sampler.sheet_guidance == 0.0
+    new = DesignSettings(sampler=SamplerSettings(steps=10, sheet_guidance=1.0))
+    assert ("--sheet-guidance", "0.0", "1.0") in back.differences(new)

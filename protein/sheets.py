@@ -1,0 +1,229 @@
+"""Sheet guidance: steer predicted frames until the strands a fold plan pairs form H-bonds.
+
+A fold-plan model (:mod:`protein.topology`) learns *where* a planned strand's partner goes,
+but not to the angstrom and degree that separate a beta sheet from two strands lying on top of
+each other or side by side without H-bonds (``docs/benchmarks.md``, "Fold conditioning"). A
+sheet is a pattern of backbone H-bonds, and DSSP's definition of one is differentiable once its
+hard cut-offs are softened. Sheet guidance is an inference-time energy on the predicted frames
+(like clash guidance, :meth:`protein.flow.ProteinFlow.steer_clashes`, but on rotations too):
+
+- H-bonds: the Kabsch-Sander electrostatic energy :func:`hbond_energy` between the N-H of each
+  planned strand residue and the C=O of its best partner on a strand the plan pairs it with
+  (and the same for each C=O), clamped at the energy of a good H-bond;
+- bridges: DSSP's four bridge patterns (two antiparallel, two parallel; :func:`bridge_map`)
+  scored on soft H-bonds, so the bonds form in pairs that DSSP calls a ladder;
+- partners: the nearest planned partner CA within 5.5 A, and none closer than 4.4 A (real
+  sheets: 4.4-5.5 A), and no other CA pair closer than 3.8 A;
+- the chain: C(i)-N(i+1) at 1.33 A and CA(i)-CA(i+1) at 3.8 A, so rotating a frame does not
+  break its peptide bonds.
+
+:func:`steer_sheets` takes gradient steps on translations and rotations together, each move
+capped per residue; the flow calls it on every prediction from ``SHEET_START`` on, with more
+steps in the last tenth of the path (:data:`SHEET_ITERS`, :data:`SHEET_LATE_ITERS`). H atoms
+are placed on the bisector of C(i-1)->N and CA->N, as pydssp (the evaluation's DSSP) does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from flow3d.core import so3
+from protein.constants import NM_TO_ANG, STRAND_MIN_CA_DISTANCE_ANG
+from protein.geometry import Rigid, backbone_from_frames
+from protein.topology import ADJ_UNKNOWN, ADJACENT, STRAND
+
+# Kabsch & Sander (1983): E = q1 q2 f (1/r_ON + 1/r_CH - 1/r_OH - 1/r_CN), kcal/mol, angstrom
+HBOND_Q1Q2 = 0.084
+HBOND_F = 332.0
+HBOND_CUTOFF = -0.5  # DSSP's H-bond: E below this
+NH_BOND_ANG = 1.01
+PEPTIDE_CN_ANG = 1.33
+CA_CA_ANG = 3.80
+PARTNER_NEAR_ANG = 4.4  # real sheets' partner CAs: 4.4-5.5 A (protein.constants)
+PARTNER_FAR_ANG = 5.5
+MIN_SEPARATION = 3  # residues this close in sequence never pair (DSSP skips i, i+1, i+2)
+# a translation step is rate x this x the energy's gradient in nm (the energy is in angstrom
+# units, so its gradient in nm is 10x and more larger than a rotation's per radian)
+TRANS_STEP_NM2 = 0.01
+
+# When the flow steers (t in [SHEET_START, 1)), how many steps, and more at the end
+# (tuned on fold plans of training chains: 32 designs of length 80 and 16 of length 150,
+# seeds 1 and 2; docs/benchmarks.md, "Sheet guidance")
+SHEET_START = 0.2
+SHEET_ITERS = 30
+SHEET_LATE_T = 0.8
+SHEET_LATE_ITERS = 150
+
+
+@dataclass(frozen=True)
+class SheetTerms:
+    """Weights of the sheet energy (:func:`sheet_energy`) and the step rule of
+    :func:`steer_sheets`: ``rate`` times the gradient, each residue's move capped at
+    ``max_move_nm`` and ``max_turn_rad`` per step."""
+
+    hbond: float = 1.0  # kcal/mol: best partner per N-H and per C=O
+    bridge: float = 3.0  # per residue, soft bridge score in [0, 1]
+    pull: float = 1.0  # per A^2 beyond PARTNER_FAR_ANG
+    push: float = 3.0  # per A^2 under PARTNER_NEAR_ANG
+    clash: float = 3.0  # per A^2 under 3.8 A, any pair |i - j| >= 2
+    chain: float = 10.0  # per A^2 off the peptide C-N and CA-CA bonds
+    rate: float = 0.5
+    max_move_nm: float = 0.02
+    max_turn_rad: float = 0.03
+
+
+def hydrogens(atoms: Tensor) -> Tensor:
+    """Backbone amide H ``[..., L, 3]`` of atoms N, CA, C, O ``[..., L, 4, 3]`` (angstrom): on
+    the bisector of C(i-1)->N(i) and CA(i)->N(i), 1.01 A from N. Residue 0 has no C(i-1); its
+    row is its N (it is never a donor)."""
+    n, ca, c = atoms[..., 0, :], atoms[..., 1, :], atoms[..., 2, :]
+    from_c = _unit(n[..., 1:, :] - c[..., :-1, :])
+    from_ca = _unit(n[..., 1:, :] - ca[..., 1:, :])
+    h = n[..., 1:, :] + NH_BOND_ANG * _unit(from_c + from_ca)
+    return torch.cat([n[..., :1, :], h], dim=-2)
+
+
+def hbond_energy(atoms: Tensor) -> Tensor:
+    """Electrostatic H-bond energy ``[..., L, L]`` (kcal/mol) of backbones ``[..., L, 4, 3]``
+    (angstrom): entry ``[i, j]`` is the N-H of residue ``i`` (donor) to the C=O of ``j``
+    (acceptor). Row 0 (no H) is 0; nothing is masked by sequence separation."""
+    n, c, o = atoms[..., 0, :], atoms[..., 2, :], atoms[..., 3, :]
+    h = hydrogens(atoms)
+
+    def inv(a: Tensor, b: Tensor) -> Tensor:  # 1 / |a_i - b_j|, [..., L, L]
+        return 1.0 / (a[..., :, None, :] - b[..., None, :, :]).norm(dim=-1).clamp_min(0.5)
+
+    e = HBOND_Q1Q2 * HBOND_F * (inv(n, o) + inv(h, c) - inv(h, o) - inv(n, c))
+    first = torch.zeros_like(e[..., :1, :])
+    return torch.cat([first, e[..., 1:, :]], dim=-2)
+
+
+def soft_hbonds(e: Tensor, width: float = 0.3) -> Tensor:
+    """H-bonds in (0, 1) from energies: 0.5 at -1 kcal/mol (DSSP's cut-off is -0.5), close to
+    1 below -2. Unlike a clamp, the sigmoid has a gradient from afar."""
+    return torch.sigmoid((-1.0 - e) / width)
+
+
+def _shift(x: Tensor, di: int, dj: int) -> Tensor:
+    """``out[..., i, j] = x[..., i + di, j + dj]`` (0 where that is outside)."""
+    L = x.shape[-1]
+    out = torch.zeros_like(x)
+    i0, i1, j0, j1 = max(0, -di), min(L, L - di), max(0, -dj), min(L, L - dj)
+    out[..., i0:i1, j0:j1] = x[..., i0 + di:i1 + di, j0 + dj:j1 + dj]
+    return out
+
+
+def bridge_map(hb: Tensor) -> Tensor:
+    """DSSP's bridges ``[..., L, L]`` from H-bonds ``hb [..., L, L]`` (``hb[i, j]``: N-H of i
+    to C=O of j, in [0, 1]; products are a soft AND). With DSSP's ``Hbond(a, b)``, C=O of a
+    to N-H of b, i.e. ``hb[b, a]``, residues i and j bridge when
+
+    - antiparallel: Hbond(i, j) and Hbond(j, i), or Hbond(i-1, j+1) and Hbond(j-1, i+1);
+    - parallel: Hbond(i-1, j) and Hbond(j, i+1), or Hbond(j-1, i) and Hbond(i, j+1).
+
+    The map is the largest of the four; with 0/1 H-bonds it is DSSP's (pydssp's) bridge
+    table, and a residue in any bridge is a strand residue."""
+    hbt = hb.transpose(-1, -2)  # hbt[i, j] = hb[j, i]
+    anti = torch.maximum(hb * hbt, _shift(hb, 1, -1) * _shift(hbt, -1, 1))
+    par = torch.maximum(_shift(hbt, -1, 0) * _shift(hb, 1, 0),
+                        _shift(hb, 0, -1) * _shift(hbt, 0, 1))
+    return torch.maximum(anti, par)
+
+
+def sheet_targets(ss: Tensor, adj: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Residue pairs ``[B, L, L]`` (bool) a fold plan wants paired: both planned strand
+    (``ss [B, L]``), on elements the block adjacency (``adj [B, L, L]``) packs together, or
+    whose adjacency is unknown (a plan string), at least :data:`MIN_SEPARATION` apart."""
+    strand = ss == STRAND
+    if mask is not None:
+        strand = strand & mask.bool()
+    both = strand[:, :, None] & strand[:, None, :]
+    packs = (adj == ADJACENT) | (adj == ADJ_UNKNOWN)
+    idx = torch.arange(ss.shape[-1], device=ss.device)
+    far = (idx[:, None] - idx[None, :]).abs() >= MIN_SEPARATION
+    return both & packs & far
+
+
+def _unit(v: Tensor) -> Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+def _softmin(x: Tensor, dim: int, temperature: float) -> Tensor:
+    return -temperature * torch.logsumexp(-x / temperature, dim=dim)
+
+
+def sheet_energy(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor,
+                 terms: SheetTerms = SheetTerms()) -> Tensor:
+    """The sheet energy (see the module) of frames ``trans [B, L, 3]`` (nm), ``quats [B, L,
+    4]``, summed over the batch: pairs ``targets [B, L, L]`` (:func:`sheet_targets`) are to
+    bridge; ``mask [B, L]`` marks real residues."""
+    atoms = backbone_from_frames(Rigid(quats, trans * NM_TO_ANG), mask=mask)  # [B, L, 4, 3]
+    m = mask.to(trans.dtype)
+    e = hbond_energy(atoms)
+    paired = targets.any(-1).to(e.dtype)  # [B, L]: residues with a planned partner
+    e_t = torch.where(targets, e, torch.full_like(e, 10.0))
+    donor = _softmin(e_t, -1, 0.5).clamp_min(-3.0)  # best acceptor of each N-H
+    acceptor = _softmin(e_t, -2, 0.5).clamp_min(-3.0)  # best donor to each C=O
+    energy = terms.hbond * ((donor + acceptor) * paired).sum()
+    bridges = torch.where(targets, bridge_map(soft_hbonds(e)), torch.zeros_like(e))
+    best = 0.1 * torch.logsumexp(bridges / 0.1, dim=-1)  # soft max over partners
+    energy = energy - terms.bridge * (best * paired).sum()
+    ca = atoms[..., 1, :]
+    d = torch.cdist(ca, ca)
+    nearest = _softmin(torch.where(targets, d, torch.full_like(d, 1e3)), -1, 0.5)
+    energy = energy + terms.pull * (torch.relu(nearest - PARTNER_FAR_ANG) ** 2 * paired).sum()
+    energy = energy + terms.push * (torch.relu(PARTNER_NEAR_ANG - d) ** 2 * targets).sum()
+    idx = torch.arange(d.shape[-1], device=d.device)
+    nonlocal_ = ((idx[:, None] - idx[None, :]).abs() >= 2) & (m[:, :, None] * m[:, None, :] > 0)
+    energy = energy + terms.clash * (torch.relu(STRAND_MIN_CA_DISTANCE_ANG - d) ** 2
+                                     * nonlocal_).sum() / 2
+    link = m[:, 1:] * m[:, :-1]
+    cn = (atoms[:, 1:, 0] - atoms[:, :-1, 2]).norm(dim=-1)
+    caca = (ca[:, 1:] - ca[:, :-1]).norm(dim=-1)
+    return energy + terms.chain * ((((cn - PEPTIDE_CN_ANG) ** 2)
+                                    + (caca - CA_CA_ANG) ** 2) * link).sum()
+
+
+def steer_sheets(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor, *,
+                 strength: float = 1.0, iters: int = SHEET_ITERS,
+                 frozen: Tensor | None = None,
+                 terms: SheetTerms = SheetTerms()) -> tuple[Tensor, Tensor]:
+    """``iters`` gradient steps of ``strength`` x :func:`sheet_energy` on predicted frames
+    ``trans [B, L, 3]`` (nm) and ``quats [B, L, 4]``: a translation step and a rotation
+    (a body-frame rotation vector) per residue, each capped (``terms``). Gradients are taken
+    at the prediction only, as in clash guidance. ``frozen [B, L]`` (bool): residues that do
+    not move (a motif). Returns the steered ``(trans, quats)``."""
+    if strength <= 0 or not bool(targets.any()):
+        return trans, quats
+    movable = mask.to(trans.dtype)
+    if frozen is not None:
+        movable = movable * (~frozen).to(movable)
+    movable = movable[..., None]
+    x, q = trans.detach(), quats.detach()
+    for _ in range(iters):
+        with torch.enable_grad():
+            dx = torch.zeros_like(x, requires_grad=True)
+            w = torch.zeros_like(x, requires_grad=True)
+            turned = so3.quat_mul(q, so3.quat_exp(w))
+            energy = strength * sheet_energy(x + dx, turned, targets, mask, terms)
+            gx, gw = torch.autograd.grad(energy, (dx, w))
+        move = _capped(terms.rate * TRANS_STEP_NM2 * gx, terms.max_move_nm) * movable
+        turn = _capped(terms.rate * gw, terms.max_turn_rad) * movable
+        x = (x - move).detach()
+        turned = so3.quat_normalize(so3.quat_mul(q, so3.quat_exp(-turn)))
+        q = torch.where(movable > 0, turned, q).detach()  # frozen rotations stay exact
+    return x, q
+
+
+def _capped(step: Tensor, cap: float) -> Tensor:
+    return step * (cap / step.norm(dim=-1, keepdim=True).clamp_min(cap))
+
+
+def sheet_iters(t: float) -> int:
+    """Steps of sheet guidance at time ``t`` (0 before :data:`SHEET_START`)."""
+    if t < SHEET_START:
+        return 0
+    return SHEET_LATE_ITERS if t >= SHEET_LATE_T else SHEET_ITERS

@@ -1,0 +1,225 @@
+"""Sheet guidance (protein.sheets): DSSP's H-bond energy and bridges, the energy's gradients,
+and steering that turns broken sheets back into H-bonded ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydssp import pydssp_torch
+
+from flow3d.cli import main
+from flow3d.core import so3
+from protein.data import shared_protein_dir
+from protein.data.parse import parse_structure
+from protein.flow import Condition, ProteinFlow
+from protein.geometry import Rigid, backbone_from_frames, frames_from_backbone
+from protein.head import ProteinSampleConfig
+from protein.settings import SamplerSettings
+from protein.sheets import (
+    SHEET_ITERS,
+    SHEET_LATE_ITERS,
+    SHEET_START,
+    bridge_map,
+    hbond_energy,
+    sheet_energy,
+    sheet_iters,
+    sheet_targets,
+    steer_sheets,
+)
+from protein.topology import ADJ_UNKNOWN, ADJACENT, HELIX, LOOP, NOT_ADJACENT, STRAND, load_topology
+
+needs_data = pytest.mark.skipif(shared_protein_dir() is None,
+                                reason="needs ../shared/data/proteins")
+
+
+def _real(name: str) -> tuple[torch.Tensor, object]:
+    """Backbone atoms [L, 4, 3] (angstrom) of a TS50 chain and its fold plan."""
+    path = shared_protein_dir() / "ts50_pydssp" / "pdb" / name
+    chain = parse_structure(path, break_distance=float("inf")).chains[0]
+    return torch.tensor(chain.coords, dtype=torch.float64), load_topology(path)
+
+
+def _frames(atoms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rigid = frames_from_backbone(atoms[:, 0], atoms[:, 1], atoms[:, 2])
+    return rigid.trans[None] * 0.1, rigid.rots[None]  # nm, [1, L, 4]
+
+
+def _bonded(trans: torch.Tensor) -> float:
+    """Fraction of CA-CA bonds within 3.8 +/- 0.2 A."""
+    ca = trans[0] * 10.0
+    return float((((ca[1:] - ca[:-1]).norm(dim=-1) - 3.8).abs() < 0.2).float().mean())
+
+
+def _strands(trans: torch.Tensor, quats: torch.Tensor) -> int:
+    atoms = backbone_from_frames(Rigid(quats, trans * 10.0))[0]
+    return int(pydssp_torch.assign(atoms.float())[:, 2].sum())
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["1i8nA.pdb", "1ahsA.pdb", "1pdoA.pdb"])
+def test_energy_and_bridges_are_pydssps(name):
+    """The H-bond energy is pydssp's (the evaluation's DSSP) to float precision, and its
+    bridges from pydssp's own H-bonds give exactly pydssp's strand residues."""
+    atoms, _ = _real(name)
+    L = len(atoms)
+    theirs = pydssp_torch.get_hbond_map(atoms.float(), return_e=True)[0].double()
+    ours = hbond_energy(atoms)
+    # pydssp leaves the last residue's C=O out (column L-1) and residue 0 has no N-H
+    torch.testing.assert_close(ours[:, : L - 1], theirs[:, : L - 1], atol=2e-4, rtol=1e-4)
+    assert (ours[0] == 0).all()
+    hb = (pydssp_torch.get_hbond_map(atoms.float()) > 0).double()  # DSSP's E < -0.5
+    strand = (bridge_map(hb) > 0.5).any(-1)
+    expected = pydssp_torch.assign(atoms.float())[:, 2]
+    assert int(expected.sum()) >= 10 and torch.equal(strand, expected)
+
+
+def test_bridge_patterns_on_a_hand_made_map():
+    """One H-bond makes no bridge; the antiparallel and parallel pairs each make one."""
+    L = 12
+
+    def hb(*bonds):  # (donor N-H, acceptor C=O)
+        m = torch.zeros(L, L)
+        for d, a in bonds:
+            m[d, a] = 1.0
+        return m
+
+    assert bridge_map(hb((2, 9))).sum() == 0
+    anti = bridge_map(hb((2, 9), (9, 2)))  # Hbond(2, 9) and Hbond(9, 2): 2 and 9 bridge
+    assert anti[2, 9] == 1 and anti[9, 2] == 1 and anti.sum() == 2
+    # Hbond(i-1, j+1) and Hbond(j-1, i+1) with i = 3, j = 8: C=O 2 -> N-H 9, C=O 7 -> N-H 4
+    anti2 = bridge_map(hb((9, 2), (4, 7)))
+    assert anti2[3, 8] == 1 and anti2[8, 3] == 1
+    # parallel: Hbond(i-1, j) and Hbond(j, i+1) with i = 3, j = 8: C=O 2 -> N-H 8,
+    # C=O 8 -> N-H 4
+    par = bridge_map(hb((8, 2), (4, 8)))
+    assert par[3, 8] == 1 and par[8, 3] == 1 and par.sum() == 2
+
+
+def test_targets_pair_planned_strands_on_packed_or_unknown_elements():
+    ss = torch.tensor([[STRAND] * 4 + [LOOP] * 2 + [STRAND] * 4 + [HELIX] * 4 + [STRAND] * 2])
+    L = ss.shape[1]
+    adj = torch.full((1, L, L), NOT_ADJACENT)
+    adj[0, :4, 6:10] = adj[0, 6:10, :4] = ADJACENT
+    t = sheet_targets(ss, adj)
+    assert t[0, 0, 9] and t[0, 9, 0] and t[0, 3, 6] and not t[0, 0, 14]  # not packed
+    assert not t[0, 0, 2] and not t[0, 0, 10]  # too close in sequence; a helix
+    assert torch.equal(t, t.transpose(1, 2))
+    unknown = sheet_targets(ss, torch.full_like(adj, ADJ_UNKNOWN))  # a plan string
+    assert unknown[0, 0, 14] and unknown[0, 6, 15] and not unknown[0, 10, 14]
+    mask = torch.ones(1, L)
+    mask[0, 9] = 0
+    assert not sheet_targets(ss, adj, mask)[0, :, 9].any()
+
+
+def test_sheet_energy_gradients_match_finite_differences():
+    g = torch.Generator().manual_seed(0)
+    L = 10
+    x = torch.zeros(1, L, 3, dtype=torch.float64)
+    x[0, :5, 0] = torch.arange(5) * 0.33
+    x[0, 5:, 0] = (4 - torch.arange(5)) * 0.33
+    x[0, 5:, 1] = 0.47  # a hairpin's two strands, 4.7 A apart
+    x = x + 0.02 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    q = so3.random_quat((1, L), generator=g).double()
+    ss = torch.tensor([[STRAND] * L])
+    targets = sheet_targets(ss, torch.full((1, L, L), ADJACENT))
+    mask = torch.ones(1, L, dtype=torch.float64)
+
+    def energy(dx, w):
+        return sheet_energy(x + dx, so3.quat_mul(q, so3.quat_exp(w)), targets, mask)
+
+    dx = torch.zeros_like(x, requires_grad=True)
+    w = torch.zeros_like(x, requires_grad=True)
+    assert torch.autograd.gradcheck(energy, (dx, w), eps=1e-6, atol=1e-4, rtol=1e-3)
+
+
+@needs_data
+def test_steering_reforms_the_sheets_of_perturbed_real_chains():
+    """Rotate each residue of two real beta chains by about 20 degrees and move it 0.3 A:
+    DSSP loses almost all their strands. Steering brings back about half of them, and mends
+    most of the chain's broken bonds; without a plan, or with strength 0, nothing moves."""
+    for name in ("1i8nA.pdb", "1dx5I.pdb"):
+        atoms, topo = _real(name)
+        trans, quats = _frames(atoms.float())
+        g = torch.Generator().manual_seed(0)
+        turn = 0.35 * torch.randn(quats.shape[:-1] + (3,), generator=g)
+        noisy_q = so3.quat_normalize(so3.quat_mul(quats, so3.quat_exp(turn)))
+        noisy_t = trans + 0.03 * torch.randn(trans.shape, generator=g)
+        mask = torch.ones(1, len(topo))
+        targets = sheet_targets(torch.from_numpy(topo.codes)[None],
+                                torch.from_numpy(topo.adj)[None], mask)
+        real, noisy = _strands(trans, quats), _strands(noisy_t, noisy_q)
+        steered_t, steered_q = steer_sheets(noisy_t, noisy_q, targets, mask, iters=150)
+        steered = _strands(steered_t, steered_q)
+        assert real >= 15 and noisy <= real // 3
+        assert steered >= noisy + real // 3, (name, real, noisy, steered)
+        assert _bonded(steered_t) > max(_bonded(noisy_t) + 0.3, 0.8)  # the chain term mends
+        # nothing to steer: no planned pairs, or no strength
+        none = torch.zeros_like(targets)
+        assert steer_sheets(noisy_t, noisy_q, none, mask)[0] is noisy_t
+        assert steer_sheets(noisy_t, noisy_q, targets, mask, strength=0.0)[1] is noisy_q
+
+
+def test_frozen_residues_do_not_move_and_the_schedule_has_a_late_phase():
+    L = 10
+    x = torch.zeros(1, L, 3)
+    x[0, :5, 0] = torch.arange(5) * 0.33
+    x[0, 5:, 0] = (4 - torch.arange(5)) * 0.33
+    x[0, 5:, 1] = 0.6
+    q = so3.random_quat((1, L), generator=torch.Generator().manual_seed(1))
+    targets = sheet_targets(torch.tensor([[STRAND] * L]), torch.full((1, L, L), ADJACENT))
+    frozen = torch.zeros(1, L, dtype=torch.bool)
+    frozen[0, :3] = True
+    y, r = steer_sheets(x, q, targets, torch.ones(1, L), iters=5, frozen=frozen)
+    assert torch.equal(y[0, :3], x[0, :3]) and torch.equal(r[0, :3], q[0, :3])
+    assert not torch.allclose(y[0, 3:], x[0, 3:])
+    assert sheet_iters(SHEET_START - 0.01) == 0 and sheet_iters(SHEET_START) == SHEET_ITERS
+    assert sheet_iters(0.99) == SHEET_LATE_ITERS > SHEET_ITERS
+
+
+class _Hairpin(torch.nn.Module):
+    """Predicts a fixed two-strand hairpin whatever the input (its rotations random, so no
+    H-bonds): what sheet guidance has to fix."""
+
+    def __init__(self):
+        super().__init__()
+        L = 10
+        x = torch.zeros(1, L, 3)
+        x[0, :5, 0] = torch.arange(5) * 0.33
+        x[0, 5:, 0] = (4 - torch.arange(5)) * 0.33
+        x[0, 5:, 1] = 0.48
+        self.trans = x
+        self.quats = so3.random_quat((1, L), generator=torch.Generator().manual_seed(2))
+        self.calls: list[dict] = []
+
+    def forward(self, trans, quats, t, mask, res_idx, sc, **plan):
+        self.calls.append(plan)
+        return {"trans": self.trans.expand_as(trans), "quats": self.quats.expand_as(quats)}
+
+
+def test_sampling_steers_only_with_a_plan_and_a_strength():
+    flow, L = ProteinFlow(), 10
+    plan = torch.tensor([[STRAND] * L])
+    cond = Condition(ss=plan, adj=torch.full((1, L, L), ADJACENT))
+
+    def sample(strength, c):
+        s = SamplerSettings(steps=6, sheet_guidance=strength).resolved(ProteinSampleConfig())
+        return flow.sample(_Hairpin(), 1, L, s, cond=c,
+                           generator=torch.Generator().manual_seed(0))
+
+    plain, steered = sample(0.0, cond), sample(1.0, cond)
+    assert not torch.allclose(plain.quats, steered.quats)
+    unplanned = sample(1.0, None)  # no plan: nothing to steer
+    torch.testing.assert_close(unplanned.trans, plain.trans)
+    torch.testing.assert_close(unplanned.quats, plain.quats)
+
+
+def test_cli_sheet_guidance_needs_a_plan(tmp_path, capsys):
+    out = tmp_path / "never"
+    code = main(["protein", "design", "--sheet-guidance", "1", "--num", "1", "--steps", "2",
+                 "--out", str(out), "--no-progress"])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "--sheet-guidance" in err and "fold plan" in err and len(err.strip().splitlines()) == 1
+    code = main(["protein", "design", "--ss", "LEEEEELLEEEEEL", "--sheet-guidance", "-1",
+                 "--num", "1", "--steps", "2", "--out", str(out), "--no-progress"])
+    assert code == 2 and not out.exists() and "--sheet-guidance" in capsys.readouterr().err
