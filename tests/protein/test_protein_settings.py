@@ -127,6 +127,12 @@ def test_budget_refuses_what_cannot_fit_and_warns_about_hours(monkeypatch):
     warning = check_budget(long, BUNDLED)
     assert warning.startswith("this run may take about") and "\n" not in warning
     assert check_budget(long, BUNDLED, "meta") is None  # only CPU runs are timed
+    # sheet guidance adds its gradient steps, only where a fold plan gives it strands
+    sheets = dataclasses.replace(small.sampler, sheet_guidance=1.0)
+    planned = dataclasses.replace(small, sampler=sheets, topology_from="plans/")
+    assert estimate_seconds(planned, BUNDLED) > 2 * estimate_seconds(small, BUNDLED)
+    unplanned = dataclasses.replace(small, sampler=sheets)
+    assert estimate_seconds(unplanned, BUNDLED) == estimate_seconds(small, BUNDLED)
 
 
 def test_records_are_strict_json(tmp_path):
