@@ -451,17 +451,17 @@ class ProteinFlow:
             m = mask if mask is not None else torch.ones_like(trans_t[..., 0])
             out = model(trans_t, quats_t, t_b, m, cond.res_idx, sc, **plan)
             pred, pred_q = out["trans"], out["quats"]
-            iters_now = sheet_iters(t_now) if pairs is not None else 0
-            if iters_now:
-                pred, pred_q = steer_sheets(pred, pred_q, pairs, m, strength=sheets,
-                                            iters=iters_now)
-            pos = None
+            pos = frozen = None
             if motif is not None:
                 pos = _motif_positions(motif, cond.motif_positions, B)
                 pred, pred_q = flow.place_motif(pred, pred_q, motif, pos)
+                frozen = motif_mask(pos, m)
+            iters_now = sheet_iters(t_now) if pairs is not None else 0
+            if iters_now:  # the network sees the steered sheet (self-conditioning) next time
+                pred, pred_q = steer_sheets(pred, pred_q, pairs, m, strength=sheets,
+                                            iters=iters_now, frozen=frozen)
             state["trans_sc"] = pred
             if strength > 0 and g_start <= t_now < g_end:
-                frozen = None if pos is None else motif_mask(pos, m)
                 pred = flow.steer_clashes(pred, m, strength, iters=iters, frozen=frozen,
                                           local_min_dist=local)
             one_minus_t = (1.0 - t_b).clamp_min(min_one_minus_t)[:, None, None]

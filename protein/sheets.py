@@ -42,7 +42,7 @@ HBOND_CUTOFF = -0.5  # DSSP's H-bond: E below this
 NH_BOND_ANG = 1.01
 PEPTIDE_CN_ANG = 1.33
 CA_CA_ANG = 3.80
-PARTNER_NEAR_ANG = 4.4  # real sheets' partner CAs: 4.4-5.5 A (protein.constants)
+PARTNER_NEAR_ANG = 4.4  # true strand partners: 4.4-5.5 A (see protein.constants)
 PARTNER_FAR_ANG = 5.5
 MIN_SEPARATION = 3  # residues this close in sequence never pair (DSSP skips i, i+1, i+2)
 # a translation step is rate x this x the energy's gradient in nm (the energy is in angstrom
@@ -116,7 +116,7 @@ def _shift(x: Tensor, di: int, dj: int) -> Tensor:
     return out
 
 
-def bridge_map(hb: Tensor) -> Tensor:
+def bridge_map(hb: Tensor, mask: Tensor | None = None) -> Tensor:
     """DSSP's bridges ``[..., L, L]`` from H-bonds ``hb [..., L, L]`` (``hb[i, j]``: N-H of i
     to C=O of j, in [0, 1]; products are a soft AND). With DSSP's ``Hbond(a, b)``, C=O of a
     to N-H of b, i.e. ``hb[b, a]``, residues i and j bridge when
@@ -124,24 +124,39 @@ def bridge_map(hb: Tensor) -> Tensor:
     - antiparallel: Hbond(i, j) and Hbond(j, i), or Hbond(i-1, j+1) and Hbond(j-1, i+1);
     - parallel: Hbond(i-1, j) and Hbond(j, i+1), or Hbond(j-1, i) and Hbond(i, j+1).
 
-    The map is the largest of the four; with 0/1 H-bonds it is DSSP's (pydssp's) bridge
-    table, and a residue in any bridge is a strand residue."""
+    The map is the largest of the four. As in pydssp, a residue without both neighbours (a
+    chain end; ``mask [..., L]`` marks real residues) bridges with nothing, and padding has no
+    H-bonds; with 0/1 H-bonds this is pydssp's bridge table, and a residue in any bridge is a
+    strand residue."""
+    inner = torch.ones(hb.shape[:-1], dtype=hb.dtype, device=hb.device)  # [..., L]
+    if mask is not None:
+        m = mask.to(hb.dtype)
+        hb = hb * m[..., :, None] * m[..., None, :]
+        inner = m.clone()
+        inner[..., 1:-1] = m[..., :-2] * m[..., 1:-1] * m[..., 2:]
+    inner[..., 0] = 0.0
+    inner[..., -1] = 0.0
     hbt = hb.transpose(-1, -2)  # hbt[i, j] = hb[j, i]
     anti = torch.maximum(hb * hbt, _shift(hb, 1, -1) * _shift(hbt, -1, 1))
     par = torch.maximum(_shift(hbt, -1, 0) * _shift(hb, 1, 0),
                         _shift(hb, 0, -1) * _shift(hbt, 0, 1))
-    return torch.maximum(anti, par)
+    return torch.maximum(anti, par) * inner[..., :, None] * inner[..., None, :]
 
 
 def sheet_targets(ss: Tensor, adj: Tensor, mask: Tensor | None = None) -> Tensor:
     """Residue pairs ``[B, L, L]`` (bool) a fold plan wants paired: both planned strand
     (``ss [B, L]``), on elements the block adjacency (``adj [B, L, L]``) packs together, or
-    whose adjacency is unknown (a plan string), at least :data:`MIN_SEPARATION` apart."""
+    whose adjacency is unknown (a plan string: any two different strands), at least
+    :data:`MIN_SEPARATION` apart."""
     strand = ss == STRAND
     if mask is not None:
         strand = strand & mask.bool()
     both = strand[:, :, None] & strand[:, None, :]
-    packs = (adj == ADJACENT) | (adj == ADJ_UNKNOWN)
+    # elements: runs of one code; an unknown adjacency pairs different elements only
+    element = torch.cumsum(torch.cat([torch.ones_like(ss[:, :1]), (ss[:, 1:] != ss[:, :-1])
+                                      .to(ss)], dim=1), dim=1)
+    same = element[:, :, None] == element[:, None, :]
+    packs = (adj == ADJACENT) | ((adj == ADJ_UNKNOWN) & ~same)
     idx = torch.arange(ss.shape[-1], device=ss.device)
     far = (idx[:, None] - idx[None, :]).abs() >= MIN_SEPARATION
     return both & packs & far
@@ -168,9 +183,10 @@ def sheet_energy(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor,
     donor = _softmin(e_t, -1, 0.5).clamp_min(-3.0)  # best acceptor of each N-H
     acceptor = _softmin(e_t, -2, 0.5).clamp_min(-3.0)  # best donor to each C=O
     energy = terms.hbond * ((donor + acceptor) * paired).sum()
-    bridges = torch.where(targets, bridge_map(soft_hbonds(e)), torch.zeros_like(e))
-    best = 0.1 * torch.logsumexp(bridges / 0.1, dim=-1)  # soft max over partners
-    energy = energy - terms.bridge * (best * paired).sum()
+    bridges = bridge_map(soft_hbonds(e), mask) / 0.1
+    bridges = torch.where(targets, bridges, torch.full_like(e, -1e4))  # finite: no NaN grads
+    best = 0.1 * torch.logsumexp(bridges, dim=-1)  # soft max over the planned partners
+    energy = energy - terms.bridge * torch.where(paired > 0, best, torch.zeros_like(best)).sum()
     ca = atoms[..., 1, :]
     d = torch.cdist(ca, ca)
     nearest = _softmin(torch.where(targets, d, torch.full_like(d, 1e3)), -1, 0.5)
@@ -201,7 +217,7 @@ def steer_sheets(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor, *,
     movable = mask.to(trans.dtype)
     if frozen is not None:
         movable = movable * (~frozen).to(movable)
-    movable = movable[..., None]
+    movable = (movable * targets.flatten(1).any(1).to(movable)[:, None])[..., None]
     x, q = trans.detach(), quats.detach()
     for _ in range(iters):
         with torch.enable_grad():

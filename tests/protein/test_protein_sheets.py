@@ -84,6 +84,13 @@ def test_bridge_patterns_on_a_hand_made_map():
         return m
 
     assert bridge_map(hb((2, 9))).sum() == 0
+    # as in pydssp, chain ends (no neighbour on one side) and padding bridge with nothing
+    assert bridge_map(hb((0, 8), (8, 0))).sum() == 0
+    assert bridge_map(hb((3, 11), (11, 3))).sum() == 0
+    mask = torch.ones(L)
+    mask[10:] = 0  # residue 9 is now a chain end
+    assert bridge_map(hb((2, 9), (9, 2)), mask).sum() == 0
+    assert bridge_map(hb((2, 8), (8, 2)), mask)[2, 8] == 1
     anti = bridge_map(hb((2, 9), (9, 2)))  # Hbond(2, 9) and Hbond(9, 2): 2 and 9 bridge
     assert anti[2, 9] == 1 and anti[9, 2] == 1 and anti.sum() == 2
     # Hbond(i-1, j+1) and Hbond(j-1, i+1) with i = 3, j = 8: C=O 2 -> N-H 9, C=O 7 -> N-H 4
@@ -106,6 +113,7 @@ def test_targets_pair_planned_strands_on_packed_or_unknown_elements():
     assert torch.equal(t, t.transpose(1, 2))
     unknown = sheet_targets(ss, torch.full_like(adj, ADJ_UNKNOWN))  # a plan string
     assert unknown[0, 0, 14] and unknown[0, 6, 15] and not unknown[0, 10, 14]
+    assert not unknown[0, 0, 3] and not unknown[0, 6, 9]  # a strand does not pair with itself
     mask = torch.ones(1, L)
     mask[0, 9] = 0
     assert not sheet_targets(ss, adj, mask)[0, :, 9].any()
@@ -159,6 +167,25 @@ def test_steering_reforms_the_sheets_of_perturbed_real_chains():
         assert steer_sheets(noisy_t, noisy_q, targets, mask, strength=0.0)[1] is noisy_q
 
 
+def test_designs_of_a_batch_steer_independently():
+    """A design whose plan pairs no strands is not moved, whatever its batch-mates' plans;
+    a design's steering is the same alone and in a batch."""
+    L = 10
+    x = torch.zeros(2, L, 3)
+    x[:, :5, 0] = torch.arange(5) * 0.33
+    x[:, 5:, 0] = (4 - torch.arange(5)) * 0.33
+    x[:, 5:, 1] = 0.6
+    q = so3.random_quat((2, L), generator=torch.Generator().manual_seed(3))
+    ss = torch.tensor([[STRAND] * L, [HELIX] * L])
+    targets = sheet_targets(ss, torch.full((2, L, L), ADJACENT))
+    mask = torch.ones(2, L)
+    y, r = steer_sheets(x, q, targets, mask, iters=5)
+    assert torch.equal(y[1], x[1]) and torch.equal(r[1], q[1])
+    alone_y, alone_r = steer_sheets(x[:1], q[:1], targets[:1], mask[:1], iters=5)
+    torch.testing.assert_close(y[:1], alone_y)
+    torch.testing.assert_close(r[:1], alone_r)
+
+
 def test_frozen_residues_do_not_move_and_the_schedule_has_a_late_phase():
     L = 10
     x = torch.zeros(1, L, 3)
@@ -207,7 +234,9 @@ def test_sampling_steers_only_with_a_plan_and_a_strength():
                            generator=torch.Generator().manual_seed(0))
 
     plain, steered = sample(0.0, cond), sample(1.0, cond)
-    assert not torch.allclose(plain.quats, steered.quats)
+    # the oracle's hairpin has no H-bonds; the steered one bridges (DSSP: strand)
+    assert _strands(plain.trans, plain.quats) == 0
+    assert _strands(steered.trans, steered.quats) >= 2  # a bridge at least
     unplanned = sample(1.0, None)  # no plan: nothing to steer
     torch.testing.assert_close(unplanned.trans, plain.trans)
     torch.testing.assert_close(unplanned.quats, plain.quats)
