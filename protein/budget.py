@@ -31,7 +31,8 @@ FALLBACK_MEMORY_BYTES = 16 * 2**30  # when the machine does not say (documented 
 # tiny_reflow_guided (clash guidance on): 8e-6 s per design x residue^2 x step / 384 floats.
 SECONDS_PER_PAIR_FLOAT = 2e-8
 # Sheet guidance (protein.sheets), per residue pair and gradient step on one CPU core:
-# 3.1 s more per design of 80 residues and 9.4 s of 150 over 2,400 steps (50 Euler steps)
+# 3.1 s more per design of 80 residues and 9.4 s of 150 over 2,400 steps (50 Euler steps,
+# 150 late steps; the shipped 300 take 3,900)
 SECONDS_PER_SHEET_PAIR_STEP = 2e-7
 WARN_SECONDS = 3600.0
 # network evaluations per solver step (dopri5: about six per accepted step)

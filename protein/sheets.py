@@ -19,7 +19,7 @@ hard cut-offs are softened. Sheet guidance is an inference-time energy on the pr
 
 :func:`steer_sheets` takes gradient steps on translations and rotations together, each move
 capped per residue; the flow calls it on every prediction from ``SHEET_START`` on, with more
-steps in the last tenth of the path (:data:`SHEET_ITERS`, :data:`SHEET_LATE_ITERS`). H atoms
+steps in the last fifth of the path (:data:`SHEET_ITERS`, :data:`SHEET_LATE_ITERS`). H atoms
 are placed on the bisector of C(i-1)->N and CA->N, as pydssp (the evaluation's DSSP) does.
 """
 
@@ -55,7 +55,7 @@ TRANS_STEP_NM2 = 0.01
 SHEET_START = 0.2
 SHEET_ITERS = 30
 SHEET_LATE_T = 0.8
-SHEET_LATE_ITERS = 150
+SHEET_LATE_ITERS = 300
 
 
 @dataclass(frozen=True)
