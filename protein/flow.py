@@ -47,20 +47,13 @@ from protein.constants import (
     RG_EXPONENT,
     RG_PREFACTOR_ANG,
 )
-from protein.geometry import Rigid, backbone_from_frames, superimpose
+from protein.geometry import Rigid, backbone_from_frames, nonadjacent_pairs, superimpose
 from protein.settings import SamplerSettings
 from protein.sheets import sheet_iters, sheet_targets, steer_sheets
 from protein.topology import ADJ_UNKNOWN, UNKNOWN
 
 TRANS_PRIORS = ("fixed", "length")
 ROT_PATHS = ("quaternion", "matrix")
-
-
-def nonadjacent_pairs(mask: Tensor) -> Tensor:
-    """``[B, L, L]`` weights of residue pairs ``|i - j| >= 2`` that are both present."""
-    idx = torch.arange(mask.shape[1], device=mask.device)
-    far = ((idx[:, None] - idx[None, :]).abs() >= 2).to(mask.dtype)
-    return mask[:, :, None] * mask[:, None, :] * far
 
 
 def clash_energy(x: Tensor, pair: Tensor,

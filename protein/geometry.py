@@ -40,6 +40,7 @@ __all__ = [
     "frames_from_backbone",
     "backbone_local_coords",
     "ideal_cb",
+    "nonadjacent_pairs",
     "place_atom",
     "psi_from_frames",
     "radius_of_gyration",
@@ -363,6 +364,13 @@ def ideal_cb(n: Tensor, ca: Tensor, c: Tensor) -> Tensor:
     rigid = frames_from_backbone(n, ca, c)
     cb_local = torch.tensor(IDEAL_CB_LOCAL, dtype=ca.dtype, device=ca.device)
     return rigid.apply(cb_local)
+
+
+def nonadjacent_pairs(mask: Tensor) -> Tensor:
+    """``[B, L, L]`` weights of residue pairs ``|i - j| >= 2`` that are both present."""
+    idx = torch.arange(mask.shape[1], device=mask.device)
+    far = ((idx[:, None] - idx[None, :]).abs() >= 2).to(mask.dtype)
+    return mask[:, :, None] * mask[:, None, :] * far
 
 
 def ca_centre(ca: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -31,17 +31,15 @@ import torch
 from torch import Tensor
 
 from flow3d.core import so3
-from protein.constants import NM_TO_ANG, STRAND_MIN_CA_DISTANCE_ANG
-from protein.geometry import Rigid, backbone_from_frames
+from protein.constants import CA_CA_IDEAL_ANG, NM_TO_ANG, STRAND_MIN_CA_DISTANCE_ANG
+from protein.geometry import Rigid, backbone_from_frames, nonadjacent_pairs
 from protein.topology import ADJ_UNKNOWN, ADJACENT, STRAND
 
 # Kabsch & Sander (1983): E = q1 q2 f (1/r_ON + 1/r_CH - 1/r_OH - 1/r_CN), kcal/mol, angstrom
 HBOND_Q1Q2 = 0.084
 HBOND_F = 332.0
-HBOND_CUTOFF = -0.5  # DSSP's H-bond: E below this
 NH_BOND_ANG = 1.01
 PEPTIDE_CN_ANG = 1.33
-CA_CA_ANG = 3.80
 PARTNER_NEAR_ANG = 4.4  # true strand partners: 4.4-5.5 A (see protein.constants)
 PARTNER_FAR_ANG = 5.5
 MIN_SEPARATION = 3  # residues this close in sequence never pair (DSSP skips i, i+1, i+2)
@@ -192,15 +190,13 @@ def sheet_energy(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor,
     nearest = _softmin(torch.where(targets, d, torch.full_like(d, 1e3)), -1, 0.5)
     energy = energy + terms.pull * (torch.relu(nearest - PARTNER_FAR_ANG) ** 2 * paired).sum()
     energy = energy + terms.push * (torch.relu(PARTNER_NEAR_ANG - d) ** 2 * targets).sum()
-    idx = torch.arange(d.shape[-1], device=d.device)
-    nonlocal_ = ((idx[:, None] - idx[None, :]).abs() >= 2) & (m[:, :, None] * m[:, None, :] > 0)
     energy = energy + terms.clash * (torch.relu(STRAND_MIN_CA_DISTANCE_ANG - d) ** 2
-                                     * nonlocal_).sum() / 2
+                                     * nonadjacent_pairs(m)).sum() / 2
     link = m[:, 1:] * m[:, :-1]
     cn = (atoms[:, 1:, 0] - atoms[:, :-1, 2]).norm(dim=-1)
     caca = (ca[:, 1:] - ca[:, :-1]).norm(dim=-1)
     return energy + terms.chain * ((((cn - PEPTIDE_CN_ANG) ** 2)
-                                    + (caca - CA_CA_ANG) ** 2) * link).sum()
+                                    + (caca - CA_CA_IDEAL_ANG) ** 2) * link).sum()
 
 
 def steer_sheets(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor, *,
