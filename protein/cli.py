@@ -7,6 +7,7 @@
     flow3d protein design ... --out designs/ --resume      # continue an interrupted run
     flow3d protein eval designs/ --reference ../shared/data/proteins/ts50_pydssp/pdb
     flow3d protein cache [recipes/protein/tiny.yaml] [--force]
+    flow3d protein plans recipes/protein/topology.yaml --out plans.npz
 
 Each command turns its flags into one settings object (:mod:`protein.settings`), which checks
 every value with a one-line error naming the option. The command modules import torch, so they
@@ -70,6 +71,7 @@ def design_settings(args: argparse.Namespace):
         batch_size=args.batch_size, residue=args.residue, format=args.format,
         trajectory=args.trajectory, motif=args.motif, motif_segments=args.motif_segments,
         ss=args.ss, topology=args.topology, topology_from=args.topology_from,
+        no_plan=args.no_plan,
         checkpoint=args.checkpoint, ema=not args.no_ema, pair_precision=args.pair_precision,
     )  # fmt: skip
 
@@ -141,14 +143,42 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plans(args: argparse.Namespace) -> int:
+    from flow3d.engine.config import load_recipe
+    from flow3d.io import atomic_path, check_output_file
+    from protein.head import ProteinHead
+    from protein.topology import reference_topologies, save_plans
+
+    out = check_output_file(args.out, "--out", overwrite=args.overwrite, suffixes=(".npz",))
+    source = Path(args.source)
+    if source.suffix in (".yaml", ".yml"):
+        if not source.is_file():
+            raise ConfigError(f"{source}: recipe not found")
+        recipe = load_recipe(source)
+        if recipe.head != "protein":
+            raise ConfigError(f"{source}: head is {recipe.head!r}, not 'protein'")
+        source = ProteinHead(recipe).build_cache()  # the recipe's training chains
+    cap = args.max_rg_ratio or None
+    plans = reference_topologies(source, max_rg_ratio=cap)
+    with atomic_path(out) as tmp:
+        save_plans(plans, tmp)
+    strand = sum(int((t.codes == 1).sum()) for t in plans) / sum(len(t) for t in plans)
+    kept = "" if cap is None else f" with Rg at most {cap:g}x the law"
+    print(f"wrote {out}: {len(plans)} fold plans of the chains of {source}{kept} (strand "
+          f"fraction {strand:.3f})")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``flow3d protein {design,eval,cache}``."""
-    p = subparsers.add_parser("protein", help="protein backbones (ReQFlow): design, eval, cache")
+    """Add ``flow3d protein {design,eval,cache,plans}``."""
+    p = subparsers.add_parser("protein",
+                              help="protein backbones (ReQFlow): design, eval, cache, plans")
     sub = p.add_subparsers(dest="protein_command", metavar="COMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     _add_design(sub)
     _add_eval(sub)
     _add_cache(sub)
+    _add_plans(sub)
 
 
 def _add_design(sub: argparse._SubParsersAction) -> None:
@@ -173,8 +203,8 @@ def _add_design(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--trajectory", action="store_true",
                    help="also write the path as MODEL records (OUT_trajectories/)")
     d.add_argument("--checkpoint", default=None,
-                   help="checkpoint folder (None: the bundled tiny_reflow_guided, or "
-                        "tiny_topology with a fold plan)")
+                   help="checkpoint folder (None: the bundled fold-plan model "
+                        "tiny_topology; with --no-plan or --motif, tiny_reflow_guided)")
     d.add_argument("--method", default=None, help="solver: euler, midpoint, heun, rk4, dopri5")
     d.add_argument("--rot-rate", type=float_range(), default=None,
                    help="exponential rotation schedule rate (capped at --steps)")
@@ -214,9 +244,14 @@ def _add_design(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--topology", default=None, metavar="FILE[:CHAIN]",
                    help="fold conditioning: follow this chain's secondary structure and which "
                         "of its helices and strands pack together (sets the length)")
-    d.add_argument("--topology-from", default=None, metavar="DIR_OR_CACHE",
+    d.add_argument("--topology-from", default=None, metavar="SOURCE",
                    help="fold conditioning: each design draws the plan of a random chain of "
-                        "this reference set, cropped to its length")
+                        "this reference set (a folder, a cache or a plan library .npz), "
+                        "cropped to its length. Without any plan option designs draw from "
+                        "the checkpoint's library (plans.npz: the training chains' plans)")
+    d.add_argument("--no-plan", action="store_true",
+                   help="design without fold plans (the bundled plan-free model "
+                        "tiny_reflow_guided unless --checkpoint names another)")
     d.add_argument("--residue", default=None, help="residue names written: GLY or ALA")
     d.add_argument("--batch-size", type=int_range(), default=None,
                    help="designs sampled together (part of the run's seeding)")
@@ -274,3 +309,22 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--force", action="store_true",
                    help="rebuild even if a cache for these sources and filters exists")
     c.set_defaults(func=cmd_cache)
+
+
+def _add_plans(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "plans", help="write a fold-plan library (what design draws plans from)",
+        description="Store the fold plans (DSSP secondary structure and which helices and "
+                    "strands pack) of every chain of a set as a compact .npz library. "
+                    "`flow3d protein design` draws a plan per design from its checkpoint's "
+                    "plans.npz when it is given none.", formatter_class=HELP)
+    c.add_argument("source", help="a protein recipe (its training chains, cached if needed), "
+                                  "a protein cache or a folder of PDB/mmCIF files")
+    c.add_argument("--out", required=True, help="the library to write (.npz)")
+    c.add_argument("--max-rg-ratio", type=float_range(lo=0.0), default=1.1, metavar="R",
+                   help="keep the plans of compact chains only: CA radius of gyration at most "
+                        "R times the 2.2 L^0.38 A law (0 = every chain). A plan of an open "
+                        "chain (a subunit cut from its complex, a coiled coil) asks for an "
+                        "open fold")
+    add_overwrite_flag(c)
+    c.set_defaults(func=cmd_plans)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -43,9 +43,13 @@ from protein.settings import DesignSettings, EvalSettings, SamplerSettings
 from protein.topology import Topology, load_topology, reference_topologies
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# the bundled plan-free checkpoint (flow3d protein design --no-plan, motif scaffolding)
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_reflow_guided"
-# the bundled checkpoint trained with fold plans (--ss, --topology, --topology-from)
+# the bundled checkpoint trained with fold plans: what `flow3d protein design` uses
 TOPOLOGY_CHECKPOINT = PROJECT_ROOT / "checkpoints" / "protein" / "tiny_topology"
+# a checkpoint's fold plans to draw from when a design is given none (protein.topology
+# save_plans; `flow3d protein plans` writes it)
+PLAN_LIBRARY = "plans.npz"
 REAL_REFERENCE = PROJECT_ROOT / ".." / "shared" / "data" / "proteins" / "ts50_pydssp" / "pdb"
 # A real beta hairpin (TS50 3gknA, residues A107-122) for the motif-scaffolding demo
 DEMO_MOTIF = (PROJECT_ROOT / "examples" / "protein" / "hairpin_3gknA.pdb", "A107-122@30", 80)
@@ -170,9 +174,10 @@ def prepare_design(settings: DesignSettings, out_dir: str | Path | None, *,
         raise ConfigError("--overwrite and --resume: give one (replace the folder's designs, "
                           "or continue the run in it)")
     _check_device(device)
+    settings = with_plan_library(settings)
     if (settings.sampler.sheet_guidance or 0) > 0 and not settings.plan_options():
         raise ConfigError("--sheet-guidance: it steers the strands of a fold plan; give "
-                          "--topology-from, --topology or --ss")
+                          "--topology-from, --topology or --ss (or leave --no-plan out)")
     out = check_output_dir(out_dir, "--out", overwrite=overwrite, resume=resume,
                            resumable=True)
     if settings.trajectory:
@@ -269,6 +274,20 @@ def _complete_designs(out: Path, settings: DesignSettings) -> DesignRecords:
         if records.complete(name) and all(f.is_file() for f in files):
             done.append(name)
     return records.only(done)
+
+
+def with_plan_library(settings: DesignSettings) -> DesignSettings:
+    """The settings to run: a design given no fold plan (and no motif, no ``--no-plan``)
+    draws its plan from the checkpoint's plan library (:data:`PLAN_LIBRARY`; the bundled
+    fold-plan model's when no checkpoint is named), recorded as ``topology_from``. A
+    checkpoint without a library designs without plans, as before."""
+    if settings.plan_options() or settings.motif is not None or settings.no_plan:
+        return settings
+    folder = Path(settings.checkpoint) if settings.checkpoint else TOPOLOGY_CHECKPOINT
+    library = folder / PLAN_LIBRARY
+    if not library.is_file():
+        return settings
+    return replace(settings, topology_from=str(library.resolve()))
 
 
 def _fold_plan(settings: DesignSettings) -> Topology | list[Topology] | None:

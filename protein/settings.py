@@ -170,8 +170,10 @@ class DesignSettings:
 
     ``lengths`` ``None``: 100 residues, or the fold plan's length (``--ss``, ``--topology``).
     ``batch_size``, ``residue``, ``checkpoint`` and the ``sampler`` fields ``None``: the
-    checkpoint's recipe (``checkpoint`` ``None``: the bundled default, or the bundled
-    fold-plan model with ``ss``/``topology``/``topology_from``). Designs of one batch share a
+    checkpoint's recipe (``checkpoint`` ``None``: the bundled fold-plan model, which draws a
+    plan for each design from its plan library unless ``ss``/``topology``/``topology_from``
+    give one; with ``no_plan`` or a motif, the bundled plan-free model). Designs of one batch
+    share a
     random stream seeded by ``(seed, length, first index)``, so ``batch_size`` is part of
     what a run is. File fields (``motif``, ``topology``, ...) are paths as given.
     """
@@ -189,6 +191,9 @@ class DesignSettings:
     ss: str | None = None  # fold plans (protein.topology): a plan string, ...
     topology: str | None = None  # ... a chain to follow (FILE[:CHAIN]), ...
     topology_from: str | None = None  # ... or a reference set to draw plans from
+    # no plan at all: without the options above, design draws plans from the checkpoint's
+    # plan library (protein.design.PLAN_LIBRARY) unless this is set
+    no_plan: bool = False
     checkpoint: str | None = None
     ema: bool = True
     # the trunk's pair products, "auto" | "fp32" | "bf16" (protein.model.TrunkConfig.
@@ -212,6 +217,7 @@ class DesignSettings:
         _choice(self.format, "--format", FORMATS)
         _flag(self.trajectory, "--trajectory")
         _flag(self.ema, "--no-ema")
+        _flag(self.no_plan, "--no-plan")
         for option, value, what in self._texts():
             if value is not None:
                 _text(value, option, what)
@@ -220,6 +226,8 @@ class DesignSettings:
         plans = self.plan_options()
         if len(plans) > 1:
             raise ConfigError(f"{' and '.join(plans)}: give one fold plan option")
+        if plans and self.no_plan:
+            raise ConfigError(f"--no-plan and {plans[0]}: give one")
         if plans and self.motif is not None:
             raise ConfigError(f"--motif and {plans[0]}: motifs and fold plans cannot be "
                               "combined yet")
@@ -319,7 +327,7 @@ OPTION_NAMES = {
     "batch_size": "--batch-size",
     "residue": "--residue", "format": "--format", "trajectory": "--trajectory",
     "motif": "--motif", "motif_segments": "--motif-segments", "ss": "--ss",
-    "topology": "--topology", "topology_from": "--topology-from",
+    "topology": "--topology", "topology_from": "--topology-from", "no_plan": "--no-plan",
     "checkpoint": "--checkpoint", "ema": "--no-ema", "pair_precision": "--pair-precision",
 }  # fmt: skip
 

@@ -19,8 +19,11 @@ hard cut-offs are softened. Sheet guidance is an inference-time energy on the pr
 
 :func:`steer_sheets` takes gradient steps on translations and rotations together, each move
 capped per residue; the flow calls it on every prediction from ``SHEET_START`` on, with more
-steps in the last fifth of the path (:data:`SHEET_ITERS`, :data:`SHEET_LATE_ITERS`). H atoms
-are placed on the bisector of C(i-1)->N and CA->N, as pydssp (the evaluation's DSSP) does.
+steps in the last fifth of the path (:data:`SHEET_ITERS`, :data:`SHEET_LATE_ITERS`). An H-bond
+counts with the amide H placed both ways DSSP programs place it (:data:`HBOND_PLACEMENT`): on
+the bisector of C(i-1)->N and CA->N (pydssp, the evaluation's default) and along the previous
+C=O (DSSP itself, mkdssp). With pydssp's placement alone the guidance made bonds on twisted
+peptides that mkdssp did not see (``docs/benchmarks.md``, session 28).
 """
 
 from __future__ import annotations
@@ -50,10 +53,13 @@ TRANS_STEP_NM2 = 0.01
 # When the flow steers (t in [SHEET_START, 1)), how many steps, and more at the end
 # (tuned on fold plans of training chains: 32 designs of length 80 and 16 of length 150,
 # seeds 1 and 2; docs/benchmarks.md, "Sheet guidance")
+# H-bonds the guidance makes: "both" (pydssp's bisector H and DSSP's carbonyl H must each see
+# them) or one placement (hbond_energy)
+HBOND_PLACEMENT = "both"
 SHEET_START = 0.2
 SHEET_ITERS = 30
 SHEET_LATE_T = 0.8
-SHEET_LATE_ITERS = 300
+SHEET_LATE_ITERS = 500
 
 
 @dataclass(frozen=True)
@@ -73,23 +79,34 @@ class SheetTerms:
     max_turn_rad: float = 0.03
 
 
-def hydrogens(atoms: Tensor) -> Tensor:
-    """Backbone amide H ``[..., L, 3]`` of atoms N, CA, C, O ``[..., L, 4, 3]`` (angstrom): on
-    the bisector of C(i-1)->N(i) and CA(i)->N(i), 1.01 A from N. Residue 0 has no C(i-1); its
-    row is its N (it is never a donor)."""
-    n, ca, c = atoms[..., 0, :], atoms[..., 1, :], atoms[..., 2, :]
-    from_c = _unit(n[..., 1:, :] - c[..., :-1, :])
-    from_ca = _unit(n[..., 1:, :] - ca[..., 1:, :])
-    h = n[..., 1:, :] + NH_BOND_ANG * _unit(from_c + from_ca)
+def hydrogens(atoms: Tensor, placement: str = "bisector") -> Tensor:
+    """Backbone amide H ``[..., L, 3]`` of atoms N, CA, C, O ``[..., L, 4, 3]`` (angstrom),
+    1.01 A from N: on the bisector of C(i-1)->N(i) and CA(i)->N(i) (``"bisector"``, as pydssp
+    places it), or along O(i-1)->C(i-1) (``"carbonyl"``, as DSSP itself and mkdssp do). On a
+    flat peptide the two nearly coincide; on a twisted one they do not. Residue 0 has no
+    C(i-1); its row is its N (it is never a donor)."""
+    n, ca, c, o = (atoms[..., k, :] for k in range(4))
+    if placement == "bisector":
+        from_c = _unit(n[..., 1:, :] - c[..., :-1, :])
+        direction = _unit(from_c + _unit(n[..., 1:, :] - ca[..., 1:, :]))
+    elif placement == "carbonyl":
+        direction = _unit(c[..., :-1, :] - o[..., :-1, :])
+    else:
+        raise ValueError(f"placement {placement!r}: bisector or carbonyl")
+    h = n[..., 1:, :] + NH_BOND_ANG * direction
     return torch.cat([n[..., :1, :], h], dim=-2)
 
 
-def hbond_energy(atoms: Tensor) -> Tensor:
+def hbond_energy(atoms: Tensor, placement: str = "bisector") -> Tensor:
     """Electrostatic H-bond energy ``[..., L, L]`` (kcal/mol) of backbones ``[..., L, 4, 3]``
     (angstrom): entry ``[i, j]`` is the N-H of residue ``i`` (donor) to the C=O of ``j``
-    (acceptor). Row 0 (no H) is 0; nothing is masked by sequence separation."""
+    (acceptor), the H placed as :func:`hydrogens` says (``"both"``: the weaker of the two
+    placements' energies, an H-bond only where pydssp and mkdssp would both see one). Row 0
+    (no H) is 0; nothing is masked by sequence separation."""
+    if placement == "both":
+        return torch.maximum(hbond_energy(atoms, "bisector"), hbond_energy(atoms, "carbonyl"))
     n, c, o = atoms[..., 0, :], atoms[..., 2, :], atoms[..., 3, :]
-    h = hydrogens(atoms)
+    h = hydrogens(atoms, placement)
 
     def inv(a: Tensor, b: Tensor) -> Tensor:  # 1 / |a_i - b_j|, [..., L, L]
         return 1.0 / (a[..., :, None, :] - b[..., None, :, :]).norm(dim=-1).clamp_min(0.5)
@@ -175,7 +192,7 @@ def sheet_energy(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor,
     bridge; ``mask [B, L]`` marks real residues."""
     atoms = backbone_from_frames(Rigid(quats, trans * NM_TO_ANG), mask=mask)  # [B, L, 4, 3]
     m = mask.to(trans.dtype)
-    e = hbond_energy(atoms)
+    e = hbond_energy(atoms, HBOND_PLACEMENT)
     paired = targets.any(-1).to(e.dtype)  # [B, L]: residues with a planned partner
     e_t = torch.where(targets, e, torch.full_like(e, 10.0))
     donor = _softmin(e_t, -1, 0.5).clamp_min(-3.0)  # best acceptor of each N-H

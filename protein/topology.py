@@ -27,7 +27,7 @@ import numpy as np
 
 from flow3d.errors import ConfigError, DataError
 from protein.constants import CONTACT_DISTANCE_ANG, CONTACT_PAIRS, PARTNER_RANGE_ANG
-from protein.data.filters import secondary_structure
+from protein.data.filters import rg_scaling, secondary_structure
 from protein.data.parse import parse_structure
 from protein.data.structures import load_structures
 
@@ -35,6 +35,8 @@ HELIX, STRAND, LOOP, UNKNOWN = 0, 1, 2, 3
 NOT_ADJACENT, ADJACENT, ADJ_UNKNOWN = 0, 1, 2
 PLAN_LETTERS = "HEL"  # code -> letter (``-`` and ``C`` also read as loop)
 MIN_ELEMENT = 2  # runs of H or E shorter than this count as loop
+DRAW_SPANS = (1.3, 1.5)  # draw_topologies prefers chains up to these times the length ...
+DRAW_MIN_CHOICES = 10  # ... taking the first span with this many chains
 
 
 @dataclass(frozen=True)
@@ -193,26 +195,103 @@ def load_topology(spec: str | os.PathLike) -> Topology:
     return Topology.from_coords(np.asarray(c.coords), f"{path.name}:{c.chain_id}")
 
 
-def reference_topologies(source: str | os.PathLike, limit: int | None = None
-                         ) -> list[Topology]:
-    """Plans of every chain of a reference set (a protein cache or a folder of structures)."""
+def save_plans(plans: list[Topology], path: str | os.PathLike) -> None:
+    """Write plans to a compact ``.npz`` plan library (what a checkpoint bundles as
+    :data:`PLAN_LIBRARY`): every plan's codes, and which pairs of its elements pack. Only plans
+    whose adjacency follows from their elements (:meth:`Topology.from_ss`) can be stored."""
+    codes, offsets, pairs, names = [], [0], [], []
+    for k, t in enumerate(plans):
+        elements = _elements(t.codes)
+        packed = [(a, b) for a in range(len(elements)) for b in range(a + 1, len(elements))
+                  if t.adj[elements[a][0], elements[b][0]] == ADJACENT]
+        if not np.array_equal(_element_adjacency(elements, len(t), packed), t.adj):
+            raise ValueError(f"plan {t.source or k}: its adjacency is not one of elements")
+        pairs.extend((k, a, b) for a, b in packed)
+        codes.append(t.codes.astype(np.int8))
+        offsets.append(offsets[-1] + len(t))
+        names.append(t.source)
+    np.savez_compressed(path, codes=np.concatenate(codes) if codes else np.zeros(0, np.int8),
+                        offsets=np.asarray(offsets, dtype=np.int64),
+                        pairs=np.asarray(pairs, dtype=np.int32).reshape(-1, 3),
+                        names=np.asarray(names, dtype=str))
+
+
+def load_plans(path: str | os.PathLike) -> list[Topology]:
+    """The plans of a library written by :func:`save_plans` (exactly as they were saved)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            codes, offsets, pairs, names = (f[k] for k in ("codes", "offsets", "pairs", "names"))
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"{path}: not a plan library ({err})") from None
+    by_plan: dict[int, list[tuple[int, int]]] = {}
+    for k, a, b in pairs.tolist():
+        by_plan.setdefault(k, []).append((a, b))
+    out = []
+    for k in range(len(offsets) - 1):
+        c = codes[offsets[k]:offsets[k + 1]].astype(np.int64)
+        elements = _elements(c)
+        out.append(Topology(c, _element_adjacency(elements, len(c), by_plan.get(k, [])),
+                            str(names[k])))
+    return out
+
+
+def _element_adjacency(elements: list[tuple[int, int, int]], n: int,
+                       adjacent: list[tuple[int, int]]) -> np.ndarray:
+    """``[n, n]`` adjacency with the element pairs ``adjacent`` packing (indices into
+    ``elements``), every other pair of elements not, and loops unknown."""
+    adj = np.full((n, n), ADJ_UNKNOWN, dtype=np.int64)
+    for s1, e1, _ in elements:
+        for s2, e2, _ in elements:
+            adj[s1:e1, s2:e2] = NOT_ADJACENT
+    for a, b in adjacent:
+        (s1, e1, _), (s2, e2, _) = elements[a], elements[b]
+        adj[s1:e1, s2:e2] = adj[s2:e2, s1:e1] = ADJACENT
+    return adj
+
+
+def reference_topologies(source: str | os.PathLike, limit: int | None = None, *,
+                         max_rg_ratio: float | None = None) -> list[Topology]:
+    """Plans of every chain of a reference set (a protein cache or a folder of structures),
+    or of a plan library (``.npz``, :func:`save_plans`). ``max_rg_ratio``: only chains whose
+    CA radius of gyration is at most that many times the compact-globule law
+    (:func:`protein.data.filters.rg_scaling`); a library is taken as it was written."""
+    if str(source).endswith(".npz") and Path(source).is_file():
+        plans = load_plans(source)
+        return plans[:limit] if limit is not None else plans
     structures, _ = load_structures(source, limit=limit)
+    if max_rg_ratio is not None:
+        structures = [s for s in structures if rg_ratio(s.coords) <= max_rg_ratio]
     if not structures:
-        raise DataError(f"{source}: no chains to draw topologies from")
+        raise DataError(f"{source}: no chains to draw topologies from"
+                        + (f" with Rg at most {max_rg_ratio:g}x the law" if max_rg_ratio else ""))
     return [Topology.from_coords(s.coords, s.name) for s in structures]
+
+
+def rg_ratio(coords: np.ndarray) -> float:
+    """CA radius of gyration of a backbone ``[L, 4, 3]`` over the compact-globule law."""
+    ca = np.asarray(coords, dtype=np.float64)[:, 1]
+    rg = float(np.sqrt(((ca - ca.mean(0)) ** 2).sum(1).mean()))
+    return rg / float(rg_scaling(len(ca)))
 
 
 def draw_topologies(pool: list[Topology], length: int, num: int,
                     rng: np.random.Generator) -> list[Topology]:
-    """``num`` plans of ``length`` residues: a random chain of the pool at least that long
-    (the shortest such chains when none is), cropped at a random start. A chain much longer
-    than ``length`` would mostly give fragments of its elements, so chains up to 1.5x
-    ``length`` are preferred when there are any."""
+    """``num`` plans of ``length`` residues: a random chain of the pool at least that long,
+    cropped at a random start. A crop of a chain much longer than ``length`` is a fragment
+    (its elements cut, its fold opened: crops of 1.5x-longer training chains have radii of
+    gyration 1.15x the law at 60 residues, crops of 1.3x-longer ones 1.07x), so chains up to
+    :data:`DRAW_SPANS` times ``length`` are preferred: the first span that offers
+    :data:`DRAW_MIN_CHOICES` chains, else the widest that offers any, else every chain long
+    enough."""
     long_enough = [t for t in pool if len(t) >= length]
     if not long_enough:
         raise DataError(f"no reference chain has {length} residues to draw a topology from "
                         f"(longest: {max(len(t) for t in pool)})")
-    close = [t for t in long_enough if len(t) <= 1.5 * length]
+    close: list[Topology] = []
+    for span in DRAW_SPANS:
+        close = [t for t in long_enough if len(t) <= span * length]
+        if len(close) >= DRAW_MIN_CHOICES:
+            break
     choices = close or long_enough
     out = []
     for _ in range(num):

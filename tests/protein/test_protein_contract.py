@@ -29,6 +29,7 @@ from protein.data import parse_structure
 ROOT = Path(__file__).resolve().parents[2]
 MOTIF = ROOT / "examples" / "protein" / "hairpin_3gknA.pdb"
 READ_ONLY = Path("/proc/flow3d-contract")  # /proc takes no new files, not even from root
+DATA = ROOT.parent / "shared" / "data" / "proteins"
 TINY = ["--length", "24", "--num", "3", "--batch-size", "2", "--steps", "3", "--seed", "5"]
 
 
@@ -469,7 +470,7 @@ def test_overwrite_replaces_an_earlier_run_entirely(tmp_path, capsys):
                                "--overwrite"), capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["len022_000.pdb", "run.json",
-                                                     "timings.json"]
+                                                     "timings.json", "topology.json"]
 
 
 def test_interrupted_run_leaves_complete_designs_and_resumes(uninterrupted, tmp_path, capsys,
@@ -550,3 +551,39 @@ def test_resume_completes_drawn_fold_plans_bit_identically(tmp_path, capsys):
         assert _atoms(part / name) == _atoms(whole / name)
     json.loads((whole / "topology.json").read_text(),
                parse_constant=lambda c: pytest.fail(f"{c} in topology.json"))
+
+
+# ---- protein plans -------------------------------------------------------------------------------
+def _plans_cases(tmp_path: Path, bad: dict) -> dict:
+    made = tmp_path / "made.npz"
+    made.write_bytes(b"an earlier library")
+    ts50 = DATA / "ts50_pydssp" / "pdb"
+    return {
+        "missing source": (["protein", "plans", str(tmp_path / "nowhere"), "--out",
+                            str(tmp_path / "p.npz")], ["nowhere"]),
+        "empty folder": (["protein", "plans", str(bad["empty_dir"]), "--out",
+                          str(tmp_path / "p.npz")], ["empty_dir"]),
+        "existing out": (["protein", "plans", str(ts50), "--out", str(made)],
+                         ["--out", "--overwrite"]),
+        "wrong suffix": (["protein", "plans", str(ts50), "--out", str(tmp_path / "p.json")],
+                         ["--out", ".npz"]),
+        "read-only out": (["protein", "plans", str(ts50), "--out",
+                           str(READ_ONLY / "p.npz")], ["--out", "/proc"]),
+        "nan cap": (["protein", "plans", str(ts50), "--out", str(tmp_path / "p.npz"),
+                     "--max-rg-ratio", "nan"], ["--max-rg-ratio"]),
+        "cap keeps nothing": (["protein", "plans", str(ts50), "--out",
+                               str(tmp_path / "p.npz"), "--max-rg-ratio", "0.2"],
+                              ["no chains", "0.2x"]),
+        "not a protein recipe": (["protein", "plans", str(ROOT / "recipes" / "toy" /
+                                                          "eight_gaussians.yaml"),
+                                  "--out", str(tmp_path / "p.npz")], ["not 'protein'"]),
+    }
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/proteins")
+@pytest.mark.parametrize("case", ["missing source", "empty folder", "existing out",
+                                  "wrong suffix", "read-only out", "nan cap",
+                                  "cap keeps nothing", "not a protein recipe"])
+def test_plans_refuses_bad_input_and_writes_nothing(case, tmp_path, bad, capsys):
+    argv, mentions = _plans_cases(tmp_path, bad)[case]
+    assert_user_error(argv, capsys, mentions, watch=[tmp_path])

@@ -73,6 +73,62 @@ def test_energy_and_bridges_are_pydssps(name):
     assert int(expected.sum()) >= 10 and torch.equal(strand, expected)
 
 
+def _mkdssp_best_donor_bonds(atoms: torch.Tensor) -> dict[int, tuple[int, float]]:
+    """mkdssp's best N-H-->O bond of each residue: {donor: (acceptor, kcal/mol to 0.1)}."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from protein.pdbio import write_backbone_pdb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pdb = write_backbone_pdb(Path(tmp) / "x.pdb", atoms.numpy())
+        out = Path(tmp) / "x.dssp"
+        subprocess.run(["mkdssp", "--output-format", "dssp", str(pdb), str(out)], check=True,
+                       capture_output=True)
+        lines = out.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("  #  RESIDUE"))
+    best = {}
+    for k, ln in enumerate(lines[start + 1:]):
+        bonds = [ln[39:50], ln[61:72]]  # the two N-H-->O columns: "offset,energy"
+        pairs = [(int(b.split(",")[0]), float(b.split(",")[1])) for b in bonds]
+        offset, energy = min(pairs, key=lambda p: p[1])
+        if offset != 0:
+            best[k] = (k + offset, energy)
+    return best
+
+
+@needs_data
+@pytest.mark.skipif(__import__("shutil").which("mkdssp") is None, reason="needs mkdssp")
+def test_carbonyl_hydrogens_give_mkdssps_energies_and_both_is_the_weaker():
+    """DSSP itself (mkdssp) puts the amide H along the previous C=O: with that placement the
+    energies of mkdssp's own best bonds agree to within its printed 0.1 kcal/mol. On a real
+    chain the two placements nearly agree; on a twisted peptide they do not, and "both" keeps
+    the weaker bond, so sheet guidance cannot make an H-bond only one DSSP sees."""
+    from protein.sheets import hydrogens
+
+    atoms, _ = _real("1i8nA.pdb")
+    carbonyl = hbond_energy(atoms, "carbonyl")
+    checked = 0
+    for donor, (acceptor, energy) in _mkdssp_best_donor_bonds(atoms).items():
+        if energy < -0.5:
+            assert abs(float(carbonyl[donor, acceptor]) - energy) < 0.1, (donor, acceptor)
+            checked += 1
+    assert checked > 30
+    gap = (hydrogens(atoms, "bisector") - hydrogens(atoms, "carbonyl")).norm(dim=-1)[1:]
+    assert float(gap.median()) < 0.15
+    both = hbond_energy(atoms, "both")
+    assert torch.equal(both, torch.maximum(hbond_energy(atoms), carbonyl))
+    twisted = atoms.clone()  # turn residue 10's C=O about its CA-C axis: residue 11's H moves
+    axis = torch.nn.functional.normalize(twisted[10, 2] - twisted[10, 1], dim=0)
+    turn = so3.axis_angle_to_rotmat(axis * 1.2)
+    twisted[10, 3] = twisted[10, 2] + turn @ (twisted[10, 3] - twisted[10, 2])
+    gap = (hydrogens(twisted, "bisector") - hydrogens(twisted, "carbonyl")).norm(dim=-1)
+    assert float(gap[11]) > 0.5 and float(gap[12]) < 0.15
+    with pytest.raises(ValueError, match="bisector or carbonyl"):
+        hydrogens(atoms, "middle")
+
+
 def test_bridge_patterns_on_a_hand_made_map():
     """One H-bond makes no bridge; the antiparallel and parallel pairs each make one."""
     L = 12
@@ -244,8 +300,8 @@ def test_sampling_steers_only_with_a_plan_and_a_strength():
 
 def test_cli_sheet_guidance_needs_a_plan(tmp_path, capsys):
     out = tmp_path / "never"
-    code = main(["protein", "design", "--sheet-guidance", "1", "--num", "1", "--steps", "2",
-                 "--out", str(out), "--no-progress"])
+    code = main(["protein", "design", "--no-plan", "--sheet-guidance", "1", "--num", "1",
+                 "--steps", "2", "--out", str(out), "--no-progress"])
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "--sheet-guidance" in err and "fold plan" in err and len(err.strip().splitlines()) == 1

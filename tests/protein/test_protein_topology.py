@@ -4,6 +4,7 @@ dropout, weights loaded into a model with a new branch, and designs that follow 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,10 @@ from protein.topology import (
     UNKNOWN,
     Topology,
     draw_topologies,
+    load_plans,
     load_topology,
+    reference_topologies,
+    save_plans,
     summarize_scores,
 )
 
@@ -112,6 +116,21 @@ def test_draw_topologies_crops_seeded_plans():
         draw_topologies(pool, 200, 1, np.random.default_rng(0))
 
 
+def test_draw_topologies_prefers_chains_close_to_the_length():
+    def pool(**counts):  # e.g. h70=12: twelve 70-residue helices
+        return [Topology.from_string("H" * int(k[1:]), k) for k, n in counts.items()
+                for _ in range(n)]
+
+    def drawn(p):
+        return {t.source.split("[")[0] for t in draw_topologies(p, 60, 200,
+                                                                  np.random.default_rng(0))}
+
+    assert drawn(pool(h70=12, h88=12, h200=5)) == {"h70"}  # up to 1.3x: enough of them
+    assert drawn(pool(h70=5, h88=12, h200=5)) == {"h70", "h88"}  # too few: up to 1.5x
+    assert drawn(pool(h70=3, h200=5)) == {"h70"}  # the widest span with any
+    assert drawn(pool(h200=5)) == {"h200"}  # else every chain long enough
+
+
 @pytest.mark.skipif(shared_protein_dir() is None, reason="needs ../shared/data/proteins")
 def test_real_strands_have_partners_in_their_plan():
     folder = shared_protein_dir() / "ts50_pydssp" / "pdb"
@@ -129,6 +148,70 @@ def test_real_strands_have_partners_in_their_plan():
         load_topology(f"{files[0]}:Z")
     with pytest.raises(DataError, match="topology file not found"):
         load_topology(folder / "missing.pdb")
+
+
+@pytest.mark.skipif(shared_protein_dir() is None, reason="needs ../shared/data/proteins")
+def test_plan_library_round_trips_real_plans(tmp_path):
+    folder = shared_protein_dir() / "ts50_pydssp" / "pdb"
+    plans = [load_topology(f) for f in sorted(folder.glob("*.pdb"))[:10]]
+    ss, ca = hairpin_and_helix()
+    plans.append(Topology.from_ss(ss, ca, "toy"))  # short elements and a loop-only tail
+    plans.append(Topology.from_string("L" * 20, "all loop"))
+    path = tmp_path / "plans.npz"
+    save_plans(plans, path)
+    for how in (load_plans(path), reference_topologies(path)):
+        assert len(how) == len(plans)
+        for a, b in zip(plans, how, strict=True):
+            assert a.source == b.source
+            np.testing.assert_array_equal(a.codes, b.codes)
+            np.testing.assert_array_equal(a.adj, b.adj)
+    assert [t.source for t in reference_topologies(path, limit=3)] == [
+        t.source for t in plans[:3]]
+    assert path.stat().st_size < 200 * len(plans)  # elements and their pairs, not L^2
+
+
+@pytest.mark.skipif(shared_protein_dir() is None, reason="needs ../shared/data/proteins")
+def test_plans_of_compact_chains_and_the_cli_that_writes_them(tmp_path, capsys):
+    from protein.data.structures import load_structures
+    from protein.topology import rg_ratio
+
+    folder = tmp_path / "chains"
+    folder.mkdir()
+    for f in sorted((shared_protein_dir() / "ts50_pydssp" / "pdb").glob("*.pdb"))[:12]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    structures, _ = load_structures(folder)
+    ratios = {s.name: rg_ratio(s.coords) for s in structures}
+    cap = float(np.median(list(ratios.values())))
+    kept = reference_topologies(folder, max_rg_ratio=cap)
+    assert {t.source for t in kept} == {n for n, r in ratios.items() if r <= cap}
+    assert 0 < len(kept) < len(structures)
+    with pytest.raises(DataError, match="no chains .* with Rg at most 0.5x"):
+        reference_topologies(folder, max_rg_ratio=0.5)
+    out = tmp_path / "lib.npz"
+    assert main(["protein", "plans", str(folder), "--out", str(out),
+                 "--max-rg-ratio", str(cap)]) == 0
+    assert [t.string for t in load_plans(out)] == [t.string for t in kept]
+    assert f"{len(kept)} fold plans" in capsys.readouterr().out
+    before = out.read_bytes()
+    for args, says in ((["--out", str(out)], "file exists"),
+                       (["--out", str(tmp_path / "lib.txt")], "unsupported extension"),
+                       (["--out", str(out), "--overwrite", "--max-rg-ratio", "0.5"],
+                        "no chains")):
+        assert main(["protein", "plans", str(folder), *args]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == before and not (tmp_path / "lib.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chains", "lib.npz"]  # no leftovers
+
+
+def test_plan_library_refuses_what_it_cannot_store_or_read(tmp_path):
+    odd = Topology.from_string("EEEELLEEEE")  # adjacency unknown between strands: no elements
+    with pytest.raises(ValueError, match="not one of elements"):
+        save_plans([odd], tmp_path / "odd.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="bad.npz: not a plan library"):
+        load_plans(bad)
 
 
 def test_trunk_plan_inputs_start_as_a_no_op_and_then_condition():
@@ -244,3 +327,66 @@ def test_cli_plan_errors(tmp_path, capsys):
                      str(out), "--no-progress"]) == 2
         assert msg in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_bundled_plan_library_holds_the_training_plans():
+    """The fold-plan checkpoint bundles the plans of its compact training chains (what `flow3d
+    protein plans recipes/protein/topology.yaml` writes): strands included, none shorter
+    than the recipe's min_len, and equal to the cache's plans where the cache is built."""
+    from protein.design import PLAN_LIBRARY, TOPOLOGY_CHECKPOINT, load_designer
+
+    plans = load_plans(TOPOLOGY_CHECKPOINT / PLAN_LIBRARY)
+    recipe = load_designer(TOPOLOGY_CHECKPOINT).recipe
+    assert len(plans) > 200 and min(len(t) for t in plans) >= recipe.data.min_len
+    strand = np.concatenate([t.codes for t in plans]) == STRAND
+    assert 0.2 < strand.mean() < 0.4
+    assert all((t.adj == ADJACENT).any() for t in plans if (t.codes == STRAND).sum() > 10)
+    cache = load_designer(TOPOLOGY_CHECKPOINT).head.cache_path()
+    if cache.is_dir():
+        fresh = reference_topologies(cache, max_rg_ratio=1.1)
+        assert [t.string for t in fresh] == [t.string for t in plans]
+        assert len(reference_topologies(cache)) > len(plans)  # the open chains left out
+
+
+def test_design_draws_plans_from_the_library_unless_told_not_to(tmp_path):
+    from dataclasses import replace
+
+    from protein.design import (
+        DEFAULT_CHECKPOINT,
+        PLAN_LIBRARY,
+        TOPOLOGY_CHECKPOINT,
+        prepare_design,
+        with_plan_library,
+    )
+    from protein.settings import DesignSettings, SamplerSettings
+
+    s = DesignSettings(lengths=(40,), num=2, sampler=SamplerSettings(steps=2))
+    drawn = with_plan_library(s)
+    assert drawn.topology_from == str((TOPOLOGY_CHECKPOINT / PLAN_LIBRARY).resolve())
+    for plain in (replace(s, no_plan=True), replace(s, checkpoint=str(DEFAULT_CHECKPOINT)),
+                  replace(s, ss="H" * 40)):
+        assert with_plan_library(plain) == plain  # told not to, no library, or a plan given
+    run = prepare_design(s, tmp_path / "a")
+    assert Path(run.loaded.path).resolve() == TOPOLOGY_CHECKPOINT.resolve()
+    assert isinstance(run.plan, list) and run.settings.sampler.sheet_guidance == 1.0
+    assert run.settings.topology_from == drawn.topology_from
+    plain = prepare_design(replace(s, no_plan=True), tmp_path / "b")
+    assert Path(plain.loaded.path).resolve() == DEFAULT_CHECKPOINT.resolve()
+    assert plain.plan is None and plain.settings.sampler.sheet_guidance == 0.0
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="--no-plan and --ss: give one"):
+        DesignSettings(ss="HHHH", no_plan=True)
+
+
+def test_cli_default_design_records_drawn_plans_and_resumes(tmp_path, capsys):
+    out = tmp_path / "d"
+    args = ["protein", "design", "--length", "40", "--num", "2", "--steps", "3",
+            "--sheet-guidance", "0", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["topology_from"].endswith("tiny_topology/plans.npz")
+    plans = json.loads((out / "topology.json").read_text())
+    assert plans["mean"]["n"] == 2 and "fold plans followed" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0  # the same run: nothing left to make
+    assert main([*args[:-3], "--no-plan", "--out", str(out), "--resume"]) == 2
+    assert "that run used" in capsys.readouterr().err  # a planned run is not resumed plain
