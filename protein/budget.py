@@ -30,10 +30,10 @@ FALLBACK_MEMORY_BYTES = 16 * 2**30  # when the machine does not say (documented 
 # Seconds per pair float per network evaluation on one CPU core, measured with the bundled
 # tiny_reflow_guided (clash guidance on): 8e-6 s per design x residue^2 x step / 384 floats.
 SECONDS_PER_PAIR_FLOAT = 2e-8
-# Sheet guidance (protein.sheets), per residue pair and gradient step on one CPU core:
-# 3.1 s more per design of 80 residues and 9.4 s of 150 over 2,400 steps (50 Euler steps,
-# 150 late steps; the shipped 300 take 3,900)
-SECONDS_PER_SHEET_PAIR_STEP = 2e-7
+# Sheet guidance (protein.sheets), per residue pair and gradient step on one CPU core, with
+# the H-bond energy taken both ways (session 28): 5,900 steps at 50 Euler steps (500 late)
+# cost about 35 s per design of 150 residues (2.6e-7) and 10 s of 60 (4.7e-7: overheads)
+SECONDS_PER_SHEET_PAIR_STEP = 3e-7
 WARN_SECONDS = 3600.0
 # network evaluations per solver step (dopri5: about six per accepted step)
 EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4, "dopri5": 6}

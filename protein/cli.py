@@ -230,7 +230,9 @@ def _add_design(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--sheet-guidance", type=float_range(), default=None, metavar="STRENGTH",
                    help="with a fold plan: steer the strands it pairs until they form "
                         "H-bonded sheets (DSSP bridges); 1 = the tuned strength, 0 = off (the "
-                        "recipe's; the bundled fold-plan model: 1). About 5x the time")
+                        "recipe's; the bundled fold-plan model: 1). It takes most of a planned "
+                        "design's time: 10-30 s per design of 60-150 residues on 2 cores, "
+                        "against 0.5-2.5 s without it")
     d.add_argument("--motif", default=None, metavar="FILE",
                    help="scaffold a motif from this PDB/mmCIF file (with --motif-segments)")
     d.add_argument("--motif-segments", default=None, metavar="SPEC",

@@ -303,7 +303,8 @@ def _fold_plan(settings: DesignSettings) -> Topology | list[Topology] | None:
 
 def demo(out_dir: str | Path, *, num: int = 3, lengths: Sequence[int] = (60, 100),
          steps: int = 50, seed: int = 0, progress: bool = True) -> dict:
-    """``make demo``: design a few backbones with the bundled checkpoint and evaluate them
+    """``make demo``: design a few backbones as ``flow3d protein design`` does by default
+    (plans drawn from the fold-plan checkpoint's library, sheet guidance) and evaluate them
     against real chains (TS50) when the shared data is present, then scaffold a real beta
     hairpin (``examples/protein``) into ``out_dir/motif`` (PDB files and ``motif.json``).
     A demo replaces its own earlier output. Returns the eval summary."""
