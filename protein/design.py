@@ -176,8 +176,9 @@ def prepare_design(settings: DesignSettings, out_dir: str | Path | None, *,
     _check_device(device)
     settings = with_plan_library(settings)
     if (settings.sampler.sheet_guidance or 0) > 0 and not settings.plan_options():
+        why = "leave --no-plan out" if settings.no_plan else "or a checkpoint with plans.npz"
         raise ConfigError("--sheet-guidance: it steers the strands of a fold plan; give "
-                          "--topology-from, --topology or --ss (or leave --no-plan out)")
+                          f"--topology-from, --topology or --ss ({why})")
     out = check_output_dir(out_dir, "--out", overwrite=overwrite, resume=resume,
                            resumable=True)
     if settings.trajectory:

@@ -221,8 +221,9 @@ def load_plans(path: str | os.PathLike) -> list[Topology]:
     try:
         with np.load(path, allow_pickle=False) as f:
             codes, offsets, pairs, names = (f[k] for k in ("codes", "offsets", "pairs", "names"))
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"{path}: not a plan library ({err})") from None
+    except (OSError, ValueError, KeyError):
+        raise DataError(f"{path}: not a plan library (write one with `flow3d protein "
+                        "plans`)") from None
     by_plan: dict[int, list[tuple[int, int]]] = {}
     for k, a, b in pairs.tolist():
         by_plan.setdefault(k, []).append((a, b))
