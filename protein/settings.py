@@ -297,6 +297,10 @@ class DesignSettings:
             sampler["local_min_dist"] = (0.0,) * len(LOCAL_SEPARATIONS)
         if sampler and "sheet_guidance" not in sampler:  # likewise: no sheet guidance then
             sampler["sheet_guidance"] = 0.0
+        if "no_plan" not in data:  # written before design drew plans by default: a run
+            # without any plan (and no motif) is what --no-plan now makes
+            data["no_plan"] = data.get("motif") is None and not any(
+                data.get(k) for k in ("ss", "topology", "topology_from"))
         if sampler.get("local_min_dist") is not None:
             sampler["local_min_dist"] = tuple(sampler["local_min_dist"])
         if sampler.get("guidance_window") is not None:

@@ -208,3 +208,13 @@ def test_sheet_guidance_is_a_strength_and_old_runs_had_none():
     assert back.sampler.sheet_guidance == 0.0
     new = DesignSettings(sampler=SamplerSettings(steps=10, sheet_guidance=1.0))
     assert ("--sheet-guidance", "0.0", "1.0") in back.differences(new)
+
+
+def test_runs_from_before_drawn_plans_resume_as_no_plan_runs():
+    old = DesignSettings(sampler=SamplerSettings(steps=10)).to_dict()
+    old.pop("no_plan")
+    assert DesignSettings.from_dict(old).no_plan  # it had no plan: --no-plan resumes it
+    planned = DesignSettings(ss="HHHH", sampler=SamplerSettings(steps=10)).to_dict()
+    planned.pop("no_plan")
+    assert not DesignSettings.from_dict(planned).no_plan
+    assert not DesignSettings.from_dict(DesignSettings().to_dict()).no_plan  # new runs: as written
