@@ -159,6 +159,8 @@ def cmd_plans(args: argparse.Namespace) -> int:
             raise ConfigError(f"{source}: head is {recipe.head!r}, not 'protein'")
         source = ProteinHead(recipe).build_cache()  # the recipe's training chains
     cap = args.max_rg_ratio or None
+    if source.suffix == ".npz":
+        cap = None  # a library is taken as it was written (its plans carry no coordinates)
     plans = reference_topologies(source, max_rg_ratio=cap)
     with atomic_path(out) as tmp:
         save_plans(plans, tmp)

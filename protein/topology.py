@@ -20,6 +20,7 @@ same network also designs without one.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,7 +222,7 @@ def load_plans(path: str | os.PathLike) -> list[Topology]:
     try:
         with np.load(path, allow_pickle=False) as f:
             codes, offsets, pairs, names = (f[k] for k in ("codes", "offsets", "pairs", "names"))
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
         raise DataError(f"{path}: not a plan library (write one with `flow3d protein "
                         "plans`)") from None
     by_plan: dict[int, list[tuple[int, int]]] = {}
@@ -258,6 +259,8 @@ def reference_topologies(source: str | os.PathLike, limit: int | None = None, *,
     (:func:`protein.data.filters.rg_scaling`); a library is taken as it was written."""
     if str(source).endswith(".npz") and Path(source).is_file():
         plans = load_plans(source)
+        if not plans:
+            raise DataError(f"{source}: an empty plan library")
         return plans[:limit] if limit is not None else plans
     structures, _ = load_structures(source, limit=limit)
     if max_rg_ratio is not None:

@@ -130,7 +130,8 @@ def test_design_refuses_a_batch_that_cannot_fit_in_memory(tmp_path, capsys):
     """9999 residues x 16 designs needs terabytes for the pair features: refused with the
     estimate and the limit, after loading the checkpoint (its sizes decide) but before
     sampling."""
-    line = assert_user_error(_design(tmp_path / "out", "--length", "9999", "--num", "16"),
+    line = assert_user_error(_design(tmp_path / "out", "--no-plan", "--length", "9999",
+                                     "--num", "16"),
                              capsys, ["--length 9999", "residue-pair features", "memory"],
                              watch=[tmp_path])
     assert "TB" in line
@@ -205,8 +206,8 @@ def test_design_warns_when_a_run_will_take_hours(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(protein.design.DesignRun, "execute", stop)
-    code, _, err = run(_design(tmp_path / "out", "--length", "2000", "--num", "50", "--steps",
-                               "200", "--batch-size", "1"), capsys)
+    code, _, err = run(_design(tmp_path / "out", "--no-plan", "--length", "2000", "--num", "50",
+                               "--steps", "200", "--batch-size", "1"), capsys)
     lines = err.strip().splitlines()
     assert code == 130 and lines[0].startswith("flow3d: warning: this run may take about")
     assert "days" in lines[0] or "hours" in lines[0]

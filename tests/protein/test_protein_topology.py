@@ -390,3 +390,22 @@ def test_cli_default_design_records_drawn_plans_and_resumes(tmp_path, capsys):
     assert main([*args, "--resume"]) == 0  # the same run: nothing left to make
     assert main([*args[:-3], "--no-plan", "--out", str(out), "--resume"]) == 2
     assert "that run used" in capsys.readouterr().err  # a planned run is not resumed plain
+
+
+def test_drawn_plans_too_short_or_a_broken_library_are_refused_before_writing(tmp_path,
+                                                                               capsys):
+    out = tmp_path / "o"
+    assert main(["protein", "design", "--lengths", "20,200", "--num", "1", "--steps", "1",
+                 "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--lengths 200" in err and "--no-plan" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    empty = tmp_path / "empty.npz"
+    save_plans([], empty)
+    with pytest.raises(DataError, match="empty plan library"):
+        reference_topologies(empty)
+    cut = tmp_path / "cut.npz"
+    save_plans([Topology.from_string("L" * 30)], cut)
+    cut.write_bytes(cut.read_bytes()[:40])
+    with pytest.raises(DataError, match="not a plan library"):
+        load_plans(cut)
