@@ -201,11 +201,12 @@ def prepare_design(settings: DesignSettings, out_dir: str | Path | None, *,
     if motif is not None:
         for length in resolved.lengths:
             motif.check_length(length)
-    if isinstance(plan, list) and max(resolved.lengths) > max(len(t) for t in plan):
+    longest = max((len(t) for t in plan), default=0) if isinstance(plan, list) else None
+    if longest is not None and max(resolved.lengths) > longest:
         option = "--length" if len(resolved.lengths) == 1 else "--lengths"
         raise ConfigError(f"{option} {max(resolved.lengths)}: the plans drawn from "
-                          f"{resolved.topology_from} go up to {max(len(t) for t in plan)} "
-                          "residues; pass --no-plan or --topology-from with longer chains")
+                          f"{resolved.topology_from} go up to {longest} residues; pass "
+                          "--no-plan or --topology-from with longer chains")
     warning = check_budget(resolved, loaded.recipe.model, device)
     previous = DesignRecords.empty(motif=motif is not None, topology=plan is not None)
     if earlier is not None:

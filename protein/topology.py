@@ -28,7 +28,7 @@ import numpy as np
 
 from flow3d.errors import ConfigError, DataError
 from protein.constants import CONTACT_DISTANCE_ANG, CONTACT_PAIRS, PARTNER_RANGE_ANG
-from protein.data.filters import rg_scaling, secondary_structure
+from protein.data.filters import chain_stats, rg_scaling, secondary_structure
 from protein.data.parse import parse_structure
 from protein.data.structures import load_structures
 
@@ -164,16 +164,11 @@ def block_adjacency(ca: np.ndarray, elements: list[tuple[int, int, int]], n: int
     """``[n, n]`` adjacency of residues from their elements' contacts: 1 where the two
     residues lie in different elements with at least ``min_pairs`` CA pairs under ``cutoff``
     angstrom, 0 between residues of elements that do not pack, 2 where either is loop."""
-    adj = np.full((n, n), ADJ_UNKNOWN, dtype=np.int64)
     dist = np.linalg.norm(ca[:, None] - ca[None], axis=-1)
-    for a, (s1, e1, _) in enumerate(elements):
-        for s2, e2, _ in elements[a:]:
-            if (s1, e1) == (s2, e2):
-                adj[s1:e1, s1:e1] = NOT_ADJACENT
-                continue
-            close = int((dist[s1:e1, s2:e2] < cutoff).sum()) >= min_pairs
-            adj[s1:e1, s2:e2] = adj[s2:e2, s1:e1] = ADJACENT if close else NOT_ADJACENT
-    return adj
+    packed = [(a, b) for a, (s1, e1, _) in enumerate(elements)
+              for b, (s2, e2, _) in enumerate(elements[a + 1:], start=a + 1)
+              if int((dist[s1:e1, s2:e2] < cutoff).sum()) >= min_pairs]
+    return _element_adjacency(elements, n, packed)
 
 
 def load_topology(spec: str | os.PathLike) -> Topology:
@@ -273,9 +268,7 @@ def reference_topologies(source: str | os.PathLike, limit: int | None = None, *,
 
 def rg_ratio(coords: np.ndarray) -> float:
     """CA radius of gyration of a backbone ``[L, 4, 3]`` over the compact-globule law."""
-    ca = np.asarray(coords, dtype=np.float64)[:, 1]
-    rg = float(np.sqrt(((ca - ca.mean(0)) ** 2).sum(1).mean()))
-    return rg / float(rg_scaling(len(ca)))
+    return chain_stats(coords).rg / float(rg_scaling(len(coords)))
 
 
 def draw_topologies(pool: list[Topology], length: int, num: int,
