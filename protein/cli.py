@@ -231,7 +231,8 @@ def _add_design(sub: argparse._SubParsersAction) -> None:
                         "(the recipe's; the bundled default: 5,4.8,5)")
     d.add_argument("--sheet-guidance", type=float_range(), default=None, metavar="STRENGTH",
                    help="with a fold plan: steer the strands it pairs until they form "
-                        "H-bonded sheets (DSSP bridges); 1 = the tuned strength, 0 = off (the "
+                        "H-bonded sheets (DSSP bridges), and its helices into H-bonded "
+                        "alpha helices; 1 = the tuned strength, 0 = off (the "
                         "recipe's; the bundled fold-plan model: 1). It takes most of a planned "
                         "design's time: 10-30 s per design of 60-150 residues on 2 cores, "
                         "against 0.5-2.5 s without it")

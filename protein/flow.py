@@ -49,7 +49,7 @@ from protein.constants import (
 )
 from protein.geometry import Rigid, backbone_from_frames, nonadjacent_pairs, superimpose
 from protein.settings import SamplerSettings
-from protein.sheets import sheet_iters, sheet_targets, steer_sheets
+from protein.sheets import helix_turns, sheet_iters, sheet_targets, steer_sheets
 from protein.topology import ADJ_UNKNOWN, UNKNOWN
 
 TRANS_PRIORS = ("fixed", "length")
@@ -401,8 +401,9 @@ class ProteinFlow:
         RFdiffusion's potentials), with ``guidance_iters`` gradient steps per evaluation and
         the local chain's floors ``local_min_dist``. ``sheet_guidance > 0`` with a fold plan
         steers the predicted frames (before clash guidance) until the strands the plan pairs
-        form DSSP bridges (:func:`protein.sheets.steer_sheets`, from
-        :data:`protein.sheets.SHEET_START` on).
+        form DSSP bridges and its helices their i -> i+4 H-bonds, with beta and alpha
+        phi/psi (:func:`protein.sheets.steer_sheets`, from :data:`protein.sheets.SHEET_START`
+        on).
 
         ``cond.motif`` (:class:`protein.motif.Motif`): every prediction of the motif residues
         is replaced by the motif superimposed on it (:meth:`place_motif`), and clash guidance
@@ -425,9 +426,10 @@ class ProteinFlow:
         flow, motif, mask = self, cond.motif, cond.mask
         plan = {k: v for k, v in (("ss", cond.ss), ("adj", cond.adj)) if v is not None}
         sheets = settings.sheet_guidance
-        pairs = None  # residue pairs the plan wants bridged (sheet guidance)
+        pairs = turns = None  # residue pairs the plan wants bridged, helix H-bonds
         if sheets > 0 and cond.ss is not None and cond.adj is not None:
             pairs = sheet_targets(cond.ss, cond.adj, mask)
+            turns = helix_turns(cond.ss, mask)
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             B = x.shape[0]
@@ -452,7 +454,7 @@ class ProteinFlow:
             iters_now = sheet_iters(t_now) if pairs is not None else 0
             if iters_now:  # the network sees the steered sheet (self-conditioning) next time
                 pred, pred_q = steer_sheets(pred, pred_q, pairs, m, strength=sheets,
-                                            iters=iters_now, frozen=frozen)
+                                            iters=iters_now, frozen=frozen, helix=turns)
             state["trans_sc"] = pred
             if strength > 0 and g_start <= t_now < g_end:
                 pred = flow.steer_clashes(pred, m, strength, iters=iters, frozen=frozen,

@@ -1,4 +1,4 @@
-"""Sheet guidance: steer predicted frames until the strands a fold plan pairs form H-bonds.
+"""Sheet guidance: steer predicted frames until a fold plan's strands and helices are H-bonded.
 
 A fold-plan model (:mod:`protein.topology`) learns *where* a planned strand's partner goes,
 but not to the angstrom and degree that separate a beta sheet from two strands lying on top of
@@ -15,7 +15,12 @@ hard cut-offs are softened. Sheet guidance is an inference-time energy on the pr
 - partners: the nearest planned partner CA within 5.5 A, and none closer than 4.4 A (real
   sheets: 4.4-5.5 A), and no other CA pair closer than 3.8 A;
 - the chain: C(i)-N(i+1) at 1.33 A and CA(i)-CA(i+1) at 3.8 A, so rotating a frame does not
-  break its peptide bonds.
+  break its peptide bonds;
+- helices: the i -> i+4 H-bonds (DSSP's 4-turns) each planned helix needs (:func:`helix_turns`);
+- torsions: phi/psi of planned strand residues near beta (-120, 130 degrees) and of planned
+  helix residues near alpha (-63, -42). Without it, only 58% of the strand residues mkdssp
+  saw had beta phi/psi (real: 96%), and PyMOL's ``dss``, which reads torsions, called 0.04
+  of the designs strand (``docs/benchmarks.md``, session 29).
 
 :func:`steer_sheets` takes gradient steps on translations and rotations together, each move
 capped per residue; the flow calls it on every prediction from ``SHEET_START`` on, with more
@@ -28,23 +33,28 @@ peptides that mkdssp did not see (``docs/benchmarks.md``, session 28).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
 from flow3d.core import so3
 from protein.constants import CA_CA_IDEAL_ANG, NM_TO_ANG, STRAND_MIN_CA_DISTANCE_ANG
-from protein.geometry import Rigid, backbone_from_frames, nonadjacent_pairs
-from protein.topology import ADJ_UNKNOWN, ADJACENT, STRAND
+from protein.geometry import Rigid, backbone_from_frames, dihedral, nonadjacent_pairs
+from protein.topology import ADJ_UNKNOWN, ADJACENT, HELIX, STRAND
 
 # Kabsch & Sander (1983): E = q1 q2 f (1/r_ON + 1/r_CH - 1/r_OH - 1/r_CN), kcal/mol, angstrom
 HBOND_Q1Q2 = 0.084
 HBOND_F = 332.0
-NH_BOND_ANG = 1.01
+NH_BOND_ANG = {"bisector": 1.01, "carbonyl": 1.0}  # amide N-H: pydssp's, DSSP's (mkdssp)
 PEPTIDE_CN_ANG = 1.33
 PARTNER_NEAR_ANG = 4.4  # true strand partners: 4.4-5.5 A (see protein.constants)
 PARTNER_FAR_ANG = 5.5
+STRAND_PHI = math.radians(-120.0)  # beta-sheet phi/psi (real strands: median -119, 134 deg)
+STRAND_PSI = math.radians(130.0)
+HELIX_PHI = math.radians(-63.0)  # alpha helix (real helices: -63, -42 deg)
+HELIX_PSI = math.radians(-42.0)
 MIN_SEPARATION = 3  # residues this close in sequence never pair (DSSP skips i, i+1, i+2)
 # a translation step is rate x this x the energy's gradient in nm (the energy is in angstrom
 # units, so its gradient in nm is 10x and more larger than a rotation's per radian)
@@ -74,6 +84,8 @@ class SheetTerms:
     push: float = 3.0  # per A^2 under PARTNER_NEAR_ANG
     clash: float = 3.0  # per A^2 under 3.8 A, any pair |i - j| >= 2
     chain: float = 10.0  # per A^2 off the peptide C-N and CA-CA bonds
+    helix: float = 2.0  # kcal/mol: each i -> i+4 H-bond a planned helix needs (helix_turns)
+    torsion: float = 5.0  # per planned strand / helix residue: 2 - cos(d phi) - cos(d psi)
     rate: float = 0.5
     max_move_nm: float = 0.02
     max_turn_rad: float = 0.03
@@ -81,8 +93,8 @@ class SheetTerms:
 
 def hydrogens(atoms: Tensor, placement: str = "bisector") -> Tensor:
     """Backbone amide H ``[..., L, 3]`` of atoms N, CA, C, O ``[..., L, 4, 3]`` (angstrom),
-    1.01 A from N: on the bisector of C(i-1)->N(i) and CA(i)->N(i) (``"bisector"``, as pydssp
-    places it), or along O(i-1)->C(i-1) (``"carbonyl"``, as DSSP itself and mkdssp do). On a
+    from N: 1.01 A on the bisector of C(i-1)->N(i) and CA(i)->N(i) (``"bisector"``, as pydssp
+    places it), or 1.0 A along O(i-1)->C(i-1) (``"carbonyl"``, as DSSP itself and mkdssp do). On a
     flat peptide the two nearly coincide; on a twisted one they do not. Residue 0 has no
     C(i-1); its row is its N (it is never a donor)."""
     n, ca, c, o = (atoms[..., k, :] for k in range(4))
@@ -93,7 +105,7 @@ def hydrogens(atoms: Tensor, placement: str = "bisector") -> Tensor:
         direction = _unit(c[..., :-1, :] - o[..., :-1, :])
     else:
         raise ValueError(f"placement {placement!r}: bisector or carbonyl")
-    h = n[..., 1:, :] + NH_BOND_ANG * direction
+    h = n[..., 1:, :] + NH_BOND_ANG[placement] * direction
     return torch.cat([n[..., :1, :], h], dim=-2)
 
 
@@ -177,6 +189,46 @@ def sheet_targets(ss: Tensor, adj: Tensor, mask: Tensor | None = None) -> Tensor
     return both & packs & far
 
 
+def helix_turns(ss: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The i -> i+4 H-bonds a fold plan's helices need, ``[B, L]`` (bool): entry ``k`` is the
+    C=O of ``k`` to the N-H of ``k + 4`` (DSSP's 4-turn at ``k``). DSSP calls residues
+    ``k+1..k+4`` helix when the turns at ``k`` and ``k+1`` are both there, so a planned helix
+    ``a..b`` needs the turns ``a-1..b-3``: every ``k`` whose ``k+1..k+3`` are planned helix
+    (the turns at its ends bond to the residues just outside it)."""
+    helix = ss == HELIX
+    if mask is not None:
+        helix = helix & mask.bool()
+    B, L = ss.shape
+    turns = torch.zeros_like(helix)
+    if L >= 5:
+        inside = helix[:, 1:L - 3] & helix[:, 2:L - 2] & helix[:, 3:L - 1]  # k = 0..L-5
+        turns[:, :L - 4] = inside
+        if mask is not None:  # both ends of the bond present
+            m = mask.bool()
+            turns[:, :L - 4] &= m[:, :L - 4] & m[:, 4:]
+    return turns
+
+
+def _turn_residues(turns: Tensor, dtype: torch.dtype) -> Tensor:
+    """Residues ``[B, L]`` (float) inside the 4-turns ``turns [B, L]`` (:func:`helix_turns`):
+    ``k+1..k+3`` of each turn ``k``, the residues DSSP's helix puts between the bonded pair."""
+    t = turns.to(dtype)
+    inside = torch.zeros_like(t)
+    for shift in (1, 2, 3):
+        inside[:, shift:] = torch.maximum(inside[:, shift:], t[:, :-shift])
+    return inside
+
+
+def backbone_torsions(atoms: Tensor) -> tuple[Tensor, Tensor]:
+    """Backbone phi and psi ``[..., L]`` (radians) of atoms N, CA, C, O ``[..., L, 4, 3]``;
+    phi of the first residue and psi of the last are 0 (they have no neighbour)."""
+    n, ca, c = atoms[..., 0, :], atoms[..., 1, :], atoms[..., 2, :]
+    phi = dihedral(c[..., :-1, :], n[..., 1:, :], ca[..., 1:, :], c[..., 1:, :])
+    psi = dihedral(n[..., :-1, :], ca[..., :-1, :], c[..., :-1, :], n[..., 1:, :])
+    zero = torch.zeros_like(phi[..., :1])
+    return torch.cat([zero, phi], dim=-1), torch.cat([psi, zero], dim=-1)
+
+
 def _unit(v: Tensor) -> Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
@@ -186,10 +238,11 @@ def _softmin(x: Tensor, dim: int, temperature: float) -> Tensor:
 
 
 def sheet_energy(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor,
-                 terms: SheetTerms = SheetTerms()) -> Tensor:
+                 terms: SheetTerms = SheetTerms(), helix: Tensor | None = None) -> Tensor:
     """The sheet energy (see the module) of frames ``trans [B, L, 3]`` (nm), ``quats [B, L,
     4]``, summed over the batch: pairs ``targets [B, L, L]`` (:func:`sheet_targets`) are to
-    bridge; ``mask [B, L]`` marks real residues."""
+    bridge; ``mask [B, L]`` marks real residues; ``helix [B, L]`` (:func:`helix_turns`): the
+    i -> i+4 H-bonds planned helices need (``terms.helix`` weighs them)."""
     atoms = backbone_from_frames(Rigid(quats, trans * NM_TO_ANG), mask=mask)  # [B, L, 4, 3]
     m = mask.to(trans.dtype)
     e = hbond_energy(atoms, HBOND_PLACEMENT)
@@ -198,6 +251,19 @@ def sheet_energy(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor,
     donor = _softmin(e_t, -1, 0.5).clamp_min(-3.0)  # best acceptor of each N-H
     acceptor = _softmin(e_t, -2, 0.5).clamp_min(-3.0)  # best donor to each C=O
     energy = terms.hbond * ((donor + acceptor) * paired).sum()
+    if helix is not None and terms.helix > 0 and e.shape[-1] > 4:
+        turn = torch.diagonal(e, offset=-4, dim1=-2, dim2=-1)  # [B, L-4]: C=O k, N-H k+4
+        energy = energy + terms.helix * (turn.clamp_min(-3.0)
+                                         * helix[:, :-4].to(e.dtype)).sum()
+    if terms.torsion > 0:  # planned strands beta, planned helices alpha (phi, psi)
+        phi, psi = backbone_torsions(atoms)
+        inner = torch.zeros_like(m)
+        inner[:, 1:-1] = m[:, :-2] * m[:, 2:]
+        beta = 2.0 - torch.cos(phi - STRAND_PHI) - torch.cos(psi - STRAND_PSI)
+        energy = energy + terms.torsion * (beta * paired * inner).sum()
+        if helix is not None:
+            alpha = 2.0 - torch.cos(phi - HELIX_PHI) - torch.cos(psi - HELIX_PSI)
+            energy = energy + terms.torsion * (alpha * _turn_residues(helix, m.dtype) * inner).sum()
     bridges = bridge_map(soft_hbonds(e), mask) / 0.1
     bridges = torch.where(targets, bridges, torch.full_like(e, -1e4))  # finite: no NaN grads
     best = 0.1 * torch.logsumexp(bridges, dim=-1)  # soft max over the planned partners
@@ -218,26 +284,33 @@ def sheet_energy(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor,
 
 def steer_sheets(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor, *,
                  strength: float = 1.0, iters: int = SHEET_ITERS,
-                 frozen: Tensor | None = None,
+                 frozen: Tensor | None = None, helix: Tensor | None = None,
                  terms: SheetTerms = SheetTerms()) -> tuple[Tensor, Tensor]:
     """``iters`` gradient steps of ``strength`` x :func:`sheet_energy` on predicted frames
     ``trans [B, L, 3]`` (nm) and ``quats [B, L, 4]``: a translation step and a rotation
     (a body-frame rotation vector) per residue, each capped (``terms``). Gradients are taken
     at the prediction only, as in clash guidance. ``frozen [B, L]`` (bool): residues that do
-    not move (a motif). Returns the steered ``(trans, quats)``."""
-    if strength <= 0 or not bool(targets.any()):
+    not move (a motif). ``helix [B, L]`` (:func:`helix_turns`): the planned helices' H-bonds;
+    a design moves when it has strand pairs or (``terms.helix > 0``) helix turns. Returns the
+    steered ``(trans, quats)``."""
+    acts = targets.flatten(1).any(1)  # designs with something to steer
+    if helix is not None and terms.helix > 0:
+        acts = acts | helix.any(1)
+    else:
+        helix = None
+    if strength <= 0 or not bool(acts.any()):
         return trans, quats
     movable = mask.to(trans.dtype)
     if frozen is not None:
         movable = movable * (~frozen).to(movable)
-    movable = (movable * targets.flatten(1).any(1).to(movable)[:, None])[..., None]
+    movable = (movable * acts.to(movable)[:, None])[..., None]
     x, q = trans.detach(), quats.detach()
     for _ in range(iters):
         with torch.enable_grad():
             dx = torch.zeros_like(x, requires_grad=True)
             w = torch.zeros_like(x, requires_grad=True)
             turned = so3.quat_mul(q, so3.quat_exp(w))
-            energy = strength * sheet_energy(x + dx, turned, targets, mask, terms)
+            energy = strength * sheet_energy(x + dx, turned, targets, mask, terms, helix)
             gx, gw = torch.autograd.grad(energy, (dx, w))
         move = _capped(terms.rate * TRANS_STEP_NM2 * gx, terms.max_move_nm) * movable
         turn = _capped(terms.rate * gw, terms.max_turn_rad) * movable
@@ -249,6 +322,15 @@ def steer_sheets(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor, *,
 
 def _capped(step: Tensor, cap: float) -> Tensor:
     return step * (cap / step.norm(dim=-1, keepdim=True).clamp_min(cap))
+
+
+def guidance_record() -> dict:
+    """What sheet guidance does beyond its strength: the energy's weights, the H placement
+    and the schedule. A design run records it, so ``--resume`` does not mix designs steered
+    by different code."""
+    return {**asdict(SheetTerms()), "hbond_placement": HBOND_PLACEMENT,
+            "nh_bond_ang": dict(NH_BOND_ANG), "start": SHEET_START, "iters": SHEET_ITERS,
+            "late_t": SHEET_LATE_T, "late_iters": SHEET_LATE_ITERS}
 
 
 def sheet_iters(t: float) -> int:

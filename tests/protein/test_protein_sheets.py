@@ -19,8 +19,11 @@ from protein.sheets import (
     SHEET_ITERS,
     SHEET_LATE_ITERS,
     SHEET_START,
+    SheetTerms,
+    backbone_torsions,
     bridge_map,
     hbond_energy,
+    helix_turns,
     sheet_energy,
     sheet_iters,
     sheet_targets,
@@ -102,7 +105,8 @@ def _mkdssp_best_donor_bonds(atoms: torch.Tensor) -> dict[int, tuple[int, float]
 @pytest.mark.skipif(__import__("shutil").which("mkdssp") is None, reason="needs mkdssp")
 def test_carbonyl_hydrogens_give_mkdssps_energies_and_both_is_the_weaker():
     """DSSP itself (mkdssp) puts the amide H along the previous C=O: with that placement the
-    energies of mkdssp's own best bonds agree to within its printed 0.1 kcal/mol. On a real
+    energies of mkdssp's own best bonds agree to within the rounding of its printed 0.1
+    kcal/mol (with the H at 1.01 A instead of DSSP's 1.0 A, they differ by up to 0.09). On a real
     chain the two placements nearly agree; on a twisted peptide they do not, and "both" keeps
     the weaker bond, so sheet guidance cannot make an H-bond only one DSSP sees."""
     from protein.sheets import hydrogens
@@ -112,7 +116,7 @@ def test_carbonyl_hydrogens_give_mkdssps_energies_and_both_is_the_weaker():
     checked = 0
     for donor, (acceptor, energy) in _mkdssp_best_donor_bonds(atoms).items():
         if energy < -0.5:
-            assert abs(float(carbonyl[donor, acceptor]) - energy) < 0.1, (donor, acceptor)
+            assert abs(float(carbonyl[donor, acceptor]) - energy) < 0.06, (donor, acceptor)
             checked += 1
     assert checked > 30
     gap = (hydrogens(atoms, "bisector") - hydrogens(atoms, "carbonyl")).norm(dim=-1)[1:]
@@ -127,6 +131,50 @@ def test_carbonyl_hydrogens_give_mkdssps_energies_and_both_is_the_weaker():
     assert float(gap[11]) > 0.5 and float(gap[12]) < 0.15
     with pytest.raises(ValueError, match="bisector or carbonyl"):
         hydrogens(atoms, "middle")
+
+
+def test_helix_turns_are_the_bonds_dssp_needs_for_a_planned_helix():
+    """A planned helix a..b needs DSSP's 4-turns at a-1..b-3 (C=O of k to N-H of k+4): every
+    k whose k+1..k+3 are planned helix. A helix of three has one turn (DSSP: a turn, not a
+    helix); padding and chains under five residues have none."""
+    H, E, C = HELIX, STRAND, LOOP
+    ss = torch.tensor([[C, H, H, H, H, H, H, C, E, E, C, H, H, H, C, C]])
+    got = helix_turns(ss)[0].nonzero().flatten().tolist()
+    assert got == [0, 1, 2, 3, 10]
+    mask = torch.ones(1, 16)
+    mask[0, 5:] = 0.0  # residues 5.. are padding: the bond 0 -> 4 is the only one left
+    assert helix_turns(ss, mask)[0].nonzero().flatten().tolist() == [0]
+    assert not helix_turns(torch.full((1, 4), H)).any()
+
+
+@needs_data
+def test_planned_helix_turns_are_h_bonded_in_a_real_chain():
+    """On a real chain, the turns its own plan asks for are H-bonds DSSP sees (both
+    placements) at least 9 times in 10."""
+    atoms, topo = _real("1pdoA.pdb")
+    turns = helix_turns(torch.from_numpy(topo.codes)[None])[0]
+    e = torch.diagonal(hbond_energy(atoms, "both"), offset=-4)  # e[k + 4, k]
+    bonded = e[turns[:-4]] < -0.5
+    assert len(bonded) >= 40 and float(bonded.double().mean()) >= 0.9
+
+
+@needs_data
+def test_backbone_torsions_are_biopythons_and_real_strands_are_beta():
+    from Bio.PDB import PDBParser, PPBuilder
+
+    path = shared_protein_dir() / "ts50_pydssp" / "pdb" / "1i8nA.pdb"
+    (peptide,) = PPBuilder().build_peptides(PDBParser(QUIET=True).get_structure("x", path))
+    expected = peptide.get_phi_psi_list()
+    atoms, topo = _real("1i8nA.pdb")
+    phi, psi = backbone_torsions(atoms)
+    assert len(expected) == len(phi)
+    want_phi = torch.tensor([a if a is not None else 0.0 for a, _ in expected])
+    want_psi = torch.tensor([b if b is not None else 0.0 for _, b in expected])
+    torch.testing.assert_close(phi.float(), want_phi.float(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(psi.float(), want_psi.float(), atol=1e-4, rtol=0)
+    strand = torch.from_numpy(topo.codes) == STRAND
+    median = torch.rad2deg(torch.stack([phi[strand], psi[strand]])).median(dim=1).values
+    assert abs(float(median[0]) + 120) < 10 and abs(float(median[1]) - 130) < 10
 
 
 def test_bridge_patterns_on_a_hand_made_map():
@@ -188,19 +236,26 @@ def test_sheet_energy_gradients_match_finite_differences():
     targets = sheet_targets(ss, torch.full((1, L, L), ADJACENT))
     mask = torch.ones(1, L, dtype=torch.float64)
 
-    def energy(dx, w):
-        return sheet_energy(x + dx, so3.quat_mul(q, so3.quat_exp(w)), targets, mask)
+    # with the helix and torsion terms too (the plan's middle as a helix: four turns)
+    plan = torch.tensor([[STRAND] * 3 + [HELIX] * 4 + [STRAND] * 3])
+    every = SheetTerms(helix=1.0, torsion=1.0)
+    for terms, helix in ((SheetTerms(), None), (every, helix_turns(plan))):
+        def energy(dx, w, terms=terms, helix=helix):
+            return sheet_energy(x + dx, so3.quat_mul(q, so3.quat_exp(w)), targets, mask,
+                                terms, helix)
 
-    dx = torch.zeros_like(x, requires_grad=True)
-    w = torch.zeros_like(x, requires_grad=True)
-    assert torch.autograd.gradcheck(energy, (dx, w), eps=1e-6, atol=1e-4, rtol=1e-3)
+        dx = torch.zeros_like(x, requires_grad=True)
+        w = torch.zeros_like(x, requires_grad=True)
+        assert torch.autograd.gradcheck(energy, (dx, w), eps=1e-6, atol=1e-4, rtol=1e-3)
 
 
 @needs_data
 def test_steering_reforms_the_sheets_of_perturbed_real_chains():
     """Rotate each residue of two real beta chains by about 20 degrees and move it 0.3 A:
-    DSSP loses almost all their strands. Steering brings back about half of them, and mends
-    most of the chain's broken bonds; without a plan, or with strength 0, nothing moves."""
+    DSSP loses almost all their strands. Steering brings back most of them (with the torsion
+    term; half of them without it), and mends most of the chain's broken bonds (3 in 4 or
+    more; 4 in 5 without the torsion term, which trades a little bond length for beta
+    phi/psi); without a plan, or with strength 0, nothing moves."""
     for name in ("1i8nA.pdb", "1dx5I.pdb"):
         atoms, topo = _real(name)
         trans, quats = _frames(atoms.float())
@@ -215,12 +270,50 @@ def test_steering_reforms_the_sheets_of_perturbed_real_chains():
         steered_t, steered_q = steer_sheets(noisy_t, noisy_q, targets, mask, iters=150)
         steered = _strands(steered_t, steered_q)
         assert real >= 15 and noisy <= real // 3
-        assert steered >= noisy + real // 3, (name, real, noisy, steered)
-        assert _bonded(steered_t) > max(_bonded(noisy_t) + 0.3, 0.8)  # the chain term mends
+        assert steered >= 0.8 * real, (name, real, noisy, steered)
+        assert _bonded(steered_t) > max(_bonded(noisy_t) + 0.3, 0.74)  # the chain term mends
+        plain_t, plain_q = steer_sheets(noisy_t, noisy_q, targets, mask, iters=150,
+                                        terms=SheetTerms(torsion=0.0))
+        assert noisy + real // 3 <= _strands(plain_t, plain_q) < steered
+        assert _bonded(plain_t) > 0.8
         # nothing to steer: no planned pairs, or no strength
         none = torch.zeros_like(targets)
         assert steer_sheets(noisy_t, noisy_q, none, mask)[0] is noisy_t
         assert steer_sheets(noisy_t, noisy_q, targets, mask, strength=0.0)[1] is noisy_q
+
+
+@needs_data
+def test_steering_reforms_the_helices_of_a_perturbed_real_chain():
+    """The same perturbation on a mostly helical chain: pydssp keeps less than half of its
+    helix. The planned helices' i -> i+4 H-bonds alone bring back most of it, and with the
+    torsion term (phi/psi held alpha) all of it; the default terms do both."""
+    atoms, topo = _real("1pdoA.pdb")
+    trans, quats = _frames(atoms.float())
+    g = torch.Generator().manual_seed(0)
+    turn = 0.35 * torch.randn(quats.shape[:-1] + (3,), generator=g)
+    noisy_q = so3.quat_normalize(so3.quat_mul(quats, so3.quat_exp(turn)))
+    noisy_t = trans + 0.03 * torch.randn(trans.shape, generator=g)
+    L = len(topo)
+    mask = torch.ones(1, L)
+    turns = helix_turns(torch.from_numpy(topo.codes)[None], mask)
+    none = torch.zeros(1, L, L, dtype=torch.bool)  # no strand pairs: helices only
+
+    def helix(t, q):
+        return int(pydssp_torch.assign(backbone_from_frames(Rigid(q, t * 10.0))[0])[:, 1].sum())
+
+    real, noisy = helix(trans, quats), helix(noisy_t, noisy_q)
+    assert real >= 50 and noisy < real / 2
+
+    def steered(terms):
+        return helix(*steer_sheets(noisy_t, noisy_q, none, mask, iters=150, helix=turns,
+                                   terms=terms))
+
+    bonds_only = steered(SheetTerms(helix=1.0, torsion=0.0))
+    assert bonds_only >= noisy + (real - noisy) // 2
+    assert steered(SheetTerms()) >= real - 3
+    # the helix term off: nothing to steer, nothing moves
+    assert steer_sheets(noisy_t, noisy_q, none, mask, helix=turns,
+                        terms=SheetTerms(helix=0.0))[0] is noisy_t
 
 
 def test_designs_of_a_batch_steer_independently():
