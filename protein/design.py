@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from flow3d.engine.checkpoint import LoadedModel, load_model
+from flow3d.engine.checkpoint import LoadedModel, find_checkpoint, load_model, resolve_path
 from flow3d.engine.checkpoint import bundle_checkpoint as _bundle
 from flow3d.errors import ConfigError, DataError
 from flow3d.io import check_output_dir, is_temporary, prepare_output_dir
@@ -40,6 +40,7 @@ from protein.head import design_name, trajectory_dir, write_design
 from protein.motif import Motif, load_motif
 from protein.records import RUN_FILE, DesignRecords, read_json, write_json
 from protein.settings import DesignSettings, EvalSettings, SamplerSettings
+from protein.sheets import guidance_record
 from protein.topology import Topology, load_topology, reference_topologies
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -108,9 +109,11 @@ class DesignRun:
         prepare_output_dir(out, overwrite=self.overwrite)
         if s.trajectory:
             prepare_output_dir(trajectory_dir(out), overwrite=self.overwrite)
-        write_json(out / RUN_FILE, {"command": "flow3d protein design",
-                                    "checkpoint_step": self.loaded.step,
-                                    "settings": s.to_dict()})
+        record = {"command": "flow3d protein design", "checkpoint_step": self.loaded.step,
+                  "settings": s.to_dict()}
+        if _steers_sheets(s):
+            record["sheet_guidance_code"] = guidance_record()
+        write_json(out / RUN_FILE, record)
         order = [design_name(length, i) for length, i in s.names()]
         records = self.previous.only(order)
         resumed = len(records.timings)
@@ -265,6 +268,15 @@ def _same_run(settings: DesignSettings, earlier: dict, out: Path) -> None:
         more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
         raise ConfigError(f"--resume {out}: that run used {option} {then}, this one {now}"
                           f"{more}; resume with the same settings or pass --overwrite")
+    if _steers_sheets(settings) and earlier.get("sheet_guidance_code") != guidance_record():
+        raise ConfigError(f"--resume {out}: that run's sheet guidance was an earlier version "
+                          "of flow3d's (other weights or schedule), so its designs would not "
+                          "match these; pass --overwrite or a new --out")
+
+
+def _steers_sheets(settings: DesignSettings) -> bool:
+    """Whether a resolved run follows fold plans with sheet guidance on."""
+    return (settings.sampler.sheet_guidance or 0) > 0 and bool(settings.plan_options())
 
 
 def _complete_designs(out: Path, settings: DesignSettings) -> DesignRecords:
@@ -287,12 +299,21 @@ def with_plan_library(settings: DesignSettings) -> DesignSettings:
     """The settings to run: a design given no fold plan (and no motif, no ``--no-plan``)
     draws its plan from the checkpoint's plan library (:data:`PLAN_LIBRARY`; the bundled
     fold-plan model's when no checkpoint is named), recorded as ``topology_from``. A
-    checkpoint without a library designs without plans, as before."""
+    checkpoint without a library designs without plans, as before. ``--checkpoint`` is found
+    as the model loader finds it (:func:`flow3d.engine.checkpoint.find_checkpoint`: a run
+    folder means its latest checkpoint; a relative path is also looked up from the project
+    root); the library sits in the checkpoint's folder or in the folder named."""
     if settings.plan_options() or settings.motif is not None or settings.no_plan:
         return settings
-    folder = Path(settings.checkpoint) if settings.checkpoint else TOPOLOGY_CHECKPOINT
-    library = folder / PLAN_LIBRARY
-    if not library.is_file():
+    folders = [TOPOLOGY_CHECKPOINT]
+    if settings.checkpoint:
+        try:
+            found = find_checkpoint(settings.checkpoint)
+        except (FileNotFoundError, DataError):  # the loader names the problem
+            return settings
+        folders = [found, resolve_path(settings.checkpoint)]
+    library = next((f / PLAN_LIBRARY for f in folders if (f / PLAN_LIBRARY).is_file()), None)
+    if library is None:
         return settings
     return replace(settings, topology_from=str(library.resolve()))
 

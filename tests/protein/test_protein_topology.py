@@ -366,6 +366,30 @@ def test_design_draws_plans_from_the_library_unless_told_not_to(tmp_path):
     for plain in (replace(s, no_plan=True), replace(s, checkpoint=str(DEFAULT_CHECKPOINT)),
                   replace(s, ss="H" * 40)):
         assert with_plan_library(plain) == plain  # told not to, no library, or a plan given
+    # the checkpoint found as the loader finds it: relative to the project root from another
+    # folder, or a run folder whose latest checkpoint (or the folder itself) holds plans.npz
+    import os
+    import shutil
+
+    from flow3d.engine.checkpoint import CHECKPOINT_FILES
+
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        relative = replace(s, checkpoint="checkpoints/protein/tiny_topology")
+        assert with_plan_library(relative).topology_from == drawn.topology_from
+    finally:
+        os.chdir(here)
+    last = tmp_path / "run" / "checkpoints" / "last"
+    last.mkdir(parents=True)
+    for name in CHECKPOINT_FILES:
+        shutil.copy(TOPOLOGY_CHECKPOINT / name, last / name)
+    in_run = replace(s, checkpoint=str(tmp_path / "run"))
+    assert with_plan_library(in_run) == in_run  # no library anywhere: no plans
+    shutil.copy(TOPOLOGY_CHECKPOINT / PLAN_LIBRARY, tmp_path / "run" / PLAN_LIBRARY)
+    assert with_plan_library(in_run).topology_from == str(tmp_path / "run" / PLAN_LIBRARY)
+    shutil.copy(TOPOLOGY_CHECKPOINT / PLAN_LIBRARY, last / PLAN_LIBRARY)
+    assert with_plan_library(in_run).topology_from == str(last / PLAN_LIBRARY)
     run = prepare_design(s, tmp_path / "a")
     assert Path(run.loaded.path).resolve() == TOPOLOGY_CHECKPOINT.resolve()
     assert isinstance(run.plan, list) and run.settings.sampler.sheet_guidance == 1.0
@@ -390,6 +414,30 @@ def test_cli_default_design_records_drawn_plans_and_resumes(tmp_path, capsys):
     assert main([*args, "--resume"]) == 0  # the same run: nothing left to make
     assert main([*args[:-3], "--no-plan", "--out", str(out), "--resume"]) == 2
     assert "that run used" in capsys.readouterr().err  # a planned run is not resumed plain
+
+
+def test_a_run_steered_by_older_sheet_guidance_is_not_resumed(tmp_path, capsys):
+    """run.json records what sheet guidance did (protein.sheets.guidance_record); a run
+    written before that record, or with other weights, is refused on --resume rather than
+    finished with designs steered differently; the same code resumes it."""
+    out = tmp_path / "d"
+    args = ["protein", "design", "--lengths", "40,44", "--num", "1", "--steps", "3",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    run_file = out / "run.json"
+    run = json.loads(run_file.read_text())
+    assert run["sheet_guidance_code"]["helix"] > 0 and run["settings"]["topology_from"]
+    (out / "len044_000.pdb").unlink()  # an interrupted run: one design left to make
+    capsys.readouterr()
+    for old in ({k: v for k, v in run.items() if k != "sheet_guidance_code"},
+                {**run, "sheet_guidance_code": {**run["sheet_guidance_code"], "torsion": 0.0}}):
+        run_file.write_text(json.dumps(old))
+        assert main([*args, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert "earlier version" in err and len(err.strip().splitlines()) == 1
+        assert not (out / "len044_000.pdb").exists()
+    run_file.write_text(json.dumps(run))
+    assert main([*args, "--resume"]) == 0 and (out / "len044_000.pdb").is_file()
 
 
 def test_drawn_plans_too_short_or_a_broken_library_are_refused_before_writing(tmp_path,
