@@ -76,9 +76,9 @@ def load_designer(checkpoint: str | Path | None = None, *, ema: bool = True,
                   device: str = "cpu") -> LoadedModel:
     """Load a protein checkpoint (default: the bundled
     ``checkpoints/protein/tiny_reflow_guided``)."""
-    path = Path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
-    if not path.exists():
-        raise DataError(f"--checkpoint {path}: checkpoint not found")
+    path = resolve_path(checkpoint) if checkpoint is not None else DEFAULT_CHECKPOINT
+    if not path.exists():  # relative paths are also looked up from the project root
+        raise DataError(f"--checkpoint {checkpoint}: checkpoint not found")
     loaded = load_model(path, ema=ema, device=device)
     if loaded.recipe.head != "protein":
         raise ConfigError(f"--checkpoint {path}: a {loaded.recipe.head!r} checkpoint, not a "
@@ -180,7 +180,8 @@ def prepare_design(settings: DesignSettings, out_dir: str | Path | None, *,
     settings = with_plan_library(settings)
     if (settings.sampler.sheet_guidance or 0) > 0 and not settings.plan_options():
         why = "leave --no-plan out" if settings.no_plan else "or a checkpoint with plans.npz"
-        raise ConfigError("--sheet-guidance: it steers the strands of a fold plan; give "
+        raise ConfigError("--sheet-guidance: it steers the strands and helices of a fold "
+                          "plan; give "
                           f"--topology-from, --topology or --ss ({why})")
     out = check_output_dir(out_dir, "--out", overwrite=overwrite, resume=resume,
                            resumable=True)
@@ -268,10 +269,12 @@ def _same_run(settings: DesignSettings, earlier: dict, out: Path) -> None:
         more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
         raise ConfigError(f"--resume {out}: that run used {option} {then}, this one {now}"
                           f"{more}; resume with the same settings or pass --overwrite")
-    if _steers_sheets(settings) and earlier.get("sheet_guidance_code") != guidance_record():
-        raise ConfigError(f"--resume {out}: that run's sheet guidance was an earlier version "
-                          "of flow3d's (other weights or schedule), so its designs would not "
-                          "match these; pass --overwrite or a new --out")
+    then, now = earlier.get("sheet_guidance_code") or {}, guidance_record()
+    changed = next((k for k in now if then.get(k) != now[k]), None)
+    if _steers_sheets(settings) and changed is not None:
+        raise ConfigError(f"--resume {out}: that run's sheet guidance had {changed} "
+                          f"{then.get(changed, '(not recorded)')}, this flow3d's {now[changed]}, "
+                          "so its designs would not match these; pass --overwrite or a new --out")
 
 
 def _steers_sheets(settings: DesignSettings) -> bool:
@@ -309,8 +312,10 @@ def with_plan_library(settings: DesignSettings) -> DesignSettings:
     if settings.checkpoint:
         try:
             found = find_checkpoint(settings.checkpoint)
-        except (FileNotFoundError, DataError):  # the loader names the problem
-            return settings
+        except FileNotFoundError:
+            raise DataError(f"--checkpoint {settings.checkpoint}: checkpoint not found") from None
+        except DataError as e:
+            raise DataError(f"--checkpoint {e}") from None
         folders = [found, resolve_path(settings.checkpoint)]
     library = next((f / PLAN_LIBRARY for f in folders if (f / PLAN_LIBRARY).is_file()), None)
     if library is None:

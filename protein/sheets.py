@@ -18,9 +18,10 @@ hard cut-offs are softened. Sheet guidance is an inference-time energy on the pr
   break its peptide bonds;
 - helices: the i -> i+4 H-bonds (DSSP's 4-turns) each planned helix needs (:func:`helix_turns`);
 - torsions: phi/psi of planned strand residues near beta (-120, 130 degrees) and of planned
-  helix residues near alpha (-63, -42). Without it, only 58% of the strand residues mkdssp
-  saw had beta phi/psi (real: 96%), and PyMOL's ``dss``, which reads torsions, called 0.04
-  of the designs strand (``docs/benchmarks.md``, session 29).
+  helix residues near alpha (-63, -42). Without it, about half of the residues pydssp
+  called strand had beta phi/psi (phi < -90 and psi > 90 or < -150; TS50 chains: 81%), and
+  PyMOL's ``dss``, which reads torsions, called 0.04 of the designs strand
+  (``docs/benchmarks.md``, sessions 28 and 29).
 
 :func:`steer_sheets` takes gradient steps on translations and rotations together, each move
 capped per residue; the flow calls it on every prediction from ``SHEET_START`` on, with more
@@ -66,6 +67,10 @@ TRANS_STEP_NM2 = 0.01
 # H-bonds the guidance makes: "both" (pydssp's bisector H and DSSP's carbonyl H must each see
 # them) or one placement (hbond_energy)
 HBOND_PLACEMENT = "both"
+# Bump on any change to the energy that the constants recorded by guidance_record do not show
+# (a new term, a clamp, a width): a design run resumes only with the same guidance.
+# 1: sessions 27-28 (strands only; not recorded then); 2: helix turns and torsions
+GUIDANCE_VERSION = 2
 SHEET_START = 0.2
 SHEET_ITERS = 30
 SHEET_LATE_T = 0.8
@@ -291,10 +296,10 @@ def steer_sheets(trans: Tensor, quats: Tensor, targets: Tensor, mask: Tensor, *,
     (a body-frame rotation vector) per residue, each capped (``terms``). Gradients are taken
     at the prediction only, as in clash guidance. ``frozen [B, L]`` (bool): residues that do
     not move (a motif). ``helix [B, L]`` (:func:`helix_turns`): the planned helices' H-bonds;
-    a design moves when it has strand pairs or (``terms.helix > 0``) helix turns. Returns the
-    steered ``(trans, quats)``."""
+    a design moves when it has strand pairs, or helix turns and a helix or torsion weight.
+    Returns the steered ``(trans, quats)``."""
     acts = targets.flatten(1).any(1)  # designs with something to steer
-    if helix is not None and terms.helix > 0:
+    if helix is not None and (terms.helix > 0 or terms.torsion > 0):
         acts = acts | helix.any(1)
     else:
         helix = None
@@ -328,9 +333,14 @@ def guidance_record() -> dict:
     """What sheet guidance does beyond its strength: the energy's weights, the H placement
     and the schedule. A design run records it, so ``--resume`` does not mix designs steered
     by different code."""
-    return {**asdict(SheetTerms()), "hbond_placement": HBOND_PLACEMENT,
-            "nh_bond_ang": dict(NH_BOND_ANG), "start": SHEET_START, "iters": SHEET_ITERS,
-            "late_t": SHEET_LATE_T, "late_iters": SHEET_LATE_ITERS}
+    return {"version": GUIDANCE_VERSION, **asdict(SheetTerms()),
+            "hbond_placement": HBOND_PLACEMENT, "nh_bond_ang": dict(NH_BOND_ANG),
+            "start": SHEET_START, "iters": SHEET_ITERS, "late_t": SHEET_LATE_T,
+            "late_iters": SHEET_LATE_ITERS, "trans_step_nm2": TRANS_STEP_NM2,
+            "partner_ang": [PARTNER_NEAR_ANG, PARTNER_FAR_ANG],
+            "min_separation": MIN_SEPARATION,
+            "torsions_deg": [round(math.degrees(a), 6) for a in
+                             (STRAND_PHI, STRAND_PSI, HELIX_PHI, HELIX_PSI)]}
 
 
 def sheet_iters(t: float) -> int:

@@ -236,7 +236,7 @@ def test_sheet_energy_gradients_match_finite_differences():
     targets = sheet_targets(ss, torch.full((1, L, L), ADJACENT))
     mask = torch.ones(1, L, dtype=torch.float64)
 
-    # with the helix and torsion terms too (the plan's middle as a helix: four turns)
+    # with the helix and torsion terms too (the plan's middle four as a helix: two turns)
     plan = torch.tensor([[STRAND] * 3 + [HELIX] * 4 + [STRAND] * 3])
     every = SheetTerms(helix=1.0, torsion=1.0)
     for terms, helix in ((SheetTerms(), None), (every, helix_turns(plan))):
@@ -285,8 +285,8 @@ def test_steering_reforms_the_sheets_of_perturbed_real_chains():
 @needs_data
 def test_steering_reforms_the_helices_of_a_perturbed_real_chain():
     """The same perturbation on a mostly helical chain: pydssp keeps less than half of its
-    helix. The planned helices' i -> i+4 H-bonds alone bring back most of it, and with the
-    torsion term (phi/psi held alpha) all of it; the default terms do both."""
+    helix. The planned helices' i -> i+4 H-bonds alone bring back at least half of what was
+    lost, and the default terms (with phi/psi held alpha) all but 3 residues of it."""
     atoms, topo = _real("1pdoA.pdb")
     trans, quats = _frames(atoms.float())
     g = torch.Generator().manual_seed(0)
@@ -311,26 +311,32 @@ def test_steering_reforms_the_helices_of_a_perturbed_real_chain():
     bonds_only = steered(SheetTerms(helix=1.0, torsion=0.0))
     assert bonds_only >= noisy + (real - noisy) // 2
     assert steered(SheetTerms()) >= real - 3
-    # the helix term off: nothing to steer, nothing moves
+    # the helix and torsion weights off: nothing to steer, nothing moves; the torsion weight
+    # alone still holds the helices' phi/psi
     assert steer_sheets(noisy_t, noisy_q, none, mask, helix=turns,
-                        terms=SheetTerms(helix=0.0))[0] is noisy_t
+                        terms=SheetTerms(helix=0.0, torsion=0.0))[0] is noisy_t
+    assert steered(SheetTerms(helix=0.0)) > noisy
 
 
 def test_designs_of_a_batch_steer_independently():
-    """A design whose plan pairs no strands is not moved, whatever its batch-mates' plans;
-    a design's steering is the same alone and in a batch."""
+    """A design whose plan has no strand pair and no helix is not moved, whatever its
+    batch-mates' plans; a design's steering is the same alone and in a batch."""
     L = 10
     x = torch.zeros(2, L, 3)
     x[:, :5, 0] = torch.arange(5) * 0.33
     x[:, 5:, 0] = (4 - torch.arange(5)) * 0.33
     x[:, 5:, 1] = 0.6
     q = so3.random_quat((2, L), generator=torch.Generator().manual_seed(3))
-    ss = torch.tensor([[STRAND] * L, [HELIX] * L])
+    ss = torch.tensor([[STRAND] * L, [LOOP] * L])
     targets = sheet_targets(ss, torch.full((2, L, L), ADJACENT))
     mask = torch.ones(2, L)
-    y, r = steer_sheets(x, q, targets, mask, iters=5)
+    turns = helix_turns(ss, mask)
+    y, r = steer_sheets(x, q, targets, mask, iters=5, helix=turns)
     assert torch.equal(y[1], x[1]) and torch.equal(r[1], q[1])
-    alone_y, alone_r = steer_sheets(x[:1], q[:1], targets[:1], mask[:1], iters=5)
+    helical = helix_turns(torch.tensor([[LOOP] * L, [HELIX] * L]), mask)
+    assert not torch.equal(steer_sheets(x, q, targets, mask, iters=5, helix=helical)[0][1], x[1])
+    alone_y, alone_r = steer_sheets(x[:1], q[:1], targets[:1], mask[:1], iters=5,
+                                    helix=turns[:1])
     torch.testing.assert_close(y[:1], alone_y)
     torch.testing.assert_close(r[:1], alone_r)
 

@@ -378,6 +378,12 @@ def test_design_draws_plans_from_the_library_unless_told_not_to(tmp_path):
         os.chdir(tmp_path)
         relative = replace(s, checkpoint="checkpoints/protein/tiny_topology")
         assert with_plan_library(relative).topology_from == drawn.topology_from
+        run = prepare_design(relative, tmp_path / "c")  # and the loader finds it too
+        assert Path(run.loaded.path).resolve() == TOPOLOGY_CHECKPOINT.resolve()
+        assert run.settings.topology_from == drawn.topology_from
+        for missing in ("no/such/folder", "recipes"):  # not there; not a checkpoint
+            with pytest.raises(DataError, match=f"^--checkpoint .*{missing}"):
+                with_plan_library(replace(s, checkpoint=missing))
     finally:
         os.chdir(here)
     last = tmp_path / "run" / "checkpoints" / "last"
@@ -434,7 +440,7 @@ def test_a_run_steered_by_older_sheet_guidance_is_not_resumed(tmp_path, capsys):
         run_file.write_text(json.dumps(old))
         assert main([*args, "--resume"]) == 2
         err = capsys.readouterr().err
-        assert "earlier version" in err and len(err.strip().splitlines()) == 1
+        assert "sheet guidance had" in err and len(err.strip().splitlines()) == 1
         assert not (out / "len044_000.pdb").exists()
     run_file.write_text(json.dumps(run))
     assert main([*args, "--resume"]) == 0 and (out / "len044_000.pdb").is_file()
