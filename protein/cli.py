@@ -234,7 +234,7 @@ def _add_design(sub: argparse._SubParsersAction) -> None:
                         "H-bonded sheets (DSSP bridges), and its helices into H-bonded "
                         "alpha helices; 1 = the tuned strength, 0 = off (the "
                         "recipe's; the bundled fold-plan model: 1). It takes most of a planned "
-                        "design's time: 10-30 s per design of 60-150 residues on 2 cores, "
+                        "design's time: 12-27 s per design of 60-150 residues on 2 cores, "
                         "against 0.5-2.5 s without it")
     d.add_argument("--motif", default=None, metavar="FILE",
                    help="scaffold a motif from this PDB/mmCIF file (with --motif-segments)")
