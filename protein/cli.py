@@ -147,7 +147,7 @@ def cmd_plans(args: argparse.Namespace) -> int:
     from flow3d.engine.config import load_recipe
     from flow3d.io import atomic_path, check_output_file
     from protein.head import ProteinHead
-    from protein.topology import reference_topologies, save_plans
+    from protein.topology import STRAND, reference_topologies, save_plans
 
     out = check_output_file(args.out, "--out", overwrite=args.overwrite, suffixes=(".npz",))
     source = Path(args.source)
@@ -164,7 +164,7 @@ def cmd_plans(args: argparse.Namespace) -> int:
     plans = reference_topologies(source, max_rg_ratio=cap)
     with atomic_path(out) as tmp:
         save_plans(plans, tmp)
-    strand = sum(int((t.codes == 1).sum()) for t in plans) / sum(len(t) for t in plans)
+    strand = sum(int((t.codes == STRAND).sum()) for t in plans) / sum(len(t) for t in plans)
     kept = "" if cap is None else f" with Rg at most {cap:g}x the law"
     print(f"wrote {out}: {len(plans)} fold plans of the chains of {source}{kept} (strand "
           f"fraction {strand:.3f})")

@@ -181,8 +181,7 @@ def prepare_design(settings: DesignSettings, out_dir: str | Path | None, *,
     if (settings.sampler.sheet_guidance or 0) > 0 and not settings.plan_options():
         why = "leave --no-plan out" if settings.no_plan else "or a checkpoint with plans.npz"
         raise ConfigError("--sheet-guidance: it steers the strands and helices of a fold "
-                          "plan; give "
-                          f"--topology-from, --topology or --ss ({why})")
+                          f"plan; give --topology-from, --topology or --ss ({why})")
     out = check_output_dir(out_dir, "--out", overwrite=overwrite, resume=resume,
                            resumable=True)
     if settings.trajectory:
@@ -269,9 +268,11 @@ def _same_run(settings: DesignSettings, earlier: dict, out: Path) -> None:
         more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
         raise ConfigError(f"--resume {out}: that run used {option} {then}, this one {now}"
                           f"{more}; resume with the same settings or pass --overwrite")
+    if not _steers_sheets(settings):
+        return
     then, now = earlier.get("sheet_guidance_code") or {}, guidance_record()
     changed = next((k for k in now if then.get(k) != now[k]), None)
-    if _steers_sheets(settings) and changed is not None:
+    if changed is not None:
         raise ConfigError(f"--resume {out}: that run's sheet guidance had {changed} "
                           f"{then.get(changed, '(not recorded)')}, this flow3d's {now[changed]}, "
                           "so its designs would not match these; pass --overwrite or a new --out")

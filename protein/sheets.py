@@ -203,7 +203,7 @@ def helix_turns(ss: Tensor, mask: Tensor | None = None) -> Tensor:
     helix = ss == HELIX
     if mask is not None:
         helix = helix & mask.bool()
-    B, L = ss.shape
+    L = ss.shape[-1]
     turns = torch.zeros_like(helix)
     if L >= 5:
         inside = helix[:, 1:L - 3] & helix[:, 2:L - 2] & helix[:, 3:L - 1]  # k = 0..L-5
